@@ -1,0 +1,2 @@
+//! The `zigtorrent` binary.
+fn main() {}

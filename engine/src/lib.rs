@@ -1,0 +1,31 @@
+//! ZigTorrent's engine: the BitTorrent protocol and the session that runs torrents.
+//!
+//! The engine owns no sockets or files of its own beyond trackers: peers are reached through a
+//! [`Transport`] and bytes are kept by a [`Storage`], both chosen at run time by name from a
+//! [`Registry`].
+//!
+//! Module map: [`bencode`] (bounded scanner) → [`metainfo`] (`.torrent` files) →
+//! [`tracker`] (peer discovery) → [`wire`] (BEP 3 codec) → [`picker`] / [`choker`] (decisions)
+//! → [`session`] (tasks that tie them to transports and storage).
+
+pub mod bencode;
+pub mod choker;
+pub mod hash;
+pub mod metainfo;
+pub mod picker;
+pub mod registry;
+pub mod session;
+pub mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod tracker;
+pub mod transport;
+pub mod types;
+pub mod wire;
+
+pub use metainfo::Metainfo;
+pub use registry::{Origin, Registry};
+pub use storage::memory::MemoryBackend;
+pub use storage::{Layout, Storage, StorageBackend, StorageError, StorageSpec};
+pub use transport::{BoxStream, Listener, Transport, TransportError, TransportOptions};
+pub use types::{Bitfield, BlockRef, InfoHash, PeerId, PieceIndex};

@@ -1,0 +1,1 @@
+//! The session: one listener, many torrents. (Pending.)

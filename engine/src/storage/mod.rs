@@ -1,0 +1,244 @@
+//! The `Storage` contract: how the engine reads and writes a torrent's bytes, whatever holds them.
+//!
+//! The engine hands a backend only **verified** data (it hashes a piece before writing it), then
+//! calls [`Storage::mark_complete`]. A backend promises:
+//!
+//! - **Complete at the final path.** A file becomes visible under its final name
+//!   ([`Storage::is_finalized`]) only once every piece touching it has been marked complete, and
+//!   its bytes are durable before that happens (fs: fsync, rename `<name>.part` → `<name>`, fsync
+//!   the directory). No reader ever sees a partial file at its final path.
+//! - **has_piece never lies.** [`Storage::has_piece`] is true only for pieces marked complete in
+//!   this run, or recorded in resume state that the backend checked against its data at open.
+//! - **Durable resume state after flush.** [`Storage::flush`] makes written data durable first,
+//!   then records the completed set, so after any crash the recorded set is a subset of the
+//!   durable data.
+//!
+//! Backends register a [`StorageBackend`] (the factory) under a name in the registry.
+
+pub mod memory;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::types::{Bitfield, InfoHash, PieceIndex};
+
+/// One file of a torrent as storage sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSpec {
+    /// Relative, already sanitised path (multi-file torrents include the torrent's folder name).
+    pub path: PathBuf,
+    /// Length in bytes (may be zero).
+    pub length: u64,
+    /// Offset of the file's first byte in the torrent's byte stream.
+    pub offset: u64,
+}
+
+/// How a torrent's byte stream is cut into pieces and files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Nominal piece length; the last piece may be shorter.
+    pub piece_length: u32,
+    /// Sum of all file lengths.
+    pub total_length: u64,
+    /// Files in torrent order, contiguous.
+    pub files: Vec<FileSpec>,
+}
+
+impl Layout {
+    /// Build a layout from `(path, length)` pairs, computing offsets.
+    pub fn new(piece_length: u32, files: impl IntoIterator<Item = (PathBuf, u64)>) -> Self {
+        let mut offset = 0u64;
+        let files: Vec<FileSpec> = files
+            .into_iter()
+            .map(|(path, length)| {
+                let f = FileSpec { path, length, offset };
+                offset += length;
+                f
+            })
+            .collect();
+        Layout { piece_length, total_length: offset, files }
+    }
+
+    /// Number of pieces.
+    pub fn piece_count(&self) -> u32 {
+        self.total_length.div_ceil(self.piece_length as u64) as u32
+    }
+
+    /// Length of piece `piece` (the last one may be short). Zero for out-of-range indices.
+    pub fn piece_len(&self, piece: PieceIndex) -> u32 {
+        let r = self.piece_range(piece);
+        (r.end - r.start) as u32
+    }
+
+    /// Byte range of `piece` in the torrent's stream.
+    pub fn piece_range(&self, piece: PieceIndex) -> Range<u64> {
+        let start = (piece as u64 * self.piece_length as u64).min(self.total_length);
+        let end = (start + self.piece_length as u64).min(self.total_length);
+        start..end
+    }
+
+    /// Indices of the files that hold bytes of `piece` (zero-length files hold none).
+    pub fn files_for_piece(&self, piece: PieceIndex) -> Vec<usize> {
+        let r = self.piece_range(piece);
+        self.files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.length > 0 && f.offset < r.end && f.offset + f.length > r.start)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Pieces that hold bytes of file `file`; empty for zero-length files.
+    pub fn pieces_for_file(&self, file: usize) -> Range<PieceIndex> {
+        let f = &self.files[file];
+        if f.length == 0 {
+            return 0..0;
+        }
+        let pl = self.piece_length as u64;
+        (f.offset / pl) as u32..(f.offset + f.length).div_ceil(pl) as u32
+    }
+}
+
+/// What a backend is asked to open.
+#[derive(Clone, Debug)]
+pub struct StorageSpec {
+    /// The torrent's identity; keys resume state.
+    pub info_hash: InfoHash,
+    /// Pieces and files.
+    pub layout: Arc<Layout>,
+    /// Where finished files go (file paths in the layout are relative to this).
+    pub download_dir: PathBuf,
+    /// Where the backend may keep resume state.
+    pub state_dir: PathBuf,
+}
+
+/// What a backend learned about existing data when it opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Resume state matched the data: these pieces are complete, no hashing needed.
+    Trusted(Bitfield),
+    /// No usable resume state, or it did not match the data: the engine must recheck by hashing
+    /// every piece (reading them with [`Storage::read`]) and mark the good ones complete.
+    NeedsRecheck,
+}
+
+/// Errors every backend reports with the same meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The bytes asked for are not there (file missing or short). During a recheck this just
+    /// means "piece not present".
+    #[error("data not present")]
+    Missing,
+    /// Piece, offset or length outside the torrent.
+    #[error("piece {piece} range {offset}+{len} is out of bounds")]
+    OutOfRange {
+        /// Piece index.
+        piece: PieceIndex,
+        /// Offset inside the piece.
+        offset: u32,
+        /// Length requested.
+        len: u32,
+    },
+    /// The device is full (ENOSPC/EDQUOT).
+    #[error("no space left on device writing {path}")]
+    NoSpace {
+        /// The file being written.
+        path: PathBuf,
+    },
+    /// The backend may not touch this path (EACCES/EPERM/EROFS).
+    #[error("permission denied on {path}")]
+    PermissionDenied {
+        /// The file or folder refused.
+        path: PathBuf,
+    },
+    /// Any other I/O failure.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or folder involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The backend cannot do this at all.
+    #[error("not supported by this storage backend: {0}")]
+    NotSupported(&'static str),
+}
+
+impl StorageError {
+    /// Classify an OS error on `path` into the shared variants.
+    pub fn from_io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        match source.raw_os_error() {
+            Some(28) | Some(122) => StorageError::NoSpace { path }, // ENOSPC, EDQUOT
+            Some(13) | Some(1) | Some(30) => StorageError::PermissionDenied { path }, // EACCES, EPERM, EROFS
+            _ if source.kind() == std::io::ErrorKind::NotFound => StorageError::Missing,
+            _ if source.kind() == std::io::ErrorKind::UnexpectedEof => StorageError::Missing,
+            _ => StorageError::Io { path, source },
+        }
+    }
+}
+
+/// Storage of one torrent's bytes. All methods take `&self`: a backend handles concurrent calls
+/// (for different pieces) itself. Blocking work must not run on the async runtime's threads.
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// What the backend found at open: trusted resume state, or a request to recheck.
+    fn resume(&self) -> Resume;
+
+    /// Write the concatenation of `chunks` at byte `offset` inside `piece`. The engine only
+    /// writes data it has verified, normally a whole piece at once.
+    async fn write(&self, piece: PieceIndex, offset: u32, chunks: Vec<Bytes>) -> Result<(), StorageError>;
+
+    /// Read `len` bytes at `offset` inside `piece`. [`StorageError::Missing`] when not present.
+    async fn read(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StorageError>;
+
+    /// Record that `piece` is written and verified. Finalizes (makes visible at its final path)
+    /// every file whose pieces are now all complete.
+    async fn mark_complete(&self, piece: PieceIndex) -> Result<(), StorageError>;
+
+    /// Whether `piece` is complete (see the module contract: never lies).
+    fn has_piece(&self, piece: PieceIndex) -> bool;
+
+    /// Whether file `file` is at its final path (complete and durable).
+    fn is_finalized(&self, file: usize) -> bool;
+
+    /// Make written data durable, then persist the completed set as resume state.
+    async fn flush(&self) -> Result<(), StorageError>;
+}
+
+/// A named storage backend: the factory the registry holds and `--storage` selects.
+#[async_trait]
+pub trait StorageBackend: Send + Sync {
+    /// The command-line selector, e.g. `fs` or `memory`.
+    fn name(&self) -> &str;
+
+    /// Open (or create) storage for one torrent.
+    async fn open(&self, spec: StorageSpec) -> Result<Arc<dyn Storage>, StorageError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_maps_pieces_and_files() {
+        let l = Layout::new(
+            16,
+            [("a".into(), 10), ("empty".into(), 0), ("b".into(), 20), ("c".into(), 3)],
+        );
+        assert_eq!(l.total_length, 33);
+        assert_eq!(l.piece_count(), 3);
+        assert_eq!(l.piece_len(2), 1);
+        assert_eq!(l.files_for_piece(0), vec![0, 2]);
+        assert_eq!(l.files_for_piece(1), vec![2]);
+        assert_eq!(l.files_for_piece(2), vec![3]);
+        assert_eq!(l.pieces_for_file(0), 0..1);
+        assert_eq!(l.pieces_for_file(1), 0..0);
+        assert_eq!(l.pieces_for_file(2), 0..2);
+        assert_eq!(l.pieces_for_file(3), 1..3);
+    }
+}

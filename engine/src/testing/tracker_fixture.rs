@@ -1,0 +1,1 @@
+//! In-process HTTP and UDP trackers for swarm tests. (Stub: implementation pending.)

@@ -1,0 +1,2 @@
+//! `FsStorage`: positioned file I/O, `.part` files renamed into place, durable resume state.
+//! (Pending.)

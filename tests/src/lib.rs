@@ -1,0 +1,1 @@
+//! Shared helpers for ZigTorrent's cross-crate tests.
