@@ -12,18 +12,23 @@ pub mod bencode;
 pub mod choker;
 pub mod hash;
 pub mod metainfo;
+pub mod peer;
 pub mod picker;
 pub mod registry;
 pub mod session;
+pub mod status;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod torrent;
 pub mod tracker;
 pub mod transport;
 pub mod types;
 pub mod wire;
 
 pub use metainfo::Metainfo;
+pub use session::{Session, SessionConfig, SessionError, TorrentHandle};
+pub use status::{TorrentState, TorrentStatus};
 pub use registry::{Origin, Registry};
 pub use storage::memory::MemoryBackend;
 pub use storage::{Layout, Storage, StorageBackend, StorageError, StorageSpec};

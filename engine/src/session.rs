@@ -1,1 +1,289 @@
-//! The session: one listener, many torrents. (Pending.)
+//! The session: one listening port for every torrent, the torrent tasks, and the routing of
+//! incoming connections to them by info-hash.
+//!
+//! The session owns no torrent state: each torrent is a task (see `torrent.rs`) reached through
+//! a bounded command channel and observed through a `watch` snapshot.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::metainfo::Metainfo;
+use crate::peer;
+use crate::status::TorrentStatus;
+use crate::storage::StorageBackend;
+use crate::torrent::{run_torrent, TorrentCommand, TorrentParams};
+use crate::tracker::TrackerClient;
+use crate::transport::{Listener, Transport, TransportError};
+use crate::types::{InfoHash, PeerId};
+
+/// How many following ports are tried when the asked one is taken.
+const PORT_ATTEMPTS: u16 = 50;
+
+/// What a session is started with.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Where downloads go.
+    pub download_dir: PathBuf,
+    /// Where resume state goes.
+    pub state_dir: PathBuf,
+    /// Address to listen on; if its port is taken, the next free one is used (port 0: any).
+    pub listen: SocketAddr,
+    /// Peers added to every torrent (tracker-less use and tests).
+    pub extra_peers: Vec<SocketAddr>,
+    /// Connections per torrent.
+    pub max_peers_per_torrent: usize,
+    /// Connections for the whole session.
+    pub max_peers_total: usize,
+    /// Our peer id (random by default).
+    pub peer_id: PeerId,
+}
+
+impl SessionConfig {
+    /// Defaults: port 6881 on all interfaces, 50 peers per torrent, 300 in all.
+    pub fn new(download_dir: PathBuf, state_dir: PathBuf) -> Self {
+        SessionConfig {
+            download_dir,
+            state_dir,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 6881),
+            extra_peers: Vec::new(),
+            max_peers_per_torrent: 50,
+            max_peers_total: 300,
+            peer_id: PeerId::generate(),
+        }
+    }
+}
+
+/// Why the session could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No port could be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The first address tried.
+        addr: SocketAddr,
+        /// The last error.
+        source: TransportError,
+    },
+    /// The torrent is already in the session.
+    #[error("torrent {0} is already loaded")]
+    Duplicate(InfoHash),
+    /// The session is shutting down.
+    #[error("session is shutting down")]
+    Closed,
+}
+
+/// A handle on one torrent in the session.
+#[derive(Clone)]
+pub struct TorrentHandle {
+    info_hash: InfoHash,
+    status: watch::Receiver<TorrentStatus>,
+    commands: mpsc::Sender<TorrentCommand>,
+}
+
+impl TorrentHandle {
+    /// The torrent's identity.
+    pub fn info_hash(&self) -> InfoHash {
+        self.info_hash
+    }
+    /// The latest status snapshot.
+    pub fn status(&self) -> TorrentStatus {
+        self.status.borrow().clone()
+    }
+    /// A receiver that wakes on every status change.
+    pub fn subscribe(&self) -> watch::Receiver<TorrentStatus> {
+        self.status.clone()
+    }
+    /// Stop transferring, keeping everything.
+    pub async fn pause(&self) {
+        let _ = self.commands.send(TorrentCommand::Pause).await;
+    }
+    /// Resume after a pause.
+    pub async fn resume(&self) {
+        let _ = self.commands.send(TorrentCommand::Resume).await;
+    }
+    /// Add peer addresses to try.
+    pub async fn add_peers(&self, peers: Vec<SocketAddr>) {
+        let _ = self.commands.send(TorrentCommand::AddPeers(peers)).await;
+    }
+}
+
+struct Entry {
+    handle: TorrentHandle,
+    task: JoinHandle<()>,
+}
+
+struct Shared {
+    config: SessionConfig,
+    transport: Arc<dyn Transport>,
+    backend: Arc<dyn StorageBackend>,
+    tracker: TrackerClient,
+    torrents: Mutex<HashMap<InfoHash, Entry>>,
+    peer_slots: Arc<Semaphore>,
+    listen_port: u16,
+}
+
+/// A running BitTorrent session.
+pub struct Session {
+    shared: Arc<Shared>,
+    listener: JoinHandle<()>,
+}
+
+impl Session {
+    /// Bind the listening port and start accepting peers.
+    pub async fn start(
+        config: SessionConfig,
+        transport: Arc<dyn Transport>,
+        backend: Arc<dyn StorageBackend>,
+        tracker: TrackerClient,
+    ) -> Result<Session, SessionError> {
+        let listener = bind(&*transport, config.listen).await?;
+        let listen_port = listener.local_addr().port();
+        tracing::info!(port = listen_port, transport = transport.name(), "listening");
+        let shared = Arc::new(Shared {
+            peer_slots: Arc::new(Semaphore::new(config.max_peers_total)),
+            config,
+            transport,
+            backend,
+            tracker,
+            torrents: Mutex::new(HashMap::new()),
+            listen_port,
+        });
+        let listener = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(Session { shared, listener })
+    }
+
+    /// The port actually listened on.
+    pub fn listen_port(&self) -> u16 {
+        self.shared.listen_port
+    }
+
+    /// Add a torrent; it starts checking, then downloading or seeding.
+    pub fn add(&self, metainfo: Metainfo) -> Result<TorrentHandle, SessionError> {
+        let mut torrents = self.shared.torrents.lock().expect("lock poisoned only by a panic");
+        let info_hash = metainfo.info_hash;
+        if torrents.contains_key(&info_hash) {
+            return Err(SessionError::Duplicate(info_hash));
+        }
+        let status = TorrentStatus::new(
+            metainfo.info.name.clone(),
+            info_hash,
+            metainfo.info.layout.total_length,
+            metainfo.info.layout.piece_count(),
+        );
+        let (status_tx, status_rx) = watch::channel(status);
+        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let c = &self.shared.config;
+        let params = TorrentParams {
+            metainfo: Arc::new(metainfo),
+            backend: self.shared.backend.clone(),
+            transport: self.shared.transport.clone(),
+            tracker: self.shared.tracker.clone(),
+            peer_id: c.peer_id,
+            listen_port: self.shared.listen_port,
+            download_dir: c.download_dir.clone(),
+            state_dir: c.state_dir.clone(),
+            extra_peers: c.extra_peers.clone(),
+            max_peers: c.max_peers_per_torrent,
+            peer_slots: self.shared.peer_slots.clone(),
+            status: status_tx,
+        };
+        let task = tokio::spawn(run_torrent(params, cmd_rx));
+        let handle = TorrentHandle { info_hash, status: status_rx, commands: cmd_tx };
+        torrents.insert(info_hash, Entry { handle: handle.clone(), task });
+        Ok(handle)
+    }
+
+    /// Every torrent in the session.
+    pub fn torrents(&self) -> Vec<TorrentHandle> {
+        let torrents = self.shared.torrents.lock().expect("lock poisoned only by a panic");
+        torrents.values().map(|e| e.handle.clone()).collect()
+    }
+
+    /// Stop and remove one torrent (its data stays).
+    pub async fn remove(&self, info_hash: InfoHash) -> bool {
+        let entry = self.shared.torrents.lock().expect("lock poisoned only by a panic").remove(&info_hash);
+        match entry {
+            Some(e) => {
+                stop_torrent(e, Duration::from_secs(4)).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stop every torrent gracefully (flush, resume state, `stopped`), bounded by `timeout`.
+    pub async fn shutdown(self, timeout: Duration) {
+        self.listener.abort();
+        let entries: Vec<Entry> =
+            self.shared.torrents.lock().expect("lock poisoned only by a panic").drain().map(|(_, e)| e).collect();
+        futures::future::join_all(entries.into_iter().map(|e| stop_torrent(e, timeout))).await;
+    }
+}
+
+async fn stop_torrent(entry: Entry, timeout: Duration) {
+    let (tx, rx) = oneshot::channel();
+    if entry.handle.commands.send(TorrentCommand::Shutdown(tx)).await.is_ok() {
+        let _ = tokio::time::timeout(timeout, rx).await;
+    }
+    entry.task.abort();
+}
+
+async fn bind(transport: &dyn Transport, addr: SocketAddr) -> Result<Box<dyn Listener>, SessionError> {
+    let attempts = if addr.port() == 0 { 1 } else { PORT_ATTEMPTS };
+    let mut last = None;
+    for i in 0..attempts {
+        let Some(port) = addr.port().checked_add(i) else { break };
+        match transport.listen(SocketAddr::new(addr.ip(), port)).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(SessionError::Listen {
+        addr,
+        source: last.unwrap_or(TransportError::NotSupported("no port available")),
+    })
+}
+
+async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
+    loop {
+        let (mut stream, addr) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let Ok(permit) = shared.peer_slots.clone().try_acquire_owned() else {
+                return; // session full
+            };
+            let handshake = match peer::read_handshake(&mut stream).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "incoming handshake failed");
+                    return;
+                }
+            };
+            let commands = {
+                let torrents = shared.torrents.lock().expect("lock poisoned only by a panic");
+                torrents.get(&handshake.info_hash).map(|e| e.handle.commands.clone())
+            };
+            let Some(commands) = commands else {
+                tracing::debug!(%addr, info_hash = %handshake.info_hash, "incoming peer for unknown torrent");
+                return;
+            };
+            let transport = shared.transport.name().to_string();
+            let _ = commands
+                .send(TorrentCommand::Incoming { stream, addr, handshake, transport, permit })
+                .await;
+        });
+    }
+}

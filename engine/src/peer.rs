@@ -1,0 +1,401 @@
+//! One peer connection: handshake, then a reader task and a writer task over any transport
+//! stream. The drivers only move and check messages; every decision about *what* to request or
+//! whom to choke is taken by the torrent task, which talks to them through bounded channels.
+//!
+//! Uploads are served here directly (the torrent task is not involved per block): a request is
+//! checked (range, 16 KiB cap, piece present, peer unchoked) and answered from storage.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::storage::{Layout, Storage};
+use crate::transport::BoxStream;
+use crate::types::{Bitfield, BlockRef, InfoHash, PeerId, BLOCK_SIZE};
+use crate::wire::{self, Handshake, Message, HANDSHAKE_LEN};
+
+/// How long a peer may take to send its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// BEP 3 suggests keep-alives every two minutes; silence for longer than this ends the peer.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// We send a keep-alive after this much silence on our side.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(90);
+/// Requests a peer may have queued with us before further ones are ignored.
+const MAX_QUEUED_UPLOADS: usize = 2048;
+/// Read buffer per connection.
+const READ_BUFFER: usize = 256 * 1024;
+/// Bytes the writer gathers before one write call.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// Identifies a connection within its torrent.
+pub type PeerKey = crate::picker::PeerKey;
+
+/// What a peer driver tells its torrent task.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// The peer sent its bitfield (already validated against the piece count).
+    Bitfield(Bitfield),
+    /// The peer has a new piece (index validated).
+    Have(u32),
+    /// The peer choked us: outstanding requests are void.
+    Choke,
+    /// The peer unchoked us.
+    Unchoke,
+    /// The peer wants our data.
+    Interested,
+    /// The peer no longer wants our data.
+    NotInterested,
+    /// A block arrived (not yet checked against the picker).
+    Block(BlockRef, Bytes),
+    /// The connection ended.
+    Closed(String),
+}
+
+/// Commands from the torrent task to a peer's writer.
+#[derive(Debug)]
+pub enum PeerCommand {
+    /// Send these messages.
+    Send(Vec<Message>),
+    /// Choke or unchoke the peer (tracked for upload checks).
+    SetChoking(bool),
+    /// End the connection.
+    Close,
+}
+
+/// Counters and flags shared between a connection's tasks and its torrent.
+#[derive(Debug, Default)]
+pub struct PeerShared {
+    /// Whether we choke the peer (requests are ignored while true).
+    pub am_choking: AtomicBool,
+    /// Payload bytes we sent.
+    pub uploaded: AtomicU64,
+}
+
+/// A handshaken connection, ready to be driven.
+pub struct Connection {
+    /// The byte stream, positioned after both handshakes.
+    pub stream: BoxStream,
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// The peer's handshake.
+    pub remote: Handshake,
+    /// Name of the transport that carried it.
+    pub transport: String,
+}
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The peer took too long.
+    #[error("handshake timed out")]
+    Timeout,
+    /// Not a BitTorrent handshake.
+    #[error("{0}")]
+    Wire(#[from] wire::WireError),
+    /// The peer asked for another torrent.
+    #[error("peer wants another torrent")]
+    WrongInfoHash,
+    /// We connected to ourselves.
+    #[error("connected to ourselves")]
+    SelfConnection,
+}
+
+/// Read the 68-byte handshake off `stream`.
+pub async fn read_handshake<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Handshake, HandshakeError> {
+    let mut buf = [0u8; HANDSHAKE_LEN];
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut buf))
+        .await
+        .map_err(|_| HandshakeError::Timeout)??;
+    Ok(Handshake::decode(&buf)?)
+}
+
+/// Outgoing side: send ours, read theirs, check it.
+pub async fn handshake_outgoing(
+    mut stream: BoxStream,
+    ours: Handshake,
+) -> Result<(BoxStream, Handshake), HandshakeError> {
+    stream.write_all(&ours.encode()).await?;
+    let theirs = read_handshake(&mut stream).await?;
+    check_remote(&ours, &theirs)?;
+    Ok((stream, theirs))
+}
+
+/// Incoming side, after the session read their handshake and routed it here: answer with ours.
+pub async fn handshake_incoming(
+    mut stream: BoxStream,
+    ours: Handshake,
+    theirs: &Handshake,
+) -> Result<BoxStream, HandshakeError> {
+    check_remote(&ours, theirs)?;
+    stream.write_all(&ours.encode()).await?;
+    Ok(stream)
+}
+
+fn check_remote(ours: &Handshake, theirs: &Handshake) -> Result<(), HandshakeError> {
+    if theirs.info_hash != ours.info_hash {
+        return Err(HandshakeError::WrongInfoHash);
+    }
+    if theirs.peer_id == ours.peer_id {
+        return Err(HandshakeError::SelfConnection);
+    }
+    Ok(())
+}
+
+/// Everything a connection's tasks need.
+pub struct PeerContext {
+    /// Key within the torrent.
+    pub key: PeerKey,
+    /// Torrent geometry, for request and block checks.
+    pub layout: Arc<Layout>,
+    /// Where uploads are read from.
+    pub storage: Arc<dyn Storage>,
+    /// Events to the torrent task.
+    pub events: mpsc::Sender<(PeerKey, PeerEvent)>,
+    /// Shared flags and counters.
+    pub shared: Arc<PeerShared>,
+    /// Our bitfield to send first (None: we have nothing).
+    pub initial_bitfield: Option<Bitfield>,
+    /// Torrent identity (for logs).
+    pub info_hash: InfoHash,
+    /// Our id (unused for now beyond logs).
+    pub peer_id: PeerId,
+}
+
+/// Run a connection until it ends; spawns a reader and writer and returns when both stop.
+/// The final [`PeerEvent::Closed`] is always sent.
+pub async fn run_peer(conn: Connection, ctx: PeerContext, commands: mpsc::Receiver<PeerCommand>) {
+    let (rd, wr) = tokio::io::split(conn.stream);
+    let (upload_tx, upload_rx) = mpsc::channel::<Upload>(MAX_QUEUED_UPLOADS);
+    let key = ctx.key;
+    let events = ctx.events.clone();
+    let shared = ctx.shared.clone();
+    let mut first = Vec::new();
+    if let Some(bf) = &ctx.initial_bitfield {
+        if bf.count_ones() > 0 {
+            first.push(Message::Bitfield(Bytes::copy_from_slice(bf.as_bytes())));
+        }
+    }
+    let mut writer = tokio::spawn(write_loop(wr, commands, upload_rx, shared, first));
+    let mut reader = tokio::spawn(read_loop(rd, ctx, upload_tx));
+    // Whichever ends first ends the connection.
+    let reason = tokio::select! {
+        r = &mut reader => { writer.abort(); r.unwrap_or_else(|e| format!("reader panicked: {e}")) }
+        w = &mut writer => { reader.abort(); w.unwrap_or_else(|e| format!("writer panicked: {e}")) }
+    };
+    let _ = events.send((key, PeerEvent::Closed(reason))).await;
+}
+
+/// A block to upload, read by the reader and written by the writer in request order.
+struct Upload {
+    block: BlockRef,
+    data: Bytes,
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
+    ctx: PeerContext,
+    uploads: mpsc::Sender<Upload>,
+) -> String {
+    let piece_count = ctx.layout.piece_count() as usize;
+    let max_len = (BLOCK_SIZE as usize + 13).max(piece_count.div_ceil(8) + 1);
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut first_message = true;
+    loop {
+        let msg = match wire::decode(&mut buf, max_len) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                if buf.capacity() - buf.len() < BLOCK_SIZE as usize {
+                    buf.reserve(READ_BUFFER);
+                }
+                match tokio::time::timeout(IDLE_TIMEOUT, rd.read_buf(&mut buf)).await {
+                    Err(_) => return "idle timeout".into(),
+                    Ok(Err(e)) => return format!("read error: {e}"),
+                    Ok(Ok(0)) => return "connection closed by peer".into(),
+                    Ok(Ok(_)) => continue,
+                }
+            }
+            Err(e) => return format!("protocol error: {e}"),
+        };
+        let was_first = std::mem::replace(&mut first_message, false);
+        let event = match msg {
+            Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => continue,
+            Message::Choke => PeerEvent::Choke,
+            Message::Unchoke => PeerEvent::Unchoke,
+            Message::Interested => PeerEvent::Interested,
+            Message::NotInterested => PeerEvent::NotInterested,
+            Message::Have(i) => {
+                if i as usize >= piece_count {
+                    return format!("have for piece {i} out of range");
+                }
+                PeerEvent::Have(i)
+            }
+            Message::Bitfield(bytes) => {
+                if !was_first {
+                    return "bitfield after the first message".into();
+                }
+                match Bitfield::from_bytes(&bytes, piece_count) {
+                    Ok(bf) => PeerEvent::Bitfield(bf),
+                    Err(e) => return format!("bad bitfield: {e}"),
+                }
+            }
+            Message::Piece { index, begin, data } => {
+                let block = BlockRef { piece: index, begin, length: data.len() as u32 };
+                if !block_in_range(&ctx.layout, &block) {
+                    return format!("piece message out of range: {block:?}");
+                }
+                PeerEvent::Block(block, data)
+            }
+            Message::Request { index, begin, length } => {
+                let block = BlockRef { piece: index, begin, length };
+                if length > BLOCK_SIZE || !block_in_range(&ctx.layout, &block) {
+                    return format!("invalid request {block:?}");
+                }
+                if ctx.shared.am_choking.load(Ordering::Relaxed) || !ctx.storage.has_piece(index) {
+                    // BEP 3: requests while choked are dropped; so are requests for pieces we
+                    // do not have (we never advertised them).
+                    continue;
+                }
+                let data = match ctx.storage.read(index, begin, length).await {
+                    Ok(d) => d,
+                    Err(e) => return format!("storage read failed: {e}"),
+                };
+                if uploads.try_send(Upload { block, data }).is_err() {
+                    // Queue full: the peer is asking faster than we send; drop this one.
+                    tracing::debug!(peer = ctx.key, "upload queue full, request dropped");
+                }
+                continue;
+            }
+            // Cancels race with the data already read; answering is harmless.
+            Message::Cancel { .. } => continue,
+        };
+        if ctx.events.send((ctx.key, event)).await.is_err() {
+            return "torrent stopped".into();
+        }
+    }
+}
+
+fn block_in_range(layout: &Layout, b: &BlockRef) -> bool {
+    b.piece < layout.piece_count()
+        && b.length > 0
+        && (b.begin as u64 + b.length as u64) <= layout.piece_len(b.piece) as u64
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut commands: mpsc::Receiver<PeerCommand>,
+    mut uploads: mpsc::Receiver<Upload>,
+    shared: Arc<PeerShared>,
+    first: Vec<Message>,
+) -> String {
+    let mut buf = BytesMut::with_capacity(WRITE_BATCH);
+    for m in &first {
+        m.encode(&mut buf);
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
+    keepalive.tick().await;
+    loop {
+        if !buf.is_empty() || !chunks.is_empty() {
+            if !buf.is_empty() {
+                chunks.push(buf.split().freeze());
+            }
+            if let Err(e) = write_chunks(&mut wr, &mut chunks).await {
+                return format!("write error: {e}");
+            }
+            keepalive.reset();
+        }
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { return "torrent stopped".into() };
+                if !apply(cmd, &mut buf, &shared) {
+                    let _ = wr.shutdown().await;
+                    return "closed by us".into();
+                }
+                // Gather whatever else is already queued into the same write.
+                while buf.len() < WRITE_BATCH {
+                    match commands.try_recv() {
+                        Ok(cmd) => if !apply(cmd, &mut buf, &shared) {
+                            let _ = wr.shutdown().await;
+                            return "closed by us".into();
+                        },
+                        Err(_) => break,
+                    }
+                }
+            }
+            up = uploads.recv() => {
+                let Some(up) = up else { return "reader stopped".into() };
+                push_upload(up, &mut buf, &mut chunks, &shared);
+                let mut batched = 0;
+                while batched < WRITE_BATCH {
+                    match uploads.try_recv() {
+                        Ok(up) => { batched += up.data.len(); push_upload(up, &mut buf, &mut chunks, &shared); }
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = keepalive.tick() => Message::KeepAlive.encode(&mut buf),
+        }
+    }
+}
+
+fn push_upload(up: Upload, buf: &mut BytesMut, chunks: &mut Vec<Bytes>, shared: &PeerShared) {
+    if shared.am_choking.load(Ordering::Relaxed) {
+        return; // choked since the request was read: BEP 3 says drop it
+    }
+    wire::encode_piece_header(up.block.piece, up.block.begin, up.data.len() as u32, buf);
+    chunks.push(buf.split().freeze());
+    shared.uploaded.fetch_add(up.data.len() as u64, Ordering::Relaxed);
+    chunks.push(up.data);
+}
+
+/// Apply one command; false means close.
+fn apply(cmd: PeerCommand, buf: &mut BytesMut, shared: &PeerShared) -> bool {
+    match cmd {
+        PeerCommand::Send(msgs) => {
+            for m in &msgs {
+                m.encode(buf);
+            }
+        }
+        PeerCommand::SetChoking(choke) => {
+            let was = shared.am_choking.swap(choke, Ordering::Relaxed);
+            if was != choke {
+                if choke { Message::Choke } else { Message::Unchoke }.encode(buf);
+            }
+        }
+        PeerCommand::Close => return false,
+    }
+    true
+}
+
+/// Write every chunk with vectored writes, so block data goes out without being copied.
+async fn write_chunks<W: AsyncWrite + Unpin>(wr: &mut W, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
+    let mut start = 0;
+    while start < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> =
+            chunks[start..].iter().take(64).map(|c| std::io::IoSlice::new(c)).collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let c = &mut chunks[start];
+            if n >= c.len() {
+                n -= c.len();
+                start += 1;
+            } else {
+                let _ = c.split_to(n);
+                n = 0;
+            }
+        }
+    }
+    chunks.clear();
+    wr.flush().await
+}

@@ -1,0 +1,101 @@
+//! Snapshots the torrent task publishes (through `tokio::sync::watch`) for the cli to show.
+
+use crate::types::InfoHash;
+
+/// Where a torrent is in its life.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TorrentState {
+    /// Opening storage and, if resume state could not be trusted, hashing existing data.
+    Checking {
+        /// Fraction of pieces checked, 0.0–1.0.
+        progress: f32,
+    },
+    /// Fetching missing pieces.
+    Downloading,
+    /// Complete; serving others.
+    Seeding,
+    /// Stopped by the user; nothing is transferred.
+    Paused,
+    /// Stopped by an error (disk full, permission denied, …); verified data is kept.
+    Error(String),
+}
+
+impl TorrentState {
+    /// A short lower-case word: checking, downloading, seeding, paused, error.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TorrentState::Checking { .. } => "checking",
+            TorrentState::Downloading => "downloading",
+            TorrentState::Seeding => "seeding",
+            TorrentState::Paused => "paused",
+            TorrentState::Error(_) => "error",
+        }
+    }
+}
+
+/// One torrent as the user sees it.
+#[derive(Clone, Debug)]
+pub struct TorrentStatus {
+    /// Display name.
+    pub name: String,
+    /// Identity.
+    pub info_hash: InfoHash,
+    /// Lifecycle state.
+    pub state: TorrentState,
+    /// Size of all files.
+    pub total_bytes: u64,
+    /// Bytes in verified pieces.
+    pub have_bytes: u64,
+    /// Verified pieces.
+    pub pieces_have: u32,
+    /// All pieces.
+    pub pieces_total: u32,
+    /// Payload bytes/s received (recent average).
+    pub download_rate: u64,
+    /// Payload bytes/s sent (recent average).
+    pub upload_rate: u64,
+    /// Payload bytes received this session.
+    pub downloaded: u64,
+    /// Payload bytes sent this session.
+    pub uploaded: u64,
+    /// Bytes received in pieces that failed their hash.
+    pub wasted: u64,
+    /// Open peer connections.
+    pub peers_connected: usize,
+    /// Peer addresses known (connected or not).
+    pub peers_known: usize,
+    /// Last tracker problem, if the last announce failed.
+    pub tracker_error: Option<String>,
+}
+
+impl TorrentStatus {
+    /// A status for a torrent that has just been added.
+    pub fn new(name: String, info_hash: InfoHash, total_bytes: u64, pieces_total: u32) -> Self {
+        TorrentStatus {
+            name,
+            info_hash,
+            state: TorrentState::Checking { progress: 0.0 },
+            total_bytes,
+            have_bytes: 0,
+            pieces_have: 0,
+            pieces_total,
+            download_rate: 0,
+            upload_rate: 0,
+            downloaded: 0,
+            uploaded: 0,
+            wasted: 0,
+            peers_connected: 0,
+            peers_known: 0,
+            tracker_error: None,
+        }
+    }
+
+    /// Completion, 0.0–1.0, by bytes.
+    pub fn progress(&self) -> f64 {
+        if self.total_bytes == 0 {
+            1.0
+        } else {
+            self.have_bytes as f64 / self.total_bytes as f64
+        }
+    }
+}

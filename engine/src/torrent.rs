@@ -1,0 +1,1031 @@
+//! The torrent task: the single owner of one torrent's state (picker, peers, choker, storage
+//! handle, tracker tiers). Peer drivers, the session and helper tasks talk to it only through
+//! channels; it publishes a [`TorrentStatus`] snapshot for readers.
+//!
+//! Data path: peer driver → `PeerEvent::Block` → picker bookkeeping → block kept in a piece
+//! buffer → when the piece is whole, a verify task hashes it on the blocking pool, writes it to
+//! storage and marks it complete → `Internal::PieceDone` → `have` to every peer.
+//! Only verified data is ever written.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::choker::{self, Choker, PeerSample};
+use crate::hash;
+use crate::metainfo::Metainfo;
+use crate::peer::{self, Connection, PeerCommand, PeerContext, PeerEvent, PeerKey, PeerShared};
+use crate::picker::{BlockOutcome, PiecePicker};
+use crate::status::{TorrentState, TorrentStatus};
+use crate::storage::{Layout, Resume, Storage, StorageBackend, StorageError, StorageSpec};
+use crate::tracker::{AnnounceRequest, AnnounceResponse, Event, TrackerClient, TrackerError, TrackerTiers};
+use crate::transport::{BoxStream, Transport};
+use crate::types::{Bitfield, BlockRef, PeerId, PieceIndex, BLOCK_SIZE};
+use crate::wire::{Handshake, Message};
+
+/// Requests in flight to one peer at first, before its rate is known.
+const INITIAL_DEPTH: usize = 64;
+/// Never fewer than this many requests in flight to an unchoking peer.
+const MIN_DEPTH: usize = 16;
+/// Upper bound per peer (libtorrent's default cap is 500).
+const MAX_DEPTH: usize = 256;
+/// Seconds of a peer's rate we try to keep requested (libtorrent uses 3 s).
+const QUEUE_SECONDS: f64 = 2.0;
+/// Top up a peer's pipeline only when at least this many slots are free, so requests go out
+/// in batches rather than one message per received block.
+const REFILL_BATCH: usize = 8;
+/// Pieces waiting for hashing/writing may hold at most this many bytes before we stop asking
+/// for more: the bound that keeps memory flat when the disk is slower than the network.
+const VERIFY_BACKLOG_CAP: u64 = 16 * 1024 * 1024;
+/// Pieces hashed and written at the same time.
+const VERIFY_PARALLELISM: usize = 2;
+/// A peer that sent nothing we asked for in this long is snubbed: its requests go elsewhere.
+const SNUB_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often verified pieces are recorded durably (data flushed first).
+const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+/// Hash-failure strikes after which a peer is banned for the session.
+const BAN_STRIKES: u32 = 3;
+/// Peers asked of trackers.
+const NUM_WANT: u32 = 100;
+/// Retry a failed announce after this long (doubling, capped at 5 minutes).
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(15);
+/// How long `stopped` may take at shutdown.
+const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
+/// Redial a peer that dropped or failed after this long (times the number of failures).
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Commands from the session.
+pub enum TorrentCommand {
+    /// An incoming connection whose handshake named this torrent.
+    Incoming {
+        /// Stream positioned after the peer's handshake.
+        stream: BoxStream,
+        /// Remote address.
+        addr: SocketAddr,
+        /// The peer's handshake.
+        handshake: Handshake,
+        /// Transport name.
+        transport: String,
+        /// Session-wide peer slot.
+        permit: OwnedSemaphorePermit,
+    },
+    /// Add peer addresses to try.
+    AddPeers(Vec<SocketAddr>),
+    /// Stop transferring (keep state).
+    Pause,
+    /// Resume after [`TorrentCommand::Pause`].
+    Resume,
+    /// Stop: flush, save resume state, announce `stopped`; reply when done.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Everything a torrent task needs from its session.
+pub(crate) struct TorrentParams {
+    pub metainfo: Arc<Metainfo>,
+    pub backend: Arc<dyn StorageBackend>,
+    pub transport: Arc<dyn Transport>,
+    pub tracker: TrackerClient,
+    pub peer_id: PeerId,
+    pub listen_port: u16,
+    pub download_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub extra_peers: Vec<SocketAddr>,
+    pub max_peers: usize,
+    pub peer_slots: Arc<Semaphore>,
+    pub status: watch::Sender<TorrentStatus>,
+}
+
+/// Results of helper tasks, fed back into the torrent task.
+enum Internal {
+    PieceDone { piece: PieceIndex, bytes: u64, contributors: Vec<SocketAddr>, result: Result<bool, StorageError> },
+    AnnounceDone { tiers: TrackerTiers, event: Event, result: Result<(String, AnnounceResponse), TrackerError> },
+    Connected { conn: Connection, permit: OwnedSemaphorePermit, outgoing: bool },
+    ConnectFailed { addr: SocketAddr, reason: String },
+}
+
+struct Peer {
+    addr: SocketAddr,
+    tx: mpsc::Sender<PeerCommand>,
+    shared: Arc<PeerShared>,
+    peer_id: PeerId,
+    bitfield: Bitfield,
+    peer_choking: bool,
+    peer_interested: bool,
+    am_interested: bool,
+    requests: HashSet<BlockRef>,
+    depth: usize,
+    window_down: u64,
+    download_rate: f64,
+    last_uploaded: u64,
+    upload_rate: f64,
+    last_block: Instant,
+    snubbed: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Default)]
+struct KnownPeer {
+    connected: bool,
+    connecting: bool,
+    failures: u32,
+    next_try: Option<Instant>,
+    strikes: u32,
+    banned: bool,
+    /// Learned only from an incoming connection (its port is ephemeral): never dialled.
+    incoming_only: bool,
+}
+
+struct PieceBuf {
+    blocks: Vec<Option<Bytes>>,
+    contributors: Vec<SocketAddr>,
+}
+
+/// Run one torrent until shut down.
+pub(crate) async fn run_torrent(params: TorrentParams, mut commands: mpsc::Receiver<TorrentCommand>) {
+    let metainfo = params.metainfo.clone();
+    let layout = Arc::new(metainfo.info.layout.clone());
+    let spec = StorageSpec {
+        info_hash: metainfo.info_hash,
+        layout: layout.clone(),
+        download_dir: params.download_dir.clone(),
+        state_dir: params.state_dir.clone(),
+    };
+    let storage = match params.backend.open(spec).await {
+        Ok(s) => s,
+        Err(e) => {
+            params.status.send_modify(|s| s.state = TorrentState::Error(format!("cannot open storage: {e}")));
+            wait_for_shutdown(&mut commands).await;
+            return;
+        }
+    };
+    let have = match storage.resume() {
+        Resume::Trusted(bf) if bf.len() == layout.piece_count() as usize => bf,
+        _ => match recheck(&metainfo, &layout, &storage, &params.status, &mut commands).await {
+            Some(Ok(bf)) => bf,
+            Some(Err(e)) => {
+                params.status.send_modify(|s| s.state = TorrentState::Error(format!("recheck failed: {e}")));
+                wait_for_shutdown(&mut commands).await;
+                return;
+            }
+            None => {
+                let _ = storage.flush().await;
+                return; // shut down while checking
+            }
+        },
+    };
+    let mut torrent = Torrent::new(params, layout, storage, have);
+    torrent.run(commands).await;
+}
+
+async fn wait_for_shutdown(commands: &mut mpsc::Receiver<TorrentCommand>) {
+    while let Some(cmd) = commands.recv().await {
+        if let TorrentCommand::Shutdown(done) = cmd {
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// Hash every piece that storage can read; mark the good ones complete. `None` if shut down.
+async fn recheck(
+    metainfo: &Metainfo,
+    layout: &Layout,
+    storage: &Arc<dyn Storage>,
+    status: &watch::Sender<TorrentStatus>,
+    commands: &mut mpsc::Receiver<TorrentCommand>,
+) -> Option<Result<Bitfield, StorageError>> {
+    let count = layout.piece_count();
+    let mut have = Bitfield::new(count as usize);
+    let mut checks = futures::stream::iter(0..count)
+        .map(|piece| {
+            let storage = storage.clone();
+            let expected = metainfo.info.pieces[piece as usize];
+            let len = layout.piece_len(piece);
+            async move {
+                let data = match storage.read(piece, 0, len).await {
+                    Ok(d) => d,
+                    Err(StorageError::Missing) => return Ok((piece, false)),
+                    Err(e) => return Err(e),
+                };
+                let ok = tokio::task::spawn_blocking(move || hash::sha1(&data) == expected)
+                    .await
+                    .unwrap_or(false);
+                if ok {
+                    storage.mark_complete(piece).await?;
+                }
+                Ok((piece, ok))
+            }
+        })
+        .buffer_unordered(VERIFY_PARALLELISM);
+    let mut done = 0u32;
+    loop {
+        tokio::select! {
+            next = checks.next() => match next {
+                None => break,
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok((piece, ok))) => {
+                    done += 1;
+                    if ok {
+                        have.set(piece as usize);
+                    }
+                    if done.is_multiple_of(16) || done == count {
+                        let progress = done as f32 / count.max(1) as f32;
+                        status.send_modify(|s| s.state = TorrentState::Checking { progress });
+                    }
+                }
+            },
+            cmd = commands.recv() => match cmd {
+                Some(TorrentCommand::Shutdown(reply)) => { let _ = reply.send(()); return None; }
+                None => return None,
+                Some(_) => {} // peers and pauses wait until checking is over
+            },
+        }
+    }
+    if let Err(e) = storage.flush().await {
+        return Some(Err(e));
+    }
+    Some(Ok(have))
+}
+
+struct Torrent {
+    p: TorrentParams,
+    layout: Arc<Layout>,
+    storage: Arc<dyn Storage>,
+    picker: PiecePicker,
+    choker: Choker,
+    rng: StdRng,
+    peers: HashMap<PeerKey, Peer>,
+    known: HashMap<SocketAddr, KnownPeer>,
+    pieces: HashMap<PieceIndex, PieceBuf>,
+    verify_backlog: u64,
+    verifying: usize,
+    verify_slots: Arc<Semaphore>,
+    next_key: PeerKey,
+    events_tx: mpsc::Sender<(PeerKey, PeerEvent)>,
+    events_rx: mpsc::Receiver<(PeerKey, PeerEvent)>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_rx: mpsc::UnboundedReceiver<Internal>,
+    tiers: Option<TrackerTiers>,
+    next_announce: Option<Instant>,
+    announce_failures: u32,
+    min_interval: Duration,
+    sent_completed: bool,
+    paused: bool,
+    error: Option<String>,
+    dirty: bool,
+    last_flush: Instant,
+    last_rechoke: Option<Instant>,
+    window_down: u64,
+    uploaded: u64,
+    download_rate: f64,
+    upload_rate: f64,
+    downloaded: u64,
+    announce_count: u32,
+    wasted: u64,
+    tracker_error: Option<String>,
+    key: u32,
+}
+
+impl Torrent {
+    fn new(p: TorrentParams, layout: Arc<Layout>, storage: Arc<dyn Storage>, have: Bitfield) -> Self {
+        let picker = PiecePicker::new(&layout, &have);
+        let (events_tx, events_rx) = mpsc::channel(4096);
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let tiers = (!p.metainfo.announce_tiers.is_empty())
+            .then(|| TrackerTiers::new(p.metainfo.announce_tiers.clone()));
+        let mut known = HashMap::new();
+        for addr in &p.extra_peers {
+            known.insert(*addr, KnownPeer::default());
+        }
+        let sent_completed = have.is_full();
+        Torrent {
+            layout,
+            storage,
+            picker,
+            choker: Choker::new(),
+            rng: StdRng::from_entropy(),
+            peers: HashMap::new(),
+            known,
+            pieces: HashMap::new(),
+            verify_backlog: 0,
+            verifying: 0,
+            verify_slots: Arc::new(Semaphore::new(VERIFY_PARALLELISM)),
+            next_key: 1,
+            events_tx,
+            events_rx,
+            internal_tx,
+            internal_rx,
+            next_announce: tiers.as_ref().map(|_| Instant::now()),
+            tiers,
+            announce_failures: 0,
+            min_interval: Duration::ZERO,
+            sent_completed,
+            paused: false,
+            error: None,
+            dirty: false,
+            last_flush: Instant::now(),
+            last_rechoke: None,
+            window_down: 0,
+            uploaded: 0,
+            download_rate: 0.0,
+            upload_rate: 0.0,
+            downloaded: 0,
+            announce_count: 0,
+            wasted: 0,
+            tracker_error: None,
+            key: rand::random(),
+            p,
+        }
+    }
+
+    fn is_seed(&self) -> bool {
+        self.picker.have().is_full()
+    }
+
+    fn active(&self) -> bool {
+        !self.paused && self.error.is_none()
+    }
+
+    async fn run(&mut self, mut commands: mpsc::Receiver<TorrentCommand>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.publish();
+        loop {
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    Some(TorrentCommand::Shutdown(reply)) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => { self.shutdown().await; return; }
+                    Some(cmd) => self.on_command(cmd),
+                },
+                Some(internal) = self.internal_rx.recv() => self.on_internal(internal).await,
+                Some((key, event)) = self.events_rx.recv() => {
+                    self.on_peer_event(key, event);
+                    // Drain a burst without going back through select!.
+                    for _ in 0..256 {
+                        match self.events_rx.try_recv() {
+                            Ok((key, event)) => self.on_peer_event(key, event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: TorrentCommand) {
+        match cmd {
+            TorrentCommand::Incoming { stream, addr, handshake, transport, permit } => {
+                if !self.active() || self.peers.len() >= self.p.max_peers {
+                    return;
+                }
+                let known = self.known.entry(addr).or_insert_with(|| KnownPeer { incoming_only: true, ..Default::default() });
+                if known.banned || known.connected {
+                    return;
+                }
+                known.connecting = true;
+                let ours = Handshake::new(self.p.metainfo.info_hash, self.p.peer_id);
+                let tx = self.internal_tx.clone();
+                tokio::spawn(async move {
+                    match peer::handshake_incoming(stream, ours, &handshake).await {
+                        Ok(stream) => {
+                            let conn = Connection { stream, addr, remote: handshake, transport };
+                            let _ = tx.send(Internal::Connected { conn, permit, outgoing: false });
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Internal::ConnectFailed { addr, reason: e.to_string() });
+                        }
+                    }
+                });
+            }
+            TorrentCommand::AddPeers(addrs) => self.add_known(addrs),
+            TorrentCommand::Pause => {
+                self.paused = true;
+                self.close_all_peers();
+                self.publish();
+            }
+            TorrentCommand::Resume => {
+                self.paused = false;
+                self.publish();
+            }
+            TorrentCommand::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn add_known(&mut self, addrs: Vec<SocketAddr>) {
+        let own = self.p.listen_port;
+        for addr in addrs {
+            if addr.port() == 0 || (addr.ip().is_loopback() && addr.port() == own) && !self.p.extra_peers.contains(&addr) {
+                continue;
+            }
+            // A tracker handing back an address we only knew from an incoming connection makes
+            // it dialable.
+            self.known.entry(addr).or_default().incoming_only = false;
+        }
+    }
+
+    fn close_all_peers(&mut self) {
+        for peer in self.peers.values() {
+            let _ = peer.tx.try_send(PeerCommand::Close);
+        }
+    }
+
+    fn ban(&mut self, addr: SocketAddr) {
+        let known = self.known.entry(addr).or_default();
+        known.banned = true;
+        for peer in self.peers.values().filter(|p| p.addr == addr) {
+            let _ = peer.tx.try_send(PeerCommand::Close);
+        }
+    }
+
+    async fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::PieceDone { piece, bytes, contributors, result } => {
+                self.verifying -= 1;
+                self.verify_backlog -= bytes;
+                match result {
+                    Ok(true) => {
+                        self.picker.on_piece_verified(piece);
+                        self.dirty = true;
+                        for peer in self.peers.values() {
+                            let _ = peer.tx.try_send(PeerCommand::Send(vec![Message::Have(piece)]));
+                        }
+                        if self.is_seed() {
+                            self.on_complete().await;
+                        }
+                    }
+                    Ok(false) => {
+                        tracing::warn!(piece, ?contributors, "piece failed its hash check");
+                        self.wasted += bytes;
+                        self.picker.on_piece_failed(piece);
+                        let strikes = if contributors.len() == 1 { 2 } else { 1 };
+                        for addr in contributors {
+                            let known = self.known.entry(addr).or_default();
+                            known.strikes += strikes;
+                            if known.strikes >= BAN_STRIKES {
+                                tracing::warn!(%addr, "banning peer for sending bad data");
+                                self.ban(addr);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(piece, error = %e, "storage failed; pausing torrent");
+                        self.picker.on_piece_failed(piece);
+                        self.error = Some(format!("storage error: {e}"));
+                        self.close_all_peers();
+                        let _ = self.storage.flush().await;
+                    }
+                }
+                self.publish();
+                self.refill_all();
+            }
+            Internal::AnnounceDone { tiers, event, result } => {
+                self.tiers = Some(tiers);
+                match result {
+                    Ok((url, resp)) => {
+                        tracing::info!(%url, peers = resp.peers.len(), ?event, "announce ok");
+                        if let Some(w) = &resp.warning {
+                            tracing::warn!(%url, warning = %w, "tracker warning");
+                        }
+                        self.announce_failures = 0;
+                        self.tracker_error = None;
+                        self.min_interval = resp.min_interval.unwrap_or(Duration::ZERO);
+                        self.next_announce = Some(Instant::now() + resp.interval.max(self.min_interval));
+                        self.add_known(resp.peers);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "announce failed");
+                        self.tracker_error = Some(e.to_string());
+                        self.announce_failures += 1;
+                        let wait = ANNOUNCE_RETRY * 2u32.saturating_pow(self.announce_failures.min(5));
+                        self.next_announce = Some(Instant::now() + wait.min(Duration::from_secs(300)));
+                    }
+                }
+            }
+            Internal::Connected { conn, permit, outgoing } => self.on_connected(conn, permit, outgoing),
+            Internal::ConnectFailed { addr, reason } => {
+                tracing::debug!(%addr, %reason, "connection failed");
+                if let Some(k) = self.known.get_mut(&addr) {
+                    k.connecting = false;
+                    k.failures += 1;
+                    k.next_try = Some(Instant::now() + RECONNECT_BACKOFF * k.failures.min(30));
+                    if k.incoming_only {
+                        self.known.remove(&addr);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_connected(&mut self, conn: Connection, permit: OwnedSemaphorePermit, outgoing: bool) {
+        let addr = conn.addr;
+        let duplicate = self.peers.values().any(|p| p.peer_id == conn.remote.peer_id);
+        let refuse = !self.active() || duplicate || self.peers.len() >= self.p.max_peers;
+        let known = self.known.entry(addr).or_default();
+        known.connecting = false;
+        if refuse || known.banned {
+            if known.incoming_only {
+                self.known.remove(&addr);
+            }
+            return; // dropping the stream closes it
+        }
+        known.connected = true;
+        known.failures = 0;
+        let key = self.next_key;
+        self.next_key += 1;
+        let (tx, rx) = mpsc::channel(1024);
+        let shared = Arc::new(PeerShared::default());
+        shared.am_choking.store(true, Ordering::Relaxed);
+        let piece_count = self.layout.piece_count() as usize;
+        let have = self.picker.have().clone();
+        let ctx = PeerContext {
+            key,
+            layout: self.layout.clone(),
+            storage: self.storage.clone(),
+            events: self.events_tx.clone(),
+            shared: shared.clone(),
+            initial_bitfield: Some(have),
+            info_hash: self.p.metainfo.info_hash,
+            peer_id: self.p.peer_id,
+        };
+        tracing::info!(%addr, outgoing, transport = %conn.transport, client = %String::from_utf8_lossy(&conn.remote.peer_id.0[..8]), "peer connected");
+        self.peers.insert(
+            key,
+            Peer {
+                addr,
+                tx,
+                shared,
+                peer_id: conn.remote.peer_id,
+                bitfield: Bitfield::new(piece_count),
+                peer_choking: true,
+                peer_interested: false,
+                am_interested: false,
+                requests: HashSet::new(),
+                depth: INITIAL_DEPTH,
+                window_down: 0,
+                download_rate: 0.0,
+                last_uploaded: 0,
+                upload_rate: 0.0,
+                last_block: Instant::now(),
+                snubbed: false,
+                _permit: permit,
+            },
+        );
+        tokio::spawn(peer::run_peer(conn, ctx, rx));
+    }
+
+    fn on_peer_event(&mut self, key: PeerKey, event: PeerEvent) {
+        if !self.peers.contains_key(&key) {
+            return; // already removed
+        }
+        match event {
+            PeerEvent::Closed(reason) => {
+                let Some(peer) = self.peers.remove(&key) else { return };
+                tracing::debug!(addr = %peer.addr, %reason, "peer disconnected");
+                self.uploaded += peer.shared.uploaded.load(Ordering::Relaxed) - peer.last_uploaded;
+                self.picker.release_peer(key);
+                self.picker.remove_peer_bitfield(&peer.bitfield);
+                if let Some(k) = self.known.get_mut(&peer.addr) {
+                    k.connected = false;
+                    if k.incoming_only {
+                        self.known.remove(&peer.addr);
+                    } else {
+                        k.failures += 1;
+                        k.next_try = Some(Instant::now() + RECONNECT_BACKOFF * k.failures.min(30));
+                    }
+                }
+                self.refill_all();
+            }
+            PeerEvent::Bitfield(bf) => {
+                self.picker.add_peer_bitfield(&bf);
+                let peer = self.peers.get_mut(&key).expect("checked above");
+                peer.bitfield = bf;
+                self.update_interest(key);
+            }
+            PeerEvent::Have(piece) => {
+                let peer = self.peers.get_mut(&key).expect("checked above");
+                if peer.bitfield.set(piece as usize) {
+                    self.picker.add_peer_have(piece);
+                    if !self.picker.have().get(piece as usize) && !peer.am_interested {
+                        peer.am_interested = true;
+                        let _ = peer.tx.try_send(PeerCommand::Send(vec![Message::Interested]));
+                    }
+                    self.fill_requests(key);
+                }
+            }
+            PeerEvent::Choke => {
+                let peer = self.peers.get_mut(&key).expect("checked above");
+                peer.peer_choking = true;
+                // BEP 3: a choke discards every pending request.
+                peer.requests.clear();
+                self.picker.release_peer(key);
+                self.refill_all();
+            }
+            PeerEvent::Unchoke => {
+                let peer = self.peers.get_mut(&key).expect("checked above");
+                peer.peer_choking = false;
+                peer.last_block = Instant::now();
+                self.fill_requests(key);
+            }
+            PeerEvent::Interested => {
+                let unchoked = self.peers.values().filter(|p| !p.shared.am_choking.load(Ordering::Relaxed)).count();
+                let peer = self.peers.get_mut(&key).expect("checked above");
+                peer.peer_interested = true;
+                // Free upload slot: don't make a new peer wait for the next rechoke.
+                if unchoked <= choker::REGULAR_SLOTS && self.error.is_none() {
+                    let _ = peer.tx.try_send(PeerCommand::SetChoking(false));
+                }
+            }
+            PeerEvent::NotInterested => {
+                let peer = self.peers.get_mut(&key).expect("checked above");
+                peer.peer_interested = false;
+            }
+            PeerEvent::Block(block, data) => self.on_block(key, block, data),
+        }
+    }
+
+    fn update_interest(&mut self, key: PeerKey) {
+        let Some(peer) = self.peers.get_mut(&key) else { return };
+        let interesting = self.picker.is_interesting(&peer.bitfield);
+        if interesting != peer.am_interested {
+            peer.am_interested = interesting;
+            let msg = if interesting { Message::Interested } else { Message::NotInterested };
+            let _ = peer.tx.try_send(PeerCommand::Send(vec![msg]));
+        }
+        if interesting {
+            self.fill_requests(key);
+        }
+    }
+
+    fn on_block(&mut self, key: PeerKey, block: BlockRef, data: Bytes) {
+        let peer = self.peers.get_mut(&key).expect("caller checked");
+        peer.requests.remove(&block);
+        let addr = peer.addr;
+        match self.picker.on_block(key, block) {
+            BlockOutcome::Unexpected => {
+                self.wasted += data.len() as u64;
+            }
+            BlockOutcome::Accepted { cancel, piece_complete } => {
+                peer.last_block = Instant::now();
+                peer.snubbed = false;
+                peer.window_down += data.len() as u64;
+                self.window_down += data.len() as u64;
+                self.downloaded += data.len() as u64;
+                for other in cancel {
+                    if let Some(p) = self.peers.get_mut(&other) {
+                        if p.requests.remove(&block) {
+                            let _ = p.tx.try_send(PeerCommand::Send(vec![Message::Cancel {
+                                index: block.piece,
+                                begin: block.begin,
+                                length: block.length,
+                            }]));
+                        }
+                    }
+                }
+                let piece_len = self.layout.piece_len(block.piece);
+                let buf = self.pieces.entry(block.piece).or_insert_with(|| PieceBuf {
+                    blocks: vec![None; piece_len.div_ceil(BLOCK_SIZE) as usize],
+                    contributors: Vec::new(),
+                });
+                let slot = (block.begin / BLOCK_SIZE) as usize;
+                if let Some(s) = buf.blocks.get_mut(slot) {
+                    *s = Some(data);
+                }
+                if !buf.contributors.contains(&addr) {
+                    buf.contributors.push(addr);
+                }
+                if piece_complete {
+                    if let Some(buf) = self.pieces.remove(&block.piece) {
+                        self.verify(block.piece, buf);
+                    }
+                }
+            }
+        }
+        self.fill_requests(key);
+    }
+
+    /// Hash the piece off the runtime, write it, mark it complete; report back.
+    fn verify(&mut self, piece: PieceIndex, buf: PieceBuf) {
+        let bytes = self.layout.piece_len(piece) as u64;
+        self.verifying += 1;
+        self.verify_backlog += bytes;
+        let storage = self.storage.clone();
+        let expected = self.p.metainfo.info.pieces[piece as usize];
+        let slots = self.verify_slots.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let contributors = buf.contributors;
+            let blocks: Option<Vec<Bytes>> = buf.blocks.into_iter().collect();
+            let result = async {
+                // Blocks missing here would be a picker bug; treat the piece as bad, not fatal.
+                let Some(blocks) = blocks else { return Ok(false) };
+                let _permit = slots.acquire_owned().await;
+                let (ok, blocks) = tokio::task::spawn_blocking(move || {
+                    let ok = hash::sha1_chunks(&blocks) == expected;
+                    (ok, blocks)
+                })
+                .await
+                .map_err(|e| StorageError::Io { path: PathBuf::new(), source: std::io::Error::other(e) })?;
+                if !ok {
+                    return Ok(false);
+                }
+                storage.write(piece, 0, blocks).await?;
+                storage.mark_complete(piece).await?;
+                Ok(true)
+            }
+            .await;
+            let _ = tx.send(Internal::PieceDone { piece, bytes, contributors, result });
+        });
+    }
+
+    fn refill_all(&mut self) {
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.fill_requests(key);
+        }
+    }
+
+    fn fill_requests(&mut self, key: PeerKey) {
+        if !self.active() || self.is_seed() || self.verify_backlog > VERIFY_BACKLOG_CAP {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&key) else { return };
+        if peer.peer_choking || !peer.am_interested {
+            return;
+        }
+        let depth = if peer.snubbed { 1 } else { peer.depth };
+        let free = depth.saturating_sub(peer.requests.len());
+        if free == 0 || (free < REFILL_BATCH.min(depth) && !peer.requests.is_empty()) {
+            return;
+        }
+        let mut picked = Vec::with_capacity(free);
+        self.picker.pick(key, &peer.bitfield, free, &mut picked);
+        if picked.is_empty() {
+            return;
+        }
+        let msgs = picked
+            .iter()
+            .map(|b| {
+                peer.requests.insert(*b);
+                Message::Request { index: b.piece, begin: b.begin, length: b.length }
+            })
+            .collect();
+        if peer.tx.try_send(PeerCommand::Send(msgs)).is_err() {
+            // Writer backed up or gone: give the blocks back.
+            for b in picked {
+                peer.requests.remove(&b);
+                self.picker.release(key, b);
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let now = Instant::now();
+        // Rates: exponential average over roughly the last few seconds.
+        const ALPHA: f64 = 0.5;
+        self.download_rate = self.download_rate * (1.0 - ALPHA) + self.window_down as f64 * ALPHA;
+        self.window_down = 0;
+        let mut window_up = 0;
+        for (key, peer) in self.peers.iter_mut() {
+            peer.download_rate = peer.download_rate * (1.0 - ALPHA) + peer.window_down as f64 * ALPHA;
+            peer.window_down = 0;
+            let up = peer.shared.uploaded.load(Ordering::Relaxed);
+            let delta = up - peer.last_uploaded;
+            peer.last_uploaded = up;
+            peer.upload_rate = peer.upload_rate * (1.0 - ALPHA) + delta as f64 * ALPHA;
+            window_up += delta;
+            let wanted = (peer.download_rate * QUEUE_SECONDS / BLOCK_SIZE as f64) as usize;
+            peer.depth = if peer.download_rate < 1.0 { INITIAL_DEPTH } else { wanted.clamp(MIN_DEPTH, MAX_DEPTH) };
+            if !peer.snubbed && !peer.requests.is_empty() && now.duration_since(peer.last_block) > SNUB_TIMEOUT {
+                // Snubbed: hand its requests to others; it keeps one probe request at most.
+                tracing::debug!(addr = %peer.addr, "peer snubbed us");
+                peer.snubbed = true;
+                peer.requests.clear();
+                self.picker.release_peer(*key);
+            }
+        }
+        self.uploaded += window_up;
+        self.upload_rate = self.upload_rate * (1.0 - ALPHA) + window_up as f64 * ALPHA;
+
+        if self.active() {
+            // Re-evaluate interest (pieces we completed may have made peers boring).
+            let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+            for key in keys {
+                self.update_interest(key);
+            }
+            if self.last_rechoke.is_none_or(|t| now.duration_since(t) >= choker::RECHOKE_INTERVAL) {
+                self.rechoke(now);
+            }
+            self.connect_more(now);
+            if self.next_announce.is_some_and(|t| now >= t) {
+                let event = if self.announce_count == 0 { Event::Started } else { Event::None };
+                self.announce(event);
+            }
+        }
+        if self.dirty && now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
+            self.flush().await;
+        }
+        self.publish();
+    }
+
+    fn rechoke(&mut self, now: Instant) {
+        self.last_rechoke = Some(now);
+        let samples: Vec<PeerSample> = self
+            .peers
+            .iter()
+            .map(|(k, p)| PeerSample {
+                key: *k,
+                interested: p.peer_interested,
+                download_rate: p.download_rate as u64,
+                upload_rate: p.upload_rate as u64,
+            })
+            .collect();
+        let seeding = self.is_seed();
+        let unchoked = self.choker.rechoke(now, &samples, seeding, &mut self.rng);
+        for (k, p) in &self.peers {
+            let _ = p.tx.try_send(PeerCommand::SetChoking(!unchoked.contains(k)));
+        }
+    }
+
+    fn connect_more(&mut self, now: Instant) {
+        let mut budget = self.p.max_peers.saturating_sub(self.peers.len() + self.known.values().filter(|k| k.connecting).count());
+        if budget == 0 {
+            return;
+        }
+        let seed = self.is_seed();
+        let candidates: Vec<SocketAddr> = self
+            .known
+            .iter()
+            .filter(|(_, k)| !k.connected && !k.connecting && !k.banned && !k.incoming_only && k.next_try.is_none_or(|t| now >= t))
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in candidates {
+            if budget == 0 {
+                break;
+            }
+            // Seeds have nothing to gain from dialling: leechers come to us.
+            if seed && !self.p.extra_peers.contains(&addr) {
+                break;
+            }
+            let Ok(permit) = self.p.peer_slots.clone().try_acquire_owned() else { break };
+            budget -= 1;
+            let known = self.known.get_mut(&addr).expect("candidate from known");
+            known.connecting = true;
+            let transport = self.p.transport.clone();
+            let ours = Handshake::new(self.p.metainfo.info_hash, self.p.peer_id);
+            let tx = self.internal_tx.clone();
+            tokio::spawn(async move {
+                let result = async {
+                    let stream = transport.connect(addr).await.map_err(|e| e.to_string())?;
+                    peer::handshake_outgoing(stream, ours).await.map_err(|e| e.to_string())
+                }
+                .await;
+                let msg = match result {
+                    Ok((stream, remote)) => Internal::Connected {
+                        conn: Connection { stream, addr, remote, transport: transport.name().to_string() },
+                        permit,
+                        outgoing: true,
+                    },
+                    Err(reason) => Internal::ConnectFailed { addr, reason },
+                };
+                let _ = tx.send(msg);
+            });
+        }
+    }
+
+    fn announce_request(&self, event: Event) -> AnnounceRequest {
+        let have = self.picker.have();
+        let left: u64 = (0..self.layout.piece_count())
+            .filter(|i| !have.get(*i as usize))
+            .map(|i| self.layout.piece_len(i) as u64)
+            .sum();
+        AnnounceRequest {
+            info_hash: self.p.metainfo.info_hash,
+            peer_id: self.p.peer_id,
+            port: self.p.listen_port,
+            uploaded: self.uploaded,
+            downloaded: self.downloaded,
+            left,
+            event,
+            num_want: Some(if event == Event::Stopped { 0 } else { NUM_WANT }),
+            key: self.key,
+        }
+    }
+
+    fn announce(&mut self, event: Event) {
+        let Some(mut tiers) = self.tiers.take() else { return };
+        self.announce_count += 1;
+        self.next_announce = None;
+        let req = self.announce_request(event);
+        let client = self.p.tracker.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = tiers.announce(&client, &req).await;
+            let _ = tx.send(Internal::AnnounceDone { tiers, event, result });
+        });
+    }
+
+    async fn on_complete(&mut self) {
+        tracing::info!(name = %self.p.metainfo.info.name, "download complete");
+        self.flush().await;
+        for peer in self.peers.values_mut() {
+            if peer.am_interested {
+                peer.am_interested = false;
+                let _ = peer.tx.try_send(PeerCommand::Send(vec![Message::NotInterested]));
+            }
+            // Two seeds have nothing to say to each other.
+            if peer.bitfield.is_full() {
+                let _ = peer.tx.try_send(PeerCommand::Close);
+            }
+        }
+        if !self.sent_completed {
+            self.sent_completed = true;
+            if self.tiers.is_some() {
+                self.announce(Event::Completed);
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        self.last_flush = Instant::now();
+        self.dirty = false;
+        if let Err(e) = self.storage.flush().await {
+            tracing::error!(error = %e, "flush failed; pausing torrent");
+            self.error = Some(format!("storage error: {e}"));
+            self.close_all_peers();
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        self.close_all_peers();
+        // Let pieces already being hashed and written finish, briefly.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.verifying > 0 {
+            match tokio::time::timeout_at(deadline, self.internal_rx.recv()).await {
+                Ok(Some(Internal::PieceDone { piece, bytes, result, .. })) => {
+                    self.verifying -= 1;
+                    self.verify_backlog -= bytes;
+                    if let Ok(true) = result {
+                        self.picker.on_piece_verified(piece);
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        self.flush().await;
+        self.publish();
+        if let Some(mut tiers) = self.tiers.take() {
+            if self.announce_count > 0 {
+                let req = self.announce_request(Event::Stopped);
+                let _ = tokio::time::timeout(STOPPED_TIMEOUT, tiers.announce(&self.p.tracker, &req)).await;
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let have = self.picker.have();
+        let have_bytes: u64 = if have.is_full() {
+            self.layout.total_length
+        } else {
+            have.iter_ones().map(|i| self.layout.piece_len(i as u32) as u64).sum()
+        };
+        let state = if let Some(e) = &self.error {
+            TorrentState::Error(e.clone())
+        } else if self.paused {
+            TorrentState::Paused
+        } else if have.is_full() {
+            TorrentState::Seeding
+        } else {
+            TorrentState::Downloading
+        };
+        let uploaded = self.uploaded;
+        self.p.status.send_modify(|s| {
+            s.state = state;
+            s.have_bytes = have_bytes;
+            s.pieces_have = have.count_ones() as u32;
+            s.download_rate = self.download_rate as u64;
+            s.upload_rate = self.upload_rate as u64;
+            s.downloaded = self.downloaded;
+            s.uploaded = uploaded;
+            s.wasted = self.wasted;
+            s.peers_connected = self.peers.len();
+            s.peers_known = self.known.len();
+            s.tracker_error = self.tracker_error.clone();
+        });
+    }
+}
