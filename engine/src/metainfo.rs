@@ -1,14 +1,56 @@
 //! `.torrent` files: parsing (bounded, validated, paths sanitised) and creation.
-//! (Stub: API fixed, implementation pending.)
+//!
+//! Parsing owns the whole trip from untrusted bytes to a [`Metainfo`] the rest of the engine can
+//! trust: size cap, [`crate::bencode::scan`] (depth, lengths, one value), info-hash over the raw
+//! `info` span, serde_bencode decoding into a generic value, then validation of every field the
+//! engine relies on (geometry, lengths, paths, trackers). It never touches the file system.
+//! Creation ([`create_torrent`]) lives in `create.rs`; the path policy in [`sanitize`].
+//!
+//! Decisions:
+//! - fields are read from a generic bencode value rather than a derived struct, so a malformed
+//!   optional field (`comment` given as an integer, a non-UTF-8 key) is ignored instead of
+//!   failing the torrent; required fields are checked strictly;
+//! - text prefers the `<key>.utf-8` variant when present and valid, else converts lossily;
+//! - unsafe paths reject the torrent (see [`sanitize`]); an empty `name` falls back to the
+//!   info-hash in hex;
+//! - a torrent of zero total bytes is rejected (nothing to download, no pieces to check);
+//! - BEP 47 padding files are kept as ordinary files so the piece geometry stays right.
 
-use std::path::Path;
+mod create;
+pub mod sanitize;
 
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use serde_bencode::value::Value;
+
+use crate::bencode::{self, Limits};
 use crate::hash::PieceHash;
-use crate::storage::Layout;
+use crate::storage::{FileSpec, Layout};
 use crate::types::InfoHash;
+
+pub use create::{
+    auto_piece_length, create_torrent, CreateError, CreateOptions, MAX_AUTO_PIECE_LENGTH,
+    MIN_PIECE_LENGTH,
+};
 
 /// Largest `.torrent` file accepted.
 pub const MAX_TORRENT_SIZE: usize = 16 * 1024 * 1024;
+
+/// Largest piece length accepted. BEP 3 sets none; 64 MiB is far above what creators use and
+/// keeps a single piece's buffer bounded.
+pub const MAX_PIECE_LENGTH: u32 = 64 * 1024 * 1024;
+
+/// Most files accepted in one torrent; bounds the work of path checks and storage set-up.
+pub const MAX_FILES: usize = 100_000;
+
+/// Most bencode values (keys included) accepted in a `.torrent`. Decoding builds one tree node
+/// per value, so this bounds memory: without it 16 MiB of `le` would become 8 million nodes.
+/// 100,000 files at a few values each stay well inside it.
+pub const MAX_ITEMS: usize = 2_000_000;
+
+/// Most tracker URLs kept from `announce` / `announce-list` (the rest are dropped, not fatal).
+pub const MAX_TRACKERS: usize = 200;
 
 /// A parsed v1 torrent.
 #[derive(Clone, Debug)]
@@ -40,6 +82,40 @@ pub struct Info {
     pub private: bool,
 }
 
+impl Info {
+    /// Number of pieces (equal to `pieces.len()` for a parsed torrent).
+    pub fn piece_count(&self) -> u32 {
+        self.layout.piece_count()
+    }
+
+    /// Nominal piece length in bytes.
+    pub fn piece_length(&self) -> u32 {
+        self.layout.piece_length
+    }
+
+    /// Sum of all file lengths.
+    pub fn total_length(&self) -> u64 {
+        self.layout.total_length
+    }
+
+    /// Files in torrent order.
+    pub fn files(&self) -> &[FileSpec] {
+        &self.layout.files
+    }
+
+    /// Expected hash of `piece`, if it exists.
+    pub fn piece_hash(&self, piece: crate::types::PieceIndex) -> Option<&PieceHash> {
+        self.pieces.get(piece as usize)
+    }
+}
+
+impl Metainfo {
+    /// Every tracker URL, tier by tier.
+    pub fn trackers(&self) -> impl Iterator<Item = &str> {
+        self.announce_tiers.iter().flatten().map(String::as_str)
+    }
+}
+
 /// Why a `.torrent` could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum MetainfoError {
@@ -51,46 +127,266 @@ pub enum MetainfoError {
     Invalid(String),
 }
 
+fn invalid(msg: impl Into<String>) -> MetainfoError {
+    MetainfoError::Invalid(msg.into())
+}
+
+type Dict = HashMap<Vec<u8>, Value>;
+
 impl Metainfo {
     /// Parse and validate untrusted bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Metainfo, MetainfoError> {
-        let _ = bytes;
-        unimplemented!("Metainfo::from_bytes")
+        let scanned = bencode::scan(bytes, Limits::with_max_size(MAX_TORRENT_SIZE))?;
+        if scanned.items > MAX_ITEMS {
+            return Err(invalid(format!(
+                "{} bencode values (limit {MAX_ITEMS})",
+                scanned.items
+            )));
+        }
+        let span = scanned
+            .info_span
+            .ok_or_else(|| invalid("no `info` dictionary"))?;
+        let info_hash = InfoHash(crate::hash::sha1(&bytes[span]));
+
+        let root: Value = serde_bencode::from_bytes(bytes)
+            .map_err(|e| MetainfoError::Bencode(bencode::BencodeError::Shape(e.to_string())))?;
+        let Value::Dict(root) = root else {
+            return Err(invalid("top level is not a dictionary"));
+        };
+        let Some(Value::Dict(info)) = root.get(&b"info"[..]) else {
+            return Err(invalid("`info` is not a dictionary"));
+        };
+
+        Ok(Metainfo {
+            info: parse_info(info, &info_hash)?,
+            info_hash,
+            announce_tiers: announce_tiers(&root),
+            comment: text(&root, "comment"),
+            created_by: text(&root, "created by"),
+            creation_date: match root.get(&b"creation date"[..]) {
+                Some(Value::Int(t)) => Some(*t),
+                _ => None,
+            },
+        })
     }
 }
 
-/// Options for [`create_torrent`].
-#[derive(Clone, Debug, Default)]
-pub struct CreateOptions {
-    /// Announce URLs; each its own tier.
-    pub trackers: Vec<String>,
-    /// Piece length; `None` picks a power of two from 16 KiB to 16 MiB for ~1,000–2,000 pieces.
-    pub piece_length: Option<u32>,
-    /// BEP 27 private flag.
-    pub private: bool,
-    /// `comment`.
-    pub comment: Option<String>,
+fn parse_info(info: &Dict, info_hash: &InfoHash) -> Result<Info, MetainfoError> {
+    let piece_length = match info.get(&b"piece length"[..]) {
+        Some(Value::Int(n)) => u32::try_from(*n)
+            .ok()
+            .filter(|n| (1..=MAX_PIECE_LENGTH).contains(n))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "piece length {n} out of range 1..={MAX_PIECE_LENGTH}"
+                ))
+            })?,
+        _ => return Err(invalid("missing `piece length`")),
+    };
+
+    let Some(Value::Bytes(raw_pieces)) = info.get(&b"pieces"[..]) else {
+        return Err(invalid("missing `pieces`"));
+    };
+    if raw_pieces.len() % 20 != 0 {
+        return Err(invalid(format!(
+            "`pieces` is {} bytes, not a multiple of 20",
+            raw_pieces.len()
+        )));
+    }
+    let pieces: Vec<PieceHash> = raw_pieces
+        .chunks_exact(20)
+        .map(|c| {
+            let mut h = [0u8; 20];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect();
+
+    let name = text(info, "name").unwrap_or_default();
+    let name = if name.is_empty() {
+        info_hash.to_hex()
+    } else {
+        name
+    };
+    sanitize::check_component(&name).map_err(|e| invalid(format!("name: {e}")))?;
+
+    let files: Vec<(PathBuf, u64)> = match (info.get(&b"length"[..]), info.get(&b"files"[..])) {
+        (Some(length), None) => vec![(PathBuf::from(&name), file_length(length)?)],
+        (None, Some(Value::List(entries))) => parse_files(&name, entries)?,
+        (None, Some(_)) => return Err(invalid("`files` is not a list")),
+        (Some(_), Some(_)) => return Err(invalid("both `length` and `files` present")),
+        (None, None) => return Err(invalid("neither `length` nor `files` present")),
+    };
+
+    let mut total: u64 = 0;
+    for (path, len) in &files {
+        total = total
+            .checked_add(*len)
+            .ok_or_else(|| invalid(format!("total length overflows at {}", path.display())))?;
+    }
+    if total == 0 {
+        return Err(invalid("total length is zero"));
+    }
+    let expected = total.div_ceil(u64::from(piece_length));
+    if expected != pieces.len() as u64 {
+        return Err(invalid(format!(
+            "{} piece hashes for {total} bytes in pieces of {piece_length} (expected {expected})",
+            pieces.len()
+        )));
+    }
+
+    Ok(Info {
+        name,
+        pieces,
+        layout: Layout::new(piece_length, files),
+        private: matches!(info.get(&b"private"[..]), Some(Value::Int(1))),
+    })
 }
 
-/// Why a torrent could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum CreateError {
-    /// Reading the source failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path involved.
-        path: std::path::PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// Bad options or source.
-    #[error("{0}")]
-    Invalid(String),
+fn file_length(v: &Value) -> Result<u64, MetainfoError> {
+    match v {
+        Value::Int(n) => {
+            u64::try_from(*n).map_err(|_| invalid(format!("negative file length {n}")))
+        }
+        _ => Err(invalid("file length is not an integer")),
+    }
 }
 
-/// Build the bencoded bytes of a v1 torrent of the file or folder at `path` (blocking: reads and
-/// hashes everything).
-pub fn create_torrent(path: &Path, options: &CreateOptions) -> Result<Vec<u8>, CreateError> {
-    let _ = (path, options);
-    unimplemented!("create_torrent")
+fn parse_files(name: &str, entries: &[Value]) -> Result<Vec<(PathBuf, u64)>, MetainfoError> {
+    if entries.is_empty() {
+        return Err(invalid("`files` is empty"));
+    }
+    if entries.len() > MAX_FILES {
+        return Err(invalid(format!(
+            "{} files (limit {MAX_FILES})",
+            entries.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let Value::Dict(entry) = entry else {
+            return Err(invalid(format!("file {i} is not a dictionary")));
+        };
+        let length = file_length(
+            entry
+                .get(&b"length"[..])
+                .ok_or_else(|| invalid(format!("file {i} has no length")))?,
+        )?;
+        let components = path_components(entry)
+            .ok_or_else(|| invalid(format!("file {i} has no usable `path`")))?;
+        let mut path = PathBuf::from(name);
+        path.push(sanitize::join_components(&components).map_err(|e| {
+            invalid(format!(
+                "file {i} {}: {e}",
+                sanitize::Components(&components)
+            ))
+        })?);
+        out.push((path, length));
+    }
+    check_path_conflicts(&out)?;
+    Ok(out)
 }
+
+/// The components of a file's path: `path.utf-8` when every component is valid UTF-8, else
+/// `path` converted lossily. `None` when missing, empty or not a list of strings.
+fn path_components(entry: &Dict) -> Option<Vec<String>> {
+    let strings = |key: &[u8]| -> Option<Vec<&[u8]>> {
+        let Some(Value::List(items)) = entry.get(key) else {
+            return None;
+        };
+        let parts: Option<Vec<&[u8]>> = items
+            .iter()
+            .map(|v| match v {
+                Value::Bytes(b) => Some(b.as_slice()),
+                _ => None,
+            })
+            .collect();
+        parts.filter(|p| !p.is_empty())
+    };
+    if let Some(parts) = strings(b"path.utf-8") {
+        let utf8: Option<Vec<String>> = parts
+            .iter()
+            .map(|p| std::str::from_utf8(p).ok().map(str::to_owned))
+            .collect();
+        if utf8.is_some() {
+            return utf8;
+        }
+    }
+    strings(b"path").map(|parts| {
+        parts
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect()
+    })
+}
+
+/// Two files at one path, or a file where another file needs a folder, cannot both be stored.
+fn check_path_conflicts(files: &[(PathBuf, u64)]) -> Result<(), MetainfoError> {
+    let mut paths = HashSet::with_capacity(files.len());
+    let mut dirs = HashSet::new();
+    for (path, _) in files {
+        if !paths.insert(path.as_path()) {
+            return Err(invalid(format!("two files at {}", path.display())));
+        }
+        for dir in path.ancestors().skip(1) {
+            if dir.as_os_str().is_empty() || !dirs.insert(dir) {
+                break;
+            }
+        }
+    }
+    if let Some((path, _)) = files.iter().find(|(p, _)| dirs.contains(p.as_path())) {
+        return Err(invalid(format!(
+            "{} is both a file and a folder",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Text field `key`, preferring a valid `<key>.utf-8` variant; lossy otherwise.
+fn text(dict: &Dict, key: &str) -> Option<String> {
+    if let Some(Value::Bytes(b)) = dict.get(format!("{key}.utf-8").as_bytes()) {
+        if let Ok(s) = std::str::from_utf8(b) {
+            return Some(s.to_owned());
+        }
+    }
+    match dict.get(key.as_bytes()) {
+        Some(Value::Bytes(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
+}
+
+/// BEP 12: `announce-list` wins when it holds any usable URL; else a lone `announce` is one tier.
+/// Unusable entries (not UTF-8, empty, repeated) are dropped, and at most [`MAX_TRACKERS`] kept.
+fn announce_tiers(root: &Dict) -> Vec<Vec<String>> {
+    let mut seen = HashSet::new();
+    let mut kept = 0usize;
+    let mut accept = |v: &Value| -> Option<String> {
+        let Value::Bytes(b) = v else { return None };
+        let url = std::str::from_utf8(b).ok()?.trim();
+        if url.is_empty() || kept >= MAX_TRACKERS || !seen.insert(url.to_owned()) {
+            return None;
+        }
+        kept += 1;
+        Some(url.to_owned())
+    };
+    let mut tiers = Vec::new();
+    if let Some(Value::List(list)) = root.get(&b"announce-list"[..]) {
+        for tier in list {
+            let Value::List(urls) = tier else { continue };
+            let tier: Vec<String> = urls.iter().filter_map(&mut accept).collect();
+            if !tier.is_empty() {
+                tiers.push(tier);
+            }
+        }
+    }
+    if tiers.is_empty() {
+        if let Some(url) = root.get(&b"announce"[..]).and_then(accept) {
+            tiers.push(vec![url]);
+        }
+    }
+    tiers
+}
+
+#[cfg(test)]
+mod tests;
