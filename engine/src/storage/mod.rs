@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(l.piece_count(), 3);
         assert_eq!(l.piece_len(2), 1);
         assert_eq!(l.files_for_piece(0), vec![0, 2]);
-        assert_eq!(l.files_for_piece(1), vec![2]);
+        assert_eq!(l.files_for_piece(1), vec![2, 3]);
         assert_eq!(l.files_for_piece(2), vec![3]);
         assert_eq!(l.pieces_for_file(0), 0..1);
         assert_eq!(l.pieces_for_file(1), 0..0);

@@ -130,16 +130,16 @@ pub(crate) fn percent_encode(bytes: &[u8]) -> String {
 
 /// Size cap, then bencode decoding of an untrusted reply.
 ///
-/// This must stay the only place tracker replies are decoded: it is to go through
-/// `crate::bencode::decode` (bounded scanner, then serde_bencode) once that module lands, which
-/// also adds the depth limit serde_bencode lacks.
+/// This is the only place tracker replies are decoded: through `crate::bencode::decode`, the
+/// bounded scanner (depth, lengths, size) before serde_bencode ever sees the bytes.
 fn decode_reply(bytes: &[u8]) -> Result<Value, TrackerError> {
     if bytes.len() > MAX_REPLY_SIZE {
         return Err(TrackerError::TooLarge {
             limit: MAX_REPLY_SIZE,
         });
     }
-    serde_bencode::from_bytes::<Value>(bytes).map_err(|e| TrackerError::Malformed(e.to_string()))
+    let limits = crate::bencode::Limits { max_depth: crate::bencode::MAX_DEPTH, max_size: MAX_REPLY_SIZE };
+    crate::bencode::decode::<Value>(bytes, limits).map_err(|e| TrackerError::Malformed(e.to_string()))
 }
 
 /// Parse a BEP 3 announce reply body.
