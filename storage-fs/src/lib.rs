@@ -1,2 +1,28 @@
-//! `FsStorage`: positioned file I/O, `.part` files renamed into place, durable resume state.
-//! (Pending.)
+//! `FsStorage`: ZigTorrent's file-system storage backend (`--storage fs`).
+//!
+//! Incomplete files live at `<path>.part` and are renamed into place once every piece touching
+//! them is verified (after an fsync), so a file at its final path is always complete. Resume state
+//! is written after the data it describes is durable, so a restart can trust it.
+//!
+//! ```no_run
+//! # async fn demo(spec: zigtorrent_engine::StorageSpec) -> Result<(), zigtorrent_engine::StorageError> {
+//! use std::sync::Arc;
+//! use zigtorrent_engine::{Origin, Registry, StorageBackend};
+//! use zigtorrent_storage_fs::FsBackend;
+//!
+//! let mut registry = Registry::new();
+//! registry.register_storage(Origin::BuiltIn, Arc::new(FsBackend::new())).unwrap();
+//! let storage = FsBackend::new().open(spec).await?;
+//! storage.flush().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: `storage` (the backend and per-torrent storage), `resume` (the resume file format),
+//! `paths` (path safety, durable folder creation), `cache` (bounded descriptor cache).
+
+mod cache;
+mod paths;
+mod resume;
+mod storage;
+
+pub use storage::{FsBackend, FsStorage};

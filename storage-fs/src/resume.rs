@@ -1,0 +1,226 @@
+//! The resume file `<state_dir>/<info-hash hex>.resume`: which pieces were complete at the last
+//! flush, and what every data file looked like then.
+//!
+//! Format (version 1): the 8-byte magic `ZTRESUME`, a little-endian `u32` version, a
+//! little-endian `u64` body length, the SHA-1 of the body, then the body as bencode. The checksum
+//! is checked before the body is parsed, so a torn or corrupted file is simply "no resume state".
+//! It is replaced atomically: temp file, fsync, rename, fsync the folder.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha1::{Digest, Sha1};
+use zigtorrent_engine::{InfoHash, Layout, StorageError};
+
+use crate::paths::sync_dir;
+
+const MAGIC: &[u8; 8] = b"ZTRESUME";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8 + 20;
+/// A resume body is a bitfield plus ~100 bytes per file; 256 MiB is far beyond any real torrent
+/// and keeps a damaged length field from allocating without bound.
+const MAX_BODY: u64 = 256 << 20;
+
+/// Where a data file was when its stamp was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub(crate) enum Location {
+    /// Neither `<name>` nor `<name>.part` exists.
+    Absent,
+    /// `<name>.part`.
+    Part,
+    /// `<name>`.
+    Final,
+}
+
+impl From<Location> for u8 {
+    fn from(l: Location) -> u8 {
+        match l {
+            Location::Absent => 0,
+            Location::Part => 1,
+            Location::Final => 2,
+        }
+    }
+}
+
+impl TryFrom<u8> for Location {
+    type Error = String;
+    fn try_from(v: u8) -> Result<Self, String> {
+        match v {
+            0 => Ok(Location::Absent),
+            1 => Ok(Location::Part),
+            2 => Ok(Location::Final),
+            _ => Err(format!("bad location {v}")),
+        }
+    }
+}
+
+/// Size and modification time of a data file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Stamp {
+    pub size: u64,
+    pub mtime_s: i64,
+    pub mtime_ns: i64,
+}
+
+impl Stamp {
+    pub(crate) fn of(meta: &fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            size: meta.size(),
+            mtime_s: meta.mtime(),
+            mtime_ns: meta.mtime_nsec(),
+        }
+    }
+}
+
+/// One data file as recorded at flush time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FileRecord {
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
+    pub length: u64,
+    pub location: Location,
+    pub stamp: Stamp,
+}
+
+/// The recorded state of one torrent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ResumeBody {
+    #[serde(with = "serde_bytes")]
+    pub info_hash: Vec<u8>,
+    pub piece_length: u64,
+    pub piece_count: u64,
+    pub total_length: u64,
+    #[serde(with = "serde_bytes")]
+    pub completed: Vec<u8>,
+    pub files: Vec<FileRecord>,
+}
+
+impl ResumeBody {
+    /// Whether this record was written for exactly this torrent and layout.
+    pub(crate) fn matches(&self, info_hash: &InfoHash, layout: &Layout) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        self.info_hash == info_hash.0
+            && self.piece_length == layout.piece_length as u64
+            && self.piece_count == layout.piece_count() as u64
+            && self.total_length == layout.total_length
+            && self.files.len() == layout.files.len()
+            && self
+                .files
+                .iter()
+                .zip(&layout.files)
+                .all(|(r, f)| r.length == f.length && r.path == f.path.as_os_str().as_bytes())
+    }
+}
+
+/// `<state_dir>/<hex>.resume`.
+pub(crate) fn resume_path(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
+    state_dir.join(format!("{}.resume", info_hash.to_hex()))
+}
+
+/// Load the resume file; `Ok(None)` when it is missing, torn, corrupted or of another version.
+pub(crate) fn load(path: &Path) -> Result<Option<ResumeBody>, StorageError> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StorageError::from_io(path, e)),
+    };
+    let mut header = [0u8; HEADER_LEN];
+    if file.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
+        return Ok(None);
+    }
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    let len = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
+    if version != VERSION || len > MAX_BODY {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    file.take(len + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| StorageError::from_io(path, e))?;
+    if body.len() as u64 != len || Sha1::digest(&body)[..] != header[20..40] {
+        return Ok(None);
+    }
+    Ok(serde_bencode::from_bytes(&body).ok())
+}
+
+/// Atomically replace the resume file: temp file, fsync, rename, fsync the folder.
+pub(crate) fn store(state_dir: &Path, path: &Path, body: &ResumeBody) -> Result<(), StorageError> {
+    let encoded = serde_bencode::to_bytes(body).map_err(|e| StorageError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut bytes = Vec::with_capacity(HEADER_LEN + encoded.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(encoded.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&Sha1::digest(&encoded));
+    bytes.extend_from_slice(&encoded);
+
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()
+    })();
+    result.map_err(|e| StorageError::from_io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| StorageError::from_io(path, e))?;
+    sync_dir(state_dir)
+}
+
+/// Remove a stale resume file (one that no longer matches the data) so it can never be trusted
+/// later by accident.
+pub(crate) fn remove(state_dir: &Path, path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(state_dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::from_io(path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.resume");
+        let body = ResumeBody {
+            info_hash: vec![1; 20],
+            piece_length: 16384,
+            piece_count: 3,
+            total_length: 40000,
+            completed: vec![0xa0],
+            files: vec![FileRecord {
+                path: b"t/a".to_vec(),
+                length: 40000,
+                location: Location::Part,
+                stamp: Stamp {
+                    size: 40000,
+                    mtime_s: 1_700_000_000,
+                    mtime_ns: 123_456_789,
+                },
+            }],
+        };
+        assert_eq!(load(&path).unwrap(), None);
+        store(dir.path(), &path, &body).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(body));
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            load(&path).unwrap(),
+            None,
+            "checksum must catch a flipped bit"
+        );
+        fs::write(&path, &bytes[..10]).unwrap();
+        assert_eq!(load(&path).unwrap(), None, "torn file is no resume state");
+    }
+}

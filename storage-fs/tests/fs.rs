@@ -1,0 +1,444 @@
+//! File-system specifics of `FsStorage`, checked on disk: `.part` files and renames, folder
+//! structure, when resume state is trusted, data placed by the user, path safety, OS errors.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use zigtorrent_engine::storage::Resume;
+use zigtorrent_engine::{InfoHash, Layout, Storage, StorageBackend, StorageError, StorageSpec};
+use zigtorrent_storage_fs::FsBackend;
+
+const PL: u32 = 16384;
+
+struct Case {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    spec: StorageSpec,
+    data: Vec<u8>,
+}
+
+impl Case {
+    fn new(files: &[(&str, u64)]) -> Case {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let layout = Layout::new(PL, files.iter().map(|(p, l)| (PathBuf::from(p), *l)));
+        // Deterministic, non-repeating bytes (a simple LCG is enough here).
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data = (0..layout.total_length)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        let spec = StorageSpec {
+            info_hash: InfoHash([0xab; 20]),
+            layout: Arc::new(layout),
+            download_dir: root.join("dl"),
+            state_dir: root.join("state"),
+        };
+        Case {
+            _tmp: tmp,
+            root,
+            spec,
+            data,
+        }
+    }
+
+    async fn open(&self) -> Arc<dyn Storage> {
+        FsBackend::new()
+            .open(self.spec.clone())
+            .await
+            .expect("open")
+    }
+
+    fn dl(&self, rel: &str) -> PathBuf {
+        self.spec.download_dir.join(rel)
+    }
+
+    fn piece_bytes(&self, piece: u32) -> &[u8] {
+        let r = self.spec.layout.piece_range(piece);
+        &self.data[r.start as usize..r.end as usize]
+    }
+
+    async fn write(&self, s: &dyn Storage, piece: u32) {
+        s.write(
+            piece,
+            0,
+            vec![Bytes::copy_from_slice(self.piece_bytes(piece))],
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn complete(&self, s: &dyn Storage, piece: u32) {
+        self.write(s, piece).await;
+        s.mark_complete(piece).await.unwrap();
+    }
+
+    /// What the engine does on NeedsRecheck: read, compare ("hash"), mark the good pieces.
+    async fn recheck(&self, s: &dyn Storage) -> Vec<u32> {
+        let mut good = Vec::new();
+        for p in 0..self.spec.layout.piece_count() {
+            match s.read(p, 0, self.spec.layout.piece_len(p)).await {
+                Ok(b) if b[..] == *self.piece_bytes(p) => {
+                    s.mark_complete(p).await.unwrap();
+                    good.push(p);
+                }
+                Ok(_) | Err(StorageError::Missing) => {}
+                Err(e) => panic!("recheck read of {p}: {e}"),
+            }
+        }
+        good
+    }
+
+    /// The finished bytes of file `i`.
+    fn file_bytes(&self, i: usize) -> &[u8] {
+        let f = &self.spec.layout.files[i];
+        &self.data[f.offset as usize..(f.offset + f.length) as usize]
+    }
+
+    fn resume_file(&self) -> PathBuf {
+        self.spec
+            .state_dir
+            .join(format!("{}.resume", self.spec.info_hash.to_hex()))
+    }
+}
+
+fn exists(p: &Path) -> bool {
+    p.symlink_metadata().is_ok()
+}
+
+/// Every path under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+            if p.is_dir() {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn nothing_at_final_path_before_the_last_piece() {
+    // a: pieces 0-1, b: pieces 1-3; e is empty in a nested folder.
+    let c = Case::new(&[("t/a", 20_000), ("t/sub/deeper/e", 0), ("t/sub/b", 40_000)]);
+    let s = c.open().await;
+    assert!(
+        exists(&c.dl("t/sub/deeper/e")),
+        "zero-length file is created at its final path at open"
+    );
+    assert_eq!(fs::metadata(c.dl("t/sub/deeper/e")).unwrap().len(), 0);
+    assert!(s.is_finalized(1));
+    for name in ["t/a", "t/a.part", "t/sub/b", "t/sub/b.part"] {
+        assert!(!exists(&c.dl(name)), "{name} exists before any write");
+    }
+
+    c.write(&*s, 0).await;
+    assert!(exists(&c.dl("t/a.part")) && !exists(&c.dl("t/a")));
+    s.mark_complete(0).await.unwrap();
+    assert!(
+        exists(&c.dl("t/a.part")) && !exists(&c.dl("t/a")),
+        "a still misses piece 1"
+    );
+
+    c.write(&*s, 1).await;
+    assert!(!exists(&c.dl("t/a")), "written but not marked: not final");
+    assert!(exists(&c.dl("t/sub/b.part")));
+    s.mark_complete(1).await.unwrap();
+    assert!(
+        exists(&c.dl("t/a")) && !exists(&c.dl("t/a.part")),
+        "a finalized by its last piece"
+    );
+    assert_eq!(fs::read(c.dl("t/a")).unwrap(), c.file_bytes(0));
+    assert!(s.is_finalized(0) && !s.is_finalized(2));
+    // Reads keep working across the rename (the cached descriptor follows the file).
+    assert_eq!(&s.read(1, 0, PL).await.unwrap()[..], c.piece_bytes(1));
+
+    for p in [3, 2] {
+        assert!(!exists(&c.dl("t/sub/b")));
+        c.complete(&*s, p).await;
+    }
+    assert!(exists(&c.dl("t/sub/b")) && !exists(&c.dl("t/sub/b.part")));
+    assert_eq!(fs::read(c.dl("t/sub/b")).unwrap(), c.file_bytes(2));
+    s.flush().await.unwrap();
+
+    // Nothing outside the download and state folders; only the resume file in state.
+    let mut top: Vec<String> = fs::read_dir(&c.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["dl", "state"]);
+    assert_eq!(
+        tree(&c.spec.download_dir),
+        [
+            "t",
+            "t/a",
+            "t/sub",
+            "t/sub/b",
+            "t/sub/deeper",
+            "t/sub/deeper/e"
+        ]
+    );
+    assert_eq!(
+        tree(&c.spec.state_dir),
+        [format!("{}.resume", c.spec.info_hash.to_hex())]
+    );
+}
+
+#[tokio::test]
+async fn resume_trusted_after_flush_and_reopen() {
+    let c = Case::new(&[("a", 20_000), ("b", 30_000)]);
+    let s = c.open().await;
+    assert_eq!(
+        s.resume(),
+        Resume::Trusted(zigtorrent_engine::Bitfield::new(4)),
+        "nothing on disk"
+    );
+    for p in [0, 1, 3] {
+        c.complete(&*s, p).await;
+    }
+    s.flush().await.unwrap();
+    drop(s);
+    assert!(c.resume_file().exists());
+    let s = c.open().await;
+    let Resume::Trusted(set) = s.resume() else {
+        panic!("clean flush must be trusted")
+    };
+    assert_eq!(set.iter_ones().collect::<Vec<_>>(), [0, 1, 3]);
+    assert!(s.is_finalized(0) && !s.is_finalized(1));
+    c.complete(&*s, 2).await;
+    assert!(s.is_finalized(1));
+    assert_eq!(fs::read(c.dl("b")).unwrap(), c.file_bytes(1));
+}
+
+#[tokio::test]
+async fn modified_part_file_is_not_trusted() {
+    for how in ["append", "same-size-new-mtime"] {
+        let c = Case::new(&[("a", 40_000)]);
+        let s = c.open().await;
+        c.complete(&*s, 0).await;
+        s.flush().await.unwrap();
+        drop(s);
+        let part = c.dl("a.part");
+        let f = fs::OpenOptions::new().write(true).open(&part).unwrap();
+        if how == "append" {
+            f.set_len(40_001).unwrap();
+        } else {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(b"tampered", 0).unwrap();
+            f.set_modified(SystemTime::now() + Duration::from_secs(5))
+                .unwrap();
+        }
+        drop(f);
+        let s = c.open().await;
+        assert_eq!(
+            s.resume(),
+            Resume::NeedsRecheck,
+            "{how}: modified data must be rechecked"
+        );
+        assert!(!s.has_piece(0), "{how}");
+        assert!(
+            !c.resume_file().exists(),
+            "{how}: stale resume state removed"
+        );
+        let good = c.recheck(&*s).await;
+        assert!(
+            !good.contains(&0) || how == "append",
+            "{how}: tampered piece must fail"
+        );
+        assert!(
+            !exists(&c.dl("a")),
+            "{how}: incomplete file never at its final path"
+        );
+    }
+}
+
+#[tokio::test]
+async fn modified_final_file_leaves_the_final_path_until_verified() {
+    let c = Case::new(&[("a", 20_000), ("b", 20_000)]);
+    let s = c.open().await;
+    for p in 0..c.spec.layout.piece_count() {
+        c.complete(&*s, p).await;
+    }
+    s.flush().await.unwrap();
+    drop(s);
+    // Corrupt a's first byte behind our back (and make sure the mtime moves).
+    let f = fs::OpenOptions::new().write(true).open(c.dl("a")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[c.data[0] ^ 0xff], 0).unwrap();
+    f.set_modified(SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+
+    let s = c.open().await;
+    assert_eq!(s.resume(), Resume::NeedsRecheck);
+    assert!(
+        !exists(&c.dl("a")) && exists(&c.dl("a.part")),
+        "unverified data moved off the final path"
+    );
+    assert!(!s.is_finalized(0) && !s.is_finalized(1));
+    let good = c.recheck(&*s).await;
+    assert!(!good.contains(&0), "corrupted piece passes recheck");
+    assert!(
+        !exists(&c.dl("a")),
+        "a failed its recheck and must stay .part"
+    );
+    // a is pieces 0-1, b is pieces 1-2: only piece 0 was damaged, so b is verified and back.
+    assert_eq!(good, [1, 2]);
+    assert!(s.is_finalized(1) && exists(&c.dl("b")) && !exists(&c.dl("b.part")));
+    // Download the bad piece again: a goes back into place.
+    c.complete(&*s, 0).await;
+    assert!(exists(&c.dl("a")) && !exists(&c.dl("a.part")));
+    assert_eq!(fs::read(c.dl("a")).unwrap(), c.file_bytes(0));
+}
+
+#[tokio::test]
+async fn complete_files_placed_by_the_user_are_rechecked_and_kept() {
+    let c = Case::new(&[("t/a", 20_000), ("t/empty", 0), ("t/b", 30_000)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    fs::write(c.dl("t/a"), c.file_bytes(0)).unwrap();
+    fs::write(c.dl("t/b"), c.file_bytes(2)).unwrap();
+    let s = c.open().await;
+    assert_eq!(
+        s.resume(),
+        Resume::NeedsRecheck,
+        "data without resume state must be rechecked"
+    );
+    assert!((0..4).all(|p| !s.has_piece(p)));
+    // Readable while unverified.
+    assert_eq!(
+        &s.read(1, 100, 5000).await.unwrap()[..],
+        &c.piece_bytes(1)[100..5100]
+    );
+    let good = c.recheck(&*s).await;
+    assert_eq!(good, [0, 1, 2, 3]);
+    assert!(s.is_finalized(0) && s.is_finalized(1) && s.is_finalized(2));
+    assert_eq!(tree(&c.spec.download_dir), ["t", "t/a", "t/b", "t/empty"]);
+    assert_eq!(fs::read(c.dl("t/b")).unwrap(), c.file_bytes(2));
+    s.flush().await.unwrap();
+    drop(s);
+    let s = c.open().await;
+    let Resume::Trusted(set) = s.resume() else {
+        panic!("after recheck and flush: trusted")
+    };
+    assert!(set.is_full());
+}
+
+#[tokio::test]
+async fn short_user_file_reads_as_missing() {
+    let c = Case::new(&[("a", 40_000)]);
+    fs::create_dir_all(&c.spec.download_dir).unwrap();
+    fs::write(c.dl("a"), &c.file_bytes(0)[..20_000]).unwrap();
+    let s = c.open().await;
+    assert_eq!(s.resume(), Resume::NeedsRecheck);
+    assert_eq!(&s.read(0, 0, PL).await.unwrap()[..], c.piece_bytes(0));
+    assert!(matches!(s.read(1, 0, PL).await, Err(StorageError::Missing)));
+    assert_eq!(c.recheck(&*s).await, [0]);
+    assert!(!exists(&c.dl("a")));
+    c.complete(&*s, 1).await;
+    c.complete(&*s, 2).await;
+    assert_eq!(fs::read(c.dl("a")).unwrap(), c.file_bytes(0));
+}
+
+#[tokio::test]
+async fn corrupt_resume_file_means_recheck() {
+    let c = Case::new(&[("a", 20_000)]);
+    let s = c.open().await;
+    c.complete(&*s, 0).await;
+    s.flush().await.unwrap();
+    drop(s);
+    let mut bytes = fs::read(c.resume_file()).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x55;
+    fs::write(c.resume_file(), bytes).unwrap();
+    let s = c.open().await;
+    assert_eq!(s.resume(), Resume::NeedsRecheck);
+    assert_eq!(c.recheck(&*s).await, [0]);
+}
+
+#[tokio::test]
+async fn refuses_paths_that_escape() {
+    for bad in ["../evil", "t/../../evil", "/tmp/evil-abs"] {
+        let c = Case::new(&[("ok", 10), (bad, 10)]);
+        let r = FsBackend::new().open(c.spec.clone()).await;
+        assert!(
+            matches!(r, Err(StorageError::PermissionDenied { .. })),
+            "{bad:?} accepted: {:?}",
+            r.err()
+        );
+        assert!(!exists(&c.root.join("evil")) && !exists(Path::new("/tmp/evil-abs")));
+        assert!(
+            !exists(&c.dl("ok")) && !exists(&c.dl("ok.part")),
+            "nothing written for {bad:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn read_only_folder_is_permission_denied() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Case::new(&[("t/a", 20_000)]);
+    fs::create_dir_all(&c.spec.download_dir).unwrap();
+    fs::set_permissions(&c.spec.download_dir, fs::Permissions::from_mode(0o555)).unwrap();
+    if fs::write(c.spec.download_dir.join("probe"), b"x").is_ok() {
+        // Running as root: permission bits are not enforced, so there is nothing to observe.
+        eprintln!("skipped: privileged user ignores folder permissions");
+        return;
+    }
+    let s = c.open().await;
+    let r = s
+        .write(0, 0, vec![Bytes::copy_from_slice(c.piece_bytes(0))])
+        .await;
+    assert!(
+        matches!(r, Err(StorageError::PermissionDenied { .. })),
+        "{:?}",
+        r.err()
+    );
+    fs::set_permissions(&c.spec.download_dir, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test]
+async fn many_files_few_descriptors() {
+    // 300 files of 1000 bytes each across 19 pieces, with at most 3 open descriptors.
+    let names: Vec<String> = (0..300).map(|i| format!("many/d{}/f{i}", i % 7)).collect();
+    let files: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), 1000)).collect();
+    let c = Case::new(&files);
+    let s = FsBackend::with_max_open_files(3)
+        .open(c.spec.clone())
+        .await
+        .unwrap();
+    for p in (0..c.spec.layout.piece_count()).rev() {
+        c.complete(&*s, p).await;
+    }
+    assert!((0..300).all(|i| s.is_finalized(i)));
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(fs::read(c.dl(n)).unwrap(), c.file_bytes(i), "{n}");
+    }
+    s.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn final_file_wins_over_a_stale_part_without_resume_state() {
+    let c = Case::new(&[("a", 20_000)]);
+    fs::create_dir_all(&c.spec.download_dir).unwrap();
+    fs::write(c.dl("a"), c.file_bytes(0)).unwrap();
+    fs::write(c.dl("a.part"), vec![0u8; 20_000]).unwrap();
+    let s = c.open().await;
+    assert_eq!(s.resume(), Resume::NeedsRecheck);
+    assert!(!exists(&c.dl("a")), "unverified final file moved aside");
+    assert_eq!(c.recheck(&*s).await, [0, 1]);
+    assert_eq!(fs::read(c.dl("a")).unwrap(), c.file_bytes(0));
+    assert!(!exists(&c.dl("a.part")));
+}
