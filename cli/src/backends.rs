@@ -16,7 +16,9 @@ pub fn registry() -> Registry {
         Arc::new(|o| Ok(Arc::new(TcpTransport::new(o)))),
     )
     .expect("built-in names are unique");
-    r.register_storage(Origin::BuiltIn, Arc::new(FsBackend::new())).expect("built-in names are unique");
-    r.register_storage(Origin::BuiltIn, Arc::new(MemoryBackend::new())).expect("built-in names are unique");
+    r.register_storage(Origin::BuiltIn, Arc::new(FsBackend::new()))
+        .expect("built-in names are unique");
+    r.register_storage(Origin::BuiltIn, Arc::new(MemoryBackend::new()))
+        .expect("built-in names are unique");
     r
 }

@@ -40,7 +40,8 @@ pub fn create(args: CreateArgs) -> anyhow::Result<()> {
     let bytes = create_torrent(&args.path, &options)
         .with_context(|| format!("cannot create a torrent of {}", args.path.display()))?;
     let meta = Metainfo::from_bytes(&bytes).context("created torrent does not parse (bug)")?;
-    std::fs::write(&args.output, &bytes).with_context(|| format!("cannot write {}", args.output.display()))?;
+    std::fs::write(&args.output, &bytes)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
     println!("{} {}", meta.info_hash, args.output.display());
     Ok(())
 }

@@ -1,2 +1,121 @@
-//! The `zigtorrent` binary.
-fn main() {}
+//! The `zigtorrent` binary: `run` (download and seed a watch folder), `create` and `info`.
+
+mod backends;
+mod create;
+mod format;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// ZigTorrent: a BitTorrent client for a folder of .torrent files.
+#[derive(Parser, Debug)]
+#[command(name = "zigtorrent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Download and seed every .torrent in the torrents folder.
+    Run(run::RunArgs),
+    /// Make a .torrent of a file or folder.
+    Create(create::CreateArgs),
+    /// Show what a .torrent file holds.
+    Info {
+        /// The .torrent file.
+        file: PathBuf,
+    },
+    /// List the transports and storages that can be selected.
+    Backends,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Create(args) => create::create(args),
+        Command::Info { file } => info(&file),
+        Command::Backends => {
+            let registry = backends::registry();
+            for (name, origin) in registry.transports() {
+                println!("transport {name} ({origin})");
+            }
+            for (name, origin) in registry.storages() {
+                println!("storage {name} ({origin})");
+            }
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn info(file: &std::path::Path) -> anyhow::Result<()> {
+    let meta = run::load_torrent(file)?;
+    let info = &meta.info;
+    let layout = &info.layout;
+    println!("name: {}", info.name);
+    println!("info-hash: {}", meta.info_hash);
+    println!(
+        "total size: {} ({} bytes)",
+        format::bytes(layout.total_length),
+        layout.total_length
+    );
+    println!(
+        "pieces: {} x {} bytes",
+        layout.piece_count(),
+        layout.piece_length
+    );
+    println!("private: {}", if info.private { "yes" } else { "no" });
+    for (i, tier) in meta.announce_tiers.iter().enumerate() {
+        println!("tier {}: {}", i + 1, tier.join(" "));
+    }
+    if let Some(c) = &meta.comment {
+        println!("comment: {c}");
+    }
+    if let Some(c) = &meta.created_by {
+        println!("created by: {c}");
+    }
+    println!("files: {}", layout.files.len());
+    for f in &layout.files {
+        println!("  {} ({} bytes)", f.path.display(), f.length);
+    }
+    Ok(())
+}
+
+/// Read a file we were pointed at, with context for the error line.
+pub(crate) fn read_file(path: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= max,
+        "{} is larger than {} bytes",
+        path.display(),
+        max
+    );
+    Ok(bytes)
+}

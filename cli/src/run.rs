@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use zigtorrent_engine::metainfo::MAX_TORRENT_SIZE;
 use zigtorrent_engine::session::{Session, SessionConfig};
 use zigtorrent_engine::tracker::TrackerClient;
-use zigtorrent_engine::{InfoHash, Metainfo, TorrentHandle, TorrentState, TransportOptions};
+use zigtorrent_engine::{Metainfo, TorrentHandle, TorrentState, TransportOptions};
 
 use crate::format;
 
@@ -75,22 +75,38 @@ pub fn load_torrent(path: &Path) -> anyhow::Result<Metainfo> {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .with_context(|| format!("bad --log-level '{}'", args.log_level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     if args.status_interval == 0 {
         bail!("--status-interval must be at least 1 second");
     }
     let registry = crate::backends::registry();
     let options = TransportOptions::default();
-    let transport = registry.transport(&args.transport, &options)?.context("cannot start transport")?;
+    let transport = registry
+        .transport(&args.transport, &options)?
+        .context("cannot start transport")?;
     let backend = registry.storage(&args.storage)?;
-    let state = args.state.clone().unwrap_or_else(|| args.downloads.join(".zigtorrent"));
-    for (what, dir) in [("torrents", &args.torrents), ("downloads", &args.downloads), ("state", &state)] {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {what} folder {}", dir.display()))?;
+    let state = args
+        .state
+        .clone()
+        .unwrap_or_else(|| args.downloads.join(".zigtorrent"));
+    for (what, dir) in [
+        ("torrents", &args.torrents),
+        ("downloads", &args.downloads),
+        ("state", &state),
+    ] {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {what} folder {}", dir.display()))?;
         if !dir.is_dir() {
             bail!("{what} folder {} is not a directory", dir.display());
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start runtime")?;
     runtime.block_on(async move {
         let mut config = SessionConfig::new(args.downloads.clone(), state);
         config.listen = SocketAddr::new(args.bind, args.listen);
@@ -98,7 +114,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         config.max_peers_per_torrent = args.max_peers;
         config.max_peers_total = args.max_peers_total;
         let session = Session::start(config, transport, backend, TrackerClient::new()).await?;
-        println!("listening on port {} ({})", session.listen_port(), args.transport);
+        println!(
+            "listening on port {} ({})",
+            session.listen_port(),
+            args.transport
+        );
         serve(&session, &args).await?;
         println!("stopping…");
         session.shutdown(SHUTDOWN_TIMEOUT).await;
@@ -173,7 +193,7 @@ enum Seen {
     /// Seen once with this size and mtime; taken when a later scan sees the same.
     Settling(u64, Option<SystemTime>),
     /// Loaded as this torrent.
-    Loaded(InfoHash),
+    Loaded,
     /// Could not be used in this version of the file; retried when it changes.
     Failed(u64, Option<SystemTime>),
 }
@@ -186,7 +206,10 @@ struct WatchFolder {
 
 impl WatchFolder {
     fn new(dir: PathBuf) -> Self {
-        WatchFolder { dir, seen: HashMap::new() }
+        WatchFolder {
+            dir,
+            seen: HashMap::new(),
+        }
     }
 
     /// Look for new or changed `.torrent` files. At `startup` files are taken at once; later a
@@ -202,14 +225,20 @@ impl WatchFolder {
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("torrent")) && p.is_file())
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x.eq_ignore_ascii_case("torrent"))
+                    && p.is_file()
+            })
             .collect();
         paths.sort();
         for path in paths {
-            let Ok(md) = std::fs::metadata(&path) else { continue };
+            let Ok(md) = std::fs::metadata(&path) else {
+                continue;
+            };
             let (size, mtime) = (md.len(), md.modified().ok());
             let ready = match self.seen.get(&path) {
-                Some(Seen::Loaded(_)) => continue,
+                Some(Seen::Loaded) => continue,
                 Some(Seen::Failed(s, m)) if *s == size && *m == mtime => continue,
                 Some(Seen::Settling(s, m)) => *s == size && *m == mtime,
                 _ => startup,
@@ -220,13 +249,15 @@ impl WatchFolder {
             }
             let result = load_torrent(&path).and_then(|meta| {
                 let name = meta.info.name.clone();
-                let handle = session.add(meta).with_context(|| format!("{}", path.display()))?;
+                let handle = session
+                    .add(meta)
+                    .with_context(|| format!("{}", path.display()))?;
                 Ok((handle.info_hash(), name))
             });
             match result {
                 Ok((hash, name)) => {
                     println!("added {} ({}) from {}", name, hash, path.display());
-                    self.seen.insert(path, Seen::Loaded(hash));
+                    self.seen.insert(path, Seen::Loaded);
                 }
                 Err(e) => {
                     eprintln!("error: {e:#}");

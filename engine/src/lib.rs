@@ -27,9 +27,9 @@ pub mod types;
 pub mod wire;
 
 pub use metainfo::Metainfo;
+pub use registry::{Origin, Registry};
 pub use session::{Session, SessionConfig, SessionError, TorrentHandle};
 pub use status::{TorrentState, TorrentStatus};
-pub use registry::{Origin, Registry};
 pub use storage::memory::MemoryBackend;
 pub use storage::{Layout, Storage, StorageBackend, StorageError, StorageSpec};
 pub use transport::{BoxStream, Listener, Transport, TransportError, TransportOptions};

@@ -109,7 +109,9 @@ pub enum HandshakeError {
 }
 
 /// Read the 68-byte handshake off `stream`.
-pub async fn read_handshake<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Handshake, HandshakeError> {
+pub async fn read_handshake<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Handshake, HandshakeError> {
     let mut buf = [0u8; HANDSHAKE_LEN];
     tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut buf))
         .await
@@ -247,14 +249,26 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
             Message::Piece { index, begin, data } => {
-                let block = BlockRef { piece: index, begin, length: data.len() as u32 };
+                let block = BlockRef {
+                    piece: index,
+                    begin,
+                    length: data.len() as u32,
+                };
                 if !block_in_range(&ctx.layout, &block) {
                     return format!("piece message out of range: {block:?}");
                 }
                 PeerEvent::Block(block, data)
             }
-            Message::Request { index, begin, length } => {
-                let block = BlockRef { piece: index, begin, length };
+            Message::Request {
+                index,
+                begin,
+                length,
+            } => {
+                let block = BlockRef {
+                    piece: index,
+                    begin,
+                    length,
+                };
                 if length > BLOCK_SIZE || !block_in_range(&ctx.layout, &block) {
                     return format!("invalid request {block:?}");
                 }
@@ -352,7 +366,9 @@ fn push_upload(up: Upload, buf: &mut BytesMut, chunks: &mut Vec<Bytes>, shared: 
     }
     wire::encode_piece_header(up.block.piece, up.block.begin, up.data.len() as u32, buf);
     chunks.push(buf.split().freeze());
-    shared.uploaded.fetch_add(up.data.len() as u64, Ordering::Relaxed);
+    shared
+        .uploaded
+        .fetch_add(up.data.len() as u64, Ordering::Relaxed);
     chunks.push(up.data);
 }
 
@@ -367,7 +383,12 @@ fn apply(cmd: PeerCommand, buf: &mut BytesMut, shared: &PeerShared) -> bool {
         PeerCommand::SetChoking(choke) => {
             let was = shared.am_choking.swap(choke, Ordering::Relaxed);
             if was != choke {
-                if choke { Message::Choke } else { Message::Unchoke }.encode(buf);
+                if choke {
+                    Message::Choke
+                } else {
+                    Message::Unchoke
+                }
+                .encode(buf);
             }
         }
         PeerCommand::Close => return false,
@@ -376,11 +397,17 @@ fn apply(cmd: PeerCommand, buf: &mut BytesMut, shared: &PeerShared) -> bool {
 }
 
 /// Write every chunk with vectored writes, so block data goes out without being copied.
-async fn write_chunks<W: AsyncWrite + Unpin>(wr: &mut W, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
+async fn write_chunks<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    chunks: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
     let mut start = 0;
     while start < chunks.len() {
-        let slices: Vec<std::io::IoSlice<'_>> =
-            chunks[start..].iter().take(64).map(|c| std::io::IoSlice::new(c)).collect();
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[start..]
+            .iter()
+            .take(64)
+            .map(|c| std::io::IoSlice::new(c))
+            .collect();
         let mut n = wr.write_vectored(&slices).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());

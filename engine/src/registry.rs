@@ -75,7 +75,10 @@ impl Registry {
         factory: TransportFactory,
     ) -> Result<(), RegistryError> {
         if self.transports.contains_key(name) {
-            return Err(RegistryError::Duplicate { kind: "transport", name: name.into() });
+            return Err(RegistryError::Duplicate {
+                kind: "transport",
+                name: name.into(),
+            });
         }
         self.transports.insert(name.into(), (origin, factory));
         Ok(())
@@ -89,7 +92,10 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let name = backend.name().to_string();
         if self.storages.contains_key(&name) {
-            return Err(RegistryError::Duplicate { kind: "storage", name });
+            return Err(RegistryError::Duplicate {
+                kind: "storage",
+                name,
+            });
         }
         self.storages.insert(name, (origin, backend));
         Ok(())
@@ -101,21 +107,27 @@ impl Registry {
         name: &str,
         options: &TransportOptions,
     ) -> Result<Result<Arc<dyn Transport>, TransportError>, RegistryError> {
-        let (_, factory) = self.transports.get(name).ok_or_else(|| RegistryError::Unknown {
-            kind: "transport",
-            name: name.into(),
-            available: join(self.transports.keys()),
-        })?;
+        let (_, factory) = self
+            .transports
+            .get(name)
+            .ok_or_else(|| RegistryError::Unknown {
+                kind: "transport",
+                name: name.into(),
+                available: join(self.transports.keys()),
+            })?;
         Ok(factory(options))
     }
 
     /// The storage backend registered as `name`.
     pub fn storage(&self, name: &str) -> Result<Arc<dyn StorageBackend>, RegistryError> {
-        self.storages.get(name).map(|(_, b)| b.clone()).ok_or_else(|| RegistryError::Unknown {
-            kind: "storage",
-            name: name.into(),
-            available: join(self.storages.keys()),
-        })
+        self.storages
+            .get(name)
+            .map(|(_, b)| b.clone())
+            .ok_or_else(|| RegistryError::Unknown {
+                kind: "storage",
+                name: name.into(),
+                available: join(self.storages.keys()),
+            })
     }
 
     /// `(name, origin)` of every transport, sorted by name.

@@ -144,7 +144,11 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let listener = bind(&*transport, config.listen).await?;
         let listen_port = listener.local_addr().port();
-        tracing::info!(port = listen_port, transport = transport.name(), "listening");
+        tracing::info!(
+            port = listen_port,
+            transport = transport.name(),
+            "listening"
+        );
         let shared = Arc::new(Shared {
             peer_slots: Arc::new(Semaphore::new(config.max_peers_total)),
             config,
@@ -165,7 +169,11 @@ impl Session {
 
     /// Add a torrent; it starts checking, then downloading or seeding.
     pub fn add(&self, metainfo: Metainfo) -> Result<TorrentHandle, SessionError> {
-        let mut torrents = self.shared.torrents.lock().expect("lock poisoned only by a panic");
+        let mut torrents = self
+            .shared
+            .torrents
+            .lock()
+            .expect("lock poisoned only by a panic");
         let info_hash = metainfo.info_hash;
         if torrents.contains_key(&info_hash) {
             return Err(SessionError::Duplicate(info_hash));
@@ -194,20 +202,39 @@ impl Session {
             status: status_tx,
         };
         let task = tokio::spawn(run_torrent(params, cmd_rx));
-        let handle = TorrentHandle { info_hash, status: status_rx, commands: cmd_tx };
-        torrents.insert(info_hash, Entry { handle: handle.clone(), task });
+        let handle = TorrentHandle {
+            info_hash,
+            status: status_rx,
+            commands: cmd_tx,
+        };
+        torrents.insert(
+            info_hash,
+            Entry {
+                handle: handle.clone(),
+                task,
+            },
+        );
         Ok(handle)
     }
 
     /// Every torrent in the session.
     pub fn torrents(&self) -> Vec<TorrentHandle> {
-        let torrents = self.shared.torrents.lock().expect("lock poisoned only by a panic");
+        let torrents = self
+            .shared
+            .torrents
+            .lock()
+            .expect("lock poisoned only by a panic");
         torrents.values().map(|e| e.handle.clone()).collect()
     }
 
     /// Stop and remove one torrent (its data stays).
     pub async fn remove(&self, info_hash: InfoHash) -> bool {
-        let entry = self.shared.torrents.lock().expect("lock poisoned only by a panic").remove(&info_hash);
+        let entry = self
+            .shared
+            .torrents
+            .lock()
+            .expect("lock poisoned only by a panic")
+            .remove(&info_hash);
         match entry {
             Some(e) => {
                 stop_torrent(e, Duration::from_secs(4)).await;
@@ -220,25 +247,42 @@ impl Session {
     /// Stop every torrent gracefully (flush, resume state, `stopped`), bounded by `timeout`.
     pub async fn shutdown(self, timeout: Duration) {
         self.listener.abort();
-        let entries: Vec<Entry> =
-            self.shared.torrents.lock().expect("lock poisoned only by a panic").drain().map(|(_, e)| e).collect();
+        let entries: Vec<Entry> = self
+            .shared
+            .torrents
+            .lock()
+            .expect("lock poisoned only by a panic")
+            .drain()
+            .map(|(_, e)| e)
+            .collect();
         futures::future::join_all(entries.into_iter().map(|e| stop_torrent(e, timeout))).await;
     }
 }
 
 async fn stop_torrent(entry: Entry, timeout: Duration) {
     let (tx, rx) = oneshot::channel();
-    if entry.handle.commands.send(TorrentCommand::Shutdown(tx)).await.is_ok() {
+    if entry
+        .handle
+        .commands
+        .send(TorrentCommand::Shutdown(tx))
+        .await
+        .is_ok()
+    {
         let _ = tokio::time::timeout(timeout, rx).await;
     }
     entry.task.abort();
 }
 
-async fn bind(transport: &dyn Transport, addr: SocketAddr) -> Result<Box<dyn Listener>, SessionError> {
+async fn bind(
+    transport: &dyn Transport,
+    addr: SocketAddr,
+) -> Result<Box<dyn Listener>, SessionError> {
     let attempts = if addr.port() == 0 { 1 } else { PORT_ATTEMPTS };
     let mut last = None;
     for i in 0..attempts {
-        let Some(port) = addr.port().checked_add(i) else { break };
+        let Some(port) = addr.port().checked_add(i) else {
+            break;
+        };
         match transport.listen(SocketAddr::new(addr.ip(), port)).await {
             Ok(l) => return Ok(l),
             Err(e) => last = Some(e),
@@ -273,8 +317,13 @@ async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
                 }
             };
             let commands = {
-                let torrents = shared.torrents.lock().expect("lock poisoned only by a panic");
-                torrents.get(&handshake.info_hash).map(|e| e.handle.commands.clone())
+                let torrents = shared
+                    .torrents
+                    .lock()
+                    .expect("lock poisoned only by a panic");
+                torrents
+                    .get(&handshake.info_hash)
+                    .map(|e| e.handle.commands.clone())
             };
             let Some(commands) = commands else {
                 tracing::debug!(%addr, info_hash = %handshake.info_hash, "incoming peer for unknown torrent");
@@ -282,7 +331,13 @@ async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
             };
             let transport = shared.transport.name().to_string();
             let _ = commands
-                .send(TorrentCommand::Incoming { stream, addr, handshake, transport, permit })
+                .send(TorrentCommand::Incoming {
+                    stream,
+                    addr,
+                    handshake,
+                    transport,
+                    permit,
+                })
                 .await;
         });
     }

@@ -27,7 +27,9 @@ use crate::peer::{self, Connection, PeerCommand, PeerContext, PeerEvent, PeerKey
 use crate::picker::{BlockOutcome, PiecePicker};
 use crate::status::{TorrentState, TorrentStatus};
 use crate::storage::{Layout, Resume, Storage, StorageBackend, StorageError, StorageSpec};
-use crate::tracker::{AnnounceRequest, AnnounceResponse, Event, TrackerClient, TrackerError, TrackerTiers};
+use crate::tracker::{
+    AnnounceRequest, AnnounceResponse, Event, TrackerClient, TrackerError, TrackerTiers,
+};
 use crate::transport::{BoxStream, Transport};
 use crate::types::{Bitfield, BlockRef, PeerId, PieceIndex, BLOCK_SIZE};
 use crate::wire::{Handshake, Message};
@@ -106,10 +108,26 @@ pub(crate) struct TorrentParams {
 
 /// Results of helper tasks, fed back into the torrent task.
 enum Internal {
-    PieceDone { piece: PieceIndex, bytes: u64, contributors: Vec<SocketAddr>, result: Result<bool, StorageError> },
-    AnnounceDone { tiers: TrackerTiers, event: Event, result: Result<(String, AnnounceResponse), TrackerError> },
-    Connected { conn: Connection, permit: OwnedSemaphorePermit, outgoing: bool },
-    ConnectFailed { addr: SocketAddr, reason: String },
+    PieceDone {
+        piece: PieceIndex,
+        bytes: u64,
+        contributors: Vec<SocketAddr>,
+        result: Result<bool, StorageError>,
+    },
+    AnnounceDone {
+        tiers: TrackerTiers,
+        event: Event,
+        result: Result<(String, AnnounceResponse), TrackerError>,
+    },
+    Connected {
+        conn: Connection,
+        permit: OwnedSemaphorePermit,
+        outgoing: bool,
+    },
+    ConnectFailed {
+        addr: SocketAddr,
+        reason: String,
+    },
 }
 
 struct Peer {
@@ -150,7 +168,10 @@ struct PieceBuf {
 }
 
 /// Run one torrent until shut down.
-pub(crate) async fn run_torrent(params: TorrentParams, mut commands: mpsc::Receiver<TorrentCommand>) {
+pub(crate) async fn run_torrent(
+    params: TorrentParams,
+    mut commands: mpsc::Receiver<TorrentCommand>,
+) {
     let metainfo = params.metainfo.clone();
     let layout = Arc::new(metainfo.info.layout.clone());
     let spec = StorageSpec {
@@ -162,7 +183,9 @@ pub(crate) async fn run_torrent(params: TorrentParams, mut commands: mpsc::Recei
     let storage = match params.backend.open(spec).await {
         Ok(s) => s,
         Err(e) => {
-            params.status.send_modify(|s| s.state = TorrentState::Error(format!("cannot open storage: {e}")));
+            params.status.send_modify(|s| {
+                s.state = TorrentState::Error(format!("cannot open storage: {e}"))
+            });
             wait_for_shutdown(&mut commands).await;
             return;
         }
@@ -172,7 +195,9 @@ pub(crate) async fn run_torrent(params: TorrentParams, mut commands: mpsc::Recei
         _ => match recheck(&metainfo, &layout, &storage, &params.status, &mut commands).await {
             Some(Ok(bf)) => bf,
             Some(Err(e)) => {
-                params.status.send_modify(|s| s.state = TorrentState::Error(format!("recheck failed: {e}")));
+                params
+                    .status
+                    .send_modify(|s| s.state = TorrentState::Error(format!("recheck failed: {e}")));
                 wait_for_shutdown(&mut commands).await;
                 return;
             }
@@ -296,7 +321,12 @@ struct Torrent {
 }
 
 impl Torrent {
-    fn new(p: TorrentParams, layout: Arc<Layout>, storage: Arc<dyn Storage>, have: Bitfield) -> Self {
+    fn new(
+        p: TorrentParams,
+        layout: Arc<Layout>,
+        storage: Arc<dyn Storage>,
+        have: Bitfield,
+    ) -> Self {
         let picker = PiecePicker::new(&layout, &have);
         let (events_tx, events_rx) = mpsc::channel(4096);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
@@ -389,11 +419,20 @@ impl Torrent {
 
     fn on_command(&mut self, cmd: TorrentCommand) {
         match cmd {
-            TorrentCommand::Incoming { stream, addr, handshake, transport, permit } => {
+            TorrentCommand::Incoming {
+                stream,
+                addr,
+                handshake,
+                transport,
+                permit,
+            } => {
                 if !self.active() || self.peers.len() >= self.p.max_peers {
                     return;
                 }
-                let known = self.known.entry(addr).or_insert_with(|| KnownPeer { incoming_only: true, ..Default::default() });
+                let known = self.known.entry(addr).or_insert_with(|| KnownPeer {
+                    incoming_only: true,
+                    ..Default::default()
+                });
                 if known.banned || known.connected {
                     return;
                 }
@@ -403,11 +442,23 @@ impl Torrent {
                 tokio::spawn(async move {
                     match peer::handshake_incoming(stream, ours, &handshake).await {
                         Ok(stream) => {
-                            let conn = Connection { stream, addr, remote: handshake, transport };
-                            let _ = tx.send(Internal::Connected { conn, permit, outgoing: false });
+                            let conn = Connection {
+                                stream,
+                                addr,
+                                remote: handshake,
+                                transport,
+                            };
+                            let _ = tx.send(Internal::Connected {
+                                conn,
+                                permit,
+                                outgoing: false,
+                            });
                         }
                         Err(e) => {
-                            let _ = tx.send(Internal::ConnectFailed { addr, reason: e.to_string() });
+                            let _ = tx.send(Internal::ConnectFailed {
+                                addr,
+                                reason: e.to_string(),
+                            });
                         }
                     }
                 });
@@ -429,7 +480,10 @@ impl Torrent {
     fn add_known(&mut self, addrs: Vec<SocketAddr>) {
         let own = self.p.listen_port;
         for addr in addrs {
-            if addr.port() == 0 || (addr.ip().is_loopback() && addr.port() == own) && !self.p.extra_peers.contains(&addr) {
+            if addr.port() == 0
+                || (addr.ip().is_loopback() && addr.port() == own)
+                    && !self.p.extra_peers.contains(&addr)
+            {
                 continue;
             }
             // A tracker handing back an address we only knew from an incoming connection makes
@@ -454,7 +508,12 @@ impl Torrent {
 
     async fn on_internal(&mut self, msg: Internal) {
         match msg {
-            Internal::PieceDone { piece, bytes, contributors, result } => {
+            Internal::PieceDone {
+                piece,
+                bytes,
+                contributors,
+                result,
+            } => {
                 self.verifying -= 1;
                 self.verify_backlog -= bytes;
                 match result {
@@ -462,7 +521,9 @@ impl Torrent {
                         self.picker.on_piece_verified(piece);
                         self.dirty = true;
                         for peer in self.peers.values() {
-                            let _ = peer.tx.try_send(PeerCommand::Send(vec![Message::Have(piece)]));
+                            let _ = peer
+                                .tx
+                                .try_send(PeerCommand::Send(vec![Message::Have(piece)]));
                         }
                         if self.is_seed() {
                             self.on_complete().await;
@@ -493,7 +554,11 @@ impl Torrent {
                 self.publish();
                 self.refill_all();
             }
-            Internal::AnnounceDone { tiers, event, result } => {
+            Internal::AnnounceDone {
+                tiers,
+                event,
+                result,
+            } => {
                 self.tiers = Some(tiers);
                 match result {
                     Ok((url, resp)) => {
@@ -504,19 +569,26 @@ impl Torrent {
                         self.announce_failures = 0;
                         self.tracker_error = None;
                         self.min_interval = resp.min_interval.unwrap_or(Duration::ZERO);
-                        self.next_announce = Some(Instant::now() + resp.interval.max(self.min_interval));
+                        self.next_announce =
+                            Some(Instant::now() + resp.interval.max(self.min_interval));
                         self.add_known(resp.peers);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "announce failed");
                         self.tracker_error = Some(e.to_string());
                         self.announce_failures += 1;
-                        let wait = ANNOUNCE_RETRY * 2u32.saturating_pow(self.announce_failures.min(5));
-                        self.next_announce = Some(Instant::now() + wait.min(Duration::from_secs(300)));
+                        let wait =
+                            ANNOUNCE_RETRY * 2u32.saturating_pow(self.announce_failures.min(5));
+                        self.next_announce =
+                            Some(Instant::now() + wait.min(Duration::from_secs(300)));
                     }
                 }
             }
-            Internal::Connected { conn, permit, outgoing } => self.on_connected(conn, permit, outgoing),
+            Internal::Connected {
+                conn,
+                permit,
+                outgoing,
+            } => self.on_connected(conn, permit, outgoing),
             Internal::ConnectFailed { addr, reason } => {
                 tracing::debug!(%addr, %reason, "connection failed");
                 if let Some(k) = self.known.get_mut(&addr) {
@@ -533,7 +605,10 @@ impl Torrent {
 
     fn on_connected(&mut self, conn: Connection, permit: OwnedSemaphorePermit, outgoing: bool) {
         let addr = conn.addr;
-        let duplicate = self.peers.values().any(|p| p.peer_id == conn.remote.peer_id);
+        let duplicate = self
+            .peers
+            .values()
+            .any(|p| p.peer_id == conn.remote.peer_id);
         let refuse = !self.active() || duplicate || self.peers.len() >= self.p.max_peers;
         let known = self.known.entry(addr).or_default();
         known.connecting = false;
@@ -594,7 +669,9 @@ impl Torrent {
         }
         match event {
             PeerEvent::Closed(reason) => {
-                let Some(peer) = self.peers.remove(&key) else { return };
+                let Some(peer) = self.peers.remove(&key) else {
+                    return;
+                };
                 tracing::debug!(addr = %peer.addr, %reason, "peer disconnected");
                 self.uploaded += peer.shared.uploaded.load(Ordering::Relaxed) - peer.last_uploaded;
                 self.picker.release_peer(key);
@@ -622,7 +699,9 @@ impl Torrent {
                     self.picker.add_peer_have(piece);
                     if !self.picker.have().get(piece as usize) && !peer.am_interested {
                         peer.am_interested = true;
-                        let _ = peer.tx.try_send(PeerCommand::Send(vec![Message::Interested]));
+                        let _ = peer
+                            .tx
+                            .try_send(PeerCommand::Send(vec![Message::Interested]));
                     }
                     self.fill_requests(key);
                 }
@@ -642,7 +721,11 @@ impl Torrent {
                 self.fill_requests(key);
             }
             PeerEvent::Interested => {
-                let unchoked = self.peers.values().filter(|p| !p.shared.am_choking.load(Ordering::Relaxed)).count();
+                let unchoked = self
+                    .peers
+                    .values()
+                    .filter(|p| !p.shared.am_choking.load(Ordering::Relaxed))
+                    .count();
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 peer.peer_interested = true;
                 // Free upload slot: don't make a new peer wait for the next rechoke.
@@ -659,11 +742,17 @@ impl Torrent {
     }
 
     fn update_interest(&mut self, key: PeerKey) {
-        let Some(peer) = self.peers.get_mut(&key) else { return };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
         let interesting = self.picker.is_interesting(&peer.bitfield);
         if interesting != peer.am_interested {
             peer.am_interested = interesting;
-            let msg = if interesting { Message::Interested } else { Message::NotInterested };
+            let msg = if interesting {
+                Message::Interested
+            } else {
+                Message::NotInterested
+            };
             let _ = peer.tx.try_send(PeerCommand::Send(vec![msg]));
         }
         if interesting {
@@ -679,7 +768,10 @@ impl Torrent {
             BlockOutcome::Unexpected => {
                 self.wasted += data.len() as u64;
             }
-            BlockOutcome::Accepted { cancel, piece_complete } => {
+            BlockOutcome::Accepted {
+                cancel,
+                piece_complete,
+            } => {
                 peer.last_block = Instant::now();
                 peer.snubbed = false;
                 peer.window_down += data.len() as u64;
@@ -732,14 +824,19 @@ impl Torrent {
             let blocks: Option<Vec<Bytes>> = buf.blocks.into_iter().collect();
             let result = async {
                 // Blocks missing here would be a picker bug; treat the piece as bad, not fatal.
-                let Some(blocks) = blocks else { return Ok(false) };
+                let Some(blocks) = blocks else {
+                    return Ok(false);
+                };
                 let _permit = slots.acquire_owned().await;
                 let (ok, blocks) = tokio::task::spawn_blocking(move || {
                     let ok = hash::sha1_chunks(&blocks) == expected;
                     (ok, blocks)
                 })
                 .await
-                .map_err(|e| StorageError::Io { path: PathBuf::new(), source: std::io::Error::other(e) })?;
+                .map_err(|e| StorageError::Io {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(e),
+                })?;
                 if !ok {
                     return Ok(false);
                 }
@@ -748,7 +845,12 @@ impl Torrent {
                 Ok(true)
             }
             .await;
-            let _ = tx.send(Internal::PieceDone { piece, bytes, contributors, result });
+            let _ = tx.send(Internal::PieceDone {
+                piece,
+                bytes,
+                contributors,
+                result,
+            });
         });
     }
 
@@ -763,7 +865,9 @@ impl Torrent {
         if !self.active() || self.is_seed() || self.verify_backlog > VERIFY_BACKLOG_CAP {
             return;
         }
-        let Some(peer) = self.peers.get_mut(&key) else { return };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
         if peer.peer_choking || !peer.am_interested {
             return;
         }
@@ -781,7 +885,11 @@ impl Torrent {
             .iter()
             .map(|b| {
                 peer.requests.insert(*b);
-                Message::Request { index: b.piece, begin: b.begin, length: b.length }
+                Message::Request {
+                    index: b.piece,
+                    begin: b.begin,
+                    length: b.length,
+                }
             })
             .collect();
         if peer.tx.try_send(PeerCommand::Send(msgs)).is_err() {
@@ -801,7 +909,8 @@ impl Torrent {
         self.window_down = 0;
         let mut window_up = 0;
         for (key, peer) in self.peers.iter_mut() {
-            peer.download_rate = peer.download_rate * (1.0 - ALPHA) + peer.window_down as f64 * ALPHA;
+            peer.download_rate =
+                peer.download_rate * (1.0 - ALPHA) + peer.window_down as f64 * ALPHA;
             peer.window_down = 0;
             let up = peer.shared.uploaded.load(Ordering::Relaxed);
             let delta = up - peer.last_uploaded;
@@ -809,8 +918,15 @@ impl Torrent {
             peer.upload_rate = peer.upload_rate * (1.0 - ALPHA) + delta as f64 * ALPHA;
             window_up += delta;
             let wanted = (peer.download_rate * QUEUE_SECONDS / BLOCK_SIZE as f64) as usize;
-            peer.depth = if peer.download_rate < 1.0 { INITIAL_DEPTH } else { wanted.clamp(MIN_DEPTH, MAX_DEPTH) };
-            if !peer.snubbed && !peer.requests.is_empty() && now.duration_since(peer.last_block) > SNUB_TIMEOUT {
+            peer.depth = if peer.download_rate < 1.0 {
+                INITIAL_DEPTH
+            } else {
+                wanted.clamp(MIN_DEPTH, MAX_DEPTH)
+            };
+            if !peer.snubbed
+                && !peer.requests.is_empty()
+                && now.duration_since(peer.last_block) > SNUB_TIMEOUT
+            {
                 // Snubbed: hand its requests to others; it keeps one probe request at most.
                 tracing::debug!(addr = %peer.addr, "peer snubbed us");
                 peer.snubbed = true;
@@ -827,12 +943,19 @@ impl Torrent {
             for key in keys {
                 self.update_interest(key);
             }
-            if self.last_rechoke.is_none_or(|t| now.duration_since(t) >= choker::RECHOKE_INTERVAL) {
+            if self
+                .last_rechoke
+                .is_none_or(|t| now.duration_since(t) >= choker::RECHOKE_INTERVAL)
+            {
                 self.rechoke(now);
             }
             self.connect_more(now);
             if self.next_announce.is_some_and(|t| now >= t) {
-                let event = if self.announce_count == 0 { Event::Started } else { Event::None };
+                let event = if self.announce_count == 0 {
+                    Event::Started
+                } else {
+                    Event::None
+                };
                 self.announce(event);
             }
         }
@@ -857,12 +980,15 @@ impl Torrent {
         let seeding = self.is_seed();
         let unchoked = self.choker.rechoke(now, &samples, seeding, &mut self.rng);
         for (k, p) in &self.peers {
-            let _ = p.tx.try_send(PeerCommand::SetChoking(!unchoked.contains(k)));
+            let _ =
+                p.tx.try_send(PeerCommand::SetChoking(!unchoked.contains(k)));
         }
     }
 
     fn connect_more(&mut self, now: Instant) {
-        let mut budget = self.p.max_peers.saturating_sub(self.peers.len() + self.known.values().filter(|k| k.connecting).count());
+        let mut budget = self.p.max_peers.saturating_sub(
+            self.peers.len() + self.known.values().filter(|k| k.connecting).count(),
+        );
         if budget == 0 {
             return;
         }
@@ -870,7 +996,13 @@ impl Torrent {
         let candidates: Vec<SocketAddr> = self
             .known
             .iter()
-            .filter(|(_, k)| !k.connected && !k.connecting && !k.banned && !k.incoming_only && k.next_try.is_none_or(|t| now >= t))
+            .filter(|(_, k)| {
+                !k.connected
+                    && !k.connecting
+                    && !k.banned
+                    && !k.incoming_only
+                    && k.next_try.is_none_or(|t| now >= t)
+            })
             .map(|(a, _)| *a)
             .collect();
         for addr in candidates {
@@ -881,7 +1013,9 @@ impl Torrent {
             if seed && !self.p.extra_peers.contains(&addr) {
                 break;
             }
-            let Ok(permit) = self.p.peer_slots.clone().try_acquire_owned() else { break };
+            let Ok(permit) = self.p.peer_slots.clone().try_acquire_owned() else {
+                break;
+            };
             budget -= 1;
             let known = self.known.get_mut(&addr).expect("candidate from known");
             known.connecting = true;
@@ -891,12 +1025,19 @@ impl Torrent {
             tokio::spawn(async move {
                 let result = async {
                     let stream = transport.connect(addr).await.map_err(|e| e.to_string())?;
-                    peer::handshake_outgoing(stream, ours).await.map_err(|e| e.to_string())
+                    peer::handshake_outgoing(stream, ours)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
                 .await;
                 let msg = match result {
                     Ok((stream, remote)) => Internal::Connected {
-                        conn: Connection { stream, addr, remote, transport: transport.name().to_string() },
+                        conn: Connection {
+                            stream,
+                            addr,
+                            remote,
+                            transport: transport.name().to_string(),
+                        },
                         permit,
                         outgoing: true,
                     },
@@ -927,7 +1068,9 @@ impl Torrent {
     }
 
     fn announce(&mut self, event: Event) {
-        let Some(mut tiers) = self.tiers.take() else { return };
+        let Some(mut tiers) = self.tiers.take() else {
+            return;
+        };
         self.announce_count += 1;
         self.next_announce = None;
         let req = self.announce_request(event);
@@ -935,7 +1078,11 @@ impl Torrent {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let result = tiers.announce(&client, &req).await;
-            let _ = tx.send(Internal::AnnounceDone { tiers, event, result });
+            let _ = tx.send(Internal::AnnounceDone {
+                tiers,
+                event,
+                result,
+            });
         });
     }
 
@@ -945,7 +1092,9 @@ impl Torrent {
         for peer in self.peers.values_mut() {
             if peer.am_interested {
                 peer.am_interested = false;
-                let _ = peer.tx.try_send(PeerCommand::Send(vec![Message::NotInterested]));
+                let _ = peer
+                    .tx
+                    .try_send(PeerCommand::Send(vec![Message::NotInterested]));
             }
             // Two seeds have nothing to say to each other.
             if peer.bitfield.is_full() {
@@ -976,7 +1125,12 @@ impl Torrent {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while self.verifying > 0 {
             match tokio::time::timeout_at(deadline, self.internal_rx.recv()).await {
-                Ok(Some(Internal::PieceDone { piece, bytes, result, .. })) => {
+                Ok(Some(Internal::PieceDone {
+                    piece,
+                    bytes,
+                    result,
+                    ..
+                })) => {
                     self.verifying -= 1;
                     self.verify_backlog -= bytes;
                     if let Ok(true) = result {
@@ -992,7 +1146,9 @@ impl Torrent {
         if let Some(mut tiers) = self.tiers.take() {
             if self.announce_count > 0 {
                 let req = self.announce_request(Event::Stopped);
-                let _ = tokio::time::timeout(STOPPED_TIMEOUT, tiers.announce(&self.p.tracker, &req)).await;
+                let _ =
+                    tokio::time::timeout(STOPPED_TIMEOUT, tiers.announce(&self.p.tracker, &req))
+                        .await;
             }
         }
     }
@@ -1002,7 +1158,9 @@ impl Torrent {
         let have_bytes: u64 = if have.is_full() {
             self.layout.total_length
         } else {
-            have.iter_ones().map(|i| self.layout.piece_len(i as u32) as u64).sum()
+            have.iter_ones()
+                .map(|i| self.layout.piece_len(i as u32) as u64)
+                .sum()
         };
         let state = if let Some(e) = &self.error {
             TorrentState::Error(e.clone())

@@ -41,7 +41,9 @@ pub struct TransportOptions {
 
 impl Default for TransportOptions {
     fn default() -> Self {
-        TransportOptions { connect_timeout: Duration::from_secs(5) }
+        TransportOptions {
+            connect_timeout: Duration::from_secs(5),
+        }
     }
 }
 

@@ -93,7 +93,11 @@ pub enum BitfieldError {
 impl Bitfield {
     /// An empty set able to hold `len` indices.
     pub fn new(len: usize) -> Self {
-        Bitfield { bits: vec![0; len.div_ceil(8)], len, ones: 0 }
+        Bitfield {
+            bits: vec![0; len.div_ceil(8)],
+            len,
+            ones: 0,
+        }
     }
 
     /// A full set of `len` indices.
@@ -109,7 +113,10 @@ impl Bitfield {
     pub fn from_bytes(bytes: &[u8], len: usize) -> Result<Self, BitfieldError> {
         let expected = len.div_ceil(8);
         if bytes.len() != expected {
-            return Err(BitfieldError::WrongLength { got: bytes.len(), expected });
+            return Err(BitfieldError::WrongLength {
+                got: bytes.len(),
+                expected,
+            });
         }
         let spare = expected * 8 - len;
         if spare > 0 {
@@ -119,7 +126,11 @@ impl Bitfield {
             }
         }
         let ones = bytes.iter().map(|b| b.count_ones() as usize).sum();
-        Ok(Bitfield { bits: bytes.to_vec(), len, ones })
+        Ok(Bitfield {
+            bits: bytes.to_vec(),
+            len,
+            ones,
+        })
     }
 
     /// Number of indices this set can hold.
@@ -199,8 +210,14 @@ mod tests {
         assert_eq!(b.count_ones(), 2);
         let c = Bitfield::from_bytes(b.as_bytes(), 10).unwrap();
         assert_eq!(b, c);
-        assert_eq!(Bitfield::from_bytes(&[0x80, 0x20], 10), Err(BitfieldError::SpareBitsSet));
-        assert!(matches!(Bitfield::from_bytes(&[0], 10), Err(BitfieldError::WrongLength { .. })));
+        assert_eq!(
+            Bitfield::from_bytes(&[0x80, 0x20], 10),
+            Err(BitfieldError::SpareBitsSet)
+        );
+        assert!(matches!(
+            Bitfield::from_bytes(&[0], 10),
+            Err(BitfieldError::WrongLength { .. })
+        ));
         assert!(b.clear(0));
         assert_eq!(b.iter_ones().collect::<Vec<_>>(), vec![9]);
         assert!(Bitfield::full(10).is_full());

@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use zigtorrent_engine::transport::{BoxStream, Listener, Transport, TransportError, TransportOptions};
+use zigtorrent_engine::transport::{
+    BoxStream, Listener, Transport, TransportError, TransportOptions,
+};
 
 /// The selector `--transport tcp`.
 pub const NAME: &str = "tcp";
@@ -30,7 +32,9 @@ pub struct TcpTransport {
 impl TcpTransport {
     /// A transport using `options.connect_timeout`.
     pub fn new(options: &TransportOptions) -> Self {
-        TcpTransport { connect_timeout: options.connect_timeout }
+        TcpTransport {
+            connect_timeout: options.connect_timeout,
+        }
     }
 }
 
@@ -49,7 +53,11 @@ impl Transport for TcpTransport {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<BoxStream, TransportError> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         // Buffers must be sized before connect for the window scale to be negotiated.
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER as u32);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER as u32);
@@ -61,7 +69,11 @@ impl Transport for TcpTransport {
     }
 
     async fn listen(&self, addr: SocketAddr) -> Result<Box<dyn Listener>, TransportError> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         socket.set_reuseaddr(true)?;
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER as u32);
         socket.bind(addr)?;

@@ -55,12 +55,20 @@ impl Layout {
         let files: Vec<FileSpec> = files
             .into_iter()
             .map(|(path, length)| {
-                let f = FileSpec { path, length, offset };
+                let f = FileSpec {
+                    path,
+                    length,
+                    offset,
+                };
                 offset += length;
                 f
             })
             .collect();
-        Layout { piece_length, total_length: offset, files }
+        Layout {
+            piece_length,
+            total_length: offset,
+            files,
+        }
     }
 
     /// Number of pieces.
@@ -191,7 +199,12 @@ pub trait Storage: Send + Sync {
 
     /// Write the concatenation of `chunks` at byte `offset` inside `piece`. The engine only
     /// writes data it has verified, normally a whole piece at once.
-    async fn write(&self, piece: PieceIndex, offset: u32, chunks: Vec<Bytes>) -> Result<(), StorageError>;
+    async fn write(
+        &self,
+        piece: PieceIndex,
+        offset: u32,
+        chunks: Vec<Bytes>,
+    ) -> Result<(), StorageError>;
 
     /// Read `len` bytes at `offset` inside `piece`. [`StorageError::Missing`] when not present.
     async fn read(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StorageError>;
@@ -228,7 +241,12 @@ mod tests {
     fn layout_maps_pieces_and_files() {
         let l = Layout::new(
             16,
-            [("a".into(), 10), ("empty".into(), 0), ("b".into(), 20), ("c".into(), 3)],
+            [
+                ("a".into(), 10),
+                ("empty".into(), 0),
+                ("b".into(), 20),
+                ("c".into(), 3),
+            ],
         );
         assert_eq!(l.total_length, 33);
         assert_eq!(l.piece_count(), 3);

@@ -31,7 +31,10 @@ impl StorageBackend for SlowBackend {
 
     async fn open(&self, spec: StorageSpec) -> Result<Arc<dyn Storage>, StorageError> {
         let inner = self.inner.open(spec).await?;
-        Ok(Arc::new(SlowStorage { inner, delay: self.delay }))
+        Ok(Arc::new(SlowStorage {
+            inner,
+            delay: self.delay,
+        }))
     }
 }
 
@@ -45,7 +48,12 @@ impl Storage for SlowStorage {
     fn resume(&self) -> Resume {
         self.inner.resume()
     }
-    async fn write(&self, piece: PieceIndex, offset: u32, chunks: Vec<Bytes>) -> Result<(), StorageError> {
+    async fn write(
+        &self,
+        piece: PieceIndex,
+        offset: u32,
+        chunks: Vec<Bytes>,
+    ) -> Result<(), StorageError> {
         self.inner.write(piece, offset, chunks).await
     }
     async fn read(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StorageError> {

@@ -138,8 +138,12 @@ fn decode_reply(bytes: &[u8]) -> Result<Value, TrackerError> {
             limit: MAX_REPLY_SIZE,
         });
     }
-    let limits = crate::bencode::Limits { max_depth: crate::bencode::MAX_DEPTH, max_size: MAX_REPLY_SIZE };
-    crate::bencode::decode::<Value>(bytes, limits).map_err(|e| TrackerError::Malformed(e.to_string()))
+    let limits = crate::bencode::Limits {
+        max_depth: crate::bencode::MAX_DEPTH,
+        max_size: MAX_REPLY_SIZE,
+    };
+    crate::bencode::decode::<Value>(bytes, limits)
+        .map_err(|e| TrackerError::Malformed(e.to_string()))
 }
 
 /// Parse a BEP 3 announce reply body.
