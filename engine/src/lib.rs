@@ -29,7 +29,7 @@ pub mod wire;
 pub use metainfo::Metainfo;
 pub use registry::{Origin, Registry};
 pub use session::{Session, SessionConfig, SessionError, TorrentHandle};
-pub use status::{TorrentState, TorrentStatus};
+pub use status::{FileStatus, PeerStatus, TorrentState, TorrentStatus};
 pub use storage::memory::MemoryBackend;
 pub use storage::{Layout, Storage, StorageBackend, StorageError, StorageSpec};
 pub use transport::{BoxStream, Listener, Transport, TransportError, TransportOptions};

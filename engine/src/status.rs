@@ -1,6 +1,11 @@
 //! Snapshots the torrent task publishes (through `tokio::sync::watch`) for the cli to show.
 
-use crate::types::InfoHash;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::tracker::TrackerStatus;
+use crate::types::{Bitfield, InfoHash};
 
 /// Where a torrent is in its life.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +71,56 @@ pub struct TorrentStatus {
     pub peers_known: usize,
     /// Last tracker problem, if the last announce failed.
     pub tracker_error: Option<String>,
+    /// Connected peers.
+    pub peers: Vec<PeerStatus>,
+    /// Files with their own progress.
+    pub files: Vec<FileStatus>,
+    /// Every tracker with its last result.
+    pub trackers: Vec<TrackerStatus>,
+    /// When the next regular announce is due.
+    pub next_announce: Option<Instant>,
+    /// Verified pieces (the piece map).
+    pub pieces: Bitfield,
+}
+
+/// One connected peer.
+#[derive(Clone, Debug)]
+pub struct PeerStatus {
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// Transport name (`tcp`, `utp`, …).
+    pub transport: String,
+    /// Client, from its peer id (e.g. `-lt2080-` → `lt 2080`).
+    pub client: String,
+    /// We dialled it (true) or it dialled us.
+    pub outgoing: bool,
+    /// Payload bytes/s from it.
+    pub download_rate: u64,
+    /// Payload bytes/s to it.
+    pub upload_rate: u64,
+    /// We choke it.
+    pub am_choking: bool,
+    /// We want its data.
+    pub am_interested: bool,
+    /// It chokes us.
+    pub peer_choking: bool,
+    /// It wants our data.
+    pub peer_interested: bool,
+    /// It has not sent what we asked for in a while.
+    pub snubbed: bool,
+    /// Fraction of the torrent it has, 0.0–1.0.
+    pub progress: f32,
+}
+
+/// One file of the torrent.
+#[derive(Clone, Debug)]
+pub struct FileStatus {
+    /// Relative path under the downloads folder.
+    pub path: PathBuf,
+    /// Length in bytes.
+    pub length: u64,
+    /// Bytes of it in verified pieces.
+    pub have_bytes: u64,
 }
 
 impl TorrentStatus {
@@ -87,6 +142,11 @@ impl TorrentStatus {
             peers_connected: 0,
             peers_known: 0,
             tracker_error: None,
+            peers: Vec::new(),
+            files: Vec::new(),
+            trackers: Vec::new(),
+            next_announce: None,
+            pieces: Bitfield::new(pieces_total as usize),
         }
     }
 

@@ -25,7 +25,7 @@ use crate::hash;
 use crate::metainfo::Metainfo;
 use crate::peer::{self, Connection, PeerCommand, PeerContext, PeerEvent, PeerKey, PeerShared};
 use crate::picker::{BlockOutcome, PiecePicker};
-use crate::status::{TorrentState, TorrentStatus};
+use crate::status::{FileStatus, PeerStatus, TorrentState, TorrentStatus};
 use crate::storage::{Layout, Resume, Storage, StorageBackend, StorageError, StorageSpec};
 use crate::tracker::{
     AnnounceRequest, AnnounceResponse, Event, TrackerClient, TrackerError, TrackerTiers,
@@ -132,6 +132,9 @@ enum Internal {
 
 struct Peer {
     addr: SocketAddr,
+    transport: String,
+    client: String,
+    outgoing: bool,
     tx: mpsc::Sender<PeerCommand>,
     shared: Arc<PeerShared>,
     peer_id: PeerId,
@@ -642,6 +645,9 @@ impl Torrent {
             key,
             Peer {
                 addr,
+                transport: conn.transport.clone(),
+                client: client_name(&conn.remote.peer_id),
+                outgoing,
                 tx,
                 shared,
                 peer_id: conn.remote.peer_id,
@@ -1172,6 +1178,27 @@ impl Torrent {
             TorrentState::Downloading
         };
         let uploaded = self.uploaded;
+        let total = self.layout.piece_count().max(1) as f32;
+        let peers = self
+            .peers
+            .values()
+            .map(|p| PeerStatus {
+                addr: p.addr,
+                transport: p.transport.clone(),
+                client: p.client.clone(),
+                outgoing: p.outgoing,
+                download_rate: p.download_rate as u64,
+                upload_rate: p.upload_rate as u64,
+                am_choking: p.shared.am_choking.load(Ordering::Relaxed),
+                am_interested: p.am_interested,
+                peer_choking: p.peer_choking,
+                peer_interested: p.peer_interested,
+                snubbed: p.snubbed,
+                progress: p.bitfield.count_ones() as f32 / total,
+            })
+            .collect();
+        let files = self.file_progress();
+        let trackers = self.tiers.as_ref().map(|t| t.status()).unwrap_or_default();
         self.p.status.send_modify(|s| {
             s.state = state;
             s.have_bytes = have_bytes;
@@ -1184,6 +1211,79 @@ impl Torrent {
             s.peers_connected = self.peers.len();
             s.peers_known = self.known.len();
             s.tracker_error = self.tracker_error.clone();
+            s.peers = peers;
+            s.files = files;
+            if !trackers.is_empty() {
+                // While an announce runs the tiers are away; keep the last list.
+                s.trackers = trackers;
+            }
+            s.next_announce = self.next_announce;
+            s.pieces = have.clone();
         });
+    }
+}
+
+impl Torrent {
+    /// Verified bytes per file.
+    fn file_progress(&self) -> Vec<FileStatus> {
+        let have = self.picker.have();
+        let pl = self.layout.piece_length as u64;
+        self.layout
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let have_bytes = if have.is_full() {
+                    f.length
+                } else {
+                    self.layout
+                        .pieces_for_file(i)
+                        .filter(|p| have.get(*p as usize))
+                        .map(|p| {
+                            let start = (p as u64 * pl).max(f.offset);
+                            let end = ((p as u64 + 1) * pl).min(f.offset + f.length);
+                            end.saturating_sub(start)
+                        })
+                        .sum()
+                };
+                FileStatus {
+                    path: f.path.clone(),
+                    length: f.length,
+                    have_bytes,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A readable client name from a peer id: Azureus style `-XX1234-` becomes `XX 1234`.
+fn client_name(id: &PeerId) -> String {
+    let b = &id.0;
+    if b[0] == b'-' && b[7] == b'-' && b[1..7].iter().all(|c| c.is_ascii_alphanumeric()) {
+        let code = String::from_utf8_lossy(&b[1..3]);
+        let version = String::from_utf8_lossy(&b[3..7]);
+        return format!("{code} {version}");
+    }
+    let printable: String = b
+        .iter()
+        .take(8)
+        .map(|&c| if c.is_ascii_graphic() { c as char } else { '.' })
+        .collect();
+    printable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_names() {
+        let mut id = [b'x'; 20];
+        id[..8].copy_from_slice(b"-lt2080-");
+        assert_eq!(client_name(&PeerId(id)), "lt 2080");
+        id[..8].copy_from_slice(b"M7-2-2--");
+        assert_eq!(client_name(&PeerId(id)), "M7-2-2--");
+        id[0] = 0;
+        assert_eq!(client_name(&PeerId(id)), ".7-2-2--");
     }
 }
