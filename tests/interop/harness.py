@@ -1,0 +1,395 @@
+"""Process bookkeeping, opentracker, and the zigtorrent binary as seen from outside.
+
+Every process started here is recorded by PID and killed at exit (normal, exception, SIGINT or
+SIGTERM): SIGTERM first, SIGKILL after a grace period. Nothing is killed by name.
+"""
+
+import atexit
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+_PROCS = []  # (Popen, label, persistent) still to be reaped
+
+
+class CheckFailed(Exception):
+    """A scenario check failed; the message is the reason printed with FAIL."""
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+def spawn(argv, label, stdout_path=None, cwd=None, env=None, persistent=False):
+    """Start a process, recording it for cleanup. Output goes to `stdout_path` (stderr too).
+    A `persistent` one (a suite-wide service) survives `cleanup(everything=False)`."""
+    out = open(stdout_path, "ab") if stdout_path else subprocess.DEVNULL
+    p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         cwd=cwd, env=env)
+    if stdout_path:
+        out.close()
+    _PROCS.append((p, label, persistent))
+    log(f"started {label} pid {p.pid}: {' '.join(map(str, argv))}")
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, grace=5.0):
+    """Send `sig` to `p`, wait up to `grace` s, then SIGKILL. Returns (exit code, seconds taken,
+    rusage) where exit code is negative for death by signal, and None when it had to be killed."""
+    t0 = time.time()
+    if p.poll() is None:
+        try:
+            p.send_signal(sig)
+        except ProcessLookupError:
+            pass
+    rc, ru = _wait(p, grace)
+    killed = False
+    if rc is None:
+        p.kill()
+        rc, ru = _wait(p, 5.0)
+        killed = True
+    _forget(p)
+    return (None if killed else rc), time.time() - t0, ru
+
+
+def _wait(p, timeout):
+    """Reap `p` within `timeout` s using wait4 so its rusage is kept. (None, None) if still alive."""
+    if p.returncode is not None:
+        return p.returncode, getattr(p, "rusage", None)
+    deadline = time.time() + timeout
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid == p.pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            p.rusage = ru
+            return p.returncode, ru
+        if time.time() > deadline:
+            return None, None
+        time.sleep(0.02)
+
+
+def reap_if_exited(p):
+    """Non-blocking: the exit code if `p` has exited (reaping it with rusage), else None."""
+    rc, _ = _wait(p, 0)
+    return rc
+
+
+def _forget(p):
+    _PROCS[:] = [e for e in _PROCS if e[0] is not p]
+
+
+def cleanup(everything=True):
+    """Kill every process still recorded (but persistent ones only if `everything`), by PID."""
+    for p, label, persistent in list(_PROCS):
+        if persistent and not everything:
+            continue
+        if p.returncode is None and p.poll() is None:
+            log(f"cleanup: stopping {label} pid {p.pid}")
+            stop(p, signal.SIGTERM, 3.0)
+        else:
+            _wait(p, 0)
+        _forget(p)
+
+
+def _on_signal(signum, _frame):
+    cleanup()
+    sys.exit(128 + signum)
+
+
+atexit.register(cleanup)
+signal.signal(signal.SIGTERM, _on_signal)
+signal.signal(signal.SIGINT, _on_signal)
+
+
+def free_port():
+    """A TCP+UDP port on 127.0.0.1 that was free a moment ago."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+
+
+def tail(path, n=30):
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+        return "\n".join("    | " + l for l in lines[-n:])
+    except OSError:
+        return "    | (no output file)"
+
+
+# --------------------------------------------------------------------------------------------
+# opentracker
+
+
+class OpenTracker:
+    """opentracker on 127.0.0.1:`port` (TCP for HTTP announces, UDP for BEP 15, same number).
+
+    Debian builds opentracker with WANT_ACCESSLIST_WHITE: only info-hashes listed in the whitelist
+    file are tracked, others get "Requested download is not authorized". So hashes are written
+    before use; `allow` adds more and sends SIGHUP, on which opentracker reloads the list.
+    Run as root, it drops to user `nobody`, hence world-readable files in a 0755 folder.
+
+    Use one instance for a whole run: libtorrent caches UDP tracker connection ids per tracker IP
+    (not port) process-wide, so a second opentracker on 127.0.0.1 within a minute would be sent a
+    connection id it never issued, and ignore every UDP announce.
+    """
+
+    def __init__(self, port, info_hashes=()):
+        self.port = port
+        # Its own folder straight under the temp dir: a caller's mkdtemp folder is 0700.
+        self.dir = tempfile.mkdtemp(prefix="zt-opentracker-")
+        os.chmod(self.dir, 0o755)
+        self.whitelist = os.path.join(self.dir, "whitelist.txt")
+        self.hashes = []
+        self._write_whitelist(info_hashes)
+        self.conf = os.path.join(self.dir, "opentracker.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"listen.tcp_udp 127.0.0.1:{port}\n")
+            f.write(f"access.whitelist {self.whitelist}\n")
+        os.chmod(self.conf, 0o644)
+        self.log = os.path.join(self.dir, "opentracker.log")
+        self.proc = spawn(["opentracker", "-f", self.conf], "opentracker", self.log, cwd=self.dir,
+                          persistent=True)
+        self._wait_ready()
+
+    def _write_whitelist(self, more):
+        for h in more:
+            if not re.fullmatch(r"[0-9a-f]{40}", h):
+                raise ValueError(f"not a 40-hex info-hash: {h}")
+            if h not in self.hashes:
+                self.hashes.append(h)
+        tmp = self.whitelist + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("".join(h + "\n" for h in self.hashes))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.whitelist)
+
+    def allow(self, info_hashes):
+        """Whitelist more info-hashes (reload by SIGHUP) and wait until they are accepted."""
+        if all(h in self.hashes for h in info_hashes):
+            return
+        self._write_whitelist(info_hashes)
+        self.proc.send_signal(signal.SIGHUP)
+        self._wait_ready()
+
+    @property
+    def http(self):
+        return f"http://127.0.0.1:{self.port}/announce"
+
+    @property
+    def udp(self):
+        return f"udp://127.0.0.1:{self.port}/announce"
+
+    def _wait_ready(self, timeout=10):
+        """Wait until it answers HTTP and has loaded the whitelist (it loads it in a thread).
+
+        The probe is a `stopped` announce, which adds no peer: a whitelisted hash gets a normal
+        reply, an unknown one (or a whitelist not yet loaded) a failure reason.
+        """
+        deadline = time.time() + timeout
+        last = ""
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise CheckFailed(f"opentracker exited ({self.proc.returncode}):\n{tail(self.log)}")
+            try:
+                if not self.hashes:
+                    self._get("/")  # any HTTP answer (even 404) means it is up
+                    return
+                for h in self.hashes:
+                    body = self._probe(bytes.fromhex(h))
+                    if b"failure reason" in body or b"interval" not in body:
+                        raise OSError(body.decode("latin-1"))
+                return
+            except OSError as e:
+                last = str(e)
+            time.sleep(0.1)
+        raise CheckFailed(f"opentracker not ready on {self.port}: {last}")
+
+    def _get(self, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            return e.read()
+
+    def _probe(self, info_hash_bytes):
+        """Announce a dummy peer (port 9) and withdraw it at once; returns the first reply.
+        (A `stopped` announce alone is answered even for hashes not on the whitelist.)"""
+        q = urllib.request.quote(info_hash_bytes, safe="")
+        base = (f"/announce?info_hash={q}&peer_id=-ZTPROBE-00000000000&port=9"
+                "&uploaded=0&downloaded=0&left=0&compact=1&numwant=0")
+        body = self._get(base)
+        self._get(base + "&event=stopped")
+        return body
+
+    def scrape_raw(self, info_hash_bytes):
+        q = urllib.request.quote(info_hash_bytes, safe="")
+        return self._get(f"/scrape?info_hash={q}")
+
+    def scrape(self, info_hash_hex):
+        """(complete, incomplete) counts the tracker holds for this info-hash."""
+        body = self.scrape_raw(bytes.fromhex(info_hash_hex))
+        c = re.search(rb"8:completei(\d+)e", body)
+        i = re.search(rb"10:incompletei(\d+)e", body)
+        return (int(c.group(1)) if c else 0, int(i.group(1)) if i else 0)
+
+    def wait_seeders(self, info_hash_hex, n=1, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.scrape(info_hash_hex)[0] >= n:
+                return
+            time.sleep(0.2)
+        raise CheckFailed(f"tracker has no seeder for {info_hash_hex} after {timeout}s")
+
+    def stop(self):
+        stop(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# zigtorrent, seen from outside
+
+# Status lines: `<name> <progress>% down <rate> up <rate> peers <n> <state>`; parsed loosely since
+# the exact format may still move. Only used for diagnostics, never to decide completion.
+_STATUS = re.compile(
+    r"^(?P<name>.+?)\s+(?P<progress>\d+(?:\.\d+)?)\s*%.*?peers\D*(?P<peers>\d+).*?"
+    r"(?P<state>checking|downloading|seeding|paused|error)", re.IGNORECASE)
+
+
+def parse_status(line):
+    m = _STATUS.search(line.strip())
+    if not m:
+        return None
+    return {"name": m.group("name"), "progress": float(m.group("progress")),
+            "peers": int(m.group("peers")), "state": m.group("state").lower()}
+
+
+def last_status(path):
+    """The last parsed status line per torrent name in a log file."""
+    out = {}
+    try:
+        with open(path, "rb") as f:
+            for line in f.read().decode("utf-8", "replace").splitlines():
+                s = parse_status(line)
+                if s:
+                    out[s["name"]] = s
+    except OSError:
+        pass
+    return out
+
+
+class Zig:
+    """One `zigtorrent` binary."""
+
+    def __init__(self, binary):
+        self.bin = os.path.abspath(binary)
+
+    def check_exists(self):
+        if not (os.path.isfile(self.bin) and os.access(self.bin, os.X_OK)):
+            raise CheckFailed(f"zigtorrent binary not found or not executable: {self.bin}")
+
+    def cmd(self, *args, timeout=120):
+        """Run a one-shot subcommand; returns (exit code, stdout, stderr)."""
+        p = subprocess.run([self.bin, *map(str, args)], capture_output=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+    def run(self, torrents, downloads, state, log_path, listen=None, peers=(), extra=()):
+        argv = [self.bin, "run", "--headless", "--torrents", torrents, "--downloads", downloads,
+                "--state", state, "--transport", "tcp", "--storage", "fs"]
+        if listen:
+            argv += ["--listen", str(listen)]
+        for p in peers:
+            argv += ["--peer", p]
+        argv += list(extra)
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        return spawn(argv, "zigtorrent run", log_path, env=env)
+
+    def info_hash(self, torrent_file):
+        rc, out, err = self.cmd("info", torrent_file)
+        if rc != 0:
+            raise CheckFailed(f"zigtorrent info exited {rc}: {err.strip()[:500]}")
+        m = re.search(r"info[-_ ]?hash\W*([0-9a-fA-F]{40})", out, re.IGNORECASE)
+        if not m:
+            raise CheckFailed(f"no 'info-hash: <40 hex>' in zigtorrent info output:\n{out[:1000]}")
+        return m.group(1).lower(), out
+
+
+def graceful_stop(p, sig=signal.SIGINT, limit=5.0):
+    """Stop zigtorrent with `sig`; raise unless it exits 0 within `limit` seconds."""
+    rc, secs, ru = stop(p, sig, grace=limit)
+    if rc is None:
+        raise CheckFailed(f"did not exit within {limit}s of {signal.Signals(sig).name} (killed)")
+    if rc != 0:
+        raise CheckFailed(f"exit code {rc} after {signal.Signals(sig).name} (want 0)")
+    return secs, ru
+
+
+# --------------------------------------------------------------------------------------------
+# Completion by the files themselves
+
+
+def expected_files(src, name):
+    """{path relative to the downloads dir: size} for payload `src` downloaded as torrent `name`."""
+    if os.path.isfile(src):
+        return {name: os.path.getsize(src)}
+    out = {}
+    for dirpath, _d, names in os.walk(src):
+        for n in names:
+            full = os.path.join(dirpath, n)
+            out[os.path.join(name, os.path.relpath(full, src))] = os.path.getsize(full)
+    return out
+
+
+def sizes_complete(downloads, expected):
+    """True when every expected file is at its final path with its final size and no `.part`
+    file remains for any of them."""
+    for rel, size in expected.items():
+        final = os.path.join(downloads, rel)
+        if os.path.exists(final + ".part"):
+            return False
+        try:
+            if os.path.getsize(final) != size:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def wait_files(downloads, expected, timeout, proc=None, what="zigtorrent", log_path=None):
+    """Poll until `sizes_complete`; raise with a reason on timeout or if `proc` dies."""
+    t0 = time.time()
+    while not sizes_complete(downloads, expected):
+        if proc is not None:
+            rc = reap_if_exited(proc)
+            if rc is not None:
+                raise CheckFailed(f"{what} exited early with {rc}:\n{tail(log_path) if log_path else ''}")
+        if time.time() - t0 > timeout:
+            have = sum(1 for r in expected if os.path.exists(os.path.join(downloads, r)))
+            parts = sum(1 for r in expected if os.path.exists(os.path.join(downloads, r) + ".part"))
+            st = last_status(log_path) if log_path else {}
+            raise CheckFailed(
+                f"{what}: not complete after {timeout}s: {have}/{len(expected)} final files, "
+                f"{parts} .part files; last status {st}\n{tail(log_path) if log_path else ''}")
+        time.sleep(0.1)
+    return time.time() - t0
