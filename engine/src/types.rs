@@ -30,10 +30,10 @@ impl fmt::Display for InfoHash {
 pub struct PeerId(pub [u8; 20]);
 
 impl PeerId {
-    /// A fresh Azureus-style id: `-ZT0100-` followed by 12 random bytes.
+    /// A fresh Azureus-style id: `-ZG0100-` followed by 12 random bytes.
     pub fn generate() -> Self {
         let mut id = [0u8; 20];
-        id[..8].copy_from_slice(b"-ZT0100-");
+        id[..8].copy_from_slice(b"-ZG0100-");
         let tail: [u8; 12] = rand::random();
         // Printable tail: some trackers log peer ids and choke on raw bytes.
         for (dst, b) in id[8..].iter_mut().zip(tail) {
