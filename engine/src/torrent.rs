@@ -62,8 +62,10 @@ const NUM_WANT: u32 = 100;
 const ANNOUNCE_RETRY: Duration = Duration::from_secs(15);
 /// How long `stopped` may take at shutdown.
 const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
-/// Redial a peer that dropped or failed after this long (times the number of failures).
-const RECONNECT_BACKOFF: Duration = Duration::from_secs(10);
+/// Redial a peer that dropped or failed after this long, doubling with each failure…
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// …up to this.
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(120);
 
 /// Commands from the session.
 pub enum TorrentCommand {
@@ -597,7 +599,7 @@ impl Torrent {
                 if let Some(k) = self.known.get_mut(&addr) {
                     k.connecting = false;
                     k.failures += 1;
-                    k.next_try = Some(Instant::now() + RECONNECT_BACKOFF * k.failures.min(30));
+                    k.next_try = Some(Instant::now() + reconnect_delay(k.failures));
                     if k.incoming_only {
                         self.known.remove(&addr);
                     }
@@ -688,7 +690,7 @@ impl Torrent {
                         self.known.remove(&peer.addr);
                     } else {
                         k.failures += 1;
-                        k.next_try = Some(Instant::now() + RECONNECT_BACKOFF * k.failures.min(30));
+                        k.next_try = Some(Instant::now() + reconnect_delay(k.failures));
                     }
                 }
                 self.refill_all();
@@ -833,7 +835,9 @@ impl Torrent {
                 let Some(blocks) = blocks else {
                     return Ok(false);
                 };
-                let _permit = slots.acquire_owned().await;
+                // The permit bounds hashing (CPU) only; writes and fsyncs overlap freely, bounded
+                // by the verify backlog cap.
+                let permit = slots.acquire_owned().await;
                 let (ok, blocks) = tokio::task::spawn_blocking(move || {
                     let ok = hash::sha1_chunks(&blocks) == expected;
                     (ok, blocks)
@@ -843,6 +847,7 @@ impl Torrent {
                     path: PathBuf::new(),
                     source: std::io::Error::other(e),
                 })?;
+                drop(permit);
                 if !ok {
                     return Ok(false);
                 }
@@ -1256,6 +1261,12 @@ impl Torrent {
     }
 }
 
+/// Exponential backoff: 0.5 s, 1 s, 2 s, … capped at two minutes.
+fn reconnect_delay(failures: u32) -> Duration {
+    (RECONNECT_BACKOFF * 2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(MAX_RECONNECT_BACKOFF)
+}
+
 /// A readable client name from a peer id: Azureus style `-XX1234-` becomes `XX 1234`.
 fn client_name(id: &PeerId) -> String {
     let b = &id.0;
@@ -1285,5 +1296,13 @@ mod tests {
         assert_eq!(client_name(&PeerId(id)), "M7-2-2--");
         id[0] = 0;
         assert_eq!(client_name(&PeerId(id)), ".7-2-2--");
+    }
+
+    #[test]
+    fn reconnect_backoff_doubles_then_caps() {
+        assert_eq!(reconnect_delay(1), Duration::from_millis(500));
+        assert_eq!(reconnect_delay(2), Duration::from_secs(1));
+        assert_eq!(reconnect_delay(4), Duration::from_secs(4));
+        assert_eq!(reconnect_delay(40), MAX_RECONNECT_BACKOFF);
     }
 }

@@ -32,7 +32,9 @@ async fn fake_peer(meta: &Metainfo, behaviour: Behaviour) -> (SocketAddr, Arc<At
     let pieces = meta.info.layout.piece_count() as usize;
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut hs = [0u8; wire::HANDSHAKE_LEN];
@@ -46,7 +48,8 @@ async fn fake_peer(meta: &Metainfo, behaviour: Behaviour) -> (SocketAddr, Arc<At
                     Behaviour::HugeFrame => out.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 7]),
                     Behaviour::CorruptData => {
                         let bf = Bitfield::full(pieces);
-                        Message::Bitfield(bytes::Bytes::copy_from_slice(bf.as_bytes())).encode(&mut out);
+                        Message::Bitfield(bytes::Bytes::copy_from_slice(bf.as_bytes()))
+                            .encode(&mut out);
                         Message::Unchoke.encode(&mut out);
                     }
                 }
@@ -56,10 +59,19 @@ async fn fake_peer(meta: &Metainfo, behaviour: Behaviour) -> (SocketAddr, Arc<At
                 let mut buf = bytes::BytesMut::new();
                 loop {
                     match wire::decode(&mut buf, 1 << 20) {
-                        Ok(Some(Message::Request { index, begin, length })) => {
+                        Ok(Some(Message::Request {
+                            index,
+                            begin,
+                            length,
+                        })) => {
                             let junk: Vec<u8> = (0..length).map(|_| rand::random()).collect();
                             let mut out = bytes::BytesMut::new();
-                            Message::Piece { index, begin, data: junk.into() }.encode(&mut out);
+                            Message::Piece {
+                                index,
+                                begin,
+                                data: junk.into(),
+                            }
+                            .encode(&mut out);
                             if s.write_all(&out).await.is_err() {
                                 return;
                             }
@@ -86,9 +98,14 @@ async fn download_with(behaviour: Behaviour) -> (usize, zigtorrent_engine::Torre
     let (bad, connections) = fake_peer(&meta, behaviour).await;
 
     // The honest seeder's reads are slowed so the bad peer gets to send plenty.
-    let slow = zigtorrent_engine::testing::slow::SlowBackend::new(Arc::new(FsBackend::new()), Duration::from_millis(20));
+    let slow = zigtorrent_engine::testing::slow::SlowBackend::new(
+        Arc::new(FsBackend::new()),
+        Duration::from_millis(20),
+    );
     let seeder = start_session(&seed_dir, Arc::new(slow), vec![]).await;
-    let good: SocketAddr = format!("127.0.0.1:{}", seeder.listen_port()).parse().unwrap();
+    let good: SocketAddr = format!("127.0.0.1:{}", seeder.listen_port())
+        .parse()
+        .unwrap();
     wait_seeding(&seeder.add(meta.clone()).unwrap(), Duration::from_secs(30)).await;
 
     let leech_dir = dir.path().join("leech");
@@ -107,9 +124,15 @@ async fn download_with(behaviour: Behaviour) -> (usize, zigtorrent_engine::Torre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_data_peer_is_banned_and_download_completes() {
     let (connections, status) = download_with(Behaviour::CorruptData).await;
-    assert!(status.wasted > 0, "the corrupt peer's data should have been counted as wasted");
+    assert!(
+        status.wasted > 0,
+        "the corrupt peer's data should have been counted as wasted"
+    );
     // Banned after its strikes: it may have been dialled a few times, never in a loop.
-    assert!(connections <= 2, "banned peer was dialled {connections} times");
+    assert!(
+        connections <= 2,
+        "banned peer was dialled {connections} times"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
