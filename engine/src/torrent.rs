@@ -60,6 +60,10 @@ const BAN_STRIKES: u32 = 3;
 const NUM_WANT: u32 = 100;
 /// Retry a failed announce after this long (doubling, capped at 5 minutes).
 const ANNOUNCE_RETRY: Duration = Duration::from_secs(15);
+/// Fewer connected peers than this while downloading counts as starving…
+const STARVING_PEERS: usize = 5;
+/// …and then we re-announce early, but not more often than this.
+const STARVING_ANNOUNCE_GAP: Duration = Duration::from_secs(60);
 /// How long `stopped` may take at shutdown.
 const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
 /// Redial a peer that dropped or failed after this long, doubling with each failure…
@@ -320,6 +324,7 @@ struct Torrent {
     upload_rate: f64,
     downloaded: u64,
     announce_count: u32,
+    last_announce: Option<Instant>,
     wasted: u64,
     tracker_error: Option<String>,
     key: u32,
@@ -375,6 +380,7 @@ impl Torrent {
             upload_rate: 0.0,
             downloaded: 0,
             announce_count: 0,
+            last_announce: None,
             wasted: 0,
             tracker_error: None,
             key: rand::random(),
@@ -961,7 +967,7 @@ impl Torrent {
                 self.rechoke(now);
             }
             self.connect_more(now);
-            if self.next_announce.is_some_and(|t| now >= t) {
+            if self.next_announce.is_some_and(|t| now >= t) || self.starving(now) {
                 let event = if self.announce_count == 0 {
                     Event::Started
                 } else {
@@ -1078,10 +1084,26 @@ impl Torrent {
         }
     }
 
+    /// Few peers and nobody left to dial while downloading: ask the tracker early (BEP 3 lets
+    /// us, within its `min interval`; we also wait at least [`STARVING_ANNOUNCE_GAP`]).
+    fn starving(&self, now: Instant) -> bool {
+        let due = self
+            .last_announce
+            .is_some_and(|t| now.duration_since(t) >= self.min_interval.max(STARVING_ANNOUNCE_GAP));
+        due && self.next_announce.is_some()
+            && !self.is_seed()
+            && self.peers.len() < STARVING_PEERS
+            && !self
+                .known
+                .values()
+                .any(|k| !k.connected && !k.connecting && !k.banned && !k.incoming_only)
+    }
+
     fn announce(&mut self, event: Event) {
         let Some(mut tiers) = self.tiers.take() else {
             return;
         };
+        self.last_announce = Some(Instant::now());
         self.announce_count += 1;
         self.next_announce = None;
         let req = self.announce_request(event);
