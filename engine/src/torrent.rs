@@ -169,6 +169,8 @@ struct KnownPeer {
     banned: bool,
     /// Learned only from an incoming connection (its port is ephemeral): never dialled.
     incoming_only: bool,
+    /// It had every piece when last seen: not worth dialling while we seed.
+    seed: bool,
 }
 
 struct PieceBuf {
@@ -504,16 +506,46 @@ impl Torrent {
     }
 
     fn close_all_peers(&mut self) {
-        for peer in self.peers.values() {
-            let _ = peer.tx.try_send(PeerCommand::Close);
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.remove_peer(key, "closed by us");
         }
     }
 
     fn ban(&mut self, addr: SocketAddr) {
         let known = self.known.entry(addr).or_default();
         known.banned = true;
-        for peer in self.peers.values().filter(|p| p.addr == addr) {
-            let _ = peer.tx.try_send(PeerCommand::Close);
+        let keys: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.addr == addr)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.remove_peer(key, "banned");
+        }
+    }
+
+    /// Forget a peer: its requests go back to the picker, its address may be redialled later.
+    /// Dropping its command sender ends the connection's writer, and with it the connection;
+    /// its final `Closed` event then finds no peer and is ignored.
+    fn remove_peer(&mut self, key: PeerKey, reason: &str) {
+        let Some(peer) = self.peers.remove(&key) else {
+            return;
+        };
+        tracing::debug!(addr = %peer.addr, %reason, "peer disconnected");
+        let _ = peer.tx.try_send(PeerCommand::Close);
+        self.uploaded += peer.shared.uploaded.load(Ordering::Relaxed) - peer.last_uploaded;
+        self.picker.release_peer(key);
+        self.picker.remove_peer_bitfield(&peer.bitfield);
+        if let Some(k) = self.known.get_mut(&peer.addr) {
+            k.connected = false;
+            if k.incoming_only {
+                self.known.remove(&peer.addr);
+            } else {
+                k.failures += 1;
+                k.next_try = Some(Instant::now() + reconnect_delay(k.failures));
+            }
         }
     }
 
@@ -683,22 +715,7 @@ impl Torrent {
         }
         match event {
             PeerEvent::Closed(reason) => {
-                let Some(peer) = self.peers.remove(&key) else {
-                    return;
-                };
-                tracing::debug!(addr = %peer.addr, %reason, "peer disconnected");
-                self.uploaded += peer.shared.uploaded.load(Ordering::Relaxed) - peer.last_uploaded;
-                self.picker.release_peer(key);
-                self.picker.remove_peer_bitfield(&peer.bitfield);
-                if let Some(k) = self.known.get_mut(&peer.addr) {
-                    k.connected = false;
-                    if k.incoming_only {
-                        self.known.remove(&peer.addr);
-                    } else {
-                        k.failures += 1;
-                        k.next_try = Some(Instant::now() + reconnect_delay(k.failures));
-                    }
-                }
+                self.remove_peer(key, &reason);
                 self.refill_all();
             }
             PeerEvent::Bitfield(bf) => {
@@ -1026,9 +1043,9 @@ impl Torrent {
             if budget == 0 {
                 break;
             }
-            // Seeds have nothing to gain from dialling: leechers come to us.
-            if seed && !self.p.extra_peers.contains(&addr) {
-                break;
+            // Seeding, another seed has nothing for us and wants nothing from us.
+            if seed && self.known.get(&addr).is_some_and(|k| k.seed) {
+                continue;
             }
             let Ok(permit) = self.p.peer_slots.clone().try_acquire_owned() else {
                 break;
@@ -1122,16 +1139,23 @@ impl Torrent {
     async fn on_complete(&mut self) {
         tracing::info!(name = %self.p.metainfo.info.name, "download complete");
         self.flush().await;
-        for peer in self.peers.values_mut() {
+        let mut seeds = Vec::new();
+        for (key, peer) in self.peers.iter_mut() {
             if peer.am_interested {
                 peer.am_interested = false;
                 let _ = peer
                     .tx
                     .try_send(PeerCommand::Send(vec![Message::NotInterested]));
             }
-            // Two seeds have nothing to say to each other.
             if peer.bitfield.is_full() {
-                let _ = peer.tx.try_send(PeerCommand::Close);
+                seeds.push((*key, peer.addr));
+            }
+        }
+        // Two seeds have nothing to say to each other; don't dial them again while seeding.
+        for (key, addr) in seeds {
+            self.remove_peer(key, "both seeds");
+            if let Some(k) = self.known.get_mut(&addr) {
+                k.seed = true;
             }
         }
         if !self.sent_completed {
