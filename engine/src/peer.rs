@@ -25,8 +25,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// We send a keep-alive after this much silence on our side.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(90);
-/// Requests a peer may have queued with us before further ones are ignored.
-const MAX_QUEUED_UPLOADS: usize = 2048;
+/// Blocks read for a peer and waiting to be sent; requests beyond this are dropped (without
+/// reading them). libtorrent keeps at most 500 requests outstanding per peer, so a well-behaved
+/// peer never hits this; it bounds what a peer that requests but never reads can make us hold
+/// (512 × 16 KiB = 8 MiB).
+const MAX_QUEUED_UPLOADS: usize = 512;
 /// Read buffer per connection.
 const READ_BUFFER: usize = 256 * 1024;
 /// Bytes the writer gathers before one write call.
@@ -277,13 +280,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     // do not have (we never advertised them).
                     continue;
                 }
+                if uploads.capacity() == 0 {
+                    tracing::debug!(peer = ctx.key, "upload queue full, request dropped");
+                    continue;
+                }
                 let data = match ctx.storage.read(index, begin, length).await {
                     Ok(d) => d,
                     Err(e) => return format!("storage read failed: {e}"),
                 };
+                // The reader is the only sender and checked capacity above, so this fails only
+                // when the writer has stopped.
                 if uploads.try_send(Upload { block, data }).is_err() {
-                    // Queue full: the peer is asking faster than we send; drop this one.
-                    tracing::debug!(peer = ctx.key, "upload queue full, request dropped");
+                    return "writer stopped".into();
                 }
                 continue;
             }
