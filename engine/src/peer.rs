@@ -30,8 +30,13 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(90);
 /// peer never hits this; it bounds what a peer that requests but never reads can make us hold
 /// (512 × 16 KiB = 8 MiB).
 const MAX_QUEUED_UPLOADS: usize = 512;
-/// Read buffer per connection.
-const READ_BUFFER: usize = 256 * 1024;
+/// Read buffer per connection. Blocks are split off it without copying, so each buffered
+/// block keeps its buffer alive: a small buffer bounds how much junk between blocks a peer
+/// can make us hold (at most 4× the block data).
+const READ_BUFFER: usize = 64 * 1024;
+/// A write that makes no progress for this long ends the connection (a peer that never
+/// reads must not hold our upload queue and its slot forever).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes the writer gathers before one write call.
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -213,6 +218,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let max_len = (BLOCK_SIZE as usize + 13).max(piece_count.div_ceil(8) + 1);
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut first_message = true;
+    // Last state the peer announced: repeats are dropped here so a flood of them costs the
+    // torrent task nothing.
+    let (mut peer_choking, mut peer_interested) = (true, false);
     loop {
         let msg = match wire::decode(&mut buf, max_len) {
             Ok(Some(m)) => m,
@@ -229,13 +237,34 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             Err(e) => return format!("protocol error: {e}"),
         };
+        if matches!(
+            msg,
+            Message::KeepAlive | Message::Port(_) | Message::Unknown { .. }
+        ) {
+            continue; // not "the first message" for the bitfield rule either
+        }
         let was_first = std::mem::replace(&mut first_message, false);
         let event = match msg {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => continue,
-            Message::Choke => PeerEvent::Choke,
-            Message::Unchoke => PeerEvent::Unchoke,
-            Message::Interested => PeerEvent::Interested,
-            Message::NotInterested => PeerEvent::NotInterested,
+            Message::Choke if !peer_choking => {
+                peer_choking = true;
+                PeerEvent::Choke
+            }
+            Message::Unchoke if peer_choking => {
+                peer_choking = false;
+                PeerEvent::Unchoke
+            }
+            Message::Interested if !peer_interested => {
+                peer_interested = true;
+                PeerEvent::Interested
+            }
+            Message::NotInterested if peer_interested => {
+                peer_interested = false;
+                PeerEvent::NotInterested
+            }
+            Message::Choke | Message::Unchoke | Message::Interested | Message::NotInterested => {
+                continue
+            }
             Message::Have(i) => {
                 if i as usize >= piece_count {
                     return format!("have for piece {i} out of range");
@@ -416,7 +445,9 @@ async fn write_chunks<W: AsyncWrite + Unpin>(
             .take(64)
             .map(|c| std::io::IoSlice::new(c))
             .collect();
-        let mut n = wr.write_vectored(&slices).await?;
+        let mut n = tokio::time::timeout(WRITE_TIMEOUT, wr.write_vectored(&slices))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write stalled"))??;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

@@ -22,6 +22,10 @@ use crate::tracker::TrackerClient;
 use crate::transport::{Listener, Transport, TransportError};
 use crate::types::{InfoHash, PeerId};
 
+/// Incoming connections still in their handshake, session-wide. Kept apart from the peer slots
+/// so silent sockets cannot starve real peers (or our own dials) of slots.
+const MAX_HALF_OPEN_INCOMING: usize = 64;
+
 /// How many following ports are tried when the asked one is taken.
 const PORT_ATTEMPTS: u16 = 50;
 
@@ -125,6 +129,7 @@ struct Shared {
     tracker: TrackerClient,
     torrents: Mutex<HashMap<InfoHash, Entry>>,
     peer_slots: Arc<Semaphore>,
+    half_open: Arc<Semaphore>,
     listen_port: u16,
 }
 
@@ -151,6 +156,7 @@ impl Session {
         );
         let shared = Arc::new(Shared {
             peer_slots: Arc::new(Semaphore::new(config.max_peers_total)),
+            half_open: Arc::new(Semaphore::new(MAX_HALF_OPEN_INCOMING)),
             config,
             transport,
             backend,
@@ -260,16 +266,21 @@ impl Session {
 }
 
 async fn stop_torrent(entry: Entry, timeout: Duration) {
-    let (tx, rx) = oneshot::channel();
-    if entry
-        .handle
-        .commands
-        .send(TorrentCommand::Shutdown(tx))
-        .await
-        .is_ok()
-    {
-        let _ = tokio::time::timeout(timeout, rx).await;
-    }
+    // One budget for queueing the command and for the stop itself: the command channel may be
+    // full, and the task may be busy opening storage.
+    let _ = tokio::time::timeout(timeout, async {
+        let (tx, rx) = oneshot::channel();
+        if entry
+            .handle
+            .commands
+            .send(TorrentCommand::Shutdown(tx))
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    })
+    .await;
     entry.task.abort();
 }
 
@@ -306,8 +317,8 @@ async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let Ok(permit) = shared.peer_slots.clone().try_acquire_owned() else {
-                return; // session full
+            let Ok(half_open) = shared.half_open.clone().try_acquire_owned() else {
+                return; // too many handshakes in progress
             };
             let handshake = match peer::read_handshake(&mut stream).await {
                 Ok(h) => h,
@@ -324,6 +335,10 @@ async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
                 torrents
                     .get(&handshake.info_hash)
                     .map(|e| e.handle.commands.clone())
+            };
+            drop(half_open);
+            let Ok(permit) = shared.peer_slots.clone().try_acquire_owned() else {
+                return; // session full
             };
             let Some(commands) = commands else {
                 tracing::debug!(%addr, info_hash = %handshake.info_hash, "incoming peer for unknown torrent");

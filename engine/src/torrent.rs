@@ -8,6 +8,7 @@
 //! Only verified data is ever written.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -52,6 +53,10 @@ const VERIFY_BACKLOG_CAP: u64 = 16 * 1024 * 1024;
 const VERIFY_PARALLELISM: usize = 2;
 /// A peer that sent nothing we asked for in this long is snubbed: its requests go elsewhere.
 const SNUB_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request unanswered for this long (while the peer sends other blocks) is given back.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// A connection that lasted this long counts as good: its address's backoff starts over.
+const GOOD_CONNECTION: Duration = Duration::from_secs(60);
 /// How often verified pieces are recorded durably (data flushed first).
 const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 /// Hash-failure strikes after which a peer is banned for the session.
@@ -65,7 +70,9 @@ const STARVING_PEERS: usize = 5;
 /// …and then we re-announce early, but not more often than this.
 const STARVING_ANNOUNCE_GAP: Duration = Duration::from_secs(60);
 /// How long `stopped` may take at shutdown.
-const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
+const STOPPED_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long shutdown waits for in-flight pieces, a flush and an announce to finish.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
 /// Redial a peer that dropped or failed after this long, doubling with each failure…
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 /// …up to this.
@@ -130,6 +137,7 @@ enum Internal {
         permit: OwnedSemaphorePermit,
         outgoing: bool,
     },
+    Flushed(Result<(), StorageError>),
     ConnectFailed {
         addr: SocketAddr,
         reason: String,
@@ -148,7 +156,11 @@ struct Peer {
     peer_choking: bool,
     peer_interested: bool,
     am_interested: bool,
-    requests: HashSet<BlockRef>,
+    /// Outstanding requests and when they were sent.
+    requests: HashMap<BlockRef, Instant>,
+    /// Whether we choke it (authoritative; the writer mirrors it).
+    am_choking: bool,
+    connected_at: Instant,
     depth: usize,
     window_down: u64,
     download_rate: f64,
@@ -165,8 +177,6 @@ struct KnownPeer {
     connecting: bool,
     failures: u32,
     next_try: Option<Instant>,
-    strikes: u32,
-    banned: bool,
     /// Learned only from an incoming connection (its port is ephemeral): never dialled.
     incoming_only: bool,
     /// It had every piece when last seen: not worth dialling while we seed.
@@ -301,6 +311,10 @@ struct Torrent {
     rng: StdRng,
     peers: HashMap<PeerKey, Peer>,
     known: HashMap<SocketAddr, KnownPeer>,
+    /// Hash-failure strikes by [`ban_key`].
+    strikes: HashMap<BanKey, u32>,
+    /// Peers banned for the session for sending bad data, by [`ban_key`].
+    banned: HashSet<BanKey>,
     pieces: HashMap<PieceIndex, PieceBuf>,
     verify_backlog: u64,
     verifying: usize,
@@ -318,6 +332,7 @@ struct Torrent {
     paused: bool,
     error: Option<String>,
     dirty: bool,
+    flushing: bool,
     last_flush: Instant,
     last_rechoke: Option<Instant>,
     window_down: u64,
@@ -357,6 +372,8 @@ impl Torrent {
             rng: StdRng::from_entropy(),
             peers: HashMap::new(),
             known,
+            strikes: HashMap::new(),
+            banned: HashSet::new(),
             pieces: HashMap::new(),
             verify_backlog: 0,
             verifying: 0,
@@ -374,6 +391,7 @@ impl Torrent {
             paused: false,
             error: None,
             dirty: false,
+            flushing: false,
             last_flush: Instant::now(),
             last_rechoke: None,
             window_down: 0,
@@ -439,14 +457,17 @@ impl Torrent {
                 transport,
                 permit,
             } => {
-                if !self.active() || self.peers.len() >= self.p.max_peers {
+                if !self.active()
+                    || self.peers.len() >= self.p.max_peers
+                    || self.banned.contains(&ban_key(addr))
+                {
                     return;
                 }
                 let known = self.known.entry(addr).or_insert_with(|| KnownPeer {
                     incoming_only: true,
                     ..Default::default()
                 });
-                if known.banned || known.connected {
+                if known.connected {
                     return;
                 }
                 known.connecting = true;
@@ -513,12 +534,13 @@ impl Torrent {
     }
 
     fn ban(&mut self, addr: SocketAddr) {
-        let known = self.known.entry(addr).or_default();
-        known.banned = true;
+        // Kept apart from `known`: forgetting an address entry must not forget the ban.
+        let key = ban_key(addr);
+        self.banned.insert(key);
         let keys: Vec<PeerKey> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.addr == addr)
+            .filter(|(_, p)| ban_key(p.addr) == key)
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
@@ -543,6 +565,11 @@ impl Torrent {
             if k.incoming_only {
                 self.known.remove(&peer.addr);
             } else {
+                // A connection that lasted resets the backoff; one that the peer keeps
+                // closing right after the handshake backs off like a failed dial.
+                if peer.connected_at.elapsed() >= GOOD_CONNECTION {
+                    k.failures = 0;
+                }
                 k.failures += 1;
                 k.next_try = Some(Instant::now() + reconnect_delay(k.failures));
             }
@@ -578,9 +605,9 @@ impl Torrent {
                         self.picker.on_piece_failed(piece);
                         let strikes = if contributors.len() == 1 { 2 } else { 1 };
                         for addr in contributors {
-                            let known = self.known.entry(addr).or_default();
-                            known.strikes += strikes;
-                            if known.strikes >= BAN_STRIKES {
+                            let count = self.strikes.entry(ban_key(addr)).or_default();
+                            *count += strikes;
+                            if *count >= BAN_STRIKES {
                                 tracing::warn!(%addr, "banning peer for sending bad data");
                                 self.ban(addr);
                             }
@@ -591,10 +618,11 @@ impl Torrent {
                         self.picker.on_piece_failed(piece);
                         self.error = Some(format!("storage error: {e}"));
                         self.close_all_peers();
-                        let _ = self.storage.flush().await;
+                        // Record what was verified before the error.
+                        self.start_flush();
+                        self.publish();
                     }
                 }
-                self.publish();
                 self.refill_all();
             }
             Internal::AnnounceDone {
@@ -632,6 +660,7 @@ impl Torrent {
                 permit,
                 outgoing,
             } => self.on_connected(conn, permit, outgoing),
+            Internal::Flushed(result) => self.on_flushed(result),
             Internal::ConnectFailed { addr, reason } => {
                 tracing::debug!(%addr, %reason, "connection failed");
                 if let Some(k) = self.known.get_mut(&addr) {
@@ -652,17 +681,19 @@ impl Torrent {
             .peers
             .values()
             .any(|p| p.peer_id == conn.remote.peer_id);
-        let refuse = !self.active() || duplicate || self.peers.len() >= self.p.max_peers;
+        let refuse = !self.active()
+            || duplicate
+            || self.peers.len() >= self.p.max_peers
+            || self.banned.contains(&ban_key(addr));
         let known = self.known.entry(addr).or_default();
         known.connecting = false;
-        if refuse || known.banned {
+        if refuse {
             if known.incoming_only {
                 self.known.remove(&addr);
             }
             return; // dropping the stream closes it
         }
         known.connected = true;
-        known.failures = 0;
         let key = self.next_key;
         self.next_key += 1;
         let (tx, rx) = mpsc::channel(1024);
@@ -695,7 +726,9 @@ impl Torrent {
                 peer_choking: true,
                 peer_interested: false,
                 am_interested: false,
-                requests: HashSet::new(),
+                requests: HashMap::new(),
+                am_choking: true,
+                connected_at: Instant::now(),
                 depth: INITIAL_DEPTH,
                 window_down: 0,
                 download_rate: 0.0,
@@ -752,15 +785,13 @@ impl Torrent {
                 self.fill_requests(key);
             }
             PeerEvent::Interested => {
-                let unchoked = self
-                    .peers
-                    .values()
-                    .filter(|p| !p.shared.am_choking.load(Ordering::Relaxed))
-                    .count();
+                let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 peer.peer_interested = true;
-                // Free upload slot: don't make a new peer wait for the next rechoke.
-                if unchoked <= choker::REGULAR_SLOTS && self.error.is_none() {
+                // Free upload slot (regular or optimistic): don't make a new peer wait for the
+                // next rechoke.
+                if peer.am_choking && unchoked < choker::REGULAR_SLOTS + 1 && self.error.is_none() {
+                    peer.am_choking = false;
                     let _ = peer.tx.try_send(PeerCommand::SetChoking(false));
                 }
             }
@@ -793,9 +824,15 @@ impl Torrent {
 
     fn on_block(&mut self, key: PeerKey, block: BlockRef, data: Bytes) {
         let peer = self.peers.get_mut(&key).expect("caller checked");
-        peer.requests.remove(&block);
         let addr = peer.addr;
-        match self.picker.on_block(key, block) {
+        // Only blocks we asked this peer for count: a peer must not be able to slip data into
+        // pieces others are filling (that would get honest peers blamed for bad hashes).
+        let outcome = if peer.requests.remove(&block).is_some() {
+            self.picker.on_block(key, block)
+        } else {
+            BlockOutcome::Unexpected
+        };
+        match outcome {
             BlockOutcome::Unexpected => {
                 self.wasted += data.len() as u64;
             }
@@ -810,7 +847,7 @@ impl Torrent {
                 self.downloaded += data.len() as u64;
                 for other in cancel {
                     if let Some(p) = self.peers.get_mut(&other) {
-                        if p.requests.remove(&block) {
+                        if p.requests.remove(&block).is_some() {
                             let _ = p.tx.try_send(PeerCommand::Send(vec![Message::Cancel {
                                 index: block.piece,
                                 begin: block.begin,
@@ -910,6 +947,7 @@ impl Torrent {
         if free == 0 || (free < REFILL_BATCH.min(depth) && !peer.requests.is_empty()) {
             return;
         }
+        let now = Instant::now();
         let mut picked = Vec::with_capacity(free);
         self.picker.pick(key, &peer.bitfield, free, &mut picked);
         if picked.is_empty() {
@@ -918,7 +956,7 @@ impl Torrent {
         let msgs = picked
             .iter()
             .map(|b| {
-                peer.requests.insert(*b);
+                peer.requests.insert(*b, now);
                 Message::Request {
                     index: b.piece,
                     begin: b.begin,
@@ -967,6 +1005,18 @@ impl Torrent {
                 peer.requests.clear();
                 self.picker.release_peer(*key);
             }
+            // Requests silently dropped by the peer (e.g. over its queue limit) would hold a
+            // pipeline slot and a partial piece forever: give them back after a while.
+            if !peer.snubbed {
+                let picker = &mut self.picker;
+                peer.requests.retain(|block, sent| {
+                    let live = now.duration_since(*sent) < REQUEST_TIMEOUT;
+                    if !live {
+                        picker.release(*key, *block);
+                    }
+                    live
+                });
+            }
         }
         self.uploaded += window_up;
         self.upload_rate = self.upload_rate * (1.0 - ALPHA) + window_up as f64 * ALPHA;
@@ -994,7 +1044,7 @@ impl Torrent {
             }
         }
         if self.dirty && now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
-            self.flush().await;
+            self.start_flush();
         }
         self.publish();
     }
@@ -1013,9 +1063,12 @@ impl Torrent {
             .collect();
         let seeding = self.is_seed();
         let unchoked = self.choker.rechoke(now, &samples, seeding, &mut self.rng);
-        for (k, p) in &self.peers {
-            let _ =
-                p.tx.try_send(PeerCommand::SetChoking(!unchoked.contains(k)));
+        for (k, p) in self.peers.iter_mut() {
+            let choke = !unchoked.contains(k);
+            if choke != p.am_choking {
+                p.am_choking = choke;
+                let _ = p.tx.try_send(PeerCommand::SetChoking(choke));
+            }
         }
     }
 
@@ -1030,11 +1083,11 @@ impl Torrent {
         let candidates: Vec<SocketAddr> = self
             .known
             .iter()
-            .filter(|(_, k)| {
+            .filter(|(a, k)| {
                 !k.connected
                     && !k.connecting
-                    && !k.banned
                     && !k.incoming_only
+                    && !self.banned.contains(&ban_key(**a))
                     && k.next_try.is_none_or(|t| now >= t)
             })
             .map(|(a, _)| *a)
@@ -1113,7 +1166,7 @@ impl Torrent {
             && !self
                 .known
                 .values()
-                .any(|k| !k.connected && !k.connecting && !k.banned && !k.incoming_only)
+                .any(|k| !k.connected && !k.connecting && !k.incoming_only)
     }
 
     fn announce(&mut self, event: Event) {
@@ -1138,7 +1191,8 @@ impl Torrent {
 
     async fn on_complete(&mut self) {
         tracing::info!(name = %self.p.metainfo.info.name, "download complete");
-        self.flush().await;
+        self.start_flush();
+        self.publish();
         let mut seeds = Vec::new();
         for (key, peer) in self.peers.iter_mut() {
             if peer.am_interested {
@@ -1166,10 +1220,26 @@ impl Torrent {
         }
     }
 
-    async fn flush(&mut self) {
-        self.last_flush = Instant::now();
+    /// Flush in a spawned task (fsyncs must not stall the torrent task); one at a time. What
+    /// completes meanwhile stays `dirty` and goes into the next flush.
+    fn start_flush(&mut self) {
+        if self.flushing {
+            return;
+        }
+        self.flushing = true;
         self.dirty = false;
-        if let Err(e) = self.storage.flush().await {
+        self.last_flush = Instant::now();
+        let storage = self.storage.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = storage.flush().await;
+            let _ = tx.send(Internal::Flushed(result));
+        });
+    }
+
+    fn on_flushed(&mut self, result: Result<(), StorageError>) {
+        self.flushing = false;
+        if let Err(e) = result {
             tracing::error!(error = %e, "flush failed; pausing torrent");
             self.error = Some(format!("storage error: {e}"));
             self.close_all_peers();
@@ -1178,10 +1248,14 @@ impl Torrent {
 
     async fn shutdown(&mut self) {
         self.close_all_peers();
-        // Let pieces already being hashed and written finish, briefly.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while self.verifying > 0 {
+        // Let pieces being hashed and written, a running flush and a running announce finish,
+        // briefly: the whole stop must fit the session's budget.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+        let has_trackers = !self.p.metainfo.announce_tiers.is_empty();
+        while self.verifying > 0 || self.flushing || (has_trackers && self.tiers.is_none()) {
             match tokio::time::timeout_at(deadline, self.internal_rx.recv()).await {
+                Ok(Some(Internal::Flushed(result))) => self.on_flushed(result),
+                Ok(Some(Internal::AnnounceDone { tiers, .. })) => self.tiers = Some(tiers),
                 Ok(Some(Internal::PieceDone {
                     piece,
                     bytes,
@@ -1198,7 +1272,11 @@ impl Torrent {
                 _ => break,
             }
         }
-        self.flush().await;
+        if !self.flushing {
+            self.flushing = true;
+            let result = self.storage.flush().await;
+            self.on_flushed(result);
+        }
         self.publish();
         if let Some(mut tiers) = self.tiers.take() {
             if self.announce_count > 0 {
@@ -1240,7 +1318,7 @@ impl Torrent {
                 outgoing: p.outgoing,
                 download_rate: p.download_rate as u64,
                 upload_rate: p.upload_rate as u64,
-                am_choking: p.shared.am_choking.load(Ordering::Relaxed),
+                am_choking: p.am_choking,
                 am_interested: p.am_interested,
                 peer_choking: p.peer_choking,
                 peer_interested: p.peer_interested,
@@ -1307,6 +1385,31 @@ impl Torrent {
     }
 }
 
+/// Who a ban applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum BanKey {
+    /// A remote host: an incoming peer comes back from another port, so the IP is banned.
+    Ip(IpAddr),
+    /// A loopback peer: many distinct peers legitimately share 127.0.0.1 (local setups,
+    /// tests), so only that address is banned.
+    Addr(SocketAddr),
+}
+
+fn ban_key(addr: SocketAddr) -> BanKey {
+    let ip = match addr.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    if ip.is_loopback() {
+        BanKey::Addr(addr)
+    } else {
+        BanKey::Ip(ip)
+    }
+}
+
 /// Exponential backoff: 0.5 s, 1 s, 2 s, … capped at two minutes.
 fn reconnect_delay(failures: u32) -> Duration {
     (RECONNECT_BACKOFF * 2u32.saturating_pow(failures.saturating_sub(1).min(16)))
@@ -1342,6 +1445,18 @@ mod tests {
         assert_eq!(client_name(&PeerId(id)), "M7-2-2--");
         id[0] = 0;
         assert_eq!(client_name(&PeerId(id)), ".7-2-2--");
+    }
+
+    #[test]
+    fn bans_are_by_ip_except_on_loopback() {
+        let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.1:2000".parse().unwrap();
+        assert_eq!(ban_key(a), ban_key(b));
+        let l1: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let l2: SocketAddr = "127.0.0.1:2000".parse().unwrap();
+        assert_ne!(ban_key(l1), ban_key(l2));
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:3000".parse().unwrap();
+        assert_eq!(ban_key(mapped), ban_key(a));
     }
 
     #[test]
