@@ -153,8 +153,7 @@ macro_rules! declare_plugin {
             ) -> ::std::result::Result<(), ::std::string::String> {
                 let f: $crate::plugin::RegisterFn = $register;
                 // A panic must not unwind into the host: its `std` cannot catch ours.
-                match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| f(registrar)))
-                {
+                match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| f(registrar))) {
                     Ok(result) => result,
                     Err(payload) => Err($crate::plugin::panic_message(&*payload)),
                 }
@@ -469,8 +468,7 @@ fn add_all(
         .iter()
         .map(|s| s.name().to_string())
         .collect();
-    check_free("transport", &transports, registry.transports().map(|t| t.0))
-        .map_err(clash)?;
+    check_free("transport", &transports, registry.transports().map(|t| t.0)).map_err(clash)?;
     check_free("storage", &storages, registry.storages().map(|s| s.0)).map_err(clash)?;
 
     let library = Arc::new(PluginLibrary {
@@ -613,18 +611,27 @@ mod tests {
         let e = check_versions("0.0.9", RUSTC_VERSION, p).unwrap_err();
         assert!(matches!(e, PluginError::EngineVersion { .. }));
         let msg = e.to_string();
-        assert!(msg.contains("/plugins/libx.so") && msg.contains("0.0.9"), "{msg}");
+        assert!(
+            msg.contains("/plugins/libx.so") && msg.contains("0.0.9"),
+            "{msg}"
+        );
         assert!(msg.contains(ENGINE_VERSION), "{msg}");
 
         let e = check_versions(ENGINE_VERSION, "rustc 1.0.0 (a 2015-05-15)", p).unwrap_err();
         assert!(matches!(e, PluginError::Compiler { .. }));
         let msg = e.to_string();
-        assert!(msg.contains("rustc 1.0.0") && msg.contains(RUSTC_VERSION), "{msg}");
+        assert!(
+            msg.contains("rustc 1.0.0") && msg.contains(RUSTC_VERSION),
+            "{msg}"
+        );
 
         let mut d = PluginDeclaration::current(|_| Ok(()));
         d.api_version = 2;
         let msg = check(&d, p).unwrap_err().to_string();
-        assert!(msg.contains("API version 2") && msg.contains("supports 1"), "{msg}");
+        assert!(
+            msg.contains("API version 2") && msg.contains("supports 1"),
+            "{msg}"
+        );
 
         d.api_version = PLUGIN_API_VERSION;
         d.engine_version = std::ptr::null();

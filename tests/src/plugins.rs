@@ -78,7 +78,14 @@ fn build() -> BuiltPlugins {
         }
     }
     cmd.current_dir(workspace)
-        .args(["build", "--quiet", "-p", PLUGIN_PACKAGE, "--lib", "--examples"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            PLUGIN_PACKAGE,
+            "--lib",
+            "--examples",
+        ])
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
         .arg("--target-dir")
