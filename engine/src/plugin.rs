@@ -679,6 +679,25 @@ mod tests {
         assert!(matches!(e, RegistryError::Duplicate { .. }));
     }
 
+    fn panicking_register(_: &mut PluginRegistrar) -> Result<(), String> {
+        panic!("cannot register today")
+    }
+
+    mod expanded {
+        crate::declare_plugin!(super::panicking_register);
+    }
+
+    #[test]
+    fn declared_entry_point_stamps_versions_and_catches_panics() {
+        let d = expanded::zigtorrent_plugin_v1();
+        // SAFETY: the macro returns a pointer to its static declaration.
+        let d = unsafe { &*d };
+        assert!(check(d, Path::new("self")).is_ok());
+        let mut registrar = PluginRegistrar::default();
+        let e = (d.register)(&mut registrar).unwrap_err();
+        assert_eq!(e, "panicked: cannot register today");
+    }
+
     #[test]
     fn panic_messages_are_kept() {
         let p = std::panic::catch_unwind(|| panic!("boom {}", 1)).unwrap_err();
