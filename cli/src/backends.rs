@@ -1,6 +1,9 @@
-//! The built-in backends, registered by name.
+//! The built-in backends, registered by name, plus whatever `--plugin` libraries add.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use clap::Args;
 
 use zigtorrent_engine::{MemoryBackend, Origin, Registry};
 use zigtorrent_storage_fs::FsBackend;
@@ -21,4 +24,43 @@ pub fn registry() -> Registry {
     r.register_storage(Origin::BuiltIn, Arc::new(MemoryBackend::new()))
         .expect("built-in names are unique");
     r
+}
+
+/// The built-in backends plus every plugin in `paths`, loaded in order. The first plugin that
+/// cannot be loaded is the error (it names the library and what is wrong).
+pub fn registry_with_plugins(paths: &[PathBuf]) -> anyhow::Result<Registry> {
+    let mut r = registry();
+    for path in paths {
+        let loaded = zigtorrent_engine::plugin::load(&mut r, path)?;
+        tracing::info!(
+            plugin = %loaded.path.display(),
+            transports = ?loaded.transports,
+            storages = ?loaded.storages,
+            "plugin loaded"
+        );
+    }
+    Ok(r)
+}
+
+/// Arguments of `zigtorrent backends`.
+#[derive(Args, Debug)]
+pub struct BackendsArgs {
+    /// Load backends from this plugin library first (repeatable).
+    #[arg(long = "plugin", value_name = "PATH")]
+    pub plugins: Vec<PathBuf>,
+}
+
+/// `zigtorrent backends`: every selectable transport and storage, one per line, with where it
+/// came from (`built-in` or the plugin's path).
+pub fn list(args: &BackendsArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let registry = registry_with_plugins(&args.plugins)?;
+    let mut out = std::io::stdout().lock();
+    for (name, origin) in registry.transports() {
+        writeln!(out, "transport {name} ({origin})")?;
+    }
+    for (name, origin) in registry.storages() {
+        writeln!(out, "storage {name} ({origin})")?;
+    }
+    Ok(())
 }

@@ -31,7 +31,7 @@ enum Command {
         file: PathBuf,
     },
     /// List the transports and storages that can be selected.
-    Backends,
+    Backends(backends::BackendsArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,16 +40,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Create(args) => create::create(args),
         Command::Info { file } => info(&file),
-        Command::Backends => {
-            let registry = backends::registry();
-            for (name, origin) in registry.transports() {
-                println!("transport {name} ({origin})");
-            }
-            for (name, origin) in registry.storages() {
-                println!("storage {name} ({origin})");
-            }
-            Ok(())
-        }
+        Command::Backends(args) => backends::list(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,9 @@ pub struct RunArgs {
     /// Storage backend.
     #[arg(long, default_value = "fs")]
     storage: String,
+    /// Load backends from this plugin library before selecting them (repeatable).
+    #[arg(long = "plugin", value_name = "PATH")]
+    plugins: Vec<PathBuf>,
     /// Listening port (the next free one is used if taken).
     #[arg(long, default_value_t = 6881)]
     listen: u16,
@@ -82,7 +85,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.status_interval == 0 {
         bail!("--status-interval must be at least 1 second");
     }
-    let registry = crate::backends::registry();
+    let registry = crate::backends::registry_with_plugins(&args.plugins)?;
     let options = TransportOptions::default();
     let transport = registry
         .transport(&args.transport, &options)?

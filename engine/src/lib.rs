@@ -14,6 +14,7 @@ pub mod hash;
 pub mod metainfo;
 pub mod peer;
 pub mod picker;
+pub mod plugin;
 pub mod registry;
 pub mod session;
 pub mod status;

@@ -1,4 +1,7 @@
-//! Shared helpers for ZigTorrent's cross-crate tests: payloads, sessions on loopback, waiting.
+//! Shared helpers for ZigTorrent's cross-crate tests: payloads, sessions on loopback, waiting,
+//! and the plugin libraries ([`plugins`]).
+
+pub mod plugins;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
