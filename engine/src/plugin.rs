@@ -46,7 +46,7 @@
 //!
 //! # Writing one
 //!
-//! ```ignore
+//! ```text
 //! use std::sync::Arc;
 //! use zigtorrent_engine::plugin::PluginRegistrar;
 //!
