@@ -49,7 +49,9 @@ const REFILL_BATCH: usize = 8;
 /// Pieces waiting for hashing/writing may hold at most this many bytes before we stop asking
 /// for more: the bound that keeps memory flat when the disk is slower than the network.
 const VERIFY_BACKLOG_CAP: u64 = 16 * 1024 * 1024;
-/// Pieces hashed and written at the same time.
+/// Peer events (mostly blocks) queued for the torrent task, over all its peers.
+const PEER_EVENT_QUEUE: usize = 512;
+/// Pieces hashed at the same time.
 const VERIFY_PARALLELISM: usize = 2;
 /// A peer that sent nothing we asked for in this long is snubbed: its requests go elsewhere.
 const SNUB_TIMEOUT: Duration = Duration::from_secs(30);
@@ -355,7 +357,9 @@ impl Torrent {
         have: Bitfield,
     ) -> Self {
         let picker = PiecePicker::new(&layout, &have);
-        let (events_tx, events_rx) = mpsc::channel(4096);
+        // Bounded tightly: mostly blocks (16 KiB each), so this caps what readers can queue ahead
+        // of a busy torrent task (8 MiB); a full channel pauses the readers, not the task.
+        let (events_tx, events_rx) = mpsc::channel(PEER_EVENT_QUEUE);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let tiers = (!p.metainfo.announce_tiers.is_empty())
             .then(|| TrackerTiers::new(p.metainfo.announce_tiers.clone()));
