@@ -14,6 +14,7 @@ pub mod hash;
 pub mod metainfo;
 pub mod peer;
 pub mod picker;
+pub mod ratelimit;
 pub mod registry;
 pub mod session;
 pub mod status;
@@ -27,6 +28,7 @@ pub mod types;
 pub mod wire;
 
 pub use metainfo::Metainfo;
+pub use ratelimit::RateLimiter;
 pub use registry::{Origin, Registry};
 pub use session::{Session, SessionConfig, SessionError, TorrentHandle};
 pub use status::{FileStatus, PeerStatus, TorrentState, TorrentStatus};
