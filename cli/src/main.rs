@@ -1,9 +1,14 @@
 //! The `zigtorrent` binary: `run` (download and seed a watch folder), `create` and `info`.
 
+mod app;
 mod backends;
 mod create;
 mod format;
 mod run;
+mod settings;
+mod tui;
+mod ui;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
