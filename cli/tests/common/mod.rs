@@ -17,6 +17,9 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_zigtorrent"))
 }
 
+/// Sent by a reader thread when its stream ends.
+const EOF: &str = "\0eof";
+
 /// A running `zigtorrent run --headless`; stdout lines arrive as `out: …`, stderr as `err: …`.
 /// Killed (by its PID) when dropped.
 pub struct Client {
@@ -51,9 +54,10 @@ impl Client {
                     .map_while(Result::ok)
                 {
                     if tx.send((Instant::now(), format!("{prefix}{line}"))).is_err() {
-                        break;
+                        return;
                     }
                 }
+                let _ = tx.send((Instant::now(), EOF.to_string()));
             });
         }
         Client {
@@ -67,6 +71,18 @@ impl Client {
     pub fn poll(&mut self) {
         while let Ok(l) = self.lines.try_recv() {
             self.seen.push(l);
+        }
+    }
+
+    /// After the process ended: wait until both output streams are read to the end.
+    pub fn drain(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.seen.iter().filter(|(_, l)| l == EOF).count() < 2 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!("output did not end within {timeout:?}"),
+            }
         }
     }
 
@@ -164,6 +180,17 @@ pub struct Seeder {
     runtime: tokio::runtime::Runtime,
     session: Option<zigtorrent_engine::Session>,
     pub port: u16,
+}
+
+impl Seeder {
+    /// Payload bytes the seeder has sent, over all its torrents and connections (as last
+    /// published: up to a second behind).
+    pub fn uploaded(&self) -> u64 {
+        self.session
+            .as_ref()
+            .map(|s| s.torrents().iter().map(|t| t.status().uploaded).sum())
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for Seeder {
