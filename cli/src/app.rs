@@ -211,7 +211,9 @@ impl App {
             KeyCode::Down | KeyCode::Char('j') => self.move_by(1, torrents),
             KeyCode::PageUp => self.move_by(-10, torrents),
             KeyCode::PageDown => self.move_by(10, torrents),
-            KeyCode::Home | KeyCode::Char('g') => self.move_by(-(torrents.len() as isize), torrents),
+            KeyCode::Home | KeyCode::Char('g') => {
+                self.move_by(-(torrents.len() as isize), torrents)
+            }
             KeyCode::End | KeyCode::Char('G') => self.move_by(torrents.len() as isize, torrents),
             KeyCode::Enter if selected.is_some() => self.view = View::Detail,
             KeyCode::Esc | KeyCode::Backspace | KeyCode::Left => self.view = View::List,

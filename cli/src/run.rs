@@ -179,11 +179,7 @@ impl Running {
 
     /// Every torrent's latest snapshot.
     pub fn snapshot(&self) -> Vec<TorrentStatus> {
-        self.session
-            .torrents()
-            .iter()
-            .map(|t| t.status())
-            .collect()
+        self.session.torrents().iter().map(|t| t.status()).collect()
     }
 
     /// Stop the watcher, then every torrent gracefully (flush, resume state, `stopped`).

@@ -136,7 +136,11 @@ impl RunArgs {
     }
 
     /// [`RunArgs::load`] with the environment and working directory given (for tests).
-    pub fn load_with(&self, env: &[(String, String)], cwd: Option<&Path>) -> anyhow::Result<Loaded> {
+    pub fn load_with(
+        &self,
+        env: &[(String, String)],
+        cwd: Option<&Path>,
+    ) -> anyhow::Result<Loaded> {
         let var = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let mut builder = Config::builder()
             .set_default("torrents", "torrents")?
@@ -222,7 +226,7 @@ impl RunArgs {
         if settings.state.as_os_str().is_empty() {
             settings.state = settings.downloads.join(".zigtorrent");
         }
-        if !(settings.status_interval >= 0.05) {
+        if !settings.status_interval.is_finite() || settings.status_interval < 0.05 {
             bail!("status_interval must be at least 0.05 seconds");
         }
         Ok(Loaded { settings, files })
@@ -256,7 +260,7 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("bad rate '{s}': expected a number of bytes/s such as 500K"))?;
-    if !(v >= 0.0) || !v.is_finite() {
+    if !v.is_finite() || v < 0.0 {
         return Err(format!("bad rate '{s}'"));
     }
     Ok((v * mult) as u64)

@@ -16,9 +16,9 @@ use crate::app::{file_name, App, View};
 use crate::format;
 
 /// Keys shown in the help line.
-const HELP_LIST: &str =
-    "↑↓/jk move  Enter details  p pause/resume  r recheck  d remove  q quit";
-const HELP_DETAIL: &str = "Esc back  ↑↓/jk other torrent  p pause/resume  r recheck  d remove  q quit";
+const HELP_LIST: &str = "↑↓/jk move  Enter details  p pause/resume  r recheck  d remove  q quit";
+const HELP_DETAIL: &str =
+    "Esc back  ↑↓/jk other torrent  p pause/resume  r recheck  d remove  q quit";
 
 /// Draw one frame.
 pub fn draw(f: &mut Frame, app: &App, torrents: &[TorrentStatus]) {
@@ -101,7 +101,11 @@ fn state_color(s: &TorrentState) -> Color {
 pub fn progress_bar(fraction: f64, width: usize) -> String {
     let fraction = fraction.clamp(0.0, 1.0);
     let full = (fraction * width as f64).floor() as usize;
-    let full = if fraction < 1.0 { full.min(width.saturating_sub(1)) } else { width };
+    let full = if fraction < 1.0 {
+        full.min(width.saturating_sub(1))
+    } else {
+        width
+    };
     format!(
         "{}{} {:>5.1}%",
         "█".repeat(full),
@@ -151,8 +155,10 @@ fn draw_list(f: &mut Frame, area: Rect, app: &App, torrents: &[TorrentStatus]) {
     let [table_area, problem_area] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(problem_height)]).areas(area);
     let header = Row::new(
-        ["Name", "Size", "Progress", "State", "Down", "Up", "Peers", "ETA", "Ratio"]
-            .map(|h| Cell::from(h).bold()),
+        [
+            "Name", "Size", "Progress", "State", "Down", "Up", "Peers", "ETA", "Ratio",
+        ]
+        .map(|h| Cell::from(h).bold()),
     );
     let rows = torrents.iter().map(|t| {
         Row::new(vec![
@@ -332,12 +338,19 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App, t: &TorrentStatus) {
         Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)]).areas(graph);
     let hist = app.history.get(&t.info_hash);
     for (area, data, label, color) in [
-        (down_area, hist.map(|h| h.down.clone()), "download", Color::Cyan),
+        (
+            down_area,
+            hist.map(|h| h.down.clone()),
+            "download",
+            Color::Cyan,
+        ),
         (up_area, hist.map(|h| h.up.clone()), "upload", Color::Green),
     ] {
-        let data: Vec<u64> = data.map(|d| d.into_iter().collect()).unwrap_or_default();
-        let peak = data.iter().copied().max().unwrap_or(0);
-        // Newest samples on the right edge.
+        let samples: Vec<u64> = data.map(|d| d.into_iter().collect()).unwrap_or_default();
+        let peak = samples.iter().copied().max().unwrap_or(0);
+        // A fixed one-minute window: seconds not yet sampled are zero, newest on the right.
+        let mut data = vec![0; crate::app::HISTORY_LEN.saturating_sub(samples.len())];
+        data.extend(samples);
         let width = area.width.saturating_sub(2) as usize;
         let shown = &data[data.len().saturating_sub(width)..];
         f.render_widget(
@@ -358,11 +371,15 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App, t: &TorrentStatus) {
         ..map
     };
     f.render_widget(
-        Paragraph::new(piece_map(&t.pieces, map_inner.width as usize, map_inner.height as usize))
-            .block(Block::bordered().title(format!(
-                " pieces: {} of {} (█ have, ▒ some, · none) ",
-                t.pieces_have, t.pieces_total
-            ))),
+        Paragraph::new(piece_map(
+            &t.pieces,
+            map_inner.width as usize,
+            map_inner.height as usize,
+        ))
+        .block(Block::bordered().title(format!(
+            " pieces: {} of {} (█ have, ▒ some, · none) ",
+            t.pieces_have, t.pieces_total
+        ))),
         map,
     );
 
@@ -381,9 +398,15 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App, t: &TorrentStatus) {
     f.render_widget(
         Table::new(
             file_rows,
-            [Constraint::Fill(1), Constraint::Length(10), Constraint::Length(17)],
+            [
+                Constraint::Fill(1),
+                Constraint::Length(10),
+                Constraint::Length(17),
+            ],
         )
-        .header(Row::new(["File", "Size", "Progress"].map(|h| Cell::from(h).bold())))
+        .header(Row::new(
+            ["File", "Size", "Progress"].map(|h| Cell::from(h).bold()),
+        ))
         .block(Block::bordered().title(format!(" files ({}) ", t.files.len()))),
         files,
     );
@@ -611,8 +634,17 @@ mod tests {
         let s = screen(&render(&mut app, &mut ts, 120, 12));
         assert!(s.contains("ZigTorrent — 1 torrents"), "{s}");
         for want in [
-            "Name", "Progress", "ubuntu.iso", "4.0 MiB", "25.0%", "downloading", "512.0 KiB/s",
-            "10.0 KiB/s", "2/5", "6s", "0.25",
+            "Name",
+            "Progress",
+            "ubuntu.iso",
+            "4.0 MiB",
+            "25.0%",
+            "downloading",
+            "512.0 KiB/s",
+            "10.0 KiB/s",
+            "2/5",
+            "6s",
+            "0.25",
         ] {
             assert!(s.contains(want), "missing {want:?} in\n{s}");
         }
@@ -738,7 +770,28 @@ mod tests {
             .map(|i| {
                 let mut t = downloading();
                 t.name = format!("torrent-{i:03}");
-                t.info_hash = InfoHash([(i % 256) as u8, (i / 256) as u8, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+                t.info_hash = InfoHash([
+                    (i % 256) as u8,
+                    (i / 256) as u8,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                ]);
                 t
             })
             .collect();
@@ -752,7 +805,10 @@ mod tests {
             render(&mut app, &mut ts, 160, 50);
         }
         let per_frame = start.elapsed() / 10;
-        assert!(per_frame < std::time::Duration::from_millis(100), "{per_frame:?}");
+        assert!(
+            per_frame < std::time::Duration::from_millis(100),
+            "{per_frame:?}"
+        );
         // The selected row is scrolled into view.
         let s = screen(&render(&mut app, &mut ts, 160, 50));
         assert!(s.contains("torrent-499"), "{s}");

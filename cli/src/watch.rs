@@ -329,10 +329,7 @@ pub async fn run_watcher(
     }
 }
 
-fn start_notify(
-    dir: &Path,
-    tx: mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
+fn start_notify(dir: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let handler = move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
@@ -465,7 +462,10 @@ mod tests {
         w.scan(&sink, false);
         let evs = w.scan(&sink, false);
         assert!(
-            matches!(&evs[..], [FolderEvent::Cleared { .. }, FolderEvent::Added { .. }]),
+            matches!(
+                &evs[..],
+                [FolderEvent::Cleared { .. }, FolderEvent::Added { .. }]
+            ),
             "{evs:?}"
         );
     }

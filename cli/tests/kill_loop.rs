@@ -160,8 +160,7 @@ fn sigkill_at_random_moments_never_corrupts_and_loses_little() {
         sent.push(seeder.uploaded());
     }
     assert!(
-        check_finals(&source, &downloaded) < FILES.len()
-            && ends.last().unwrap().have < total,
+        check_finals(&source, &downloaded) < FILES.len() && ends.last().unwrap().have < total,
         "the download finished before the last kill: the kills did not all land mid-download"
     );
     // The last run goes to the end.

@@ -55,7 +55,11 @@ fn file_written_slowly_in_chunks_is_taken_once_complete() {
         at.duration_since(complete)
     );
     c.wait_line("out: slow.bin: ", Duration::from_secs(5));
-    assert_eq!(c.count("err: error:"), 0, "a file being written was reported as bad");
+    assert_eq!(
+        c.count("err: error:"),
+        0,
+        "a file being written was reported as bad"
+    );
     stop(c);
 }
 

@@ -200,7 +200,9 @@ pub(crate) async fn run_torrent(
         }
     };
     let have = match storage.resume() {
-        Resume::Trusted(bf) if !params.force_recheck && bf.len() == layout.piece_count() as usize => {
+        Resume::Trusted(bf)
+            if !params.force_recheck && bf.len() == layout.piece_count() as usize =>
+        {
             bf
         }
         _ => match recheck(&metainfo, &layout, &storage, &params.status, &mut commands).await {

@@ -53,7 +53,10 @@ impl Client {
                     .lines()
                     .map_while(Result::ok)
                 {
-                    if tx.send((Instant::now(), format!("{prefix}{line}"))).is_err() {
+                    if tx
+                        .send((Instant::now(), format!("{prefix}{line}")))
+                        .is_err()
+                    {
                         return;
                     }
                 }
