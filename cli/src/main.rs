@@ -1,9 +1,14 @@
 //! The `zigtorrent` binary: `run` (download and seed a watch folder), `create` and `info`.
 
+mod app;
 mod backends;
 mod create;
 mod format;
 mod run;
+mod settings;
+mod tui;
+mod ui;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Download and seed every .torrent in the torrents folder.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Make a .torrent of a file or folder.
     Create(create::CreateArgs),
     /// Show what a .torrent file holds.
@@ -37,7 +42,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Create(args) => create::create(args),
         Command::Info { file } => info(&file),
         Command::Backends(args) => backends::list(&args),

@@ -15,6 +15,7 @@ pub mod metainfo;
 pub mod peer;
 pub mod picker;
 pub mod plugin;
+pub mod ratelimit;
 pub mod registry;
 pub mod session;
 pub mod status;
@@ -28,6 +29,7 @@ pub mod types;
 pub mod wire;
 
 pub use metainfo::Metainfo;
+pub use ratelimit::RateLimiter;
 pub use registry::{Origin, Registry};
 pub use session::{Session, SessionConfig, SessionError, TorrentHandle};
 pub use status::{FileStatus, PeerStatus, TorrentState, TorrentStatus};

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::ratelimit::RateLimiter;
 use crate::storage::{Layout, Storage};
 use crate::transport::BoxStream;
 use crate::types::{Bitfield, BlockRef, InfoHash, PeerId, BLOCK_SIZE};
@@ -177,6 +178,10 @@ pub struct PeerContext {
     pub info_hash: InfoHash,
     /// Our id (unused for now beyond logs).
     pub peer_id: PeerId,
+    /// Session-wide limit on bytes received (paid after each read).
+    pub download_limit: Arc<RateLimiter>,
+    /// Session-wide limit on block data sent (paid before each write).
+    pub upload_limit: Arc<RateLimiter>,
 }
 
 /// Run a connection until it ends; spawns a reader and writer and returns when both stop.
@@ -193,7 +198,15 @@ pub async fn run_peer(conn: Connection, ctx: PeerContext, commands: mpsc::Receiv
             first.push(Message::Bitfield(Bytes::copy_from_slice(bf.as_bytes())));
         }
     }
-    let mut writer = tokio::spawn(write_loop(wr, commands, upload_rx, shared, first));
+    let upload_limit = ctx.upload_limit.clone();
+    let mut writer = tokio::spawn(write_loop(
+        wr,
+        commands,
+        upload_rx,
+        shared,
+        first,
+        upload_limit,
+    ));
     let mut reader = tokio::spawn(read_loop(rd, ctx, upload_tx));
     // Whichever ends first ends the connection.
     let reason = tokio::select! {
@@ -232,7 +245,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     Err(_) => return "idle timeout".into(),
                     Ok(Err(e)) => return format!("read error: {e}"),
                     Ok(Ok(0)) => return "connection closed by peer".into(),
-                    Ok(Ok(_)) => continue,
+                    Ok(Ok(n)) => {
+                        ctx.download_limit.acquire(n).await;
+                        continue;
+                    }
                 }
             }
             Err(e) => return format!("protocol error: {e}"),
@@ -345,6 +361,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut uploads: mpsc::Receiver<Upload>,
     shared: Arc<PeerShared>,
     first: Vec<Message>,
+    upload_limit: Arc<RateLimiter>,
 ) -> String {
     let mut buf = BytesMut::with_capacity(WRITE_BATCH);
     for m in &first {
@@ -353,10 +370,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
     keepalive.tick().await;
+    // Block data gathered for the next write, paid to the upload limiter before it goes out.
+    let mut pending_payload = 0usize;
     loop {
         if !buf.is_empty() || !chunks.is_empty() {
             if !buf.is_empty() {
                 chunks.push(buf.split().freeze());
+            }
+            let payload = std::mem::take(&mut pending_payload);
+            if payload > 0 {
+                upload_limit.acquire(payload).await;
             }
             if let Err(e) = write_chunks(&mut wr, &mut chunks).await {
                 return format!("write error: {e}");
@@ -383,11 +406,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
             up = uploads.recv() => {
                 let Some(up) = up else { return "reader stopped".into() };
+                pending_payload += up.data.len();
                 push_upload(up, &mut buf, &mut chunks, &shared);
                 let mut batched = 0;
                 while batched < WRITE_BATCH {
                     match uploads.try_recv() {
-                        Ok(up) => { batched += up.data.len(); push_upload(up, &mut buf, &mut chunks, &shared); }
+                        Ok(up) => { batched += up.data.len(); pending_payload += up.data.len(); push_upload(up, &mut buf, &mut chunks, &shared); }
                         Err(_) => break,
                     }
                 }

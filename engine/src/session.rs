@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::metainfo::Metainfo;
 use crate::peer;
+use crate::ratelimit::RateLimiter;
 use crate::status::TorrentStatus;
 use crate::storage::StorageBackend;
 use crate::torrent::{run_torrent, TorrentCommand, TorrentParams};
@@ -46,6 +47,10 @@ pub struct SessionConfig {
     pub max_peers_total: usize,
     /// Our peer id (random by default).
     pub peer_id: PeerId,
+    /// Payload bytes/s received by the whole session (0: unlimited).
+    pub download_limit: u64,
+    /// Payload bytes/s sent by the whole session (0: unlimited).
+    pub upload_limit: u64,
 }
 
 impl SessionConfig {
@@ -59,6 +64,8 @@ impl SessionConfig {
             max_peers_per_torrent: 50,
             max_peers_total: 300,
             peer_id: PeerId::generate(),
+            download_limit: 0,
+            upload_limit: 0,
         }
     }
 }
@@ -118,6 +125,7 @@ impl TorrentHandle {
 }
 
 struct Entry {
+    metainfo: Arc<Metainfo>,
     handle: TorrentHandle,
     task: JoinHandle<()>,
 }
@@ -131,6 +139,8 @@ struct Shared {
     peer_slots: Arc<Semaphore>,
     half_open: Arc<Semaphore>,
     listen_port: u16,
+    download_limit: Arc<RateLimiter>,
+    upload_limit: Arc<RateLimiter>,
 }
 
 /// A running BitTorrent session.
@@ -157,6 +167,8 @@ impl Session {
         let shared = Arc::new(Shared {
             peer_slots: Arc::new(Semaphore::new(config.max_peers_total)),
             half_open: Arc::new(Semaphore::new(MAX_HALF_OPEN_INCOMING)),
+            download_limit: Arc::new(RateLimiter::new(config.download_limit)),
+            upload_limit: Arc::new(RateLimiter::new(config.upload_limit)),
             config,
             transport,
             backend,
@@ -173,8 +185,44 @@ impl Session {
         self.shared.listen_port
     }
 
+    /// Change the session-wide rate limits in bytes/s (0: unlimited).
+    pub fn set_rate_limits(&self, download: u64, upload: u64) {
+        self.shared.download_limit.set_rate(download);
+        self.shared.upload_limit.set_rate(upload);
+    }
+
+    /// The session-wide rate limits in bytes/s as (download, upload); 0 means unlimited.
+    pub fn rate_limits(&self) -> (u64, u64) {
+        (
+            self.shared.download_limit.rate(),
+            self.shared.upload_limit.rate(),
+        )
+    }
+
     /// Add a torrent; it starts checking, then downloading or seeding.
     pub fn add(&self, metainfo: Metainfo) -> Result<TorrentHandle, SessionError> {
+        self.add_inner(Arc::new(metainfo), false)
+    }
+
+    /// Stop one torrent gracefully and start it again, hashing all its data whatever the resume
+    /// state says. Returns the new handle, or `None` if the torrent is not in the session.
+    pub async fn recheck(&self, info_hash: InfoHash) -> Option<TorrentHandle> {
+        let entry = self
+            .shared
+            .torrents
+            .lock()
+            .expect("lock poisoned only by a panic")
+            .remove(&info_hash)?;
+        let metainfo = entry.metainfo.clone();
+        stop_torrent(entry, Duration::from_secs(4)).await;
+        self.add_inner(metainfo, true).ok()
+    }
+
+    fn add_inner(
+        &self,
+        metainfo: Arc<Metainfo>,
+        force_recheck: bool,
+    ) -> Result<TorrentHandle, SessionError> {
         let mut torrents = self
             .shared
             .torrents
@@ -194,7 +242,8 @@ impl Session {
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let c = &self.shared.config;
         let params = TorrentParams {
-            metainfo: Arc::new(metainfo),
+            metainfo: metainfo.clone(),
+            force_recheck,
             backend: self.shared.backend.clone(),
             transport: self.shared.transport.clone(),
             tracker: self.shared.tracker.clone(),
@@ -206,6 +255,8 @@ impl Session {
             max_peers: c.max_peers_per_torrent,
             peer_slots: self.shared.peer_slots.clone(),
             status: status_tx,
+            download_limit: self.shared.download_limit.clone(),
+            upload_limit: self.shared.upload_limit.clone(),
         };
         let task = tokio::spawn(run_torrent(params, cmd_rx));
         let handle = TorrentHandle {
@@ -216,6 +267,7 @@ impl Session {
         torrents.insert(
             info_hash,
             Entry {
+                metainfo,
                 handle: handle.clone(),
                 task,
             },

@@ -119,6 +119,12 @@ pub(crate) struct TorrentParams {
     pub max_peers: usize,
     pub peer_slots: Arc<Semaphore>,
     pub status: watch::Sender<TorrentStatus>,
+    /// Hash existing data even if the resume state is trusted (a user-asked recheck).
+    pub force_recheck: bool,
+    /// Session-wide limit on payload received.
+    pub download_limit: Arc<crate::ratelimit::RateLimiter>,
+    /// Session-wide limit on payload sent.
+    pub upload_limit: Arc<crate::ratelimit::RateLimiter>,
 }
 
 /// Results of helper tasks, fed back into the torrent task.
@@ -214,7 +220,11 @@ pub(crate) async fn run_torrent(
         }
     };
     let have = match storage.resume() {
-        Resume::Trusted(bf) if bf.len() == layout.piece_count() as usize => bf,
+        Resume::Trusted(bf)
+            if !params.force_recheck && bf.len() == layout.piece_count() as usize =>
+        {
+            bf
+        }
         _ => match recheck(&metainfo, &layout, &storage, &params.status, &mut commands).await {
             Some(Ok(bf)) => bf,
             Some(Err(e)) => {
@@ -714,6 +724,8 @@ impl Torrent {
             initial_bitfield: Some(have),
             info_hash: self.p.metainfo.info_hash,
             peer_id: self.p.peer_id,
+            download_limit: self.p.download_limit.clone(),
+            upload_limit: self.p.upload_limit.clone(),
         };
         tracing::info!(%addr, outgoing, transport = %conn.transport, client = %String::from_utf8_lossy(&conn.remote.peer_id.0[..8]), "peer connected");
         self.peers.insert(

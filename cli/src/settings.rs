@@ -1,0 +1,450 @@
+//! Options of `zigtorrent run`, merged in layers: built-in defaults < `zigtorrent.toml` (XDG
+//! config folder, then the working directory, or only `--config FILE`) < `ZIGTORRENT_*`
+//! environment variables < command-line flags.
+//!
+//! Flags are all `Option`s so that a flag the user did not give never hides a file or
+//! environment value; the defaults live here, in one place.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// File name looked for in the working directory and the XDG config folder.
+pub const CONFIG_FILE: &str = "zigtorrent.toml";
+/// Prefix of the environment variables (`ZIGTORRENT_LISTEN=7000`).
+const ENV_PREFIX: &str = "ZIGTORRENT";
+
+/// Arguments of `zigtorrent run`. Every option can also come from the config file or the
+/// environment; see `--print-config`.
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// Watch folder of .torrent files [default: torrents].
+    #[arg(long, value_name = "DIR")]
+    torrents: Option<PathBuf>,
+    /// Where downloads go [default: downloads].
+    #[arg(long, value_name = "DIR")]
+    downloads: Option<PathBuf>,
+    /// Where resume state and the log go [default: <downloads>/.zigtorrent].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Transport backend [default: tcp].
+    #[arg(long)]
+    transport: Option<String>,
+    /// Storage backend [default: fs].
+    #[arg(long)]
+    storage: Option<String>,
+    /// Listening port; the next free one is used if taken [default: 6881].
+    #[arg(long, value_name = "PORT")]
+    listen: Option<u16>,
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long, value_name = "IP")]
+    bind: Option<IpAddr>,
+    /// A peer to add to every torrent (repeatable).
+    #[arg(long = "peer", value_name = "IP:PORT")]
+    peers: Vec<SocketAddr>,
+    /// Load backends from this plugin library before selecting them (repeatable; added after
+    /// the config file's `plugins`).
+    #[arg(long = "plugin", value_name = "PATH")]
+    plugins: Vec<PathBuf>,
+    /// Print status lines instead of the terminal menu (always so when stdout is not a terminal).
+    #[arg(long)]
+    headless: bool,
+    /// Seconds between status lines in headless mode, fractions allowed [default: 2].
+    #[arg(long, value_name = "SECONDS")]
+    status_interval: Option<f64>,
+    /// Also print `bytes <name>: have N downloaded N wasted N` lines in headless mode.
+    #[arg(long)]
+    status_bytes: bool,
+    /// Peer connections per torrent [default: 50].
+    #[arg(long, value_name = "N")]
+    max_peers: Option<usize>,
+    /// Peer connections in all [default: 300].
+    #[arg(long, value_name = "N")]
+    max_peers_total: Option<usize>,
+    /// Download limit for the whole session in bytes/s, K/M/G suffixes allowed; 0: none [default: 0].
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    download_limit: Option<u64>,
+    /// Upload limit for the whole session in bytes/s, K/M/G suffixes allowed; 0: none [default: 0].
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    upload_limit: Option<u64>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: warn].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Read options from this file instead of ./zigtorrent.toml and the XDG config folder.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the merged options (defaults, file, environment, flags) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The merged options of `zigtorrent run`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Settings {
+    /// Watch folder.
+    pub torrents: PathBuf,
+    /// Downloads folder.
+    pub downloads: PathBuf,
+    /// State folder (resume state, log file); empty until resolved: `<downloads>/.zigtorrent`.
+    #[serde(default)]
+    pub state: PathBuf,
+    /// Transport backend name.
+    pub transport: String,
+    /// Storage backend name.
+    pub storage: String,
+    /// Listening port.
+    pub listen: u16,
+    /// Listening address.
+    pub bind: IpAddr,
+    /// Peers added to every torrent.
+    #[serde(default, deserialize_with = "peers_list")]
+    pub peers: Vec<SocketAddr>,
+    /// Plugin libraries loaded, in order, before backends are selected.
+    #[serde(default)]
+    pub plugins: Vec<PathBuf>,
+    /// Status lines instead of the menu.
+    pub headless: bool,
+    /// Seconds between status lines.
+    pub status_interval: f64,
+    /// Extra byte-count lines in headless mode.
+    pub status_bytes: bool,
+    /// Connections per torrent.
+    pub max_peers: usize,
+    /// Connections in all.
+    pub max_peers_total: usize,
+    /// Session download limit in bytes/s (0: none).
+    #[serde(deserialize_with = "rate_value")]
+    pub download_limit: u64,
+    /// Session upload limit in bytes/s (0: none).
+    #[serde(deserialize_with = "rate_value")]
+    pub upload_limit: u64,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// Where the merged options came from, for `--print-config`.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The options.
+    pub settings: Settings,
+    /// Config files read, in order.
+    pub files: Vec<PathBuf>,
+}
+
+impl RunArgs {
+    /// Merge defaults, config files, the environment and these flags.
+    pub fn load(&self) -> anyhow::Result<Loaded> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        self.load_with(&env, std::env::current_dir().ok().as_deref())
+    }
+
+    /// [`RunArgs::load`] with the environment and working directory given (for tests).
+    pub fn load_with(
+        &self,
+        env: &[(String, String)],
+        cwd: Option<&Path>,
+    ) -> anyhow::Result<Loaded> {
+        let var = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let mut builder = Config::builder()
+            .set_default("torrents", "torrents")?
+            .set_default("downloads", "downloads")?
+            .set_default("state", "")?
+            .set_default("transport", "tcp")?
+            .set_default("storage", "fs")?
+            .set_default("listen", 6881)?
+            .set_default("bind", "0.0.0.0")?
+            .set_default("peers", Vec::<String>::new())?
+            .set_default("plugins", Vec::<String>::new())?
+            .set_default("headless", false)?
+            .set_default("status_interval", 2.0)?
+            .set_default("status_bytes", false)?
+            .set_default("max_peers", 50)?
+            .set_default("max_peers_total", 300)?
+            .set_default("download_limit", 0)?
+            .set_default("upload_limit", 0)?
+            .set_default("log_level", "warn")?;
+        let mut files = Vec::new();
+        let explicit = self
+            .config
+            .clone()
+            .or_else(|| var("ZIGTORRENT_CONFIG").map(PathBuf::from));
+        if let Some(file) = explicit {
+            if !file.is_file() {
+                bail!("config file {} not found", file.display());
+            }
+            files.push(file);
+        } else {
+            let xdg = var("XDG_CONFIG_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| var("HOME").map(|h| Path::new(&h).join(".config")));
+            if let Some(dir) = xdg {
+                files.push(dir.join("zigtorrent").join(CONFIG_FILE));
+            }
+            if let Some(cwd) = cwd {
+                files.push(cwd.join(CONFIG_FILE));
+            }
+            files.retain(|f| f.is_file());
+        }
+        for f in &files {
+            builder = builder.add_source(File::from(f.as_path()).format(FileFormat::Toml));
+        }
+        let env_map: std::collections::HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("ZIGTORRENT_") && k != "ZIGTORRENT_CONFIG")
+            .cloned()
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .source(Some(env_map))
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("peers")
+                .with_list_parse_key("plugins"),
+        );
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+        builder = builder
+            .set_override_option("torrents", path(&self.torrents))?
+            .set_override_option("downloads", path(&self.downloads))?
+            .set_override_option("state", path(&self.state))?
+            .set_override_option("transport", self.transport.clone())?
+            .set_override_option("storage", self.storage.clone())?
+            .set_override_option("listen", self.listen)?
+            .set_override_option("bind", self.bind.map(|b| b.to_string()))?
+            .set_override_option("headless", self.headless.then_some(true))?
+            .set_override_option("status_interval", self.status_interval)?
+            .set_override_option("status_bytes", self.status_bytes.then_some(true))?
+            .set_override_option("max_peers", self.max_peers.map(|n| n as u64))?
+            .set_override_option("max_peers_total", self.max_peers_total.map(|n| n as u64))?
+            .set_override_option("download_limit", self.download_limit)?
+            .set_override_option("upload_limit", self.upload_limit)?
+            .set_override_option("log_level", self.log_level.clone())?;
+        if !self.peers.is_empty() {
+            let peers: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
+            builder = builder.set_override("peers", peers)?;
+        }
+        let mut settings: Settings = builder
+            .build()
+            .context("cannot read configuration")?
+            .try_deserialize()
+            .context("bad configuration")?;
+        // Flags add to the file's plugins rather than replace them: each names one more library.
+        settings.plugins.extend(self.plugins.iter().cloned());
+        if settings.state.as_os_str().is_empty() {
+            settings.state = settings.downloads.join(".zigtorrent");
+        }
+        if !settings.status_interval.is_finite() || settings.status_interval < 0.05 {
+            bail!("status_interval must be at least 0.05 seconds");
+        }
+        Ok(Loaded { settings, files })
+    }
+}
+
+impl Settings {
+    /// The merged options as TOML (what `--print-config` prints).
+    pub fn to_toml(&self) -> String {
+        // Every field is a plain value, so serialising cannot fail.
+        toml::to_string(self).expect("settings serialise to TOML")
+    }
+}
+
+/// `500`, `64K`, `1.5M`, `2G` (powers of 1024) → bytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mult = match c.to_ascii_uppercase() {
+                'K' => 1024.0,
+                'M' => 1024.0 * 1024.0,
+                'G' => 1024.0 * 1024.0 * 1024.0,
+                _ => return Err(format!("bad rate '{s}': unit must be K, M or G")),
+            };
+            (&t[..i], mult)
+        }
+        _ => (t, 1.0),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad rate '{s}': expected a number of bytes/s such as 500K"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("bad rate '{s}'"));
+    }
+    Ok((v * mult) as u64)
+}
+
+fn rate_value<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => parse_rate(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn peers_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match Raw::deserialize(d)? {
+        Raw::One(s) => s
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| p.trim().to_string())
+            .collect(),
+        Raw::Many(v) => v,
+    };
+    list.iter()
+        .map(|p| {
+            p.parse()
+                .map_err(|_| serde::de::Error::custom(format!("bad peer address '{p}'")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    fn args(flags: &[&str]) -> RunArgs {
+        let mut all = vec!["run"];
+        all.extend_from_slice(flags);
+        Cmd::parse_from(all).args
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = args(&[]).load_with(&[], Some(dir.path())).unwrap().settings;
+        assert_eq!(s.torrents, PathBuf::from("torrents"));
+        assert_eq!(s.state, PathBuf::from("downloads/.zigtorrent"));
+        assert_eq!(s.listen, 6881);
+        assert_eq!(s.transport, "tcp");
+        assert_eq!(s.download_limit, 0);
+        assert!(!s.headless);
+        assert_eq!(s.log_level, "warn");
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "listen = 7000\nmax_peers = 10\nlog_level = \"info\"\ndownloads = \"/d\"\n\
+             upload_limit = \"1M\"\npeers = [\"127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        // File only.
+        let s = args(&[]).load_with(&[], Some(dir.path())).unwrap().settings;
+        assert_eq!((s.listen, s.max_peers), (7000, 10));
+        assert_eq!(s.upload_limit, 1024 * 1024);
+        assert_eq!(s.state, PathBuf::from("/d/.zigtorrent"));
+        assert_eq!(s.peers, vec!["127.0.0.1:1".parse().unwrap()]);
+        // Environment over file.
+        let e = env(&[
+            ("ZIGTORRENT_LISTEN", "7001"),
+            ("ZIGTORRENT_LOG_LEVEL", "debug"),
+            ("ZIGTORRENT_PEERS", "127.0.0.1:2,127.0.0.1:3"),
+            ("ZIGTORRENT_DOWNLOAD_LIMIT", "64K"),
+        ]);
+        let s = args(&[]).load_with(&e, Some(dir.path())).unwrap().settings;
+        assert_eq!((s.listen, s.max_peers), (7001, 10));
+        assert_eq!(s.log_level, "debug");
+        assert_eq!(s.peers.len(), 2);
+        assert_eq!(s.download_limit, 64 * 1024);
+        // Flags over environment; flags not given leave the lower layers alone.
+        let s = args(&["--listen", "7002", "--peer", "127.0.0.1:9"])
+            .load_with(&e, Some(dir.path()))
+            .unwrap()
+            .settings;
+        assert_eq!(s.listen, 7002);
+        assert_eq!(s.log_level, "debug");
+        assert_eq!(s.max_peers, 10);
+        assert_eq!(s.peers, vec!["127.0.0.1:9".parse().unwrap()]);
+    }
+
+    #[test]
+    fn explicit_config_file_replaces_the_search() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), "listen = 7000\n").unwrap();
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, "listen = 8000\n").unwrap();
+        let a = args(&["--config", other.to_str().unwrap()]);
+        let loaded = a.load_with(&[], Some(dir.path())).unwrap();
+        assert_eq!(loaded.settings.listen, 8000);
+        assert_eq!(loaded.files, vec![other]);
+        let missing = args(&["--config", "/no/such/file.toml"]);
+        assert!(missing.load_with(&[], Some(dir.path())).is_err());
+    }
+
+    #[test]
+    fn xdg_file_is_read_and_the_working_directory_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let xdg = dir.path().join("xdg");
+        std::fs::create_dir_all(xdg.join("zigtorrent")).unwrap();
+        std::fs::write(
+            xdg.join("zigtorrent").join(CONFIG_FILE),
+            "listen = 7100\ntransport = \"tcp\"\nmax_peers = 3\n",
+        )
+        .unwrap();
+        let cwd = dir.path().join("cwd");
+        std::fs::create_dir_all(&cwd).unwrap();
+        std::fs::write(cwd.join(CONFIG_FILE), "listen = 7200\n").unwrap();
+        let e = env(&[("XDG_CONFIG_HOME", xdg.to_str().unwrap())]);
+        let s = args(&[]).load_with(&e, Some(&cwd)).unwrap().settings;
+        assert_eq!((s.listen, s.max_peers), (7200, 3));
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), "listen = \"many\"\n").unwrap();
+        let err = args(&[]).load_with(&[], Some(dir.path())).unwrap_err();
+        assert!(format!("{err:#}").contains("listen"), "{err:#}");
+        assert_eq!(parse_rate("1.5K"), Ok(1536));
+        assert!(parse_rate("5X").is_err());
+        assert!(parse_rate("-1").is_err());
+    }
+
+    #[test]
+    fn printed_config_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = args(&["--peer", "127.0.0.1:5", "--upload-limit", "2M"])
+            .load_with(&[], Some(dir.path()))
+            .unwrap()
+            .settings;
+        let text = s.to_toml();
+        let file = dir.path().join("printed.toml");
+        std::fs::write(&file, &text).unwrap();
+        let back = args(&["--config", file.to_str().unwrap()])
+            .load_with(&[], Some(dir.path()))
+            .unwrap()
+            .settings;
+        assert_eq!(back, s, "{text}");
+    }
+}

@@ -1,0 +1,246 @@
+//! The terminal menu's event loop: raw mode and the alternate screen (always restored, also
+//! after a panic), keys from crossterm's async event stream, a redraw 5 times a second, one
+//! rate sample a second, and the graceful stop with "stopping…" on screen.
+
+use std::io::Stdout;
+use std::time::Duration;
+
+use crossterm::event::{Event, EventStream, KeyCode, KeyEventKind, KeyModifiers};
+use crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
+};
+use futures::StreamExt;
+use ratatui::backend::CrosstermBackend;
+use ratatui::Terminal;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use zigtorrent_engine::TorrentStatus;
+
+use crate::app::{is_paused, Action, App};
+use crate::run::{Running, Signals};
+use crate::settings::Settings;
+use crate::ui;
+use crate::watch::FolderEvent;
+
+/// Time between redraws (the menu refreshes itself at least 4 times a second).
+const REDRAW_INTERVAL: Duration = Duration::from_millis(200);
+/// Time between rate samples for the graphs.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+type Term = Terminal<CrosstermBackend<Stdout>>;
+
+/// Puts the terminal back however the menu ends.
+struct TerminalGuard;
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+fn restore_terminal() {
+    let _ = disable_raw_mode();
+    let _ = crossterm::execute!(
+        std::io::stdout(),
+        LeaveAlternateScreen,
+        crossterm::cursor::Show
+    );
+}
+
+fn setup_terminal() -> anyhow::Result<(Term, TerminalGuard)> {
+    // A panic anywhere restores the screen before the message is printed.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal();
+        previous(info);
+    }));
+    enable_raw_mode()?;
+    let guard = TerminalGuard;
+    crossterm::execute!(std::io::stdout(), EnterAlternateScreen)?;
+    let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
+    terminal.hide_cursor()?;
+    terminal.clear()?;
+    Ok((terminal, guard))
+}
+
+/// Run the menu until the user quits or a stop signal arrives, then stop the session.
+pub async fn serve(
+    running: Running,
+    mut folder_events: mpsc::UnboundedReceiver<FolderEvent>,
+    mut signals: Signals,
+    s: &Settings,
+) -> anyhow::Result<()> {
+    let (mut terminal, guard) = setup_terminal()?;
+    let mut app = App::new(running.session.listen_port(), s.transport.clone());
+    app.limits = running.session.rate_limits();
+    let mut keys = EventStream::new();
+    let mut redraw = tokio::time::interval(REDRAW_INTERVAL);
+    redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut actions: JoinSet<String> = JoinSet::new();
+    // The rows as last drawn: keys act on what the user sees.
+    let mut shown: Vec<TorrentStatus> = Vec::new();
+    let mut force = false;
+    loop {
+        tokio::select! {
+            sig = signals.recv() => {
+                tracing::info!(signal = sig, "stopping");
+                break;
+            }
+            Some(ev) = folder_events.recv() => {
+                log_folder_event(&ev);
+                app.on_folder_event(&ev);
+            }
+            key = keys.next() => match key {
+                Some(Ok(Event::Key(k))) => {
+                    if let Some(action) = app.on_key(k, &shown) {
+                        match action {
+                            Action::Quit => break,
+                            Action::ForceQuit => { force = true; break; }
+                            other => start_action(other, &running, &shown, &mut actions, &mut app),
+                        }
+                    }
+                    draw(&mut terminal, &mut app, &running, &mut shown);
+                }
+                Some(Ok(Event::Resize(..))) => {
+                    let _ = terminal.autoresize();
+                    draw(&mut terminal, &mut app, &running, &mut shown);
+                }
+                Some(Ok(_)) => {}
+                // No more terminal input (closed): stop like SIGHUP.
+                Some(Err(_)) | None => break,
+            },
+            Some(done) = actions.join_next() => {
+                if let Ok(message) = done {
+                    app.message = Some(message);
+                }
+            }
+            _ = sample.tick() => app.sample(&running.snapshot()),
+            _ = redraw.tick() => draw(&mut terminal, &mut app, &running, &mut shown),
+        }
+    }
+    if force {
+        drop(guard);
+        eprintln!("forced exit");
+        std::process::exit(130);
+    }
+    app.stopping = true;
+    app.confirm_remove = None;
+    draw(&mut terminal, &mut app, &running, &mut shown);
+    // Removals and rechecks in flight hold the session; they end now.
+    actions.abort_all();
+    while actions.join_next().await.is_some() {}
+    let shutdown = running.shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = signals.recv() => { drop(guard); eprintln!("forced exit"); std::process::exit(130); }
+            key = keys.next() => {
+                if let Some(Ok(Event::Key(k))) = key {
+                    let ctrl_c = k.kind != KeyEventKind::Release
+                        && k.modifiers.contains(KeyModifiers::CONTROL)
+                        && matches!(k.code, KeyCode::Char('c'));
+                    if ctrl_c {
+                        drop(guard);
+                        eprintln!("forced exit");
+                        std::process::exit(130);
+                    }
+                }
+            }
+            _ = redraw.tick() => {
+                let _ = terminal.draw(|f| ui::draw(f, &app, &shown));
+            }
+        }
+    }
+    drop(terminal);
+    drop(guard);
+    println!("stopped");
+    Ok(())
+}
+
+fn draw(terminal: &mut Term, app: &mut App, running: &Running, shown: &mut Vec<TorrentStatus>) {
+    *shown = running.snapshot();
+    app.arrange(shown);
+    // A failed draw (terminal gone) is not fatal: the stop signal follows.
+    let _ = terminal.draw(|f| ui::draw(f, app, shown));
+}
+
+fn log_folder_event(ev: &FolderEvent) {
+    match ev {
+        FolderEvent::Added {
+            path,
+            name,
+            info_hash,
+        } => tracing::info!(%name, %info_hash, path = %path.display(), "added"),
+        FolderEvent::Failed { path, reason } => {
+            tracing::warn!(path = %path.display(), %reason, "cannot use torrent file")
+        }
+        FolderEvent::Duplicate { path, of, .. } => {
+            tracing::info!(path = %path.display(), of = %of.display(), "duplicate torrent file")
+        }
+        FolderEvent::Cleared { .. } => {}
+    }
+}
+
+fn start_action(
+    action: Action,
+    running: &Running,
+    shown: &[TorrentStatus],
+    actions: &mut JoinSet<String>,
+    app: &mut App,
+) {
+    let name_of = |h| {
+        shown
+            .iter()
+            .find(|t| t.info_hash == h)
+            .map(|t| t.name.clone())
+            .unwrap_or_default()
+    };
+    let session = running.session.clone();
+    match action {
+        Action::TogglePause(h) => {
+            let Some(handle) = session.torrents().into_iter().find(|t| t.info_hash() == h) else {
+                return;
+            };
+            let name = name_of(h);
+            let paused = is_paused(&handle.status());
+            app.message = Some(format!(
+                "{} {name}",
+                if paused { "resuming" } else { "pausing" }
+            ));
+            actions.spawn(async move {
+                if paused {
+                    handle.resume().await;
+                    format!("resumed {name}")
+                } else {
+                    handle.pause().await;
+                    format!("paused {name}")
+                }
+            });
+        }
+        Action::Recheck(h) => {
+            let name = name_of(h);
+            app.message = Some(format!("rechecking {name}"));
+            actions.spawn(async move {
+                match session.recheck(h).await {
+                    Some(_) => format!("recheck of {name} started"),
+                    None => format!("{name} is no longer in the session"),
+                }
+            });
+        }
+        Action::Remove(h) => {
+            let name = name_of(h);
+            app.message = Some(format!("removing {name}"));
+            actions.spawn(async move {
+                if session.remove(h).await {
+                    format!("removed {name} (data kept)")
+                } else {
+                    format!("{name} was already removed")
+                }
+            });
+        }
+        Action::Quit | Action::ForceQuit => {}
+    }
+}

@@ -1,0 +1,472 @@
+//! The watch folder: every `.torrent` file in it is loaded into the session, including files
+//! that appear while the client runs.
+//!
+//! Three triggers run the same scan: a scan at start, file-system events (`notify`) and a
+//! periodic rescan (for file systems that send no events, or when the watch limit is hit).
+//! A file is taken once its size and mtime are the same on two scans (or it is already older
+//! than [`SETTLED_AGE`], e.g. renamed into the folder) *and* it parses. A file that parses only
+//! as a prefix of bencode is still being written: it is retried, and reported only if it stays
+//! that way for [`TRUNCATED_GRACE`]. Other bad files become error entries, retried when the file
+//! changes. Files in the folder are only ever read: never deleted, moved or written.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use zigtorrent_engine::bencode::BencodeError;
+use zigtorrent_engine::metainfo::{MetainfoError, MAX_TORRENT_SIZE};
+use zigtorrent_engine::{InfoHash, Metainfo, Session, SessionError};
+
+/// Periodic rescan, whether or not events arrive.
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// While a file is settling, look again this soon.
+const SETTLE_INTERVAL: Duration = Duration::from_millis(300);
+/// After an event, wait this long for more before scanning (a copy makes many events).
+const EVENT_DEBOUNCE: Duration = Duration::from_millis(100);
+/// A file whose mtime is at least this old is not being written: take it on first sight.
+const SETTLED_AGE: Duration = Duration::from_secs(2);
+/// A file that stays a truncated torrent this long after its last change is reported.
+const TRUNCATED_GRACE: Duration = Duration::from_secs(5);
+
+/// What the watcher tells the rest of the client.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FolderEvent {
+    /// A torrent was added to the session from `path`.
+    Added {
+        /// The file.
+        path: PathBuf,
+        /// Torrent name.
+        name: String,
+        /// Its identity.
+        info_hash: InfoHash,
+    },
+    /// The file cannot be used (until it changes).
+    Failed {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The file holds a torrent already loaded from another file.
+    Duplicate {
+        /// The file.
+        path: PathBuf,
+        /// The file it was first loaded from.
+        of: PathBuf,
+        /// Torrent name.
+        name: String,
+    },
+    /// An earlier error or duplicate entry for this file no longer holds (fixed or gone).
+    Cleared {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Where loaded torrents go: the session, or a stand-in in tests.
+pub trait TorrentSink {
+    /// Add the torrent; `Err(Some(hash))` if it is already there, `Err(None)` with a reason
+    /// otherwise.
+    fn add(&self, meta: Metainfo) -> Result<InfoHash, AddError>;
+}
+
+/// Why a torrent could not be added.
+#[derive(Debug)]
+pub enum AddError {
+    /// Already in the session.
+    Duplicate(InfoHash),
+    /// Anything else.
+    Other(String),
+}
+
+impl TorrentSink for Session {
+    fn add(&self, meta: Metainfo) -> Result<InfoHash, AddError> {
+        match Session::add(self, meta) {
+            Ok(h) => Ok(h.info_hash()),
+            Err(SessionError::Duplicate(h)) => Err(AddError::Duplicate(h)),
+            Err(e) => Err(AddError::Other(e.to_string())),
+        }
+    }
+}
+
+/// A file's identity for change detection.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Stamp {
+    size: u64,
+    mtime: Option<SystemTime>,
+}
+
+#[derive(Debug)]
+enum Seen {
+    /// Seen with this stamp; taken when a later scan sees the same.
+    Settling(Stamp),
+    /// Loaded (or a duplicate of a loaded torrent) from this version of the file.
+    Loaded(Stamp),
+    /// Could not be used in this version; retried when it changes.
+    Failed(Stamp),
+}
+
+/// The scanning state of the watch folder.
+pub struct WatchFolder {
+    dir: PathBuf,
+    seen: HashMap<PathBuf, Seen>,
+    /// Which file each loaded torrent came from (for duplicate entries).
+    owners: HashMap<InfoHash, PathBuf>,
+    /// Files with an error or duplicate entry shown.
+    flagged: std::collections::HashSet<PathBuf>,
+}
+
+impl WatchFolder {
+    /// A watcher of `dir` that has seen nothing yet.
+    pub fn new(dir: PathBuf) -> Self {
+        WatchFolder {
+            dir,
+            seen: HashMap::new(),
+            owners: HashMap::new(),
+            flagged: Default::default(),
+        }
+    }
+
+    /// Whether some file is waiting for a second look.
+    pub fn settling(&self) -> bool {
+        self.seen.values().any(|s| matches!(s, Seen::Settling(_)))
+    }
+
+    /// Look for new or changed `.torrent` files. At `startup` every file is taken at once.
+    pub fn scan(&mut self, sink: &dyn TorrentSink, startup: bool) -> Vec<FolderEvent> {
+        let mut events = Vec::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read watch folder");
+                return events;
+            }
+        };
+        let now = SystemTime::now();
+        let mut present = std::collections::HashSet::new();
+        let mut files: Vec<(PathBuf, Stamp)> = Vec::new();
+        for entry in entries.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            if !path
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("torrent"))
+            {
+                continue;
+            }
+            // Follows symlinks: a link to a torrent elsewhere counts.
+            let Ok(md) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !md.is_file() {
+                continue;
+            }
+            present.insert(path.clone());
+            files.push((
+                path,
+                Stamp {
+                    size: md.len(),
+                    mtime: md.modified().ok(),
+                },
+            ));
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        // Files gone from the folder: forget them (their torrents keep running).
+        let gone: Vec<PathBuf> = self
+            .seen
+            .keys()
+            .filter(|p| !present.contains(*p))
+            .cloned()
+            .collect();
+        for p in gone {
+            self.seen.remove(&p);
+            if self.flagged.remove(&p) {
+                events.push(FolderEvent::Cleared { path: p });
+            }
+        }
+        for (path, stamp) in files {
+            let age = stamp
+                .mtime
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or(Duration::ZERO);
+            let ready = match self.seen.get(&path) {
+                Some(Seen::Loaded(s)) | Some(Seen::Failed(s)) if *s == stamp => continue,
+                Some(Seen::Settling(s)) => *s == stamp || age >= SETTLED_AGE,
+                _ => startup || age >= SETTLED_AGE,
+            };
+            if !ready {
+                self.seen.insert(path, Seen::Settling(stamp));
+                continue;
+            }
+            self.take(path, stamp, age, sink, &mut events);
+        }
+        events
+    }
+
+    fn take(
+        &mut self,
+        path: PathBuf,
+        stamp: Stamp,
+        age: Duration,
+        sink: &dyn TorrentSink,
+        events: &mut Vec<FolderEvent>,
+    ) {
+        let meta = match read_torrent(&path) {
+            Ok(m) => m,
+            Err(LoadError::Incomplete) if age < TRUNCATED_GRACE => {
+                // Still being written, most likely: look again later.
+                self.seen.insert(path, Seen::Settling(stamp));
+                return;
+            }
+            Err(e) => {
+                let reason = match e {
+                    LoadError::Incomplete => "file ends early (truncated torrent)".to_string(),
+                    LoadError::Bad(r) => r,
+                };
+                self.flagged.insert(path.clone());
+                self.seen.insert(path.clone(), Seen::Failed(stamp));
+                events.push(FolderEvent::Failed { path, reason });
+                return;
+            }
+        };
+        let name = meta.info.name.clone();
+        let hash = meta.info_hash;
+        self.seen.insert(path.clone(), Seen::Loaded(stamp));
+        match sink.add(meta) {
+            Ok(info_hash) => {
+                self.owners.insert(info_hash, path.clone());
+                if self.flagged.remove(&path) {
+                    events.push(FolderEvent::Cleared { path: path.clone() });
+                }
+                events.push(FolderEvent::Added {
+                    path,
+                    name,
+                    info_hash,
+                });
+            }
+            Err(AddError::Duplicate(h)) => {
+                let owner = self.owners.get(&h).cloned();
+                match owner {
+                    // The same file, rewritten with the same torrent: nothing new.
+                    Some(o) if o == path => {}
+                    // The first file was removed from the folder: this one takes over.
+                    Some(o) if !o.exists() => {
+                        self.owners.insert(h, path);
+                    }
+                    _ => {
+                        let of = owner.unwrap_or_else(|| PathBuf::from("(already loaded)"));
+                        self.flagged.insert(path.clone());
+                        events.push(FolderEvent::Duplicate { path, of, name });
+                    }
+                }
+                let _ = hash;
+            }
+            Err(AddError::Other(reason)) => {
+                self.flagged.insert(path.clone());
+                self.seen.insert(path.clone(), Seen::Failed(stamp));
+                events.push(FolderEvent::Failed { path, reason });
+            }
+        }
+    }
+}
+
+enum LoadError {
+    /// A prefix of bencode (or empty): probably still being written.
+    Incomplete,
+    /// Anything else, with the reason.
+    Bad(String),
+}
+
+fn read_torrent(path: &Path) -> Result<Metainfo, LoadError> {
+    let bytes = crate::read_file(path, MAX_TORRENT_SIZE as u64)
+        .map_err(|e| LoadError::Bad(format!("{e:#}")))?;
+    if bytes.is_empty() {
+        return Err(LoadError::Incomplete);
+    }
+    Metainfo::from_bytes(&bytes).map_err(|e| match e {
+        // A cut-off file ends inside a value, or inside a string whose length runs past the end.
+        MetainfoError::Bencode(
+            BencodeError::UnexpectedEof { .. } | BencodeError::BadLength { .. },
+        ) => LoadError::Incomplete,
+        other => LoadError::Bad(other.to_string()),
+    })
+}
+
+/// Run the watcher until `stop` fires: scans at start, on events and periodically; reports
+/// through `events`.
+pub async fn run_watcher(
+    dir: PathBuf,
+    sink: Arc<Session>,
+    events: mpsc::UnboundedSender<FolderEvent>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut folder = WatchFolder::new(dir.clone());
+    let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<()>();
+    // The watcher lives as long as this task; if it cannot start, the periodic rescan remains.
+    let _watcher = start_notify(&dir, notify_tx);
+    let send = |evs: Vec<FolderEvent>| {
+        for e in evs {
+            let _ = events.send(e);
+        }
+    };
+    send(folder.scan(&*sink, true));
+    let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rescan.tick().await;
+    loop {
+        let settle = folder.settling();
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = rescan.tick() => {}
+            Some(()) = notify_rx.recv() => {
+                tokio::time::sleep(EVENT_DEBOUNCE).await;
+                while notify_rx.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(SETTLE_INTERVAL), if settle => {}
+        }
+        send(folder.scan(&*sink, false));
+    }
+}
+
+fn start_notify(dir: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let handler = move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !ev.kind.is_access() {
+                let _ = tx.send(());
+            }
+        }
+    };
+    match notify::recommended_watcher(handler) {
+        Ok(mut w) => match w.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "no file-system events; rescanning periodically");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "no file-system watcher; rescanning periodically");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A session stand-in that records what was added.
+    #[derive(Default)]
+    struct Sink(Mutex<Vec<InfoHash>>);
+
+    impl TorrentSink for Sink {
+        fn add(&self, meta: Metainfo) -> Result<InfoHash, AddError> {
+            let mut v = self.0.lock().unwrap();
+            if v.contains(&meta.info_hash) {
+                return Err(AddError::Duplicate(meta.info_hash));
+            }
+            v.push(meta.info_hash);
+            Ok(meta.info_hash)
+        }
+    }
+
+    fn torrent_bytes(dir: &Path, name: &str) -> Vec<u8> {
+        let src = dir.join(format!("src-{name}"));
+        std::fs::write(&src, name.repeat(100)).unwrap();
+        let opts = zigtorrent_engine::metainfo::CreateOptions {
+            piece_length: Some(16 * 1024),
+            ..Default::default()
+        };
+        zigtorrent_engine::metainfo::create_torrent(&src, &opts).unwrap()
+    }
+
+    #[test]
+    fn startup_takes_files_and_reports_bad_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let watch = tmp.path().join("w");
+        std::fs::create_dir(&watch).unwrap();
+        std::fs::write(watch.join("a.torrent"), torrent_bytes(tmp.path(), "a")).unwrap();
+        std::fs::write(watch.join("bad.torrent"), b"hello").unwrap();
+        std::fs::write(watch.join("note.txt"), b"hello").unwrap();
+        let sink = Sink::default();
+        let mut w = WatchFolder::new(watch.clone());
+        let evs = w.scan(&sink, true);
+        assert_eq!(evs.len(), 2, "{evs:?}");
+        assert!(matches!(&evs[0], FolderEvent::Added { name, .. } if name == "src-a"));
+        assert!(
+            matches!(&evs[1], FolderEvent::Failed { path, .. } if path.ends_with("bad.torrent"))
+        );
+        // Nothing changes: nothing new.
+        assert!(w.scan(&sink, false).is_empty());
+    }
+
+    #[test]
+    fn new_file_needs_two_equal_looks_and_duplicates_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let watch = tmp.path().join("w");
+        std::fs::create_dir(&watch).unwrap();
+        let sink = Sink::default();
+        let mut w = WatchFolder::new(watch.clone());
+        assert!(w.scan(&sink, true).is_empty());
+        let bytes = torrent_bytes(tmp.path(), "b");
+        std::fs::write(watch.join("b.torrent"), &bytes).unwrap();
+        assert!(w.scan(&sink, false).is_empty());
+        assert!(w.settling());
+        let evs = w.scan(&sink, false);
+        assert!(matches!(&evs[..], [FolderEvent::Added { .. }]), "{evs:?}");
+        std::fs::write(watch.join("copy.torrent"), &bytes).unwrap();
+        w.scan(&sink, false);
+        let evs = w.scan(&sink, false);
+        assert!(
+            matches!(&evs[..], [FolderEvent::Duplicate { of, .. }] if of.ends_with("b.torrent")),
+            "{evs:?}"
+        );
+        assert_eq!(sink.0.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn truncated_file_waits_then_is_taken_when_complete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let watch = tmp.path().join("w");
+        std::fs::create_dir(&watch).unwrap();
+        let sink = Sink::default();
+        let mut w = WatchFolder::new(watch.clone());
+        let bytes = torrent_bytes(tmp.path(), "c");
+        let path = watch.join("c.torrent");
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        // Even at startup a half-written file is not an error: it is retried.
+        assert!(w.scan(&sink, true).is_empty());
+        assert!(w.scan(&sink, false).is_empty());
+        assert!(w.settling());
+        std::fs::write(&path, &bytes).unwrap();
+        w.scan(&sink, false);
+        let evs = w.scan(&sink, false);
+        assert!(matches!(&evs[..], [FolderEvent::Added { .. }]), "{evs:?}");
+    }
+
+    #[test]
+    fn fixed_file_clears_its_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let watch = tmp.path().join("w");
+        std::fs::create_dir(&watch).unwrap();
+        let sink = Sink::default();
+        let mut w = WatchFolder::new(watch.clone());
+        let path = watch.join("d.torrent");
+        std::fs::write(&path, b"d4:infoi3ee").unwrap();
+        let evs = w.scan(&sink, true);
+        assert!(matches!(&evs[..], [FolderEvent::Failed { .. }]), "{evs:?}");
+        std::fs::write(&path, torrent_bytes(tmp.path(), "d")).unwrap();
+        w.scan(&sink, false);
+        let evs = w.scan(&sink, false);
+        assert!(
+            matches!(
+                &evs[..],
+                [FolderEvent::Cleared { .. }, FolderEvent::Added { .. }]
+            ),
+            "{evs:?}"
+        );
+    }
+}
