@@ -117,7 +117,9 @@ impl Transport for TransportPair {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(TransportError::NotSupported("no port free for both transports")))
+        Err(last.unwrap_or(TransportError::NotSupported(
+            "no port free for both transports",
+        )))
     }
 }
 

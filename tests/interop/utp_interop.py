@@ -16,7 +16,10 @@ connection as uTP, from its peer_info flags):
   transmission_leeches zigtorrent seeds over uTP and dials a transmission-daemon leecher
   lossy_link          (root, iproute2) two network namespaces joined by a veth pair with
                       `tc netem loss 1% delay 20ms` on each side; a uTP-only libtorrent
-                      seeds in one, zigtorrent --transport utp downloads in the other
+                      seeds in one, zigtorrent --transport utp downloads in the other.
+                      SKIP (not FAIL) where the kernel has no sch_netem
+  lossy_relay         the same through a userspace UDP relay on 127.0.0.1 (1 % loss and
+                      20 ms delay each way); runs anywhere
 
 Everything is on 127.0.0.1 or inside namespaces this script creates and deletes. Every process
 started is killed by its PID on the way out.
@@ -474,11 +477,19 @@ while True:
 """
 
 
+class Skipped(Exception):
+    pass
+
+
 def lossy_link(env, timeout=300, loss="1%", delay="20ms"):
     if os.geteuid() != 0 or not shutil.which("tc"):
-        raise Failed("needs root and iproute2 (ip, tc)")
+        raise Skipped("needs root and iproute2 (ip, tc)")
     work = env.dir("lossy_link")
-    a, b = netns_pair("l", loss, delay)
+    try:
+        a, b = netns_pair("l", loss, delay)
+    except subprocess.CalledProcessError as e:
+        cleanup_netns()
+        raise Skipped(f"cannot build the namespace pair ({e}); is sch_netem in the kernel?")
     port = 6881
     seeder = spawn(["ip", "netns", "exec", a, sys.executable, "-c", LT_SEED_CHILD,
                     os.path.dirname(os.path.abspath(__file__)), str(port), "10.77.0.1",
@@ -511,6 +522,95 @@ def cleanup_netns():
         _netns.remove(ns)
 
 
+class LossyRelay:
+    """A UDP relay on 127.0.0.1 that drops `loss` of datagrams and delays the rest by `delay`
+    seconds, each way. One client: whoever sends to the front port first. Stands in for
+    `tc netem` where the kernel lacks it."""
+
+    def __init__(self, upstream, loss, delay, seed=1):
+        import threading
+        self.upstream = upstream
+        self.loss, self.delay = loss, delay
+        self.rng = random.Random(seed)
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(("127.0.0.1", 0))
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.bind(("127.0.0.1", 0))
+        for sk in (self.front, self.back):
+            sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.port = self.front.getsockname()[1]
+        self.client = None
+        self.running = True
+        self.dropped = self.passed = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import collections
+        import select
+        queue = collections.deque()  # (due, sock, data, addr): constant delay keeps it sorted
+        while self.running:
+            now = time.monotonic()
+            while queue and queue[0][0] <= now:
+                _, sk, data, addr = queue.popleft()
+                try:
+                    sk.sendto(data, addr)
+                except OSError:
+                    pass
+            wait = max(0.0, queue[0][0] - now) if queue else 0.1
+            ready, _, _ = select.select([self.front, self.back], [], [], min(wait, 0.1))
+            for sk in ready:
+                data, addr = sk.recvfrom(65536)
+                if sk is self.front:
+                    self.client = addr
+                    out, dest = self.back, self.upstream
+                else:
+                    if self.client is None:
+                        continue
+                    out, dest = self.front, self.client
+                if self.rng.random() < self.loss:
+                    self.dropped += 1
+                    continue
+                self.passed += 1
+                queue.append((time.monotonic() + self.delay, out, data, dest))
+
+    def close(self):
+        self.running = False
+        self.thread.join()
+        self.front.close()
+        self.back.close()
+
+
+def lossy_relay(env, timeout=300, loss=0.01, delay=0.020):
+    """lt seeds over uTP behind a lossy relay (1 % loss, 20 ms each way); zigtorrent downloads."""
+    work = env.dir("lossy_relay")
+    lport, zport = free_port(), free_port()
+    ses = lt_session(lport, tcp=False, utp=True)
+    h = lt_add(ses, env.torrent, os.path.dirname(env.data), seed=True)
+    wait_for("libtorrent to seed", lambda: h.status().is_seeding, 30)
+    relay = LossyRelay(("127.0.0.1", lport), loss, delay)
+    try:
+        shutil.copy(env.torrent, _mk(work, "torrents"))
+        zig = zig_run(env.bin, work, "utp", zport, peers=[f"127.0.0.1:{relay.port}"])
+        out = os.path.join(work, "downloads", "payload.bin")
+        watch = PeerWatch(ses)
+        t0 = time.monotonic()
+        try:
+            wait_for("zigtorrent to finish through the lossy relay",
+                     lambda: file_done(out, env.sha1), timeout, tick=lambda: watch.poll(h))
+        except Failed as e:
+            raise Failed(f"{e}; zig log:\n{log_tail(os.path.join(work, 'zig.log'))}")
+        took = time.monotonic() - t0
+        stop(zig)
+    finally:
+        relay.close()
+    del ses
+    detail = (f"relay loss {loss:.0%} delay {delay * 1000:.0f}ms each way, dropped "
+              f"{relay.dropped} of {relay.dropped + relay.passed} datagrams: "
+              f"{env.size / took / 1e6:.2f} MB/s in {took:.1f}s")
+    return check_transport(watch, True, detail)
+
+
 SCENARIOS = {
     "lt_seeds_utp": lambda env: lt_seeds(env, "lt_seeds_utp", False, True, "utp", True),
     "zig_seeds_utp": zig_seeds_utp,
@@ -519,6 +619,7 @@ SCENARIOS = {
     "transmission_seeds": transmission_seeds,
     "transmission_leeches": transmission_leeches,
     "lossy_link": lossy_link,
+    "lossy_relay": lossy_relay,
 }
 
 
@@ -547,6 +648,8 @@ def main():
             try:
                 detail = SCENARIOS[n](env)
                 print(f"PASS {n} ({time.monotonic() - t0:.1f}s): {detail}", flush=True)
+            except Skipped as e:
+                print(f"SKIP {n}: {e}", flush=True)
             except Failed as e:
                 failures += 1
                 print(f"FAIL {n} ({time.monotonic() - t0:.1f}s): {e}", flush=True)

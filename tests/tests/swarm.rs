@@ -80,9 +80,14 @@ async fn start_session_over(
         SessionConfig::new(download_dir.to_path_buf(), download_dir.join(".zigtorrent"));
     config.listen = "127.0.0.1:0".parse().expect("literal address");
     config.extra_peers = extra_peers;
-    Session::start(config, transport(transport_name), backend, TrackerClient::new())
-        .await
-        .expect("start session")
+    Session::start(
+        config,
+        transport(transport_name),
+        backend,
+        TrackerClient::new(),
+    )
+    .await
+    .expect("start session")
 }
 
 async fn swarm(discovery: Discovery, storage: &str) {
@@ -133,8 +138,7 @@ async fn swarm_over(discovery: Discovery, storage: &str, transports: Transports)
         let leech_dir = dir.path().join(format!("leech{i}"));
         let b = backend(storage);
         let session =
-            start_session_over(&leech_dir, b.clone(), extra.clone(), transports.leechers[i])
-                .await;
+            start_session_over(&leech_dir, b.clone(), extra.clone(), transports.leechers[i]).await;
         let handle = session.add(meta.clone()).unwrap();
         leechers.push((leech_dir, b, session, handle));
     }

@@ -22,13 +22,22 @@ use zigtorrent_transport_utp::UtpTransport;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn session(dir: &std::path::Path, transport: Arc<dyn Transport>, peers: Vec<SocketAddr>) -> Session {
+async fn session(
+    dir: &std::path::Path,
+    transport: Arc<dyn Transport>,
+    peers: Vec<SocketAddr>,
+) -> Session {
     let mut config = SessionConfig::new(dir.to_path_buf(), dir.join(".zigtorrent"));
     config.listen = "127.0.0.1:0".parse().expect("literal address");
     config.extra_peers = peers;
-    Session::start(config, transport, Arc::new(FsBackend::new()), TrackerClient::new())
-        .await
-        .expect("start session")
+    Session::start(
+        config,
+        transport,
+        Arc::new(FsBackend::new()),
+        TrackerClient::new(),
+    )
+    .await
+    .expect("start session")
 }
 
 fn utp() -> Arc<dyn Transport> {
@@ -40,7 +49,7 @@ fn utp() -> Arc<dyn Transport> {
 fn garbage(rng: &mut impl Rng) -> Vec<u8> {
     let kind = rng.gen_range(0..6);
     let len = match kind {
-        0 => rng.gen_range(0..20),  // shorter than a header
+        0 => rng.gen_range(0..20), // shorter than a header
         _ => rng.gen_range(20..1500),
     };
     let mut d = vec![0u8; len];
@@ -108,7 +117,10 @@ async fn garbage_datagrams_do_not_stop_a_download() {
     wait_seeding(&handle, TIMEOUT).await;
     stop.store(true, Ordering::Relaxed);
     sprayer.await.unwrap();
-    assert!(sent.load(Ordering::Relaxed) > 1000, "the sprayer barely ran");
+    assert!(
+        sent.load(Ordering::Relaxed) > 1000,
+        "the sprayer barely ran"
+    );
 
     leecher.shutdown(Duration::from_secs(4)).await;
     assert_same_files(&source, &leech_dir.join("payload"));
@@ -126,8 +138,14 @@ async fn both_holds_tcp_and_udp_on_one_port() {
     ));
     let l = pair.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let port = l.local_addr().port();
-    assert!(std::net::UdpSocket::bind(("127.0.0.1", port)).is_err(), "UDP port free");
-    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err(), "TCP port free");
+    assert!(
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_err(),
+        "UDP port free"
+    );
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_err(),
+        "TCP port free"
+    );
     // A uTP-only and a TCP-only peer both get in.
     let mut l = l;
     let addr = l.local_addr();
