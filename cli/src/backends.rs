@@ -5,9 +5,14 @@ use std::sync::Arc;
 
 use clap::Args;
 
+use zigtorrent_engine::transport_pair::{TransportPair, DEFAULT_HEAD_START};
 use zigtorrent_engine::{MemoryBackend, Origin, Registry};
 use zigtorrent_storage_fs::FsBackend;
 use zigtorrent_transport_tcp::TcpTransport;
+use zigtorrent_transport_utp::UtpTransport;
+
+/// The selector `--transport both`: uTP and TCP on one port number, uTP tried first.
+pub const BOTH: &str = "both";
 
 /// A registry holding every backend compiled into this binary.
 pub fn registry() -> Registry {
@@ -17,6 +22,25 @@ pub fn registry() -> Registry {
         zigtorrent_transport_tcp::NAME,
         Origin::BuiltIn,
         Arc::new(|o| Ok(Arc::new(TcpTransport::new(o)))),
+    )
+    .expect("built-in names are unique");
+    r.register_transport(
+        zigtorrent_transport_utp::NAME,
+        Origin::BuiltIn,
+        Arc::new(|o| Ok(Arc::new(UtpTransport::new(o)))),
+    )
+    .expect("built-in names are unique");
+    r.register_transport(
+        BOTH,
+        Origin::BuiltIn,
+        Arc::new(|o| {
+            Ok(Arc::new(TransportPair::new(
+                BOTH,
+                Arc::new(UtpTransport::new(o)),
+                Arc::new(TcpTransport::new(o)),
+                DEFAULT_HEAD_START,
+            )))
+        }),
     )
     .expect("built-in names are unique");
     r.register_storage(Origin::BuiltIn, Arc::new(FsBackend::new()))

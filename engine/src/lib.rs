@@ -25,6 +25,7 @@ pub mod testing;
 mod torrent;
 pub mod tracker;
 pub mod transport;
+pub mod transport_pair;
 pub mod types;
 pub mod wire;
 

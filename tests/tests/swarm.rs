@@ -1,15 +1,21 @@
 //! In-process swarms on loopback: one seeder and three leechers of ours, a multi-file torrent
 //! with a zero-length file and files smaller than a piece, over the HTTP and UDP tracker
-//! fixtures and over direct peers, on every storage backend. All must finish byte-identical.
+//! fixtures and over direct peers, on every storage backend and every transport (`tcp`, `utp`,
+//! `both`, and a mixed swarm where they must meet). All must finish byte-identical.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use zigtorrent_engine::session::{Session, SessionConfig};
 use zigtorrent_engine::testing::tracker_fixture::{HttpTracker, UdpTracker};
-use zigtorrent_engine::{MemoryBackend, StorageBackend};
+use zigtorrent_engine::tracker::TrackerClient;
+use zigtorrent_engine::transport_pair::{TransportPair, DEFAULT_HEAD_START};
+use zigtorrent_engine::{MemoryBackend, StorageBackend, Transport, TransportOptions};
 use zigtorrent_storage_fs::FsBackend;
 use zigtorrent_tests::*;
+use zigtorrent_transport_tcp::TcpTransport;
+use zigtorrent_transport_utp::UtpTransport;
 
 const LEECHERS: usize = 3;
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,7 +35,66 @@ fn backend(name: &str) -> Arc<dyn StorageBackend> {
     }
 }
 
+fn transport(name: &str) -> Arc<dyn Transport> {
+    let o = TransportOptions::default();
+    match name {
+        "tcp" => Arc::new(TcpTransport::new(&o)),
+        "utp" => Arc::new(UtpTransport::new(&o)),
+        "both" => Arc::new(TransportPair::new(
+            "both",
+            Arc::new(UtpTransport::new(&o)),
+            Arc::new(TcpTransport::new(&o)),
+            DEFAULT_HEAD_START,
+        )),
+        other => panic!("unknown transport {other}"),
+    }
+}
+
+/// Which transport the seeder and each leecher use.
+#[derive(Clone, Copy, Debug)]
+struct Transports {
+    seeder: &'static str,
+    leechers: [&'static str; LEECHERS],
+}
+
+impl Transports {
+    const fn all(name: &'static str) -> Self {
+        Transports {
+            seeder: name,
+            leechers: [name; LEECHERS],
+        }
+    }
+}
+
+/// A session on 127.0.0.1 (any port) over the named transport.
+async fn start_session_over(
+    download_dir: &std::path::Path,
+    backend: Arc<dyn StorageBackend>,
+    extra_peers: Vec<SocketAddr>,
+    transport_name: &str,
+) -> Session {
+    if transport_name == "tcp" {
+        return start_session(download_dir, backend, extra_peers).await;
+    }
+    let mut config =
+        SessionConfig::new(download_dir.to_path_buf(), download_dir.join(".zigtorrent"));
+    config.listen = "127.0.0.1:0".parse().expect("literal address");
+    config.extra_peers = extra_peers;
+    Session::start(
+        config,
+        transport(transport_name),
+        backend,
+        TrackerClient::new(),
+    )
+    .await
+    .expect("start session")
+}
+
 async fn swarm(discovery: Discovery, storage: &str) {
+    swarm_over(discovery, storage, Transports::all("tcp")).await;
+}
+
+async fn swarm_over(discovery: Discovery, storage: &str, transports: Transports) {
     let dir = tempfile::tempdir().unwrap();
     let seed_dir = dir.path().join("seed");
     let source = write_payload(&seed_dir, "payload", 7);
@@ -51,7 +116,13 @@ async fn swarm(discovery: Discovery, storage: &str) {
 
     // The seeder always keeps its data in files (it has to find it there); leechers use the
     // backend under test.
-    let seeder = start_session(&seed_dir, Arc::new(FsBackend::new()), vec![]).await;
+    let seeder = start_session_over(
+        &seed_dir,
+        Arc::new(FsBackend::new()),
+        vec![],
+        transports.seeder,
+    )
+    .await;
     let seed_addr: SocketAddr = format!("127.0.0.1:{}", seeder.listen_port())
         .parse()
         .unwrap();
@@ -66,7 +137,8 @@ async fn swarm(discovery: Discovery, storage: &str) {
     for i in 0..LEECHERS {
         let leech_dir = dir.path().join(format!("leech{i}"));
         let b = backend(storage);
-        let session = start_session(&leech_dir, b.clone(), extra.clone()).await;
+        let session =
+            start_session_over(&leech_dir, b.clone(), extra.clone(), transports.leechers[i]).await;
         let handle = session.add(meta.clone()).unwrap();
         leechers.push((leech_dir, b, session, handle));
     }
@@ -151,4 +223,35 @@ async fn udp_tracker_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_peer_memory() {
     swarm(Discovery::DirectPeer, "memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utp_direct_peer_fs() {
+    swarm_over(Discovery::DirectPeer, "fs", Transports::all("utp")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utp_http_tracker_memory() {
+    swarm_over(Discovery::Http, "memory", Transports::all("utp")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_direct_peer_fs() {
+    swarm_over(Discovery::DirectPeer, "fs", Transports::all("both")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_udp_tracker_memory() {
+    swarm_over(Discovery::Udp, "memory", Transports::all("both")).await;
+}
+
+/// A `both` seeder must serve a uTP-only, a TCP-only and a `both` leecher, and those must
+/// trade pieces among themselves where they share a transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_transports_http_tracker_fs() {
+    let transports = Transports {
+        seeder: "both",
+        leechers: ["utp", "tcp", "both"],
+    };
+    swarm_over(Discovery::Http, "fs", transports).await;
 }

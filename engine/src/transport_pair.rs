@@ -1,0 +1,274 @@
+//! `TransportPair`: two transports behind one name, as `--transport both` (uTP preferred, TCP
+//! as fallback).
+//!
+//! - **Listening** binds both on the same port number (`fallback` first, since its port is the
+//!   one announced, then `preferred` on that port) and merges their incoming streams. With port
+//!   0 it retries a few times in case the number the first picked is taken for the second.
+//! - **Connecting** starts `preferred` at once and `fallback` after a short head start (or at
+//!   once if `preferred` fails first), and keeps the first stream that opens, the way libtorrent
+//!   and Transmission try uTP then TCP. The loser is dropped.
+//!
+//! It knows nothing of uTP or TCP themselves: any two transports pair.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+use crate::transport::{BoxStream, Listener, Transport, TransportError};
+
+/// How long `preferred` runs alone before `fallback` is tried too. A uTP SYN to a peer with no
+/// uTP gets no answer at all, so this is what a TCP-only peer costs us per connect.
+pub const DEFAULT_HEAD_START: Duration = Duration::from_millis(1000);
+
+/// Attempts at finding one port number free for both transports when asked for port 0.
+const ANY_PORT_ATTEMPTS: usize = 8;
+
+/// Incoming streams buffered between the two accept tasks and the session.
+const ACCEPT_QUEUE: usize = 16;
+
+/// Two transports under one name; see the module docs.
+pub struct TransportPair {
+    name: String,
+    preferred: Arc<dyn Transport>,
+    fallback: Arc<dyn Transport>,
+    head_start: Duration,
+}
+
+impl TransportPair {
+    /// `preferred` is dialled first; `fallback` after `head_start`.
+    pub fn new(
+        name: impl Into<String>,
+        preferred: Arc<dyn Transport>,
+        fallback: Arc<dyn Transport>,
+        head_start: Duration,
+    ) -> Self {
+        TransportPair {
+            name: name.into(),
+            preferred,
+            fallback,
+            head_start,
+        }
+    }
+
+    async fn listen_on(&self, addr: SocketAddr) -> Result<Box<dyn Listener>, TransportError> {
+        let fallback = self.fallback.listen(addr).await?;
+        let local = fallback.local_addr();
+        // Same port number; the fallback listener is dropped (closed) if this fails.
+        let preferred = self.preferred.listen(local).await?;
+        Ok(Box::new(PairListener::new(local, preferred, fallback)))
+    }
+}
+
+#[async_trait]
+impl Transport for TransportPair {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<BoxStream, TransportError> {
+        let go_now = Notify::new();
+        let preferred = self.preferred.connect(addr);
+        let fallback = async {
+            tokio::select! {
+                _ = tokio::time::sleep(self.head_start) => {}
+                _ = go_now.notified() => {}
+            }
+            self.fallback.connect(addr).await
+        };
+        tokio::pin!(preferred, fallback);
+        let mut preferred_failed = false;
+        let mut fallback_error = None;
+        loop {
+            tokio::select! {
+                r = &mut preferred, if !preferred_failed => match r {
+                    Ok(s) => return Ok(s),
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, transport = self.preferred.name(), "connect failed, trying fallback");
+                        preferred_failed = true;
+                        // Stores a permit if the fallback is not waiting yet.
+                        go_now.notify_one();
+                    }
+                },
+                r = &mut fallback, if fallback_error.is_none() => match r {
+                    Ok(s) => return Ok(s),
+                    Err(e) => fallback_error = Some(e),
+                },
+            }
+            if preferred_failed {
+                if let Some(e) = fallback_error.take() {
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn listen(&self, addr: SocketAddr) -> Result<Box<dyn Listener>, TransportError> {
+        if addr.port() != 0 {
+            return self.listen_on(addr).await;
+        }
+        let mut last = None;
+        for _ in 0..ANY_PORT_ATTEMPTS {
+            match self.listen_on(addr).await {
+                Ok(l) => return Ok(l),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(TransportError::NotSupported(
+            "no port free for both transports",
+        )))
+    }
+}
+
+/// Accepts from both listeners through one queue. Each inner listener is driven by its own
+/// task, so no accept is ever cancelled half-way; the tasks end when this is dropped.
+struct PairListener {
+    local: SocketAddr,
+    rx: mpsc::Receiver<Result<(BoxStream, SocketAddr), TransportError>>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl PairListener {
+    fn new(local: SocketAddr, a: Box<dyn Listener>, b: Box<dyn Listener>) -> Self {
+        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        let tasks = [
+            tokio::spawn(forward(a, tx.clone())),
+            tokio::spawn(forward(b, tx)),
+        ];
+        PairListener { local, rx, tasks }
+    }
+}
+
+async fn forward(
+    mut listener: Box<dyn Listener>,
+    tx: mpsc::Sender<Result<(BoxStream, SocketAddr), TransportError>>,
+) {
+    loop {
+        let r = listener.accept().await;
+        let failed = r.is_err();
+        if tx.send(r).await.is_err() {
+            return;
+        }
+        if failed {
+            // A failing accept (e.g. out of file descriptors) must not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for PairListener {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Listener for PairListener {
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    async fn accept(&mut self) -> Result<(BoxStream, SocketAddr), TransportError> {
+        match self.rx.recv().await {
+            Some(r) => r,
+            // Both tasks ended, which they do only when aborted.
+            None => Err(TransportError::NotSupported("listener closed")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An in-memory transport: `connect` either fails after `delay`, or succeeds after `delay`
+    /// with a stream whose other end says `name`.
+    struct Fake {
+        name: &'static str,
+        delay: Duration,
+        works: bool,
+        connects: AtomicUsize,
+    }
+
+    impl Fake {
+        fn new(name: &'static str, delay_ms: u64, works: bool) -> Arc<Self> {
+            Arc::new(Fake {
+                name,
+                delay: Duration::from_millis(delay_ms),
+                works,
+                connects: AtomicUsize::new(0),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Transport for Fake {
+        fn name(&self) -> &str {
+            self.name
+        }
+        async fn connect(&self, addr: SocketAddr) -> Result<BoxStream, TransportError> {
+            self.connects.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            if !self.works {
+                return Err(TransportError::Timeout(addr));
+            }
+            let (a, mut b) = tokio::io::duplex(64);
+            b.write_all(self.name.as_bytes()).await.unwrap();
+            tokio::spawn(async move {
+                let _ = b.read(&mut [0u8; 1]).await;
+            });
+            Ok(Box::new(a))
+        }
+        async fn listen(&self, _: SocketAddr) -> Result<Box<dyn Listener>, TransportError> {
+            Err(TransportError::NotSupported("fake"))
+        }
+    }
+
+    async fn who(pair: &TransportPair) -> Result<String, TransportError> {
+        let mut s = pair.connect("127.0.0.1:1".parse().unwrap()).await?;
+        let mut buf = [0u8; 3];
+        s.read_exact(&mut buf).await.unwrap();
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn preferred_wins_when_it_answers() {
+        let (p, f) = (Fake::new("utp", 10, true), Fake::new("tcp", 1, true));
+        let pair = TransportPair::new("both", p, f.clone(), DEFAULT_HEAD_START);
+        assert_eq!(who(&pair).await.unwrap(), "utp");
+        assert_eq!(f.connects.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_preferred_falls_back_after_head_start() {
+        let (p, f) = (Fake::new("utp", 60_000, true), Fake::new("tcp", 1, true));
+        let pair = TransportPair::new("both", p, f, DEFAULT_HEAD_START);
+        let start = tokio::time::Instant::now();
+        assert_eq!(who(&pair).await.unwrap(), "tcp");
+        let took = start.elapsed();
+        assert!(took >= DEFAULT_HEAD_START && took < DEFAULT_HEAD_START * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_preferred_falls_back_at_once() {
+        let (p, f) = (Fake::new("utp", 5, false), Fake::new("tcp", 1, true));
+        let pair = TransportPair::new("both", p, f, DEFAULT_HEAD_START);
+        let start = tokio::time::Instant::now();
+        assert_eq!(who(&pair).await.unwrap(), "tcp");
+        assert!(start.elapsed() < Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn both_failing_is_an_error() {
+        let (p, f) = (Fake::new("utp", 5, false), Fake::new("tcp", 5, false));
+        let pair = TransportPair::new("both", p, f, DEFAULT_HEAD_START);
+        assert!(who(&pair).await.is_err());
+    }
+}

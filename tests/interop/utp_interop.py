@@ -1,0 +1,668 @@
+#!/usr/bin/python3
+"""uTP interop: zigtorrent against uTP-only libtorrent, Transmission, and over a lossy link.
+
+Run with /usr/bin/python3 (Debian's python3-libtorrent is built for it):
+
+    tests/interop/utp_interop.py BIN [--only NAME,...] [--size BYTES] [--keep]
+
+Scenarios (each asserts byte-identical data; libtorrent ones also that libtorrent itself saw the
+connection as uTP, from its peer_info flags):
+
+  lt_seeds_utp        uTP-only libtorrent seeds; `zigtorrent run --transport utp` dials it
+  zig_seeds_utp       zigtorrent seeds over uTP; a uTP-only libtorrent leecher dials it
+  both_prefers_utp    libtorrent with TCP and uTP seeds; `--transport both` must end on uTP
+  both_falls_back     TCP-only libtorrent seeds; `--transport both` must fall back to TCP
+  transmission_seeds  transmission-daemon seeds; zigtorrent (uTP only) dials it with --peer
+  transmission_leeches zigtorrent seeds over uTP and dials a transmission-daemon leecher
+  lossy_link          (root, iproute2) two network namespaces joined by a veth pair with
+                      `tc netem loss 1% delay 20ms` on each side; a uTP-only libtorrent
+                      seeds in one, zigtorrent --transport utp downloads in the other.
+                      SKIP (not FAIL) where the kernel has no sch_netem
+  lossy_relay         the same through a userspace UDP relay on 127.0.0.1 (1 % loss and
+                      20 ms delay each way); runs anywhere
+
+Everything is on 127.0.0.1 or inside namespaces this script creates and deletes. Every process
+started is killed by its PID on the way out.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import libtorrent as lt
+
+# libtorrent 2.0 peer_info::utp_socket is 17_bit; the Python binding does not export it.
+LT_UTP_SOCKET = 1 << 17
+
+PIECE = 256 * 1024
+DEFAULT_SIZE = 24 * 1024 * 1024
+
+_procs = []  # every Popen we started, killed in reverse order by cleanup()
+_netns = []  # namespaces we created
+
+
+class Failed(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------------------
+# processes, ports, payloads
+
+
+def spawn(cmd, log, **kw):
+    f = open(log, "wb")
+    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kw)
+    _procs.append(p)
+    return p
+
+
+def stop(p, grace=5.0):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if p in _procs:
+        _procs.remove(p)
+
+
+def cleanup():
+    for p in reversed(list(_procs)):
+        stop(p, 3.0)
+    for ns in reversed(list(_netns)):
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        _netns.remove(ns)
+
+
+def free_port():
+    """A port number free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(50):
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t.bind(("127.0.0.1", 0))
+        port = t.getsockname()[1]
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            t.close()
+            u.close()
+        return port
+    raise Failed("no free port")
+
+
+def write_payload(path, size, seed):
+    rng = random.Random(seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 4 << 20)
+            f.write(rng.randbytes(n))
+            left -= n
+
+
+def sha1_file(path):
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_torrent(bin_, data, out):
+    subprocess.run([bin_, "create", data, "--piece-length", str(PIECE), "-o", out],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+# ------------------------------------------------------------------------------------------
+# libtorrent
+
+
+def lt_session(port, tcp, utp, iface="127.0.0.1"):
+    s = lt.session({
+        "listen_interfaces": f"{iface}:{port}",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_outgoing_tcp": tcp,
+        "enable_incoming_tcp": tcp,
+        "enable_outgoing_utp": utp,
+        "enable_incoming_utp": utp,
+        "allow_multiple_connections_per_ip": True,
+        # Loopback peers are "local"; keep libtorrent from rate limiting them or us.
+        "rate_limit_utp": False,
+        "alert_mask": lt.alert.category_t.error_notification
+        | lt.alert.category_t.peer_notification
+        | lt.alert.category_t.connect_notification,
+    })
+    return s
+
+
+def lt_add(ses, torrent, save_path, seed):
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(torrent)
+    atp.save_path = save_path
+    if seed:
+        atp.flags |= lt.torrent_flags.seed_mode
+    # Added torrents start paused under the auto manager, which starts them ~0.5 s later;
+    # until then libtorrent rejects every incoming peer ("no active torrents").
+    atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+    return ses.add_torrent(atp)
+
+
+class PeerWatch:
+    """Remembers every peer libtorrent reported and whether it was uTP.
+
+    Two sources, since libtorrent drops a seed-to-seed connection as soon as the download ends:
+    the peer table (`peer_info.flags & utp_socket`) and the connection alerts
+    (`incoming_connection_alert.socket_type`, `peer_connect_alert` text).
+    """
+
+    def __init__(self, ses):
+        self.ses = ses
+        self.seen = {}
+        self.alerts = []
+
+    def poll(self, handle):
+        for p in handle.get_peer_info():
+            key = f"{p.ip[0]}:{p.ip[1]}"
+            self.seen[key] = (bool(p.flags & LT_UTP_SOCKET), p.client)
+        for a in self.ses.pop_alerts():
+            if isinstance(a, lt.incoming_connection_alert):
+                key = f"{a.endpoint[0]}:{a.endpoint[1]}"
+                utp = a.socket_type == lt.socket_type_t.utp
+                self.seen.setdefault(key, (utp, "incoming"))
+            elif isinstance(a, lt.peer_connect_alert):
+                self.alerts.append(a.message())
+
+    def utp(self):
+        return [k for k, (u, _) in self.seen.items() if u]
+
+    def tcp(self):
+        return [k for k, (u, _) in self.seen.items() if not u]
+
+
+# ------------------------------------------------------------------------------------------
+# zigtorrent
+
+
+def zig_run(bin_, work, transport, port, peers=(), bind="127.0.0.1", netns=None):
+    torrents = os.path.join(work, "torrents")
+    downloads = os.path.join(work, "downloads")
+    os.makedirs(torrents, exist_ok=True)
+    os.makedirs(downloads, exist_ok=True)
+    cmd = [bin_, "run", "--headless", "--torrents", torrents, "--downloads", downloads,
+           "--transport", transport, "--listen", str(port), "--bind", bind,
+           "--status-interval", "1", "--log-level", os.environ.get("ZT_LOG", "info")]
+    for p in peers:
+        cmd += ["--peer", p]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns] + cmd
+    return spawn(cmd, os.path.join(work, "zig.log"))
+
+
+def wait_for(what, pred, timeout, tick=None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if tick:
+            tick()
+        if pred():
+            return
+        time.sleep(0.05)
+    raise Failed(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def file_done(path, want_sha1):
+    return os.path.isfile(path) and sha1_file(path) == want_sha1
+
+
+def log_tail(path, n=15):
+    try:
+        with open(path, "rb") as f:
+            return b"".join(f.readlines()[-n:]).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# ------------------------------------------------------------------------------------------
+# scenarios
+
+
+class Env:
+    def __init__(self, bin_, root, size):
+        self.bin = os.path.abspath(bin_)
+        self.root = root
+        self.size = size
+        self.data = os.path.join(root, "src", "payload.bin")
+        write_payload(self.data, size, "utp-interop")
+        self.sha1 = sha1_file(self.data)
+        self.torrent = os.path.join(root, "payload.torrent")
+        make_torrent(self.bin, self.data, self.torrent)
+
+    def dir(self, name):
+        d = os.path.join(self.root, name)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        return d
+
+
+def lt_seeds(env, name, lt_tcp, lt_utp, zig_transport, expect_utp, timeout=120):
+    work = env.dir(name)
+    lport, zport = free_port(), free_port()
+    ses = lt_session(lport, tcp=lt_tcp, utp=lt_utp)
+    h = lt_add(ses, env.torrent, os.path.dirname(env.data), seed=True)
+    # add_torrent is asynchronous: a peer arriving before the torrent is in is turned away.
+    wait_for("libtorrent to seed", lambda: h.status().is_seeding, 30)
+    shutil.copy(env.torrent, _mk(work, "torrents"))
+    zig = zig_run(env.bin, work, zig_transport, zport, peers=[f"127.0.0.1:{lport}"])
+    out = os.path.join(work, "downloads", "payload.bin")
+    watch = PeerWatch(ses)
+    t0 = time.monotonic()
+    try:
+        wait_for("zigtorrent to finish", lambda: file_done(out, env.sha1), timeout,
+                 tick=lambda: watch.poll(h))
+    except Failed as e:
+        raise Failed(f"{e}; zig log:\n{log_tail(os.path.join(work, 'zig.log'))}")
+    took = time.monotonic() - t0
+    watch.poll(h)
+    stop(zig)
+    del ses
+    return check_transport(watch, expect_utp, f"{env.size / took / 1e6:.1f} MB/s in {took:.1f}s")
+
+
+def _mk(work, sub):
+    d = os.path.join(work, sub)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def check_transport(watch, expect_utp, detail):
+    if expect_utp and not watch.utp():
+        raise Failed(f"libtorrent saw no uTP peer (peers: {watch.seen})")
+    if not expect_utp and (watch.utp() or not watch.tcp()):
+        raise Failed(f"expected only TCP peers in libtorrent, saw {watch.seen}")
+    kind = "uTP" if expect_utp else "TCP"
+    return f"{detail}; libtorrent saw {kind} peers {sorted(watch.seen)}"
+
+
+def zig_seeds_utp(env, timeout=120):
+    work = env.dir("zig_seeds_utp")
+    zport, lport = free_port(), free_port()
+    shutil.copy(env.torrent, _mk(work, "torrents"))
+    shutil.copy(env.data, _mk(work, "downloads"))
+    zig = zig_run(env.bin, work, "utp", zport)
+    wait_for("zigtorrent to seed", lambda: "seeding" in log_tail(os.path.join(work, "zig.log"), 5),
+             60)
+    ses = lt_session(lport, tcp=False, utp=True)
+    save = _mk(work, "lt")
+    h = lt_add(ses, env.torrent, save, seed=False)
+    h.connect_peer(("127.0.0.1", zport))
+    watch = PeerWatch(ses)
+    t0 = time.monotonic()
+    try:
+        wait_for("libtorrent to finish", lambda: h.status().is_seeding, timeout,
+                 tick=lambda: watch.poll(h))
+    except Failed as e:
+        raise Failed(f"{e}; lt progress {h.status().progress:.3f}; zig log:\n"
+                     f"{log_tail(os.path.join(work, 'zig.log'))}")
+    took = time.monotonic() - t0
+    stop(zig)
+    del ses
+    got = os.path.join(save, "payload.bin")
+    if sha1_file(got) != env.sha1:
+        raise Failed("libtorrent's copy differs")
+    return check_transport(watch, True, f"{env.size / took / 1e6:.1f} MB/s in {took:.1f}s")
+
+
+# --- Transmission
+
+
+def tr_start(work, peer_port, rpc_port, download_dir):
+    conf = _mk(work, "tr-config")
+    settings = {
+        "bind-address-ipv4": "127.0.0.1",
+        "bind-address-ipv6": "::1",
+        "rpc-bind-address": "127.0.0.1",
+        "rpc-port": rpc_port,
+        "rpc-authentication-required": False,
+        "rpc-whitelist-enabled": False,
+        "peer-port": peer_port,
+        "peer-port-random-on-start": False,
+        "port-forwarding-enabled": False,
+        "dht-enabled": False,
+        "lpd-enabled": False,
+        "pex-enabled": False,
+        "utp-enabled": True,
+        "encryption": 0,  # prefer plaintext (we do not speak MSE)
+        "download-dir": download_dir,
+        "incomplete-dir-enabled": False,
+        "speed-limit-up-enabled": False,
+        "speed-limit-down-enabled": False,
+        "ratio-limit-enabled": False,
+        "message-level": 2,
+    }
+    with open(os.path.join(conf, "settings.json"), "w") as f:
+        json.dump(settings, f)
+    p = spawn(["transmission-daemon", "-f", "-g", conf], os.path.join(work, "tr.log"))
+    wait_for("transmission RPC", lambda: tr(rpc_port, "-l", check=False).returncode == 0, 20)
+    return p
+
+
+def tr(rpc_port, *args, check=True):
+    return subprocess.run(["transmission-remote", f"127.0.0.1:{rpc_port}", *args],
+                          capture_output=True, text=True, check=check)
+
+
+def tr_peers(rpc_port):
+    """Transmission's peer table text (`-pi`); flag T marks a uTP connection."""
+    return tr(rpc_port, "-t", "1", "-pi", check=False).stdout
+
+
+def tr_utp_peer(text):
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 2 and "T" in parts[1]:
+            return True
+    return False
+
+
+def transmission_seeds(env, timeout=120):
+    work = env.dir("transmission_seeds")
+    tport, rport, zport = free_port(), free_port(), free_port()
+    tdata = _mk(work, "tr-data")
+    shutil.copy(env.data, tdata)
+    trp = tr_start(work, tport, rport, tdata)
+    tr(rport, "-a", env.torrent, "-w", tdata)
+    wait_for("transmission to seed", lambda: "Seeding" in tr(rport, "-l").stdout
+             or "Idle" in tr(rport, "-l").stdout and "100%" in tr(rport, "-l").stdout, 60)
+    shutil.copy(env.torrent, _mk(work, "torrents"))
+    zig = zig_run(env.bin, work, "utp", zport, peers=[f"127.0.0.1:{tport}"])
+    out = os.path.join(work, "downloads", "payload.bin")
+    saw_utp = [False]
+
+    def tick():
+        if tr_utp_peer(tr_peers(rport)):
+            saw_utp[0] = True
+    t0 = time.monotonic()
+    try:
+        wait_for("zigtorrent to finish", lambda: file_done(out, env.sha1), timeout, tick=tick)
+    except Failed as e:
+        raise Failed(f"{e}; zig log:\n{log_tail(os.path.join(work, 'zig.log'))}\n"
+                     f"tr log:\n{log_tail(os.path.join(work, 'tr.log'))}")
+    took = time.monotonic() - t0
+    stop(zig)
+    stop(trp)
+    # zigtorrent ran uTP only, so the connection was uTP by construction; Transmission's own
+    # flag is reported when it was sampled in time.
+    return (f"{env.size / took / 1e6:.1f} MB/s in {took:.1f}s; "
+            f"transmission flagged uTP: {saw_utp[0]}")
+
+
+def transmission_leeches(env, timeout=120):
+    work = env.dir("transmission_leeches")
+    tport, rport, zport = free_port(), free_port(), free_port()
+    tdata = _mk(work, "tr-data")
+    trp = tr_start(work, tport, rport, tdata)
+    tr(rport, "-a", env.torrent, "-w", tdata)
+    shutil.copy(env.torrent, _mk(work, "torrents"))
+    shutil.copy(env.data, _mk(work, "downloads"))
+    zig = zig_run(env.bin, work, "utp", zport, peers=[f"127.0.0.1:{tport}"])
+    got = os.path.join(tdata, "payload.bin")
+    saw_utp = [False]
+
+    def tick():
+        if tr_utp_peer(tr_peers(rport)):
+            saw_utp[0] = True
+    t0 = time.monotonic()
+    try:
+        wait_for("transmission to finish", lambda: file_done(got, env.sha1), timeout, tick=tick)
+    except Failed as e:
+        raise Failed(f"{e}; zig log:\n{log_tail(os.path.join(work, 'zig.log'))}\n"
+                     f"tr log:\n{log_tail(os.path.join(work, 'tr.log'))}")
+    took = time.monotonic() - t0
+    stop(zig)
+    stop(trp)
+    return (f"{env.size / took / 1e6:.1f} MB/s in {took:.1f}s; "
+            f"transmission flagged uTP: {saw_utp[0]}")
+
+
+# --- lossy link
+
+
+def sh(*cmd):
+    subprocess.run(cmd, check=True)
+
+
+def netns_pair(tag, loss, delay):
+    a, b = f"zt-{tag}-a", f"zt-{tag}-b"
+    for ns in (a, b):
+        subprocess.run(["ip", "netns", "del", ns], check=False, stderr=subprocess.DEVNULL)
+        sh("ip", "netns", "add", ns)
+        _netns.append(ns)
+    sh("ip", "link", "add", f"zt{tag}a", "netns", a, "type", "veth", "peer", "name",
+       f"zt{tag}b", "netns", b)
+    for ns, dev, ip in ((a, f"zt{tag}a", "10.77.0.1"), (b, f"zt{tag}b", "10.77.0.2")):
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem",
+           "loss", loss, "delay", delay)
+    return a, b
+
+
+LT_SEED_CHILD = r"""
+import sys, time, libtorrent as lt
+sys.path.insert(0, sys.argv[1])
+import utp_interop as u
+ses = u.lt_session(int(sys.argv[2]), tcp=False, utp=True, iface=sys.argv[3])
+h = u.lt_add(ses, sys.argv[4], sys.argv[5], seed=True)
+while True:
+    flags = [bool(p.flags & u.LT_UTP_SOCKET) for p in h.get_peer_info()]
+    print("peers utp=%s" % flags, flush=True)
+    time.sleep(1)
+"""
+
+
+class Skipped(Exception):
+    pass
+
+
+def lossy_link(env, timeout=300, loss="1%", delay="20ms"):
+    if os.geteuid() != 0 or not shutil.which("tc"):
+        raise Skipped("needs root and iproute2 (ip, tc)")
+    work = env.dir("lossy_link")
+    try:
+        a, b = netns_pair("l", loss, delay)
+    except subprocess.CalledProcessError as e:
+        cleanup_netns()
+        raise Skipped(f"cannot build the namespace pair ({e}); is sch_netem in the kernel?")
+    port = 6881
+    seeder = spawn(["ip", "netns", "exec", a, sys.executable, "-c", LT_SEED_CHILD,
+                    os.path.dirname(os.path.abspath(__file__)), str(port), "10.77.0.1",
+                    env.torrent, os.path.dirname(env.data)], os.path.join(work, "lt.log"))
+    shutil.copy(env.torrent, _mk(work, "torrents"))
+    zig = zig_run(env.bin, work, "utp", port, peers=[f"10.77.0.1:{port}"], bind="10.77.0.2",
+                  netns=b)
+    out = os.path.join(work, "downloads", "payload.bin")
+    t0 = time.monotonic()
+    try:
+        wait_for("zigtorrent to finish over the lossy link", lambda: file_done(out, env.sha1),
+                 timeout)
+    except Failed as e:
+        raise Failed(f"{e}; zig log:\n{log_tail(os.path.join(work, 'zig.log'))}\n"
+                     f"lt log:\n{log_tail(os.path.join(work, 'lt.log'), 3)}")
+    took = time.monotonic() - t0
+    lt_saw = "utp=[True" in log_tail(os.path.join(work, "lt.log"), 200)
+    stop(zig)
+    stop(seeder)
+    cleanup_netns()
+    if not lt_saw:
+        raise Failed("libtorrent did not report a uTP peer")
+    return (f"netem loss {loss} delay {delay} each way: {env.size / took / 1e6:.2f} MB/s "
+            f"in {took:.1f}s; libtorrent saw uTP")
+
+
+def cleanup_netns():
+    for ns in reversed(list(_netns)):
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        _netns.remove(ns)
+
+
+class LossyRelay:
+    """A UDP relay on 127.0.0.1 that drops `loss` of datagrams and delays the rest by `delay`
+    seconds, each way. One client: whoever sends to the front port first. Stands in for
+    `tc netem` where the kernel lacks it."""
+
+    def __init__(self, upstream, loss, delay, seed=1):
+        import threading
+        self.upstream = upstream
+        self.loss, self.delay = loss, delay
+        self.rng = random.Random(seed)
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(("127.0.0.1", 0))
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.bind(("127.0.0.1", 0))
+        for sk in (self.front, self.back):
+            sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.port = self.front.getsockname()[1]
+        self.client = None
+        self.running = True
+        self.dropped = self.passed = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import collections
+        import select
+        queue = collections.deque()  # (due, sock, data, addr): constant delay keeps it sorted
+        while self.running:
+            now = time.monotonic()
+            while queue and queue[0][0] <= now:
+                _, sk, data, addr = queue.popleft()
+                try:
+                    sk.sendto(data, addr)
+                except OSError:
+                    pass
+            wait = max(0.0, queue[0][0] - now) if queue else 0.1
+            ready, _, _ = select.select([self.front, self.back], [], [], min(wait, 0.1))
+            for sk in ready:
+                data, addr = sk.recvfrom(65536)
+                if sk is self.front:
+                    self.client = addr
+                    out, dest = self.back, self.upstream
+                else:
+                    if self.client is None:
+                        continue
+                    out, dest = self.front, self.client
+                if self.rng.random() < self.loss:
+                    self.dropped += 1
+                    continue
+                self.passed += 1
+                queue.append((time.monotonic() + self.delay, out, data, dest))
+
+    def close(self):
+        self.running = False
+        self.thread.join()
+        self.front.close()
+        self.back.close()
+
+
+def lossy_relay(env, timeout=300, loss=0.01, delay=0.020):
+    """lt seeds over uTP behind a lossy relay (1 % loss, 20 ms each way); zigtorrent downloads."""
+    work = env.dir("lossy_relay")
+    lport, zport = free_port(), free_port()
+    ses = lt_session(lport, tcp=False, utp=True)
+    h = lt_add(ses, env.torrent, os.path.dirname(env.data), seed=True)
+    wait_for("libtorrent to seed", lambda: h.status().is_seeding, 30)
+    relay = LossyRelay(("127.0.0.1", lport), loss, delay)
+    try:
+        shutil.copy(env.torrent, _mk(work, "torrents"))
+        zig = zig_run(env.bin, work, "utp", zport, peers=[f"127.0.0.1:{relay.port}"])
+        out = os.path.join(work, "downloads", "payload.bin")
+        watch = PeerWatch(ses)
+        t0 = time.monotonic()
+        try:
+            wait_for("zigtorrent to finish through the lossy relay",
+                     lambda: file_done(out, env.sha1), timeout, tick=lambda: watch.poll(h))
+        except Failed as e:
+            raise Failed(f"{e}; zig log:\n{log_tail(os.path.join(work, 'zig.log'))}")
+        took = time.monotonic() - t0
+        stop(zig)
+    finally:
+        relay.close()
+    del ses
+    detail = (f"relay loss {loss:.0%} delay {delay * 1000:.0f}ms each way, dropped "
+              f"{relay.dropped} of {relay.dropped + relay.passed} datagrams: "
+              f"{env.size / took / 1e6:.2f} MB/s in {took:.1f}s")
+    return check_transport(watch, True, detail)
+
+
+SCENARIOS = {
+    "lt_seeds_utp": lambda env: lt_seeds(env, "lt_seeds_utp", False, True, "utp", True),
+    "zig_seeds_utp": zig_seeds_utp,
+    "both_prefers_utp": lambda env: lt_seeds(env, "both_prefers_utp", True, True, "both", True),
+    "both_falls_back": lambda env: lt_seeds(env, "both_falls_back", True, False, "both", False),
+    "transmission_seeds": transmission_seeds,
+    "transmission_leeches": transmission_leeches,
+    "lossy_link": lossy_link,
+    "lossy_relay": lossy_relay,
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bin", help="zigtorrent binary")
+    ap.add_argument("--only", help="comma-separated scenario names")
+    ap.add_argument("--size", type=int, default=DEFAULT_SIZE, help="payload bytes")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = ap.parse_args()
+    names = args.only.split(",") if args.only else list(SCENARIOS)
+    for n in names:
+        if n not in SCENARIOS:
+            ap.error(f"unknown scenario {n}; have {', '.join(SCENARIOS)}")
+    if "transmission_seeds" in names or "transmission_leeches" in names:
+        if not shutil.which("transmission-daemon"):
+            ap.error("transmission-daemon not found: apt-get install transmission-daemon "
+                     "transmission-cli")
+    root = tempfile.mkdtemp(prefix="zt-utp-")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    failures = 0
+    try:
+        env = Env(args.bin, root, args.size)
+        for n in names:
+            t0 = time.monotonic()
+            try:
+                detail = SCENARIOS[n](env)
+                print(f"PASS {n} ({time.monotonic() - t0:.1f}s): {detail}", flush=True)
+            except Skipped as e:
+                print(f"SKIP {n}: {e}", flush=True)
+            except Failed as e:
+                failures += 1
+                print(f"FAIL {n} ({time.monotonic() - t0:.1f}s): {e}", flush=True)
+            finally:
+                cleanup()
+    finally:
+        cleanup()
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
