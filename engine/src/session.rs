@@ -359,7 +359,7 @@ async fn bind(
 
 async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
     loop {
-        let (mut stream, addr) = match listener.accept().await {
+        let (mut stream, addr, via) = match listener.accept_labeled().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -396,7 +396,7 @@ async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
                 tracing::debug!(%addr, info_hash = %handshake.info_hash, "incoming peer for unknown torrent");
                 return;
             };
-            let transport = shared.transport.name().to_string();
+            let transport = via.unwrap_or_else(|| shared.transport.name().to_string());
             let _ = commands
                 .send(TorrentCommand::Incoming {
                     stream,

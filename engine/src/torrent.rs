@@ -1127,19 +1127,23 @@ impl Torrent {
             let tx = self.internal_tx.clone();
             tokio::spawn(async move {
                 let result = async {
-                    let stream = transport.connect(addr).await.map_err(|e| e.to_string())?;
-                    peer::handshake_outgoing(stream, ours)
+                    let (stream, via) = transport
+                        .connect_labeled(addr)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_string())?;
+                    let (stream, remote) = peer::handshake_outgoing(stream, ours)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((stream, remote, via))
                 }
                 .await;
                 let msg = match result {
-                    Ok((stream, remote)) => Internal::Connected {
+                    Ok((stream, remote, via)) => Internal::Connected {
                         conn: Connection {
                             stream,
                             addr,
                             remote,
-                            transport: transport.name().to_string(),
+                            transport: via,
                         },
                         permit,
                         outgoing: true,

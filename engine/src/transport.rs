@@ -54,6 +54,15 @@ pub trait Listener: Send {
     fn local_addr(&self) -> SocketAddr;
     /// Wait for the next incoming stream.
     async fn accept(&mut self) -> Result<(BoxStream, SocketAddr), TransportError>;
+
+    /// Like [`Listener::accept`], also naming the transport that carried the stream when it is
+    /// not the listener's own (a listener combining several transports names the inner one).
+    async fn accept_labeled(
+        &mut self,
+    ) -> Result<(BoxStream, SocketAddr, Option<String>), TransportError> {
+        let (stream, addr) = self.accept().await?;
+        Ok((stream, addr, None))
+    }
 }
 
 /// A way to reach peers.
@@ -65,6 +74,16 @@ pub trait Transport: Send + Sync {
     async fn connect(&self, addr: SocketAddr) -> Result<BoxStream, TransportError>;
     /// Bind a listener on `addr`.
     async fn listen(&self, addr: SocketAddr) -> Result<Box<dyn Listener>, TransportError>;
+
+    /// Like [`Transport::connect`], also naming the transport that carried the stream (a
+    /// transport combining others names the inner one, so users see `utp` or `tcp`).
+    async fn connect_labeled(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(BoxStream, String), TransportError> {
+        let stream = self.connect(addr).await?;
+        Ok((stream, self.name().to_string()))
+    }
 }
 
 #[async_trait]
@@ -77,5 +96,11 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
     }
     async fn listen(&self, addr: SocketAddr) -> Result<Box<dyn Listener>, TransportError> {
         (**self).listen(addr).await
+    }
+    async fn connect_labeled(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(BoxStream, String), TransportError> {
+        (**self).connect_labeled(addr).await
     }
 }

@@ -59,7 +59,11 @@ impl TransportPair {
         let local = fallback.local_addr();
         // Same port number; the fallback listener is dropped (closed) if this fails.
         let preferred = self.preferred.listen(local).await?;
-        Ok(Box::new(PairListener::new(local, preferred, fallback)))
+        Ok(Box::new(PairListener::new(
+            local,
+            (preferred, self.preferred.name().to_string()),
+            (fallback, self.fallback.name().to_string()),
+        )))
     }
 }
 
@@ -70,14 +74,21 @@ impl Transport for TransportPair {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<BoxStream, TransportError> {
+        Ok(self.connect_labeled(addr).await?.0)
+    }
+
+    async fn connect_labeled(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(BoxStream, String), TransportError> {
         let go_now = Notify::new();
-        let preferred = self.preferred.connect(addr);
+        let preferred = self.preferred.connect_labeled(addr);
         let fallback = async {
             tokio::select! {
                 _ = tokio::time::sleep(self.head_start) => {}
                 _ = go_now.notified() => {}
             }
-            self.fallback.connect(addr).await
+            self.fallback.connect_labeled(addr).await
         };
         tokio::pin!(preferred, fallback);
         let mut preferred_failed = false;
@@ -123,20 +134,27 @@ impl Transport for TransportPair {
     }
 }
 
+/// A stream accepted by one of the pair, with the name of the transport that carried it.
+type Accepted = (BoxStream, SocketAddr, Option<String>);
+
 /// Accepts from both listeners through one queue. Each inner listener is driven by its own
 /// task, so no accept is ever cancelled half-way; the tasks end when this is dropped.
 struct PairListener {
     local: SocketAddr,
-    rx: mpsc::Receiver<Result<(BoxStream, SocketAddr), TransportError>>,
+    rx: mpsc::Receiver<Result<Accepted, TransportError>>,
     tasks: [JoinHandle<()>; 2],
 }
 
 impl PairListener {
-    fn new(local: SocketAddr, a: Box<dyn Listener>, b: Box<dyn Listener>) -> Self {
+    fn new(
+        local: SocketAddr,
+        a: (Box<dyn Listener>, String),
+        b: (Box<dyn Listener>, String),
+    ) -> Self {
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let tasks = [
-            tokio::spawn(forward(a, tx.clone())),
-            tokio::spawn(forward(b, tx)),
+            tokio::spawn(forward(a.0, a.1, tx.clone())),
+            tokio::spawn(forward(b.0, b.1, tx)),
         ];
         PairListener { local, rx, tasks }
     }
@@ -144,10 +162,14 @@ impl PairListener {
 
 async fn forward(
     mut listener: Box<dyn Listener>,
-    tx: mpsc::Sender<Result<(BoxStream, SocketAddr), TransportError>>,
+    name: String,
+    tx: mpsc::Sender<Result<Accepted, TransportError>>,
 ) {
     loop {
-        let r = listener.accept().await;
+        let r = listener
+            .accept_labeled()
+            .await
+            .map(|(s, a, label)| (s, a, Some(label.unwrap_or_else(|| name.clone()))));
         let failed = r.is_err();
         if tx.send(r).await.is_err() {
             return;
@@ -174,6 +196,11 @@ impl Listener for PairListener {
     }
 
     async fn accept(&mut self) -> Result<(BoxStream, SocketAddr), TransportError> {
+        let (stream, addr, _) = self.accept_labeled().await?;
+        Ok((stream, addr))
+    }
+
+    async fn accept_labeled(&mut self) -> Result<Accepted, TransportError> {
         match self.rx.recv().await {
             Some(r) => r,
             // Both tasks ended, which they do only when aborted.
@@ -231,11 +258,15 @@ mod tests {
         }
     }
 
+    /// Which inner transport carried the stream, checked two ways: the label the pair reports
+    /// (what users see per peer) must match what the stream itself says.
     async fn who(pair: &TransportPair) -> Result<String, TransportError> {
-        let mut s = pair.connect("127.0.0.1:1".parse().unwrap()).await?;
+        let (mut s, label) = pair.connect_labeled("127.0.0.1:1".parse().unwrap()).await?;
         let mut buf = [0u8; 3];
         s.read_exact(&mut buf).await.unwrap();
-        Ok(String::from_utf8_lossy(&buf).into_owned())
+        let said = String::from_utf8_lossy(&buf).into_owned();
+        assert_eq!(label, said, "label names the transport that carried the stream");
+        Ok(said)
     }
 
     #[tokio::test(start_paused = true)]
