@@ -71,7 +71,7 @@ pub struct RunArgs {
     /// Upload limit for the whole session in bytes/s, K/M/G suffixes allowed; 0: none [default: 0].
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     upload_limit: Option<u64>,
-    /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: warn].
+    /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: warn,librqbit_utp=error].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
     /// Read options from this file instead of ./zigtorrent.toml and the XDG config folder.
@@ -166,7 +166,8 @@ impl RunArgs {
             .set_default("max_peers_total", 300)?
             .set_default("download_limit", 0)?
             .set_default("upload_limit", 0)?
-            .set_default("log_level", "warn")?;
+            // librqbit-utp warns at every start when the kernel caps its UDP buffer: noise.
+            .set_default("log_level", "warn,librqbit_utp=error")?;
         let mut files = Vec::new();
         let explicit = self
             .config
@@ -347,7 +348,7 @@ mod tests {
         assert_eq!(s.transport, "tcp");
         assert_eq!(s.download_limit, 0);
         assert!(!s.headless);
-        assert_eq!(s.log_level, "warn");
+        assert_eq!(s.log_level, "warn,librqbit_utp=error");
     }
 
     #[test]

@@ -265,7 +265,10 @@ mod tests {
         let mut buf = [0u8; 3];
         s.read_exact(&mut buf).await.unwrap();
         let said = String::from_utf8_lossy(&buf).into_owned();
-        assert_eq!(label, said, "label names the transport that carried the stream");
+        assert_eq!(
+            label, said,
+            "label names the transport that carried the stream"
+        );
         Ok(said)
     }
 
