@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use zigtorrent_engine::storage::Resume;
 use zigtorrent_engine::{
     Bitfield, InfoHash, Layout, PieceIndex, Storage, StorageBackend, StorageError, StorageSpec,
@@ -672,17 +672,18 @@ impl Storage for FsStorage {
             len: u32::MAX,
         })?;
         let start = self.inner.check(piece, offset, len)?;
-        let data = if chunks.len() == 1 {
-            chunks.into_iter().next().unwrap_or_default()
-        } else {
-            let mut buf = BytesMut::with_capacity(total);
-            for c in &chunks {
-                buf.extend_from_slice(c);
-            }
-            buf.freeze()
-        };
+        // Chunk by chunk on the blocking pool: no copy into one buffer, and none of it on the
+        // runtime's threads.
         let inner = self.inner.clone();
-        blocking(move || inner.write(start, &data)).await
+        blocking(move || {
+            let mut at = start;
+            for chunk in &chunks {
+                inner.write(at, chunk)?;
+                at += chunk.len() as u64;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn read(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StorageError> {
