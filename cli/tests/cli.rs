@@ -1,18 +1,14 @@
 //! Black-box tests of the `zigtorrent` binary: what a user sees (exit codes, lines printed,
 //! files on disk). Seeders are in-process engine sessions on loopback.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use zigtorrent_engine::testing::slow::SlowBackend;
-use zigtorrent_storage_fs::FsBackend;
+use common::*;
 use zigtorrent_tests::*;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_zigtorrent"))
-}
 
 fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run zigtorrent")
@@ -96,214 +92,50 @@ fn create_then_info_round_trip() {
     assert!(text.contains("empty.txt (0 bytes)"), "{text}");
 }
 
-/// A running `zigtorrent run` whose stdout lines are collected by a thread.
-struct Client {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Client {
-    /// Wait until a stdout line contains `needle`.
-    fn wait_line(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.seen.iter().any(|l| l.contains(needle)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => panic!(
-                    "no line with {needle:?} within {timeout:?}; saw {:?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-}
-
 /// Spawn `zigtorrent run --headless` on the folders of `root`, dialling `seed_port`, and wait
 /// until it has loaded the torrent (so its signal handlers are installed).
 fn spawn_client(root: &Path, seed_port: u16) -> Client {
-    let mut child = spawn_raw(root, seed_port);
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut c = Client {
-        child,
-        lines,
-        seen: Vec::new(),
-    };
-    c.wait_line("added payload", Duration::from_secs(20));
+    let mut c = Client::spawn(&peer_args(root, seed_port, "1"));
+    c.wait_stdout("added payload", Duration::from_secs(20));
     c
 }
 
-fn spawn_raw(root: &Path, seed_port: u16) -> Child {
-    bin()
-        .args([
-            "run",
-            "--headless",
-            "--listen",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--status-interval",
-            "1",
-        ])
-        .arg("--torrents")
-        .arg(root.join("torrents"))
-        .arg("--downloads")
-        .arg(root.join("downloads"))
-        .args(["--peer", &format!("127.0.0.1:{seed_port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn zigtorrent")
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} failed");
-}
-
-/// Every file at a final path must be complete; returns how many final files there are.
-fn check_final_files(source: &Path, downloaded: &Path) -> usize {
-    let mut finals = 0;
-    for (rel, _) in PAYLOAD_FILES {
-        let path = downloaded.join(rel);
-        if let Ok(data) = std::fs::read(&path) {
-            let expected = std::fs::read(source.join(rel)).unwrap();
-            assert!(
-                data == expected,
-                "{} is at its final path but incomplete or wrong",
-                path.display()
-            );
-            finals += 1;
-        }
-    }
-    finals
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("zigtorrent did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Seeder {
-    runtime: tokio::runtime::Runtime,
-    session: Option<zigtorrent_engine::Session>,
-}
-
-impl Drop for Seeder {
-    fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            self.runtime.block_on(s.shutdown(Duration::from_secs(2)));
-        }
-    }
-}
-
-/// An in-process seeder whose reads are slowed by `delay` per block.
-fn start_seeder(
-    seed_dir: &Path,
-    torrent: &zigtorrent_engine::Metainfo,
-    delay: Duration,
-) -> (Seeder, u16) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let session = runtime.block_on(async {
-        let backend = Arc::new(SlowBackend::new(Arc::new(FsBackend::new()), delay));
-        let s = start_session(seed_dir, backend, vec![]).await;
-        let h = s.add(torrent.clone()).unwrap();
-        wait_seeding(&h, Duration::from_secs(60)).await;
-        s
-    });
-    let port = session.listen_port();
-    (
-        Seeder {
-            runtime,
-            session: Some(session),
-        },
-        port,
-    )
-}
-
-fn setup(root: &Path, delay: Duration) -> (PathBuf, Seeder, u16) {
-    let seed_dir = root.join("seed");
-    let source = write_payload(&seed_dir, "payload", 42);
-    let meta = make_torrent(&source, vec![], 16 * 1024);
-    std::fs::create_dir_all(root.join("torrents")).unwrap();
-    let torrent_bytes = zigtorrent_engine::metainfo::create_torrent(
-        &source,
-        &zigtorrent_engine::metainfo::CreateOptions {
-            piece_length: Some(16 * 1024),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    std::fs::write(root.join("torrents/payload.torrent"), torrent_bytes).unwrap();
-    let (seeder, port) = start_seeder(&seed_dir, &meta, delay);
-    (source, seeder, port)
+/// A payload under `root/seed`, its torrent in `root/torrents`, and a seeder whose reads are
+/// slowed by `delay` per block.
+fn setup(root: &Path, delay: Duration) -> (PathBuf, Seeder) {
+    let source = write_payload(&root.join("seed"), "payload", 42);
+    (source, seed_payload(root, 16 * 1024, delay))
 }
 
 #[test]
 fn headless_download_then_graceful_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let (source, _seeder, port) = setup(dir.path(), Duration::ZERO);
+    let (source, seeder) = setup(dir.path(), Duration::ZERO);
     // A broken torrent next to the good one: one error line, the rest goes on.
     std::fs::write(dir.path().join("torrents/broken.torrent"), b"not bencode").unwrap();
-    let mut client = spawn_client(dir.path(), port);
+    let mut client = spawn_client(dir.path(), seeder.port);
     let downloaded = dir.path().join("downloads/payload");
-    client.wait_line("payload: 100.0%", Duration::from_secs(60));
-    client.wait_line("seeding", Duration::from_secs(10));
+    client.wait_stdout("payload: 100.0%", Duration::from_secs(60));
+    client.wait_stdout("seeding", Duration::from_secs(10));
     assert_same_files(&source, &downloaded);
-    signal(&client.child, "-INT");
+    client.signal("-INT");
     let t = Instant::now();
-    let status = wait_exit(&mut client.child, Duration::from_secs(10));
+    let status = client.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "took {:?} to stop",
         t.elapsed()
     );
-    client.wait_line("stopped", Duration::from_secs(1));
-    let mut stderr = String::new();
-    use std::io::Read;
-    client
-        .child
-        .stderr
-        .take()
-        .expect("piped")
-        .read_to_string(&mut stderr)
-        .unwrap();
+    client.wait_stdout("stopped", Duration::from_secs(1));
+    client.drain(Duration::from_secs(10));
+    let stderr = client.stderr_lines();
     assert!(
         stderr
-            .lines()
+            .iter()
             .any(|l| l.starts_with("error: ") && l.contains("broken.torrent")),
-        "{stderr}"
+        "{}",
+        stderr.join("\n")
     );
     assert_same_files(&source, &downloaded);
 }
@@ -312,19 +144,19 @@ fn headless_download_then_graceful_stop() {
 fn sigkill_mid_download_then_resume() {
     let dir = tempfile::tempdir().unwrap();
     // 26 blocks at 200 ms each from a one-request-at-a-time seeder: about 5 s of download.
-    let (source, _seeder, port) = setup(dir.path(), Duration::from_millis(200));
+    let (source, seeder) = setup(dir.path(), Duration::from_millis(200));
     let downloaded = dir.path().join("downloads/payload");
     let state = dir.path().join("downloads/.zigtorrent");
     let mut finals_seen = Vec::new();
     for round in 0..2u64 {
-        let mut client = spawn_client(dir.path(), port);
+        let mut client = spawn_client(dir.path(), seeder.port);
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(1000 + 700 * round) {
             check_final_files(&source, &downloaded);
             std::thread::sleep(Duration::from_millis(10));
         }
-        signal(&client.child, "-KILL");
-        wait_exit(&mut client.child, Duration::from_secs(5));
+        client.signal("-KILL");
+        client.wait_exit(Duration::from_secs(5));
         finals_seen.push(check_final_files(&source, &downloaded));
         assert!(state.exists(), "no state folder after round {round}");
     }
@@ -333,7 +165,7 @@ fn sigkill_mid_download_then_resume() {
         finals_seen[1] < PAYLOAD_FILES.len(),
         "download finished before the second kill"
     );
-    let mut client = spawn_client(dir.path(), port);
+    let mut client = spawn_client(dir.path(), seeder.port);
     let start = Instant::now();
     while check_final_files(&source, &downloaded) < PAYLOAD_FILES.len() {
         assert!(
@@ -342,7 +174,7 @@ fn sigkill_mid_download_then_resume() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    signal(&client.child, "-TERM");
-    assert!(wait_exit(&mut client.child, Duration::from_secs(10)).success());
+    client.signal("-TERM");
+    assert!(client.wait_exit(Duration::from_secs(10)).success());
     assert_same_files(&source, &downloaded);
 }

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rand::Rng;
-use zigtorrent_tests::*;
 
 /// Kills before the download may finish.
 const KILLS: usize = 20;
@@ -92,17 +91,8 @@ fn samples(c: &mut Client) -> Vec<Sample> {
 }
 
 fn spawn(root: &std::path::Path, port: u16) -> Client {
-    let mut args = folder_args(root);
-    args.extend(
-        [
-            "--peer",
-            &format!("127.0.0.1:{port}"),
-            "--status-interval",
-            "0.1",
-            "--status-bytes",
-        ]
-        .map(String::from),
-    );
+    let mut args = peer_args(root, port, "0.1");
+    args.push("--status-bytes".into());
     Client::spawn(&args)
 }
 
@@ -113,14 +103,7 @@ fn sigkill_at_random_moments_never_corrupts_and_loses_little() {
     let source = root.join("seed/payload");
     write_files(&source);
     let total: u64 = FILES.iter().map(|(_, l)| *l as u64).sum();
-    let meta = make_torrent(&source, vec![], PIECE as u32);
-    std::fs::create_dir_all(root.join("torrents")).unwrap();
-    std::fs::write(
-        root.join("torrents/payload.torrent"),
-        torrent_bytes(&source, PIECE as u32),
-    )
-    .unwrap();
-    let seeder = start_seeder(&root.join("seed"), &meta, SEED_DELAY);
+    let seeder = seed_payload(root, PIECE as u32, SEED_DELAY);
     let downloaded = root.join("downloads/payload");
     let mut rng = rand::thread_rng();
     // Per run: have after its check, and the last (have, downloaded) before the kill.

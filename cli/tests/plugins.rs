@@ -2,18 +2,15 @@
 //! `ram` storage, lists plugin backends with their origin, and refuses bad plugins with one
 //! error line and a non-zero exit.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use zigtorrent_storage_fs::FsBackend;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::*;
 use zigtorrent_tests::plugins::built_plugins;
 use zigtorrent_tests::*;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_zigtorrent"))
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -107,153 +104,26 @@ fn bad_plugins_fail_with_one_line() {
     }
 }
 
-/// A running client whose stdout lines are collected by a thread.
-struct Client {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Client {
-    fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn zigtorrent");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Client {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait_line(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.seen.iter().any(|l| l.contains(needle)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => {
-                    let _ = self.child.kill();
-                    let mut stderr = String::new();
-                    if let Some(mut e) = self.child.stderr.take() {
-                        use std::io::Read;
-                        let _ = e.read_to_string(&mut stderr);
-                    }
-                    panic!(
-                        "no line with {needle:?} within {timeout:?}; saw {:?}; stderr: {stderr}",
-                        self.seen
-                    )
-                }
-            }
-        }
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        let ok = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -INT failed");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = self.child.kill();
-                panic!("zigtorrent did not stop");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// An in-process seeder of `source` on loopback; returns its runtime, session and port.
-fn seed(
-    seed_dir: &Path,
-    meta: &zigtorrent_engine::Metainfo,
-) -> (tokio::runtime::Runtime, zigtorrent_engine::Session, u16) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let session = runtime.block_on(async {
-        let s = start_session(seed_dir, Arc::new(FsBackend::new()), vec![]).await;
-        let h = s.add(meta.clone()).unwrap();
-        wait_seeding(&h, Duration::from_secs(60)).await;
-        s
-    });
-    let port = session.listen_port();
-    (runtime, session, port)
-}
-
 #[test]
 fn run_downloads_into_the_plugin_storage() {
     let libs = built_plugins();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let seed_dir = root.join("seed");
-    let source = write_payload(&seed_dir, "payload", 7);
-    let meta = make_torrent(&source, vec![], PAYLOAD_PIECE_LENGTH);
-    std::fs::create_dir_all(root.join("torrents")).unwrap();
-    let torrent = zigtorrent_engine::metainfo::create_torrent(
-        &source,
-        &zigtorrent_engine::metainfo::CreateOptions {
-            piece_length: Some(PAYLOAD_PIECE_LENGTH),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    std::fs::write(root.join("torrents/payload.torrent"), torrent).unwrap();
-    let (runtime, session, port) = seed(&seed_dir, &meta);
+    let source = write_payload(&root.join("seed"), "payload", 7);
+    let seeder = seed_payload(root, PAYLOAD_PIECE_LENGTH, Duration::ZERO);
 
-    let downloads: PathBuf = root.join("downloads");
-    let mut cmd = bin();
-    cmd.args([
-        "run",
-        "--headless",
-        "--listen",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--status-interval",
-        "1",
-        "--storage",
-        "ram",
-    ])
-    .arg("--plugin")
-    .arg(&libs.ram)
-    .arg("--torrents")
-    .arg(root.join("torrents"))
-    .arg("--downloads")
-    .arg(&downloads)
-    .args(["--peer", &format!("127.0.0.1:{port}")]);
-    let mut client = Client::spawn(cmd);
-    client.wait_line("added payload", Duration::from_secs(20));
+    let downloads = root.join("downloads");
+    let mut args = peer_args(root, seeder.port, "1");
+    args.extend(["--storage".into(), "ram".into()]);
+    args.extend(["--plugin".into(), libs.ram.display().to_string()]);
+    let mut client = Client::spawn(&args);
+    client.wait_stdout("added payload", Duration::from_secs(20));
     // 100% and seeding only after every piece's SHA-1 matched.
-    client.wait_line("payload: 100.0%", Duration::from_secs(60));
-    client.wait_line("seeding", Duration::from_secs(10));
+    client.wait_stdout("payload: 100.0%", Duration::from_secs(60));
+    client.wait_stdout("seeding", Duration::from_secs(10));
     // `ram` writes each file out whole once complete: the bytes on disk are what it holds.
     assert_same_files(&source, &downloads.join("payload"));
-    let status = client.stop();
+    client.signal("-INT");
+    let status = client.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
-    runtime.block_on(session.shutdown(Duration::from_secs(2)));
 }

@@ -35,6 +35,7 @@ impl Client {
             .arg("run")
             .arg("--headless")
             .args(args)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -123,6 +124,21 @@ impl Client {
         })
     }
 
+    /// Wait until a stdout line contains `needle`.
+    pub fn wait_stdout(&mut self, needle: &str, timeout: Duration) -> (Instant, String) {
+        self.wait_for(&format!("on stdout containing {needle:?}"), timeout, |l| {
+            l.strip_prefix("out: ").is_some_and(|l| l.contains(needle))
+        })
+    }
+
+    /// The stderr lines seen so far (without their `err: ` prefix).
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.seen
+            .iter()
+            .filter_map(|(_, l)| l.strip_prefix("err: "))
+            .collect()
+    }
+
     /// Lines seen so far that contain `needle`.
     pub fn count(&mut self, needle: &str) -> usize {
         self.poll();
@@ -178,6 +194,22 @@ pub fn folder_args(root: &Path) -> Vec<String> {
     ]
 }
 
+/// [`folder_args`] plus dialling the seeder on `seed_port` and printing status lines every
+/// `status_interval` seconds.
+pub fn peer_args(root: &Path, seed_port: u16, status_interval: &str) -> Vec<String> {
+    let mut args = folder_args(root);
+    args.extend(
+        [
+            "--peer",
+            &format!("127.0.0.1:{seed_port}"),
+            "--status-interval",
+            status_interval,
+        ]
+        .map(String::from),
+    );
+    args
+}
+
 /// An in-process seeding session, shut down when dropped.
 pub struct Seeder {
     runtime: tokio::runtime::Runtime,
@@ -228,6 +260,20 @@ pub fn start_seeder(
         session: Some(session),
         port,
     }
+}
+
+/// Publish the payload already at `root/seed/payload` as `root/torrents/payload.torrent` (no
+/// trackers, pieces of `piece_length`) and seed it from `root/seed`, reads delayed by `delay`.
+pub fn seed_payload(root: &Path, piece_length: u32, delay: Duration) -> Seeder {
+    let source = root.join("seed/payload");
+    let meta = make_torrent(&source, vec![], piece_length);
+    std::fs::create_dir_all(root.join("torrents")).unwrap();
+    std::fs::write(
+        root.join("torrents/payload.torrent"),
+        torrent_bytes(&source, piece_length),
+    )
+    .unwrap();
+    start_seeder(&root.join("seed"), &meta, delay)
 }
 
 /// Bytes of a torrent of `source` with the given piece length and no trackers.
