@@ -24,5 +24,6 @@ mod cache;
 mod paths;
 mod resume;
 mod storage;
+mod writeback;
 
 pub use storage::{FsBackend, FsStorage};

@@ -458,6 +458,15 @@ impl Inner {
         Ok(())
     }
 
+    /// Start writeback of `start..start + len` (see `writeback`): once per piece, not per block.
+    fn start_writeback(&self, start: u64, len: u64) {
+        for (file, at, _, n) in self.segments(start, len) {
+            if let Ok((h, _)) = self.handle(file, true) {
+                crate::writeback::start(&h.file, at, n as u64);
+            }
+        }
+    }
+
     fn read(&self, start: u64, len: u32) -> Result<Bytes, StorageError> {
         let mut buf = vec![0u8; len as usize];
         for (file, at, from, n) in self.segments(start, len as u64) {
@@ -681,6 +690,7 @@ impl Storage for FsStorage {
                 inner.write(at, chunk)?;
                 at += chunk.len() as u64;
             }
+            inner.start_writeback(start, total as u64);
             Ok(())
         })
         .await
