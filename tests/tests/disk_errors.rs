@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use zigtorrent_engine::testing::faulty::FaultyBackend;
-use zigtorrent_engine::testing::slow::SlowBackend;
+use zigtorrent_engine::testing::decorators::FaultyBackend;
+use zigtorrent_engine::testing::decorators::SlowBackend;
 use zigtorrent_engine::TorrentState;
 use zigtorrent_storage_fs::FsBackend;
 use zigtorrent_tests::*;

@@ -98,7 +98,7 @@ async fn download_with(behaviour: Behaviour) -> (usize, zigtorrent_engine::Torre
     let (bad, connections) = fake_peer(&meta, behaviour).await;
 
     // The honest seeder's reads are slowed so the bad peer gets to send plenty.
-    let slow = zigtorrent_engine::testing::slow::SlowBackend::new(
+    let slow = zigtorrent_engine::testing::decorators::SlowBackend::new(
         Arc::new(FsBackend::new()),
         Duration::from_millis(20),
     );

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zigtorrent_engine::testing::slow::SlowBackend;
+use zigtorrent_engine::testing::decorators::SlowBackend;
 use zigtorrent_storage_fs::FsBackend;
 use zigtorrent_tests::*;
 

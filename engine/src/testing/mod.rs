@@ -1,7 +1,6 @@
 //! Helpers for tests across the workspace (feature `testing`): the storage conformance suite
 //! every backend must pass, in-process tracker fixtures, and storage decorators.
 
-pub mod faulty;
-pub mod slow;
+pub mod decorators;
 pub mod storage_suite;
 pub mod tracker_fixture;

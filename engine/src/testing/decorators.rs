@@ -1,0 +1,139 @@
+//! Storage decorators for tests (STYLE: decorators instead of test hooks in the engine): each
+//! wraps any backend and changes one thing about it.
+//!
+//! - [`SlowBackend`]: every read sleeps first, so a seeder is slow enough to interrupt a
+//!   download half-way.
+//! - [`FaultyBackend`]: writes start failing with "no space left on device" after a number of
+//!   good ones, to check that a disk error pauses the torrent and loses nothing verified.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::storage::{Resume, Storage, StorageBackend, StorageError, StorageSpec};
+use crate::types::PieceIndex;
+
+/// What a decorated storage does differently from the one it wraps.
+#[derive(Clone, Default)]
+struct Quirks {
+    /// Sleep this long before every read.
+    read_delay: Duration,
+    /// Writes left before every write fails (shared by all torrents of the backend).
+    writes_left: Option<Arc<AtomicUsize>>,
+}
+
+/// Wraps a backend; every `read` sleeps `delay` first.
+pub struct SlowBackend {
+    inner: Arc<dyn StorageBackend>,
+    quirks: Quirks,
+}
+
+impl SlowBackend {
+    /// Delay each read of `inner` by `delay`.
+    pub fn new(inner: Arc<dyn StorageBackend>, delay: Duration) -> Self {
+        let quirks = Quirks {
+            read_delay: delay,
+            ..Quirks::default()
+        };
+        SlowBackend { inner, quirks }
+    }
+}
+
+/// Wraps a backend; after `good_writes` writes (over all torrents) every write fails.
+pub struct FaultyBackend {
+    inner: Arc<dyn StorageBackend>,
+    quirks: Quirks,
+}
+
+impl FaultyBackend {
+    /// Let `good_writes` writes through, then fail with [`StorageError::NoSpace`].
+    pub fn new(inner: Arc<dyn StorageBackend>, good_writes: usize) -> Self {
+        let left = Arc::new(AtomicUsize::new(good_writes));
+        let quirks = Quirks {
+            writes_left: Some(left),
+            ..Quirks::default()
+        };
+        FaultyBackend { inner, quirks }
+    }
+}
+
+#[async_trait]
+impl StorageBackend for SlowBackend {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    async fn open(&self, spec: StorageSpec) -> Result<Arc<dyn Storage>, StorageError> {
+        let inner = self.inner.open(spec).await?;
+        Ok(Arc::new(Quirky {
+            inner,
+            quirks: self.quirks.clone(),
+        }))
+    }
+}
+
+#[async_trait]
+impl StorageBackend for FaultyBackend {
+    fn name(&self) -> &str {
+        "faulty"
+    }
+    async fn open(&self, spec: StorageSpec) -> Result<Arc<dyn Storage>, StorageError> {
+        let inner = self.inner.open(spec).await?;
+        Ok(Arc::new(Quirky {
+            inner,
+            quirks: self.quirks.clone(),
+        }))
+    }
+}
+
+/// The one decorated `Storage`: forwards everything, applying its quirks.
+struct Quirky {
+    inner: Arc<dyn Storage>,
+    quirks: Quirks,
+}
+
+#[async_trait]
+impl Storage for Quirky {
+    fn resume(&self) -> Resume {
+        self.inner.resume()
+    }
+    async fn write(
+        &self,
+        piece: PieceIndex,
+        offset: u32,
+        chunks: Vec<Bytes>,
+    ) -> Result<(), StorageError> {
+        if let Some(left) = &self.quirks.writes_left {
+            if left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+            {
+                return Err(StorageError::NoSpace {
+                    path: PathBuf::from(format!("piece {piece}")),
+                });
+            }
+        }
+        self.inner.write(piece, offset, chunks).await
+    }
+    async fn read(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StorageError> {
+        if !self.quirks.read_delay.is_zero() {
+            tokio::time::sleep(self.quirks.read_delay).await;
+        }
+        self.inner.read(piece, offset, len).await
+    }
+    async fn mark_complete(&self, piece: PieceIndex) -> Result<(), StorageError> {
+        self.inner.mark_complete(piece).await
+    }
+    fn has_piece(&self, piece: PieceIndex) -> bool {
+        self.inner.has_piece(piece)
+    }
+    fn is_finalized(&self, file: usize) -> bool {
+        self.inner.is_finalized(file)
+    }
+    async fn flush(&self) -> Result<(), StorageError> {
+        self.inner.flush().await
+    }
+}
