@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -26,11 +27,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// We send a keep-alive after this much silence on our side.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(90);
-/// Blocks read for a peer and waiting to be sent; requests beyond this are dropped (without
-/// reading them). libtorrent keeps at most 500 requests outstanding per peer, so a well-behaved
-/// peer never hits this; it bounds what a peer that requests but never reads can make us hold
-/// (512 × 16 KiB = 8 MiB).
+/// Requests a peer may have queued with us; beyond this they are dropped. libtorrent keeps at
+/// most 500 requests outstanding per peer, so a well-behaved peer never hits this. Queued
+/// requests cost a few bytes each: data is read only [`READS_IN_FLIGHT`] at a time.
 const MAX_QUEUED_UPLOADS: usize = 512;
+/// Disk reads for one peer's requests running at once (and blocks read but not yet handed to
+/// the writer): bounds what a peer that requests but never reads can make us hold.
+const READS_IN_FLIGHT: usize = 16;
 /// Read buffer per connection. Blocks are split off it without copying, so each buffered
 /// block keeps its buffer alive: a small buffer bounds how much junk between blocks a peer
 /// can make us hold (at most 4× the block data).
@@ -188,7 +191,8 @@ pub struct PeerContext {
 /// The final [`PeerEvent::Closed`] is always sent.
 pub async fn run_peer(conn: Connection, ctx: PeerContext, commands: mpsc::Receiver<PeerCommand>) {
     let (rd, wr) = tokio::io::split(conn.stream);
-    let (upload_tx, upload_rx) = mpsc::channel::<Upload>(MAX_QUEUED_UPLOADS);
+    let (request_tx, request_rx) = mpsc::channel::<BlockRef>(MAX_QUEUED_UPLOADS);
+    let (upload_tx, upload_rx) = mpsc::channel::<Upload>(READS_IN_FLIGHT);
     let key = ctx.key;
     let events = ctx.events.clone();
     let shared = ctx.shared.clone();
@@ -207,16 +211,54 @@ pub async fn run_peer(conn: Connection, ctx: PeerContext, commands: mpsc::Receiv
         first,
         upload_limit,
     ));
-    let mut reader = tokio::spawn(read_loop(rd, ctx, upload_tx));
+    let mut server = tokio::spawn(serve_uploads(request_rx, ctx.storage.clone(), upload_tx));
+    let mut reader = tokio::spawn(read_loop(rd, ctx, request_tx));
     // Whichever ends first ends the connection.
     let reason = tokio::select! {
-        r = &mut reader => { writer.abort(); r.unwrap_or_else(|e| format!("reader panicked: {e}")) }
-        w = &mut writer => { reader.abort(); w.unwrap_or_else(|e| format!("writer panicked: {e}")) }
+        r = &mut reader => r.unwrap_or_else(|e| format!("reader panicked: {e}")),
+        w = &mut writer => w.unwrap_or_else(|e| format!("writer panicked: {e}")),
+        u = &mut server => u.unwrap_or_else(|e| format!("upload server panicked: {e}")),
     };
+    reader.abort();
+    writer.abort();
+    server.abort();
     let _ = events.send((key, PeerEvent::Closed(reason))).await;
 }
 
-/// A block to upload, read by the reader and written by the writer in request order.
+/// Read the blocks a peer requested, several at a time but handed to the writer in request
+/// order. Reading here rather than in the reader keeps disk latency out of the receive path
+/// and lets reads overlap.
+async fn serve_uploads(
+    requests: mpsc::Receiver<BlockRef>,
+    storage: Arc<dyn Storage>,
+    out: mpsc::Sender<Upload>,
+) -> String {
+    let requests = futures::stream::unfold(requests, |mut rx| async move {
+        rx.recv().await.map(|block| (block, rx))
+    });
+    let reads = requests
+        .map(|block| {
+            let storage = storage.clone();
+            async move {
+                let data = storage.read(block.piece, block.begin, block.length).await;
+                (block, data)
+            }
+        })
+        .buffered(READS_IN_FLIGHT);
+    let mut reads = std::pin::pin!(reads);
+    while let Some((block, data)) = reads.next().await {
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => return format!("storage read failed: {e}"),
+        };
+        if out.send(Upload { block, data }).await.is_err() {
+            return "writer stopped".into();
+        }
+    }
+    "reader stopped".into()
+}
+
+/// A block to upload, read by the upload server and written by the writer in request order.
 struct Upload {
     block: BlockRef,
     data: Bytes,
@@ -225,7 +267,7 @@ struct Upload {
 async fn read_loop<R: AsyncRead + Unpin>(
     mut rd: R,
     ctx: PeerContext,
-    uploads: mpsc::Sender<Upload>,
+    uploads: mpsc::Sender<BlockRef>,
 ) -> String {
     let piece_count = ctx.layout.piece_count() as usize;
     let max_len = (BLOCK_SIZE as usize + 13).max(piece_count.div_ceil(8) + 1);
@@ -325,18 +367,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     // do not have (we never advertised them).
                     continue;
                 }
-                if uploads.capacity() == 0 {
-                    tracing::debug!(peer = ctx.key, "upload queue full, request dropped");
-                    continue;
-                }
-                let data = match ctx.storage.read(index, begin, length).await {
-                    Ok(d) => d,
-                    Err(e) => return format!("storage read failed: {e}"),
-                };
-                // The reader is the only sender and checked capacity above, so this fails only
-                // when the writer has stopped.
-                if uploads.try_send(Upload { block, data }).is_err() {
-                    return "writer stopped".into();
+                match uploads.try_send(block) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::debug!(peer = ctx.key, "upload queue full, request dropped");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return "upload server stopped".into()
+                    }
                 }
                 continue;
             }
