@@ -103,6 +103,7 @@ fn init_logging(s: &Settings, headless: bool) -> anyhow::Result<()> {
     if headless {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .init();
     } else {

@@ -446,6 +446,9 @@ impl Torrent {
                     None => { self.shutdown().await; return; }
                     Some(cmd) => self.on_command(cmd),
                 },
+                // Before peer events: under a steady stream of blocks the once-a-second work
+                // (rates, status, rechoke, timeouts, flush) must still run.
+                _ = tick.tick() => self.on_tick().await,
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal).await,
                 Some((key, event)) = self.events_rx.recv() => {
                     self.on_peer_event(key, event);
@@ -457,7 +460,6 @@ impl Torrent {
                         }
                     }
                 }
-                _ = tick.tick() => self.on_tick().await,
             }
         }
     }

@@ -1,8 +1,8 @@
 //! Storage decorators for tests (STYLE: decorators instead of test hooks in the engine): each
 //! wraps any backend and changes one thing about it.
 //!
-//! - [`SlowBackend`]: every read sleeps first, so a seeder is slow enough to interrupt a
-//!   download half-way.
+//! - [`SlowBackend`]: reads take turns and each sleeps first, like one slow disk, so a seeder
+//!   is slow enough (and its pace known) to interrupt a download half-way.
 //! - [`FaultyBackend`]: writes start failing with "no space left on device" after a number of
 //!   good ones, to check that a disk error pauses the torrent and loses nothing verified.
 
@@ -20,13 +20,15 @@ use crate::types::PieceIndex;
 /// What a decorated storage does differently from the one it wraps.
 #[derive(Clone, Default)]
 struct Quirks {
-    /// Sleep this long before every read.
+    /// Sleep this long before every read…
     read_delay: Duration,
+    /// …one read at a time (shared by all torrents of the backend).
+    read_turn: Arc<tokio::sync::Mutex<()>>,
     /// Writes left before every write fails (shared by all torrents of the backend).
     writes_left: Option<Arc<AtomicUsize>>,
 }
 
-/// Wraps a backend; every `read` sleeps `delay` first.
+/// Wraps a backend; reads take turns, and each sleeps `delay` first.
 pub struct SlowBackend {
     inner: Arc<dyn StorageBackend>,
     quirks: Quirks,
@@ -120,6 +122,7 @@ impl Storage for Quirky {
     }
     async fn read(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StorageError> {
         if !self.quirks.read_delay.is_zero() {
+            let _turn = self.quirks.read_turn.lock().await;
             tokio::time::sleep(self.quirks.read_delay).await;
         }
         self.inner.read(piece, offset, len).await

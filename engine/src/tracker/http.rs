@@ -66,7 +66,10 @@ pub(crate) async fn announce(
 }
 
 fn http_error(e: reqwest::Error) -> TrackerError {
-    // Without the source chain, reqwest's message is only "error sending request".
+    // Without the source chain, reqwest's message is only "error sending request"; without
+    // dropping the URL (the tracker status already names it, and its query is long) the reason
+    // would not fit a line of the menu.
+    let e = e.without_url();
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
