@@ -1,7 +1,7 @@
 //! `zigtorrent run`: merge the options, start a session and the watch folder, then hand over to
 //! the terminal menu or to headless status lines; both end through [`Running::shutdown`].
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -82,11 +82,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let signals = Signals::new()?;
         let (running, events) = Running::start(session, &s);
         if headless {
-            println!(
+            emit(&[format!(
                 "listening on port {} ({})",
                 running.session.listen_port(),
                 s.transport
-            );
+            )]);
             headless_serve(running, events, signals, &s).await
         } else {
             tui::serve(running, events, signals, &s).await
@@ -204,57 +204,86 @@ async fn headless_serve(
 ) -> anyhow::Result<()> {
     let mut status = tokio::time::interval(Duration::from_secs_f64(s.status_interval));
     loop {
-        tokio::select! {
+        // A reader that went away (`zigtorrent run | head`) is a stop request: take the
+        // graceful path rather than dying on the next write.
+        let open = tokio::select! {
             sig = signals.recv() => {
                 tracing::info!(signal = sig, "stopping");
                 break;
             }
             Some(ev) = events.recv() => print_folder_event(&ev),
             _ = status.tick() => print_status(&running.snapshot(), s.status_bytes),
+        };
+        if !open {
+            tracing::info!("stdout closed; stopping");
+            break;
         }
     }
-    println!("stopping…");
+    emit(&["stopping…".to_string()]);
     // A second signal while stopping exits at once; finished files are already complete.
     tokio::spawn(async move {
         signals.recv().await;
-        eprintln!("forced exit");
+        let _ = writeln!(std::io::stderr(), "forced exit");
         std::process::exit(130);
     });
     running.shutdown().await;
-    println!("stopped");
+    emit(&["stopped".to_string()]);
     Ok(())
 }
 
-fn print_folder_event(ev: &FolderEvent) {
+/// Write lines to stdout; false once stdout is gone (the caller stops). Never panics.
+fn emit(lines: &[String]) -> bool {
+    let mut out = std::io::stdout().lock();
+    lines.iter().all(|l| writeln!(out, "{l}").is_ok()) && out.flush().is_ok()
+}
+
+/// One line per folder event; false once stdout is gone. Names and reasons come from files
+/// and trackers, so control characters are replaced before they reach a terminal.
+fn print_folder_event(ev: &FolderEvent) -> bool {
     match ev {
         FolderEvent::Added {
             path,
             name,
             info_hash,
-        } => println!("added {name} ({info_hash}) from {}", path.display()),
-        FolderEvent::Failed { path, reason } => eprintln!("error: {}: {reason}", path.display()),
-        FolderEvent::Duplicate { path, of, name } => println!(
-            "duplicate: {} holds {name}, already loaded from {}",
-            path.display(),
-            of.display()
-        ),
-        FolderEvent::Cleared { .. } => {}
+        } => emit(&[format!(
+            "added {} ({info_hash}) from {}",
+            format::printable(name),
+            format::printable(&path.display().to_string())
+        )]),
+        FolderEvent::Failed { path, reason } => {
+            // A closed stderr is no reason to stop; stdout decides that.
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {}: {}",
+                format::printable(&path.display().to_string()),
+                format::printable(reason)
+            );
+            true
+        }
+        FolderEvent::Duplicate { path, of, name } => emit(&[format!(
+            "duplicate: {} holds {}, already loaded from {}",
+            format::printable(&path.display().to_string()),
+            format::printable(name),
+            format::printable(&of.display().to_string())
+        )]),
+        FolderEvent::Cleared { .. } => true,
     }
 }
 
 /// One line per torrent: `<name>: <pct>% down <rate> up <rate> peers <c>/<k> <state>`
 /// (scripts parse it); with `bytes`, also `bytes <name>: have N downloaded N wasted N`.
-fn print_status(torrents: &[TorrentStatus], bytes: bool) {
+fn print_status(torrents: &[TorrentStatus], bytes: bool) -> bool {
     let mut lines: Vec<String> = Vec::new();
     for s in torrents {
         let state = match &s.state {
             TorrentState::Checking { progress } => format!("checking {:.0}%", progress * 100.0),
-            TorrentState::Error(e) => format!("error: {e}"),
+            TorrentState::Error(e) => format!("error: {}", format::printable(e)),
             other => other.label().to_string(),
         };
+        let name = format::printable(&s.name);
         lines.push(format!(
             "{}: {:.1}% down {} up {} peers {}/{} {}",
-            s.name,
+            name,
             s.progress() * 100.0,
             format::rate(s.download_rate),
             format::rate(s.upload_rate),
@@ -265,15 +294,10 @@ fn print_status(torrents: &[TorrentStatus], bytes: bool) {
         if bytes {
             lines.push(format!(
                 "bytes {}: have {} downloaded {} wasted {}",
-                s.name, s.have_bytes, s.downloaded, s.wasted
+                name, s.have_bytes, s.downloaded, s.wasted
             ));
         }
     }
     lines.sort();
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    for l in lines {
-        let _ = writeln!(out, "{l}");
-    }
-    let _ = out.flush();
+    emit(&lines)
 }

@@ -5,6 +5,8 @@
 use std::io::Stdout;
 use std::time::Duration;
 
+use std::io::Write;
+
 use crossterm::event::{Event, EventStream, KeyCode, KeyEventKind, KeyModifiers};
 use crossterm::terminal::{
     disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
@@ -48,11 +50,17 @@ fn restore_terminal() {
 }
 
 fn setup_terminal() -> anyhow::Result<(Term, TerminalGuard)> {
-    // A panic anywhere restores the screen before the message is printed.
+    // A panic of the menu itself (the main thread) restores the screen before the message is
+    // printed. A panic in a background task (caught by tokio; the menu goes on) must not drop
+    // the menu out of raw mode or print over it: it goes to the log file.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        restore_terminal();
-        previous(info);
+        if std::thread::current().name() == Some("main") {
+            restore_terminal();
+            previous(info);
+        } else {
+            tracing::error!("panic in a background task: {info}");
+        }
     }));
     enable_raw_mode()?;
     let guard = TerminalGuard;
@@ -133,11 +141,17 @@ pub async fn serve(
     while actions.join_next().await.is_some() {}
     let shutdown = running.shutdown();
     tokio::pin!(shutdown);
+    // Once the terminal is gone (window closed) the key stream only yields errors: stop
+    // polling it, or this loop would spin.
+    let mut keys_open = true;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = signals.recv() => { drop(guard); eprintln!("forced exit"); std::process::exit(130); }
-            key = keys.next() => {
+            key = keys.next(), if keys_open => {
+                if !matches!(key, Some(Ok(_))) {
+                    keys_open = false;
+                }
                 if let Some(Ok(Event::Key(k))) = key {
                     let ctrl_c = k.kind != KeyEventKind::Release
                         && k.modifiers.contains(KeyModifiers::CONTROL)
@@ -156,7 +170,8 @@ pub async fn serve(
     }
     drop(terminal);
     drop(guard);
-    println!("stopped");
+    // The terminal may be gone; a failed write must not turn a clean stop into a panic.
+    let _ = writeln!(std::io::stdout(), "stopped");
     Ok(())
 }
 

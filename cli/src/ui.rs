@@ -13,7 +13,7 @@ use zigtorrent_engine::tracker::TrackerResult;
 use zigtorrent_engine::{Bitfield, TorrentState, TorrentStatus};
 
 use crate::app::{file_name, App, View};
-use crate::format;
+use crate::format::{self, printable};
 
 /// Keys shown in the help line.
 const HELP_LIST: &str = "↑↓/jk move  Enter details  p pause/resume  r recheck  d remove  q quit";
@@ -162,7 +162,7 @@ fn draw_list(f: &mut Frame, area: Rect, app: &App, torrents: &[TorrentStatus]) {
     );
     let rows = torrents.iter().map(|t| {
         Row::new(vec![
-            Cell::from(t.name.clone()),
+            Cell::from(printable(&t.name).into_owned()),
             Cell::from(format::bytes(t.total_bytes)),
             Cell::from(progress_bar(t.progress(), 10)),
             Cell::from(state_text(t)).fg(state_color(&t.state)),
@@ -221,15 +221,19 @@ fn problem_lines(app: &App, torrents: &[TorrentStatus]) -> Vec<Line<'static>> {
         let tag = if n.error { "error" } else { "note" };
         lines.push(Line::from(vec![
             Span::raw(format!("{tag}: ")).bold(),
-            Span::raw(format!("{}: {}", file_name(&n.path), n.text)),
+            Span::raw(printable(&format!("{}: {}", file_name(&n.path), n.text)).into_owned()),
         ]));
     }
     for t in torrents {
         if let TorrentState::Error(e) = &t.state {
-            lines.push(Line::from(format!("error: {}: {e}", t.name)));
+            lines.push(Line::from(
+                printable(&format!("error: {}: {e}", t.name)).into_owned(),
+            ));
         }
         if let Some(e) = &t.tracker_error {
-            lines.push(Line::from(format!("tracker: {}: {e}", t.name)));
+            lines.push(Line::from(
+                printable(&format!("tracker: {}: {e}", t.name)).into_owned(),
+            ));
         }
     }
     lines
@@ -330,7 +334,11 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App, t: &TorrentStatus) {
         .dim(),
     ];
     f.render_widget(
-        Paragraph::new(head_text).block(Block::bordered().title(format!(" {} ", t.name)).bold()),
+        Paragraph::new(head_text).block(
+            Block::bordered()
+                .title(format!(" {} ", printable(&t.name)))
+                .bold(),
+        ),
         head,
     );
 
@@ -390,7 +398,7 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App, t: &TorrentStatus) {
             file.have_bytes as f64 / file.length as f64
         };
         Row::new(vec![
-            Cell::from(file.path.display().to_string()),
+            Cell::from(printable(&file.path.display().to_string()).into_owned()),
             Cell::from(format::bytes(file.length)),
             Cell::from(progress_bar(frac, 10)),
         ])
@@ -421,7 +429,7 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App, t: &TorrentStatus) {
                 p.transport,
                 if p.outgoing { "out" } else { "in" }
             )),
-            Cell::from(p.client.clone()),
+            Cell::from(printable(&p.client).into_owned()),
             Cell::from(format::rate(p.download_rate)),
             Cell::from(format::rate(p.upload_rate)),
             Cell::from(format!("{:.0}%", p.progress * 100.0)),
@@ -460,7 +468,7 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App, t: &TorrentStatus) {
         let (text, color) = match &tr.last_result {
             TrackerResult::Never => ("not yet".to_string(), Color::DarkGray),
             TrackerResult::Ok { peers } => (format!("ok, {peers} peers"), Color::Green),
-            TrackerResult::Error(e) => (format!("error: {e}"), Color::Red),
+            TrackerResult::Error(e) => (format!("error: {}", printable(e)), Color::Red),
         };
         let ago = tr
             .last_announce

@@ -178,3 +178,49 @@ fn sigkill_mid_download_then_resume() {
     assert!(client.wait_exit(Duration::from_secs(10)).success());
     assert_same_files(&source, &downloaded);
 }
+
+#[test]
+fn closed_stdout_takes_the_graceful_path() {
+    // `zigtorrent run --headless | head -1`: once the reader is gone, the next status line
+    // fails to write; that must stop the client cleanly (exit 0), not panic.
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args(["run", "--headless", "--listen", "0", "--bind", "127.0.0.1"])
+        .args(["--status-interval", "0.1"])
+        .arg("--torrents")
+        .arg(dir.path().join("torrents"))
+        .arg("--downloads")
+        .arg(dir.path().join("downloads"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("listening on port"), "{first}");
+    // The reader (and the pipe) is dropped here. Give the client a torrent so it has status
+    // lines to write.
+    let source = small_source(dir.path(), "data");
+    std::fs::write(
+        dir.path().join("torrents/data.torrent"),
+        torrent_bytes(&source, 16 * 1024),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("client kept running with its stdout closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+}
