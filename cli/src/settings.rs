@@ -5,6 +5,7 @@
 //! Flags are all `Option`s so that a flag the user did not give never hides a file or
 //! environment value; the defaults live here, in one place.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -84,6 +85,7 @@ pub struct RunArgs {
 
 /// The merged options of `zigtorrent run`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Watch folder.
     pub torrents: PathBuf,
@@ -138,7 +140,7 @@ pub struct Loaded {
 impl RunArgs {
     /// Merge defaults, config files, the environment and these flags.
     pub fn load(&self) -> anyhow::Result<Loaded> {
-        let env: Vec<(String, String)> = std::env::vars().collect();
+        let env = utf8_env(std::env::vars_os())?;
         self.load_with(&env, std::env::current_dir().ok().as_deref())
     }
 
@@ -192,13 +194,10 @@ impl RunArgs {
             files.retain(|f| f.is_file());
         }
         for f in &files {
+            check_file_keys(f)?;
             builder = builder.add_source(File::from(f.as_path()).format(FileFormat::Toml));
         }
-        let env_map: std::collections::HashMap<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("ZIGTORRENT_") && k != "ZIGTORRENT_CONFIG")
-            .cloned()
-            .collect();
+        let env_map = settings_env(env)?;
         builder = builder.add_source(
             Environment::with_prefix(ENV_PREFIX)
                 .source(Some(env_map))
@@ -207,11 +206,10 @@ impl RunArgs {
                 .with_list_parse_key("peers")
                 .with_list_parse_key("plugins"),
         );
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
         builder = builder
-            .set_override_option("torrents", path(&self.torrents))?
-            .set_override_option("downloads", path(&self.downloads))?
-            .set_override_option("state", path(&self.state))?
+            .set_override_option("torrents", path_flag("--torrents", &self.torrents)?)?
+            .set_override_option("downloads", path_flag("--downloads", &self.downloads)?)?
+            .set_override_option("state", path_flag("--state", &self.state)?)?
             .set_override_option("transport", self.transport.clone())?
             .set_override_option("storage", self.storage.clone())?
             .set_override_option("listen", self.listen)?
@@ -242,6 +240,112 @@ impl RunArgs {
             bail!("status_interval must be at least 0.05 seconds");
         }
         Ok(Loaded { settings, files })
+    }
+}
+
+/// The keys of [`Settings`]: what `zigtorrent.toml` may hold, and (upper-cased, after
+/// `ZIGTORRENT_`) the environment variables read.
+const KEYS: &[&str] = &[
+    "torrents",
+    "downloads",
+    "state",
+    "transport",
+    "storage",
+    "listen",
+    "bind",
+    "peers",
+    "plugins",
+    "headless",
+    "status_interval",
+    "status_bytes",
+    "max_peers",
+    "max_peers_total",
+    "download_limit",
+    "upload_limit",
+    "log_level",
+];
+
+/// `ZIGTORRENT_*` variables that are not options: the config file, and the binary used by
+/// test scripts.
+const ENV_OTHER: &[&str] = &["ZIGTORRENT_CONFIG", "ZIGTORRENT_BIN"];
+
+/// The process environment as strings. Variables that are not UTF-8 are left out (they cannot
+/// be ours), except a `ZIGTORRENT_*` one, which is an error.
+fn utf8_env(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut env = Vec::new();
+    for (k, v) in vars {
+        let ours = k.as_bytes().starts_with(b"ZIGTORRENT_");
+        match (k.into_string(), v.into_string()) {
+            (Ok(k), Ok(v)) => env.push((k, v)),
+            (Ok(k), Err(_)) if ours => bail!("environment variable {k} is not valid UTF-8"),
+            (Err(k), _) if ours => bail!(
+                "environment variable {} has a name that is not valid UTF-8",
+                k.to_string_lossy()
+            ),
+            _ => {}
+        }
+    }
+    Ok(env)
+}
+
+/// The `ZIGTORRENT_*` option variables of `env`, for the config crate; an unknown one is an
+/// error (a typo would otherwise be ignored).
+fn settings_env(env: &[(String, String)]) -> anyhow::Result<HashMap<String, String>> {
+    let mut map = HashMap::new();
+    for (k, v) in env {
+        let Some(key) = k.strip_prefix("ZIGTORRENT_") else {
+            continue;
+        };
+        if ENV_OTHER.contains(&k.as_str()) {
+            continue;
+        }
+        if !KEYS.iter().any(|n| n.to_ascii_uppercase() == key) {
+            let known: Vec<String> = KEYS
+                .iter()
+                .map(|n| format!("ZIGTORRENT_{}", n.to_ascii_uppercase()))
+                .chain(ENV_OTHER.iter().map(|n| n.to_string()))
+                .collect();
+            bail!(
+                "unknown environment variable {k}; known: {}",
+                known.join(", ")
+            );
+        }
+        map.insert(k.clone(), v.clone());
+    }
+    Ok(map)
+}
+
+/// Fail on a key of config file `file` that is not an option (a typo would otherwise be
+/// ignored). A file that is not TOML is left for the config crate to report.
+fn check_file_keys(file: &Path) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Ok(());
+    };
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    if let Some(key) = table.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        bail!(
+            "unknown option '{key}' in {}; known: {}",
+            file.display(),
+            KEYS.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A path flag as a string for the config crate; a path that is not UTF-8 is an error rather
+/// than silently becoming another path.
+fn path_flag(flag: &str, p: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    match p {
+        None => Ok(None),
+        Some(p) => match p.to_str() {
+            Some(s) => Ok(Some(s.to_string())),
+            None => bail!("{flag}: path {} is not valid UTF-8", p.display()),
+        },
     }
 }
 
@@ -447,5 +551,97 @@ mod tests {
             .unwrap()
             .settings;
         assert_eq!(back, s, "{text}");
+    }
+    #[test]
+    fn keys_list_matches_the_settings_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = args(&[]).load_with(&[], Some(dir.path())).unwrap().settings;
+        let table: toml::Table = s.to_toml().parse().unwrap();
+        let mut fields: Vec<&str> = table.keys().map(|k| k.as_str()).collect();
+        let mut keys = KEYS.to_vec();
+        // Empty lists are still written as `[]`.
+        fields.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(fields, keys);
+    }
+
+    #[test]
+    fn environment_that_is_not_utf8() {
+        use std::ffi::{OsStr, OsString};
+        use std::os::unix::ffi::OsStrExt;
+        let os = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
+        let good = (OsString::from("HOME"), OsString::from("/h"));
+        // Someone else's bad variable is left out.
+        let env = utf8_env(vec![
+            (os(b"BAD"), os(b"\xff")),
+            (os(b"B\xffD"), os(b"x")),
+            good.clone(),
+        ])
+        .unwrap();
+        assert_eq!(env, vec![("HOME".to_string(), "/h".to_string())]);
+        // Ours is an error naming it.
+        let err = utf8_env(vec![
+            good.clone(),
+            (os(b"ZIGTORRENT_STATE"), os(b"/a\xffb")),
+        ])
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("ZIGTORRENT_STATE"), "{err:#}");
+        assert!(utf8_env(vec![(os(b"ZIGTORRENT_\xff"), os(b"1"))]).is_err());
+    }
+
+    #[test]
+    fn path_flags_that_are_not_utf8_are_rejected() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        for flag in ["--torrents", "--downloads", "--state"] {
+            let a = Cmd::parse_from([
+                OsStr::new("run"),
+                OsStr::new(flag),
+                OsStr::from_bytes(b"/x/a\xffb"),
+            ])
+            .args;
+            let err = a.load_with(&[], Some(dir.path())).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains(flag) && msg.contains("UTF-8"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(CONFIG_FILE);
+        std::fs::write(&file, "listen = 7000\nmax_peer = 5\n").unwrap();
+        let err = args(&[]).load_with(&[], Some(dir.path())).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("max_peer") && msg.contains(&*file.to_string_lossy()),
+            "{msg}"
+        );
+        // Also through --config.
+        let err = args(&["--config", file.to_str().unwrap()])
+            .load_with(&[], Some(dir.path()))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("max_peer"), "{err:#}");
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = env(&[("ZIGTORRENT_MAXPEERS", "5")]);
+        let err = args(&[]).load_with(&e, Some(dir.path())).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("ZIGTORRENT_MAXPEERS"), "{msg}");
+        assert!(msg.contains("ZIGTORRENT_MAX_PEERS"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        // The test scripts' variables and others' variables are fine.
+        let e = env(&[
+            ("ZIGTORRENT_BIN", "/bin/zigtorrent"),
+            ("ZIGTORRENTX", "1"),
+            ("OTHER", "1"),
+            ("ZIGTORRENT_MAX_PEERS", "5"),
+        ]);
+        let s = args(&[]).load_with(&e, Some(dir.path())).unwrap().settings;
+        assert_eq!(s.max_peers, 5);
     }
 }

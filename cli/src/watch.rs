@@ -6,13 +6,16 @@
 //! A file is taken once its size and mtime are the same on two scans (or it is already older
 //! than [`SETTLED_AGE`], e.g. renamed into the folder) *and* it parses. A file that parses only
 //! as a prefix of bencode is still being written: it is retried, and reported only if it stays
-//! that way for [`TRUNCATED_GRACE`]. Other bad files become error entries, retried when the file
-//! changes. Files in the folder are only ever read: never deleted, moved or written.
+//! that way for [`TRUNCATED_GRACE`]. A file's age is the larger of its mtime's age and how long
+//! the watcher has seen it unchanged (so a file with an mtime in the future settles too). Bad
+//! files become error entries, retried when the file changes (size, mtime, ctime or inode: a
+//! `chmod` counts); a file that cannot be read (an I/O error) is retried on every scan. Files
+//! in the folder are only ever read: never deleted, moved or written.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use zigtorrent_engine::bencode::BencodeError;
@@ -91,21 +94,40 @@ impl TorrentSink for Session {
     }
 }
 
-/// A file's identity for change detection.
+/// A file's identity for change detection: its content (size, mtime), its metadata (ctime,
+/// changed by `chmod`, `chown`, renames onto it) and which file it is (device, inode).
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Stamp {
     size: u64,
     mtime: Option<SystemTime>,
+    ctime: (i64, i64),
+    dev: u64,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(md: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            size: md.len(),
+            mtime: md.modified().ok(),
+            ctime: (md.ctime(), md.ctime_nsec()),
+            dev: md.dev(),
+            ino: md.ino(),
+        }
+    }
 }
 
 #[derive(Debug)]
 enum Seen {
-    /// Seen with this stamp; taken when a later scan sees the same.
-    Settling(Stamp),
+    /// Seen with this stamp since this instant; taken when a later scan sees the same.
+    Settling(Stamp, Instant),
     /// Loaded (or a duplicate of a loaded torrent) from this version of the file.
     Loaded(Stamp),
     /// Could not be used in this version; retried when it changes.
     Failed(Stamp),
+    /// Could not be read (I/O error, reported with this reason); retried on every scan.
+    Unreadable(String),
 }
 
 /// The scanning state of the watch folder.
@@ -131,7 +153,7 @@ impl WatchFolder {
 
     /// Whether some file is waiting for a second look.
     pub fn settling(&self) -> bool {
-        self.seen.values().any(|s| matches!(s, Seen::Settling(_)))
+        self.seen.values().any(|s| matches!(s, Seen::Settling(..)))
     }
 
     /// Look for new or changed `.torrent` files. At `startup` every file is taken at once.
@@ -145,6 +167,7 @@ impl WatchFolder {
             }
         };
         let now = SystemTime::now();
+        let now_i = Instant::now();
         let mut present = std::collections::HashSet::new();
         let mut files: Vec<(PathBuf, Stamp)> = Vec::new();
         for entry in entries.filter_map(|e| e.ok()) {
@@ -163,13 +186,7 @@ impl WatchFolder {
                 continue;
             }
             present.insert(path.clone());
-            files.push((
-                path,
-                Stamp {
-                    size: md.len(),
-                    mtime: md.modified().ok(),
-                },
-            ));
+            files.push((path, Stamp::of(&md)));
         }
         files.sort_by(|a, b| a.0.cmp(&b.0));
         // Files gone from the folder: forget them (their torrents keep running).
@@ -186,20 +203,28 @@ impl WatchFolder {
             }
         }
         for (path, stamp) in files {
-            let age = stamp
+            // An mtime in the future counts as age zero; time seen unchanged counts too.
+            let mtime_age = stamp
                 .mtime
                 .and_then(|m| now.duration_since(m).ok())
                 .unwrap_or(Duration::ZERO);
+            let since = match self.seen.get(&path) {
+                Some(Seen::Settling(s, t)) if *s == stamp => *t,
+                _ => now_i,
+            };
+            let age = mtime_age.max(now_i.saturating_duration_since(since));
             let ready = match self.seen.get(&path) {
                 Some(Seen::Loaded(s)) | Some(Seen::Failed(s)) if *s == stamp => continue,
-                Some(Seen::Settling(s)) => *s == stamp || age >= SETTLED_AGE,
+                Some(Seen::Settling(s, _)) => *s == stamp || age >= SETTLED_AGE,
+                // Unreadable: try again now, whatever the stamp.
+                Some(Seen::Unreadable(_)) => true,
                 _ => startup || age >= SETTLED_AGE,
             };
             if !ready {
-                self.seen.insert(path, Seen::Settling(stamp));
+                self.seen.insert(path, Seen::Settling(stamp, since));
                 continue;
             }
-            self.take(path, stamp, age, sink, &mut events);
+            self.take(path, stamp, since, age, sink, &mut events);
         }
         events
     }
@@ -208,6 +233,7 @@ impl WatchFolder {
         &mut self,
         path: PathBuf,
         stamp: Stamp,
+        since: Instant,
         age: Duration,
         sink: &dyn TorrentSink,
         events: &mut Vec<FolderEvent>,
@@ -216,13 +242,26 @@ impl WatchFolder {
             Ok(m) => m,
             Err(LoadError::Incomplete) if age < TRUNCATED_GRACE => {
                 // Still being written, most likely: look again later.
-                self.seen.insert(path, Seen::Settling(stamp));
+                self.seen.insert(path, Seen::Settling(stamp, since));
+                return;
+            }
+            Err(LoadError::Io(reason)) => {
+                // Reported once (again only if the reason changes); retried on every scan.
+                let same =
+                    matches!(self.seen.get(&path), Some(Seen::Unreadable(r)) if *r == reason);
+                self.seen
+                    .insert(path.clone(), Seen::Unreadable(reason.clone()));
+                if !same {
+                    self.flagged.insert(path.clone());
+                    events.push(FolderEvent::Failed { path, reason });
+                }
                 return;
             }
             Err(e) => {
                 let reason = match e {
                     LoadError::Incomplete => "file ends early (truncated torrent)".to_string(),
                     LoadError::Bad(r) => r,
+                    LoadError::Io(_) => unreachable!("handled above"),
                 };
                 self.flagged.insert(path.clone());
                 self.seen.insert(path.clone(), Seen::Failed(stamp));
@@ -274,13 +313,21 @@ impl WatchFolder {
 enum LoadError {
     /// A prefix of bencode (or empty): probably still being written.
     Incomplete,
+    /// The file could not be opened or read (permissions, ...): may pass without the file
+    /// changing.
+    Io(String),
     /// Anything else, with the reason.
     Bad(String),
 }
 
 fn read_torrent(path: &Path) -> Result<Metainfo, LoadError> {
-    let bytes = crate::read_file(path, MAX_TORRENT_SIZE as u64)
-        .map_err(|e| LoadError::Bad(format!("{e:#}")))?;
+    let bytes = crate::read_file(path, MAX_TORRENT_SIZE as u64).map_err(|e| {
+        if e.downcast_ref::<std::io::Error>().is_some() {
+            LoadError::Io(format!("{e:#}"))
+        } else {
+            LoadError::Bad(format!("{e:#}"))
+        }
+    })?;
     if bytes.is_empty() {
         return Err(LoadError::Incomplete);
     }
@@ -310,7 +357,22 @@ pub async fn run_watcher(
             let _ = events.send(e);
         }
     };
-    send(folder.scan(&*sink, true));
+    // Scans read the folder, stat and read files: off the runtime's worker threads.
+    let scan = |mut folder: WatchFolder, startup: bool| {
+        let sink = sink.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let evs = folder.scan(&*sink, startup);
+                (folder, evs)
+            })
+            .await
+        }
+    };
+    let Ok((f, evs)) = scan(folder, true).await else {
+        return;
+    };
+    folder = f;
+    send(evs);
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rescan.tick().await;
@@ -325,7 +387,12 @@ pub async fn run_watcher(
             }
             _ = tokio::time::sleep(SETTLE_INTERVAL), if settle => {}
         }
-        send(folder.scan(&*sink, false));
+        let Ok((f, evs)) = scan(folder, false).await else {
+            // The scan panicked or the runtime is shutting down.
+            return;
+        };
+        folder = f;
+        send(evs);
     }
 }
 
@@ -466,6 +533,139 @@ mod tests {
                 &evs[..],
                 [FolderEvent::Cleared { .. }, FolderEvent::Added { .. }]
             ),
+            "{evs:?}"
+        );
+    }
+    fn stamp(path: &Path) -> Stamp {
+        Stamp::of(&std::fs::metadata(path).unwrap())
+    }
+
+    #[test]
+    fn chmod_and_replacement_change_the_stamp() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a.torrent");
+        std::fs::write(&path, b"same").unwrap();
+        let before = stamp(&path);
+        // ctime has the kernel's coarse clock: let it tick.
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let after_chmod = stamp(&path);
+        assert_eq!(
+            (after_chmod.size, after_chmod.mtime),
+            (before.size, before.mtime)
+        );
+        assert_ne!(after_chmod, before);
+        // Another file with the same size and mtime renamed over it: another inode.
+        let other = tmp.path().join("b.tmp");
+        std::fs::write(&other, b"same").unwrap();
+        let f = std::fs::File::options().write(true).open(&other).unwrap();
+        f.set_modified(before.mtime.unwrap()).unwrap();
+        drop(f);
+        std::fs::rename(&other, &path).unwrap();
+        let replaced = stamp(&path);
+        assert_eq!((replaced.size, replaced.mtime), (before.size, before.mtime));
+        assert_ne!(replaced.ino, after_chmod.ino);
+    }
+
+    #[test]
+    fn unreadable_file_is_reported_once_and_retried_on_every_scan() {
+        let tmp = tempfile::tempdir().unwrap();
+        let watch = tmp.path().join("w");
+        std::fs::create_dir(&watch).unwrap();
+        let sink = Sink::default();
+        let mut w = WatchFolder::new(watch.clone());
+        // A "regular file" whose reads fail with EIO even for root.
+        let path = watch.join("e.torrent");
+        std::os::unix::fs::symlink("/proc/self/mem", &path).unwrap();
+        let evs = w.scan(&sink, true);
+        assert!(
+            matches!(&evs[..], [FolderEvent::Failed { reason, .. }] if reason.contains("cannot read")),
+            "{evs:?}"
+        );
+        assert!(matches!(w.seen.get(&path), Some(Seen::Unreadable(_))));
+        assert!(!w.settling());
+        // Retried, but the same error is not reported again.
+        assert!(w.scan(&sink, false).is_empty());
+        assert!(matches!(w.seen.get(&path), Some(Seen::Unreadable(_))));
+        // Readable now (as after a chmod): taken on the next scan, not only once it changes.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, torrent_bytes(tmp.path(), "e")).unwrap();
+        let evs = w.scan(&sink, false);
+        assert!(
+            matches!(
+                &evs[..],
+                [FolderEvent::Cleared { .. }, FolderEvent::Added { .. }]
+            ),
+            "{evs:?}"
+        );
+    }
+
+    #[test]
+    fn permission_denied_file_is_taken_after_chmod() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let watch = tmp.path().join("w");
+        std::fs::create_dir(&watch).unwrap();
+        let path = watch.join("f.torrent");
+        std::fs::write(&path, torrent_bytes(tmp.path(), "f")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+        if std::fs::File::open(&path).is_ok() {
+            // Root reads mode-000 files: covered by the test above.
+            return;
+        }
+        let sink = Sink::default();
+        let mut w = WatchFolder::new(watch.clone());
+        let evs = w.scan(&sink, true);
+        assert!(matches!(&evs[..], [FolderEvent::Failed { .. }]), "{evs:?}");
+        assert!(w.scan(&sink, false).is_empty());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let evs = w.scan(&sink, false);
+        assert!(
+            matches!(
+                &evs[..],
+                [FolderEvent::Cleared { .. }, FolderEvent::Added { .. }]
+            ),
+            "{evs:?}"
+        );
+    }
+
+    #[test]
+    fn files_with_a_future_mtime_settle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let watch = tmp.path().join("w");
+        std::fs::create_dir(&watch).unwrap();
+        let sink = Sink::default();
+        let mut w = WatchFolder::new(watch.clone());
+        assert!(w.scan(&sink, true).is_empty());
+        let future = SystemTime::now() + Duration::from_secs(3600);
+        let write = |name: &str, bytes: &[u8]| {
+            let path = watch.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(future).unwrap();
+            path
+        };
+        // A complete one: taken once seen unchanged twice.
+        write("g.torrent", &torrent_bytes(tmp.path(), "g"));
+        assert!(w.scan(&sink, false).is_empty());
+        let evs = w.scan(&sink, false);
+        assert!(matches!(&evs[..], [FolderEvent::Added { .. }]), "{evs:?}");
+        // A truncated one: waits, then is reported once unchanged for the grace time.
+        let bytes = torrent_bytes(tmp.path(), "h");
+        let path = write("h.torrent", &bytes[..bytes.len() / 2]);
+        assert!(w.scan(&sink, false).is_empty());
+        assert!(w.scan(&sink, false).is_empty());
+        assert!(w.settling());
+        // Pretend it was first seen long ago.
+        let Some(Seen::Settling(s, _)) = w.seen.get(&path) else {
+            panic!("{:?}", w.seen.get(&path));
+        };
+        let long_ago = Instant::now() - TRUNCATED_GRACE - Duration::from_secs(1);
+        w.seen.insert(path.clone(), Seen::Settling(*s, long_ago));
+        let evs = w.scan(&sink, false);
+        assert!(
+            matches!(&evs[..], [FolderEvent::Failed { reason, .. }] if reason.contains("truncated")),
             "{evs:?}"
         );
     }
