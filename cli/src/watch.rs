@@ -602,35 +602,6 @@ mod tests {
     }
 
     #[test]
-    fn permission_denied_file_is_taken_after_chmod() {
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let watch = tmp.path().join("w");
-        std::fs::create_dir(&watch).unwrap();
-        let path = watch.join("f.torrent");
-        std::fs::write(&path, torrent_bytes(tmp.path(), "f")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
-        if std::fs::File::open(&path).is_ok() {
-            // Root reads mode-000 files: covered by the test above.
-            return;
-        }
-        let sink = Sink::default();
-        let mut w = WatchFolder::new(watch.clone());
-        let evs = w.scan(&sink, true);
-        assert!(matches!(&evs[..], [FolderEvent::Failed { .. }]), "{evs:?}");
-        assert!(w.scan(&sink, false).is_empty());
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let evs = w.scan(&sink, false);
-        assert!(
-            matches!(
-                &evs[..],
-                [FolderEvent::Cleared { .. }, FolderEvent::Added { .. }]
-            ),
-            "{evs:?}"
-        );
-    }
-
-    #[test]
     fn files_with_a_future_mtime_settle() {
         let tmp = tempfile::tempdir().unwrap();
         let watch = tmp.path().join("w");
