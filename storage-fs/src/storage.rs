@@ -439,11 +439,7 @@ impl Inner {
     }
 
     fn check(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<u64, StorageError> {
-        let end = offset as u64 + len as u64;
-        if piece >= self.layout.piece_count() || end > self.layout.piece_len(piece) as u64 {
-            return Err(StorageError::OutOfRange { piece, offset, len });
-        }
-        Ok(self.layout.piece_range(piece).start + offset as u64)
+        self.layout.check_range(piece, offset, len)
     }
 
     fn write(&self, start: u64, data: &[u8]) -> Result<(), StorageError> {
@@ -674,13 +670,8 @@ impl Storage for FsStorage {
         offset: u32,
         chunks: Vec<Bytes>,
     ) -> Result<(), StorageError> {
-        let total: usize = chunks.iter().map(Bytes::len).sum();
-        let len = u32::try_from(total).map_err(|_| StorageError::OutOfRange {
-            piece,
-            offset,
-            len: u32::MAX,
-        })?;
-        let start = self.inner.check(piece, offset, len)?;
+        let start = self.inner.layout.check_write(piece, offset, &chunks)?;
+        let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         // Chunk by chunk on the blocking pool: no copy into one buffer, and none of it on the
         // runtime's threads.
         let inner = self.inner.clone();
@@ -690,7 +681,7 @@ impl Storage for FsStorage {
                 inner.write(at, chunk)?;
                 at += chunk.len() as u64;
             }
-            inner.start_writeback(start, total as u64);
+            inner.start_writeback(start, total);
             Ok(())
         })
         .await

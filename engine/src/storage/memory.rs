@@ -115,12 +115,7 @@ pub struct MemoryStorage {
 impl MemoryStorage {
     /// Check that `offset..offset+len` lies inside `piece`.
     fn check(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<(), StorageError> {
-        let piece_len = self.layout.piece_len(piece);
-        let end = offset as u64 + len as u64;
-        if piece >= self.layout.piece_count() || end > piece_len as u64 {
-            return Err(StorageError::OutOfRange { piece, offset, len });
-        }
-        Ok(())
+        self.layout.check_range(piece, offset, len).map(|_| ())
     }
 }
 
@@ -136,13 +131,7 @@ impl Storage for MemoryStorage {
         offset: u32,
         chunks: Vec<Bytes>,
     ) -> Result<(), StorageError> {
-        let total: usize = chunks.iter().map(Bytes::len).sum();
-        let len = u32::try_from(total).map_err(|_| StorageError::OutOfRange {
-            piece,
-            offset,
-            len: u32::MAX,
-        })?;
-        self.check(piece, offset, len)?;
+        self.layout.check_write(piece, offset, &chunks)?;
         let piece_len = self.layout.piece_len(piece) as usize;
         let mut slot = lock(&self.slot);
         let buf = slot.pieces[piece as usize]

@@ -100,6 +100,37 @@ impl Layout {
             .collect()
     }
 
+    /// Check that `len` bytes at `offset` lie inside `piece`; returns the range's first byte in
+    /// the torrent's stream. Every backend answers an out-of-range call with this same error.
+    pub fn check_range(
+        &self,
+        piece: PieceIndex,
+        offset: u32,
+        len: u32,
+    ) -> Result<u64, StorageError> {
+        let end = offset as u64 + len as u64;
+        if piece >= self.piece_count() || end > self.piece_len(piece) as u64 {
+            return Err(StorageError::OutOfRange { piece, offset, len });
+        }
+        Ok(self.piece_range(piece).start + offset as u64)
+    }
+
+    /// [`Layout::check_range`] for a write of `chunks`: checks their total length too.
+    pub fn check_write(
+        &self,
+        piece: PieceIndex,
+        offset: u32,
+        chunks: &[Bytes],
+    ) -> Result<u64, StorageError> {
+        let total: usize = chunks.iter().map(Bytes::len).sum();
+        let len = u32::try_from(total).map_err(|_| StorageError::OutOfRange {
+            piece,
+            offset,
+            len: u32::MAX,
+        })?;
+        self.check_range(piece, offset, len)
+    }
+
     /// Pieces that hold bytes of file `file`; empty for zero-length files.
     pub fn pieces_for_file(&self, file: usize) -> Range<PieceIndex> {
         let f = &self.files[file];

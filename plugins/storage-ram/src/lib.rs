@@ -146,13 +146,7 @@ struct RamStorage {
 
 impl RamStorage {
     fn in_range(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<(), StorageError> {
-        let fits = piece < self.layout.piece_count()
-            && offset as u64 + len as u64 <= self.layout.piece_len(piece) as u64;
-        if fits {
-            Ok(())
-        } else {
-            Err(StorageError::OutOfRange { piece, offset, len })
-        }
+        self.layout.check_range(piece, offset, len).map(|_| ())
     }
 }
 
@@ -168,9 +162,7 @@ impl Storage for RamStorage {
         offset: u32,
         chunks: Vec<Bytes>,
     ) -> Result<(), StorageError> {
-        let total: usize = chunks.iter().map(Bytes::len).sum();
-        let len = u32::try_from(total).unwrap_or(u32::MAX);
-        self.in_range(piece, offset, len)?;
+        self.layout.check_write(piece, offset, &chunks)?;
         let piece_len = self.layout.piece_len(piece) as usize;
         let mut held = lock(&self.held);
         let buf = held
