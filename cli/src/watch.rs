@@ -450,6 +450,15 @@ mod tests {
         zigtorrent_engine::metainfo::create_torrent(&src, &opts).unwrap()
     }
 
+    /// A scratch dir, an empty watch folder `w` in it, a sink and a watcher on that folder.
+    fn fixture() -> (tempfile::TempDir, PathBuf, Sink, WatchFolder) {
+        let tmp = tempfile::tempdir().unwrap();
+        let watch = tmp.path().join("w");
+        std::fs::create_dir(&watch).unwrap();
+        let w = WatchFolder::new(watch.clone());
+        (tmp, watch, Sink::default(), w)
+    }
+
     #[test]
     fn startup_takes_files_and_reports_bad_ones() {
         let tmp = tempfile::tempdir().unwrap();
@@ -472,11 +481,7 @@ mod tests {
 
     #[test]
     fn new_file_needs_two_equal_looks_and_duplicates_are_named() {
-        let tmp = tempfile::tempdir().unwrap();
-        let watch = tmp.path().join("w");
-        std::fs::create_dir(&watch).unwrap();
-        let sink = Sink::default();
-        let mut w = WatchFolder::new(watch.clone());
+        let (tmp, watch, sink, mut w) = fixture();
         assert!(w.scan(&sink, true).is_empty());
         let bytes = torrent_bytes(tmp.path(), "b");
         std::fs::write(watch.join("b.torrent"), &bytes).unwrap();
@@ -496,11 +501,7 @@ mod tests {
 
     #[test]
     fn truncated_file_waits_then_is_taken_when_complete() {
-        let tmp = tempfile::tempdir().unwrap();
-        let watch = tmp.path().join("w");
-        std::fs::create_dir(&watch).unwrap();
-        let sink = Sink::default();
-        let mut w = WatchFolder::new(watch.clone());
+        let (tmp, watch, sink, mut w) = fixture();
         let bytes = torrent_bytes(tmp.path(), "c");
         let path = watch.join("c.torrent");
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
@@ -516,11 +517,7 @@ mod tests {
 
     #[test]
     fn fixed_file_clears_its_error() {
-        let tmp = tempfile::tempdir().unwrap();
-        let watch = tmp.path().join("w");
-        std::fs::create_dir(&watch).unwrap();
-        let sink = Sink::default();
-        let mut w = WatchFolder::new(watch.clone());
+        let (tmp, watch, sink, mut w) = fixture();
         let path = watch.join("d.torrent");
         std::fs::write(&path, b"d4:infoi3ee").unwrap();
         let evs = w.scan(&sink, true);
@@ -570,11 +567,7 @@ mod tests {
 
     #[test]
     fn unreadable_file_is_reported_once_and_retried_on_every_scan() {
-        let tmp = tempfile::tempdir().unwrap();
-        let watch = tmp.path().join("w");
-        std::fs::create_dir(&watch).unwrap();
-        let sink = Sink::default();
-        let mut w = WatchFolder::new(watch.clone());
+        let (tmp, watch, sink, mut w) = fixture();
         // A "regular file" whose reads fail with EIO even for root.
         let path = watch.join("e.torrent");
         std::os::unix::fs::symlink("/proc/self/mem", &path).unwrap();
@@ -603,11 +596,7 @@ mod tests {
 
     #[test]
     fn files_with_a_future_mtime_settle() {
-        let tmp = tempfile::tempdir().unwrap();
-        let watch = tmp.path().join("w");
-        std::fs::create_dir(&watch).unwrap();
-        let sink = Sink::default();
-        let mut w = WatchFolder::new(watch.clone());
+        let (tmp, watch, sink, mut w) = fixture();
         assert!(w.scan(&sink, true).is_empty());
         let future = SystemTime::now() + Duration::from_secs(3600);
         let write = |name: &str, bytes: &[u8]| {
