@@ -11,8 +11,12 @@ VmHWM and wait4's ru_maxrss). Every download is then SHA-1 checked against the s
 Payloads (cached in --work, default /tmp/zt-bench):
   big   one 1 GiB file, 1 MiB pieces
   many  ~1,000 files of 1 KiB-1 MiB in nested folders (~256 MiB), 256 KiB pieces
+  utp   the uTP row: bench_utp.py, one run of 1 GiB over uTP only (libtorrent -> libtorrent,
+        libtorrent -> zigtorrent, zigtorrent -> libtorrent; see that file)
 
-Usage: /usr/bin/python3 bench/bench.py [--bin PATH] [--rounds 3] [--payload big,many] [--lt-only]
+Both TCP payloads run zigtorrent with `--transport tcp` and a TCP-only libtorrent.
+
+Usage: /usr/bin/python3 bench/bench.py [--bin PATH] [--rounds 3] [--payload big,many,utp] [--lt-only]
 """
 
 import argparse
@@ -22,6 +26,7 @@ import random
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import time
 
@@ -222,6 +227,20 @@ def run_lt(work, tag, torrent, src, want, seed_port, timeout):
     return secs, ru, mem, "" if rc == 0 else f"exit {rc}"
 
 
+def run_utp_row(bin_, size, failures):
+    """The uTP row: bench_utp.py in its own process (it drives its own libtorrent sessions);
+    returns its `utp_row` JSON, or None after recording the failure."""
+    H.log(f"utp: bench_utp.py, {size / 1e6:.0f} MB over uTP")
+    p = subprocess.run([sys.executable, "-u", os.path.join(HERE, "bench_utp.py"), bin_,
+                        "--size", str(size)], capture_output=True, text=True, timeout=3600)
+    for line in p.stdout.splitlines():
+        H.log(f"utp: {line}")
+        if line.startswith("utp_row "):
+            return json.loads(line[len("utp_row "):])
+    failures.append(f"utp: bench_utp.py exited {p.returncode}: {p.stderr.strip()[-2000:]}")
+    return None
+
+
 def main():
     repo = os.path.dirname(HERE)
     default_bin = os.environ.get("ZIGTORRENT_BIN") or os.path.join(
@@ -229,13 +248,17 @@ def main():
     ap = argparse.ArgumentParser(description="zigtorrent vs libtorrent loopback benchmark")
     ap.add_argument("--bin", default=default_bin, help="zigtorrent binary (default: %(default)s)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--payload", default="big,many", help="comma list of: big, many")
+    ap.add_argument("--payload", default="big,many,utp",
+                    help="comma list of: big, many (over TCP), utp (bench_utp.py: 1 GiB over uTP)")
+    ap.add_argument("--utp-size", type=int, default=1 << 30, help="bytes for the utp row")
     ap.add_argument("--work", default="/tmp/zt-bench", help="payload cache and scratch folder")
     ap.add_argument("--lt-only", action="store_true", help="libtorrent leecher only (baseline)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per download")
     args = ap.parse_args()
 
     payloads = [p for p in args.payload.split(",") if p]
+    utp = "utp" in payloads
+    payloads = [p for p in payloads if p != "utp"]
     for p in payloads:
         if p not in PAYLOADS:
             ap.error(f"unknown payload {p}")
@@ -282,6 +305,9 @@ def main():
                 H.log(f"{tag}: {secs:.2f}s {total / 1e6 / secs:.1f} MB/s cpu {cpu:.2f}s "
                       f"rss {rss_mib:.0f} MiB anon {mem.anon / 1024:.0f} MiB {note}")
         H.stop(seeder)
+    utp_row = None
+    if utp and not args.lt_only:
+        utp_row = run_utp_row(args.bin, args.utp_size, failures)
 
     print()
     print(f"{'payload':8} {'client':11} {'round':>5} {'seconds':>8} {'MB/s':>8} {'CPU s':>7} "
@@ -310,9 +336,16 @@ def main():
             if ratios:
                 print(f"{which:8} median ratio zigtorrent/libtorrent MB/s: "
                       f"{statistics.median(ratios):.2f} (per round: {', '.join(f'{x:.2f}' for x in ratios)})")
+    if utp_row:
+        print(f"utp      {utp_row['size'] / 1e6:.0f} MB, one run, uTP only on both sides: "
+              f"libtorrent->libtorrent {utp_row['lt_to_lt']} MB/s, "
+              f"libtorrent->zigtorrent {utp_row['lt_to_zig']} MB/s (ratio "
+              f"{utp_row['ratio_download']}), zigtorrent->libtorrent {utp_row['zig_to_lt']} MB/s "
+              f"(ratio {utp_row['ratio_upload']})")
     out = os.path.join(args.work, f"results-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(out, "w") as f:
-        json.dump({"rows": rows, "failures": failures, "libtorrent": L.lt.__version__}, f, indent=1)
+        json.dump({"rows": rows, "utp": utp_row, "failures": failures,
+                   "libtorrent": L.lt.__version__}, f, indent=1)
     print(f"\nresults: {out}")
     if failures:
         print(f"{len(failures)} download(s) FAILED:")

@@ -32,7 +32,7 @@ pub struct RunArgs {
     /// Where resume state and the log go [default: <downloads>/.zigtorrent].
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
-    /// Transport backend [default: tcp].
+    /// Transport backend: tcp, utp, or both (uTP first, TCP fallback) [default: both].
     #[arg(long)]
     transport: Option<String>,
     /// Storage backend [default: fs].
@@ -155,7 +155,7 @@ impl RunArgs {
             .set_default("torrents", "torrents")?
             .set_default("downloads", "downloads")?
             .set_default("state", "")?
-            .set_default("transport", "tcp")?
+            .set_default("transport", crate::backends::BOTH)?
             .set_default("storage", "fs")?
             .set_default("listen", 6881)?
             .set_default("bind", "0.0.0.0")?
@@ -449,7 +449,7 @@ mod tests {
         assert_eq!(s.torrents, PathBuf::from("torrents"));
         assert_eq!(s.state, PathBuf::from("downloads/.zigtorrent"));
         assert_eq!(s.listen, 6881);
-        assert_eq!(s.transport, "tcp");
+        assert_eq!(s.transport, "both");
         assert_eq!(s.download_limit, 0);
         assert!(!s.headless);
         assert_eq!(s.log_level, "warn,librqbit_utp=error");

@@ -7,11 +7,15 @@
 //! - **Connecting** starts `preferred` at once and `fallback` after a short head start (or at
 //!   once if `preferred` fails first), and keeps the first stream that opens, the way libtorrent
 //!   and Transmission try uTP then TCP. The loser is dropped.
+//! - **Remembering**: an address where `fallback` won is dialled the other way round next time
+//!   (`fallback` first, `preferred` after the head start), so a TCP-only peer costs the head
+//!   start once, not on every reconnect. The memory is bounded ([`REMEMBERED`] addresses).
 //!
 //! It knows nothing of uTP or TCP themselves: any two transports pair.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,8 +25,15 @@ use tokio::task::JoinHandle;
 use crate::transport::{BoxStream, Listener, Transport, TransportError};
 
 /// How long `preferred` runs alone before `fallback` is tried too. A uTP SYN to a peer with no
-/// uTP gets no answer at all, so this is what a TCP-only peer costs us per connect.
-pub const DEFAULT_HEAD_START: Duration = Duration::from_millis(1000);
+/// uTP gets no answer at all, so this is what a TCP-only peer costs us on the first connect.
+/// 250 ms is Happy Eyeballs' connection attempt delay (RFC 8305): longer than most round trips,
+/// so a uTP peer is seldom dialled twice, and short enough that a TCP-only peer hardly waits
+/// (libtorrent instead waits for its uTP connect to time out, seconds). A far uTP peer may get a
+/// TCP attempt too; uTP still usually wins, having started first, and the loser is dropped.
+pub const DEFAULT_HEAD_START: Duration = Duration::from_millis(250);
+
+/// Addresses remembered as "fallback first"; when full, the memory starts over.
+pub const REMEMBERED: usize = 4096;
 
 /// Attempts at finding one port number free for both transports when asked for port 0.
 const ANY_PORT_ATTEMPTS: usize = 8;
@@ -36,6 +47,8 @@ pub struct TransportPair {
     preferred: Arc<dyn Transport>,
     fallback: Arc<dyn Transport>,
     head_start: Duration,
+    /// Addresses where `fallback` won the last race.
+    fallback_first: Mutex<HashSet<SocketAddr>>,
 }
 
 impl TransportPair {
@@ -51,6 +64,57 @@ impl TransportPair {
             preferred,
             fallback,
             head_start,
+            fallback_first: Mutex::default(),
+        }
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashSet<SocketAddr>> {
+        self.fallback_first
+            .lock()
+            .expect("lock poisoned only by a panic")
+    }
+
+    /// Dials `first` at once and `second` after the head start (at once if `first` fails);
+    /// the first stream to open wins. Returns the stream, its label, and whether `first` won.
+    async fn race(
+        &self,
+        addr: SocketAddr,
+        first: &dyn Transport,
+        second: &dyn Transport,
+    ) -> Result<(BoxStream, String, bool), TransportError> {
+        let go_now = Notify::new();
+        let first_attempt = first.connect_labeled(addr);
+        let second_attempt = async {
+            tokio::select! {
+                _ = tokio::time::sleep(self.head_start) => {}
+                _ = go_now.notified() => {}
+            }
+            second.connect_labeled(addr).await
+        };
+        tokio::pin!(first_attempt, second_attempt);
+        let mut first_failed = false;
+        let mut second_error = None;
+        loop {
+            tokio::select! {
+                r = &mut first_attempt, if !first_failed => match r {
+                    Ok((s, label)) => return Ok((s, label, true)),
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, transport = first.name(), "connect failed, trying the other");
+                        first_failed = true;
+                        // Stores a permit if the second is not waiting yet.
+                        go_now.notify_one();
+                    }
+                },
+                r = &mut second_attempt, if second_error.is_none() => match r {
+                    Ok((s, label)) => return Ok((s, label, false)),
+                    Err(e) => second_error = Some(e),
+                },
+            }
+            if first_failed {
+                if let Some(e) = second_error.take() {
+                    return Err(e);
+                }
+            }
         }
     }
 
@@ -81,40 +145,24 @@ impl Transport for TransportPair {
         &self,
         addr: SocketAddr,
     ) -> Result<(BoxStream, String), TransportError> {
-        let go_now = Notify::new();
-        let preferred = self.preferred.connect_labeled(addr);
-        let fallback = async {
-            tokio::select! {
-                _ = tokio::time::sleep(self.head_start) => {}
-                _ = go_now.notified() => {}
-            }
-            self.fallback.connect_labeled(addr).await
+        let swapped = self.remembered().contains(&addr);
+        let (first, second) = if swapped {
+            (&*self.fallback, &*self.preferred)
+        } else {
+            (&*self.preferred, &*self.fallback)
         };
-        tokio::pin!(preferred, fallback);
-        let mut preferred_failed = false;
-        let mut fallback_error = None;
-        loop {
-            tokio::select! {
-                r = &mut preferred, if !preferred_failed => match r {
-                    Ok(s) => return Ok(s),
-                    Err(e) => {
-                        tracing::debug!(%addr, error = %e, transport = self.preferred.name(), "connect failed, trying fallback");
-                        preferred_failed = true;
-                        // Stores a permit if the fallback is not waiting yet.
-                        go_now.notify_one();
-                    }
-                },
-                r = &mut fallback, if fallback_error.is_none() => match r {
-                    Ok(s) => return Ok(s),
-                    Err(e) => fallback_error = Some(e),
-                },
+        let (stream, label, first_won) = self.race(addr, first, second).await?;
+        let fallback_won = swapped == first_won;
+        let mut remembered = self.remembered();
+        if fallback_won {
+            if remembered.len() >= REMEMBERED && !remembered.contains(&addr) {
+                remembered.clear();
             }
-            if preferred_failed {
-                if let Some(e) = fallback_error.take() {
-                    return Err(e);
-                }
-            }
+            remembered.insert(addr);
+        } else {
+            remembered.remove(&addr);
         }
+        Ok((stream, label))
     }
 
     async fn listen(&self, addr: SocketAddr) -> Result<Box<dyn Listener>, TransportError> {
@@ -212,15 +260,15 @@ impl Listener for PairListener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// An in-memory transport: `connect` either fails after `delay`, or succeeds after `delay`
-    /// with a stream whose other end says `name`.
+    /// An in-memory transport: `connect` either fails after `delay_ms`, or succeeds after
+    /// `delay_ms` with a stream whose other end says `name`. Both can change between connects.
     struct Fake {
         name: &'static str,
-        delay: Duration,
-        works: bool,
+        delay_ms: AtomicU64,
+        works: AtomicBool,
         connects: AtomicUsize,
     }
 
@@ -228,10 +276,15 @@ mod tests {
         fn new(name: &'static str, delay_ms: u64, works: bool) -> Arc<Self> {
             Arc::new(Fake {
                 name,
-                delay: Duration::from_millis(delay_ms),
-                works,
+                delay_ms: AtomicU64::new(delay_ms),
+                works: AtomicBool::new(works),
                 connects: AtomicUsize::new(0),
             })
+        }
+
+        fn set(&self, delay_ms: u64, works: bool) {
+            self.delay_ms.store(delay_ms, Ordering::SeqCst);
+            self.works.store(works, Ordering::SeqCst);
         }
     }
 
@@ -242,8 +295,9 @@ mod tests {
         }
         async fn connect(&self, addr: SocketAddr) -> Result<BoxStream, TransportError> {
             self.connects.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(self.delay).await;
-            if !self.works {
+            let delay = Duration::from_millis(self.delay_ms.load(Ordering::SeqCst));
+            tokio::time::sleep(delay).await;
+            if !self.works.load(Ordering::SeqCst) {
                 return Err(TransportError::Timeout(addr));
             }
             let (a, mut b) = tokio::io::duplex(64);
@@ -304,5 +358,43 @@ mod tests {
         let (p, f) = (Fake::new("utp", 5, false), Fake::new("tcp", 5, false));
         let pair = TransportPair::new("both", p, f, DEFAULT_HEAD_START);
         assert!(who(&pair).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fallback_only_peer_costs_the_head_start_once() {
+        let (p, f) = (Fake::new("utp", 60_000, true), Fake::new("tcp", 1, true));
+        let pair = TransportPair::new("both", p.clone(), f.clone(), DEFAULT_HEAD_START);
+        assert_eq!(who(&pair).await.unwrap(), "tcp");
+        // Remembered: the next connects go to the fallback first and do not wait.
+        for _ in 0..3 {
+            let start = tokio::time::Instant::now();
+            assert_eq!(who(&pair).await.unwrap(), "tcp");
+            assert!(start.elapsed() < Duration::from_millis(100));
+        }
+        assert_eq!(p.connects.load(Ordering::SeqCst), 1, "uTP not redialled");
+        // The peer drops TCP and answers uTP: the fallback fails, the preferred is tried at
+        // once, wins, and the address is forgotten (preferred first again).
+        f.set(1, false);
+        p.set(5, true);
+        assert_eq!(who(&pair).await.unwrap(), "utp");
+        let before = f.connects.load(Ordering::SeqCst);
+        assert_eq!(who(&pair).await.unwrap(), "utp");
+        assert_eq!(
+            f.connects.load(Ordering::SeqCst),
+            before,
+            "preferred first again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_memory_is_bounded() {
+        let (p, f) = (Fake::new("utp", 60_000, true), Fake::new("tcp", 1, true));
+        let pair = TransportPair::new("both", p, f, Duration::from_millis(1));
+        for port in 1..=(REMEMBERED as u16 + 10) {
+            pair.connect_labeled(SocketAddr::from(([127, 0, 0, 1], port)))
+                .await
+                .unwrap();
+            assert!(pair.remembered().len() <= REMEMBERED);
+        }
     }
 }
