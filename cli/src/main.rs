@@ -4,6 +4,7 @@ mod app;
 mod backends;
 mod create;
 mod format;
+mod logfile;
 mod run;
 mod settings;
 mod tui;

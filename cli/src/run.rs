@@ -109,15 +109,12 @@ fn init_logging(s: &Settings, headless: bool) -> anyhow::Result<()> {
     } else {
         // The menu owns the screen: logs go to a file so they never garble it.
         let path = s.state.join(LOG_FILE);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        let file = crate::logfile::RotatingLog::open(&path, crate::logfile::MAX_BYTES)
             .with_context(|| format!("cannot open log file {}", path.display()))?;
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file))
+            .with_writer(file)
             .init();
     }
     Ok(())

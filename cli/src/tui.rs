@@ -136,10 +136,13 @@ pub async fn serve(
     app.stopping = true;
     app.confirm_remove = None;
     draw(&mut terminal, &mut app, &running, &mut shown);
-    // Removals and rechecks in flight hold the session; they end now.
-    actions.abort_all();
-    while actions.join_next().await.is_some() {}
-    let shutdown = running.shutdown();
+    // Actions in flight finish first, each bounded by the torrent stop timeout: a torrent being
+    // removed still stops gracefully, and one being rechecked is back in the session to stop
+    // with the others. They hold the session, which the shutdown needs to itself.
+    let shutdown = async move {
+        while actions.join_next().await.is_some() {}
+        running.shutdown().await
+    };
     tokio::pin!(shutdown);
     // Once the terminal is gone (window closed) the key stream only yields errors: stop
     // polling it, or this loop would spin.
