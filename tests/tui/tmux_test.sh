@@ -125,7 +125,9 @@ tmux -L "$SOCK" send-keys -t zt Escape
 wait_screen "ZigTorrent — 1 torrents" 5
 if [[ -n "${KEEP_SCREEN:-}" ]]; then cp "$WORK/screen.txt" "$KEEP_SCREEN"; fi
 
-# Quit: exit 0 within 5 s, files intact.
+# Quit while a recheck is in flight (`r` then `q` at once): the recheck finishes its stop and
+# restart first, then everything stops; still exit 0 within 5 s, files intact.
+tmux -L "$SOCK" send-keys -t zt r
 tmux -L "$SOCK" send-keys -t zt q
 quit_at=$SECONDS
 deadline=$((SECONDS + 10))
@@ -142,4 +144,4 @@ cmp "$WORK/seed/downloads/payload/big.bin" "$WORK/client/downloads/payload/big.b
 cmp "$WORK/seed/downloads/payload/sub/small.bin" "$WORK/client/downloads/payload/sub/small.bin" || fail "small.bin differs"
 [[ -z "$(find "$WORK/client/downloads" -name '*.part')" ]] || fail ".part files left behind"
 [[ -f "$WORK/client/torrents/payload.torrent" ]] || fail "the .torrent file was touched"
-echo "PASS: menu showed the dropped torrent to 100 % seeding, quit with 0 in ${took}s, files intact"
+echo "PASS: menu showed the dropped torrent to 100 % seeding, quit during a recheck with 0 in ${took}s, files intact"
