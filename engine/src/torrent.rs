@@ -170,6 +170,8 @@ struct Peer {
     am_choking: bool,
     connected_at: Instant,
     depth: usize,
+    /// Requests the peer queues for us (its `reqq`); the pipeline never goes deeper.
+    request_limit: usize,
     window_down: u64,
     download_rate: f64,
     last_uploaded: u64,
@@ -748,6 +750,7 @@ impl Torrent {
                 am_choking: true,
                 connected_at: Instant::now(),
                 depth: INITIAL_DEPTH,
+                request_limit: usize::MAX,
                 window_down: 0,
                 download_rate: 0.0,
                 last_uploaded: 0,
@@ -816,6 +819,10 @@ impl Torrent {
             PeerEvent::NotInterested => {
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 peer.peer_interested = false;
+            }
+            PeerEvent::RequestLimit(n) => {
+                let peer = self.peers.get_mut(&key).expect("checked above");
+                peer.request_limit = (n as usize).max(1);
             }
             PeerEvent::Block(block, data) => self.on_block(key, block, data),
         }
@@ -960,7 +967,11 @@ impl Torrent {
         if peer.peer_choking || !peer.am_interested {
             return;
         }
-        let depth = if peer.snubbed { 1 } else { peer.depth };
+        let depth = if peer.snubbed {
+            1
+        } else {
+            peer.depth.min(peer.request_limit)
+        };
         let free = depth.saturating_sub(peer.requests.len());
         if free == 0 || (free < REFILL_BATCH.min(depth) && !peer.requests.is_empty()) {
             return;

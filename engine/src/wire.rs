@@ -49,14 +49,31 @@ pub struct Handshake {
     pub peer_id: PeerId,
 }
 
+/// BEP 10: byte and bit of the reserved field that say "I speak the extension protocol".
+const EXTENSION_PROTOCOL: (usize, u8) = (5, 0x10);
+
+/// BEP 10: message id of every extension message; its first payload byte is the extension's
+/// own id, 0 being the extended handshake.
+pub const EXTENDED: u8 = 20;
+
+/// Largest `reqq` taken from a peer; larger claims are clamped (our pipeline is shorter anyway).
+const MAX_REQQ: u32 = 65_535;
+
 impl Handshake {
-    /// Our handshake (no extension bits yet).
+    /// Our handshake: the extension protocol bit (BEP 10) set, nothing else.
     pub fn new(info_hash: InfoHash, peer_id: PeerId) -> Self {
+        let mut reserved = [0; 8];
+        reserved[EXTENSION_PROTOCOL.0] |= EXTENSION_PROTOCOL.1;
         Handshake {
-            reserved: [0; 8],
+            reserved,
             info_hash,
             peer_id,
         }
+    }
+
+    /// Whether the sender speaks the extension protocol (BEP 10).
+    pub fn supports_extensions(&self) -> bool {
+        self.reserved[EXTENSION_PROTOCOL.0] & EXTENSION_PROTOCOL.1 != 0
     }
 
     /// Wire bytes.
@@ -342,6 +359,65 @@ fn parse(id: u8, mut p: Bytes) -> Result<Message, WireError> {
     Ok(msg)
 }
 
+/// Our extended handshake (BEP 10): no extension messages (`m` is empty), how many requests we
+/// queue per peer (`reqq`, beyond which we drop them), and our name. Peers that pipeline by rate
+/// (Transmission) would otherwise send thousands of requests and stall on the dropped ones.
+pub fn extended_handshake(reqq: usize, version: &str) -> Message {
+    let mut p = BytesMut::new();
+    p.put_u8(0);
+    // Keys in sorted order, as bencode asks.
+    p.put_slice(b"d1:mde4:reqqi");
+    p.put_slice(reqq.to_string().as_bytes());
+    p.put_slice(b"e1:v");
+    p.put_slice(version.len().to_string().as_bytes());
+    p.put_u8(b':');
+    p.put_slice(version.as_bytes());
+    p.put_u8(b'e');
+    Message::Unknown {
+        id: EXTENDED,
+        payload: p.freeze(),
+    }
+}
+
+/// What we use of a peer's extended handshake.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExtendedHandshake {
+    /// Requests the peer queues for us (`reqq`), clamped to 1..=65535; `None` if not given.
+    pub reqq: Option<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct ExtendedHandshakeFields {
+    reqq: Option<i64>,
+}
+
+/// Reads the payload of an [`EXTENDED`] message. `Ok(None)`: another extension's message (we
+/// advertise none, so a peer should not send them; they are ignored). Errors name what is
+/// wrong; the bencode goes through the bounded scanner first.
+pub fn parse_extended(payload: &[u8]) -> Result<Option<ExtendedHandshake>, String> {
+    let Some((&ext_id, dict)) = payload.split_first() else {
+        return Err("empty extension message".into());
+    };
+    if ext_id != 0 {
+        return Ok(None);
+    }
+    // The handshake is one small dictionary; the frame cap already bounds its size.
+    let fields: ExtendedHandshakeFields = crate::bencode::decode(
+        dict,
+        crate::bencode::Limits {
+            max_depth: 8,
+            max_size: dict.len(),
+        },
+    )
+    .map_err(|e| format!("bad extended handshake: {e}"))?;
+    Ok(Some(ExtendedHandshake {
+        reqq: fields
+            .reqq
+            .filter(|&n| n > 0)
+            .map(|n| n.min(MAX_REQQ as i64) as u32),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use rand::rngs::StdRng;
@@ -400,9 +476,69 @@ mod tests {
     }
 
     #[test]
+    fn extended_handshake_round_trip() {
+        let m = extended_handshake(1024, "ZigTorrent 0.1.0");
+        let Message::Unknown { id, payload } = &m else {
+            panic!("{m:?}")
+        };
+        assert_eq!(*id, EXTENDED);
+        assert_eq!(
+            &payload[..],
+            &b"\0d1:mde4:reqqi1024e1:v16:ZigTorrent 0.1.0e"[..]
+        );
+        assert_eq!(
+            parse_extended(payload),
+            Ok(Some(ExtendedHandshake { reqq: Some(1024) }))
+        );
+        // Through the codec like any message.
+        let mut b = encoded(&m);
+        assert_eq!(decode(&mut b, 1 << 14).unwrap(), Some(m));
+    }
+
+    #[test]
+    fn extended_handshakes_from_peers() {
+        // libtorrent's shape: other keys, nested `m`, unsorted is fine, reqq kept.
+        let lt = b"\0d12:complete_agoi-1e1:md11:upload_onlyi3e11:ut_metadatai2ee4:reqqi500e1:v16:libtorrent 2.0.8e";
+        assert_eq!(parse_extended(lt).unwrap().unwrap().reqq, Some(500));
+        // No reqq, zero, negative and huge ones.
+        assert_eq!(parse_extended(b"\0de").unwrap().unwrap().reqq, None);
+        assert_eq!(
+            parse_extended(b"\0d4:reqqi0ee").unwrap().unwrap().reqq,
+            None
+        );
+        assert_eq!(
+            parse_extended(b"\0d4:reqqi-5ee").unwrap().unwrap().reqq,
+            None
+        );
+        assert_eq!(
+            parse_extended(b"\0d4:reqqi99999999999ee")
+                .unwrap()
+                .unwrap()
+                .reqq,
+            Some(65_535)
+        );
+        // Another extension's message is not ours to read.
+        assert_eq!(parse_extended(b"\x03d8:msg_typei0ee"), Ok(None));
+        // Malformed: empty, not bencode, a string where reqq should be, too deep.
+        assert!(parse_extended(b"").is_err());
+        assert!(parse_extended(b"\0d4:reqq").is_err());
+        assert!(parse_extended(b"\0d4:reqq3:abce").is_err());
+        let deep = [&b"\0d1:x"[..], &[b'l'; 100], &[b'e'; 100], b"e"].concat();
+        assert!(parse_extended(&deep).is_err());
+    }
+
+    #[test]
+    fn our_handshake_offers_the_extension_protocol() {
+        let h = Handshake::new(InfoHash([7; 20]), PeerId([1; 20]));
+        assert!(h.supports_extensions());
+        let mut plain = h;
+        plain.reserved = [0; 8];
+        assert!(!plain.supports_extensions());
+    }
+
+    #[test]
     fn handshake_round_trip_and_layout() {
-        let mut h = Handshake::new(InfoHash([7; 20]), PeerId(*b"-ZT0100-abcdefghijkl"));
-        h.reserved[5] = 0x10;
+        let h = Handshake::new(InfoHash([7; 20]), PeerId(*b"-ZT0100-abcdefghijkl"));
         let bytes = h.encode();
         assert_eq!(bytes[0], 19);
         assert_eq!(&bytes[1..20], b"BitTorrent protocol");

@@ -1,0 +1,145 @@
+//! BEP 10 extended handshake: we offer the extension protocol, tell peers how many requests we
+//! queue (`reqq`), and never keep more requests outstanding than a peer's own `reqq`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use zigtorrent_engine::wire::{self, Handshake, Message};
+use zigtorrent_engine::{Bitfield, PeerId};
+use zigtorrent_storage_fs::FsBackend;
+use zigtorrent_tests::*;
+
+/// What the scripted seeder saw from us.
+#[derive(Debug, Default)]
+struct Seen {
+    offered_extensions: bool,
+    our_reqq: Option<u32>,
+    max_outstanding: usize,
+    requests: usize,
+}
+
+/// A seeder that says `reqq` = `limit`, unchokes, and answers requests only after holding them
+/// a while, so the leecher's pipeline is always as full as it allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_respects_the_peers_reqq_and_ours_is_announced() {
+    const LIMIT: u32 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let seed_dir = dir.path().join("seed");
+    let source = write_payload(&seed_dir, "payload", 5);
+    let meta = make_torrent(&source, vec![], PAYLOAD_PIECE_LENGTH);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pieces = meta.info.layout.piece_count() as usize;
+    let info_hash = meta.info_hash;
+    let layout = meta.info.layout.clone();
+    let root = seed_dir.clone();
+    let files: Vec<_> = meta.info.layout.files.clone();
+
+    let seeder = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut hs = [0u8; wire::HANDSHAKE_LEN];
+        s.read_exact(&mut hs).await.unwrap();
+        let theirs = Handshake::decode(&hs).unwrap();
+        let mut seen = Seen {
+            offered_extensions: theirs.supports_extensions(),
+            ..Seen::default()
+        };
+        let mut out = BytesMut::new();
+        out.extend_from_slice(
+            &Handshake::new(info_hash, PeerId(*b"-XX0001-scriptedpeer")).encode(),
+        );
+        // Extended handshake before the bitfield, as some clients do.
+        let mut payload = BytesMut::from(&b"\0d1:md11:ut_metadatai3ee4:reqqi"[..]);
+        payload.extend_from_slice(LIMIT.to_string().as_bytes());
+        payload.extend_from_slice(b"ee");
+        Message::Unknown {
+            id: wire::EXTENDED,
+            payload: payload.freeze(),
+        }
+        .encode(&mut out);
+        Message::Bitfield(Bytes::copy_from_slice(Bitfield::full(pieces).as_bytes()))
+            .encode(&mut out);
+        Message::Unchoke.encode(&mut out);
+        s.write_all(&out).await.unwrap();
+
+        // The payload, to answer requests with real data.
+        let mut data = Vec::new();
+        for f in &files {
+            data.extend(std::fs::read(root.join(&f.path)).unwrap());
+        }
+        let mut buf = BytesMut::new();
+        let mut outstanding = Vec::new();
+        loop {
+            // Read whatever arrives within 50 ms, then answer the oldest request.
+            let read = tokio::time::timeout(Duration::from_millis(50), s.read_buf(&mut buf)).await;
+            if let Ok(Ok(0) | Err(_)) = read {
+                return seen;
+            }
+            while let Ok(Some(m)) = wire::decode(&mut buf, 1 << 20) {
+                match m {
+                    Message::Unknown {
+                        id: wire::EXTENDED,
+                        payload,
+                    } => {
+                        seen.our_reqq = wire::parse_extended(&payload).unwrap().unwrap().reqq;
+                    }
+                    Message::Request {
+                        index,
+                        begin,
+                        length,
+                    } => {
+                        outstanding.push((index, begin, length));
+                        seen.requests += 1;
+                        seen.max_outstanding = seen.max_outstanding.max(outstanding.len());
+                    }
+                    Message::Cancel {
+                        index,
+                        begin,
+                        length,
+                    } => {
+                        outstanding.retain(|r| *r != (index, begin, length));
+                    }
+                    _ => {}
+                }
+            }
+            if !outstanding.is_empty() {
+                let (index, begin, length) = outstanding.remove(0);
+                let at = layout.piece_range(index).start as usize + begin as usize;
+                let mut out = BytesMut::new();
+                Message::Piece {
+                    index,
+                    begin,
+                    data: Bytes::copy_from_slice(&data[at..at + length as usize]),
+                }
+                .encode(&mut out);
+                if s.write_all(&out).await.is_err() {
+                    return seen;
+                }
+            }
+        }
+    });
+
+    let leech_dir = dir.path().join("leech");
+    let leecher = start_session(&leech_dir, Arc::new(FsBackend::new()), vec![addr]).await;
+    let handle = leecher.add(meta.clone()).unwrap();
+    wait_seeding(&handle, Duration::from_secs(120)).await;
+    leecher.shutdown(Duration::from_secs(4)).await;
+    let seen = seeder.await.unwrap();
+    assert_same_files(&source, &leech_dir.join("payload"));
+    assert!(
+        seen.offered_extensions,
+        "our handshake lacks the BEP 10 bit"
+    );
+    assert_eq!(seen.our_reqq, Some(1024), "our extended handshake's reqq");
+    assert!(seen.requests > 0);
+    assert!(
+        seen.max_outstanding <= LIMIT as usize,
+        "{} requests outstanding, the peer's reqq is {LIMIT}",
+        seen.max_outstanding
+    );
+    // And the limit was reached, so the check above measured something.
+    assert_eq!(seen.max_outstanding, LIMIT as usize);
+}
