@@ -283,7 +283,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let piece_count = ctx.layout.piece_count() as usize;
     let max_len = (BLOCK_SIZE as usize + 13).max(piece_count.div_ceil(8) + 1);
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
-    let mut first_message = true;
     // Last state the peer announced: repeats are dropped here so a flood of them costs the
     // torrent task nothing.
     let (mut peer_choking, mut peer_interested) = (true, false);
@@ -331,13 +330,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             continue;
         }
-        if matches!(
-            msg,
-            Message::KeepAlive | Message::Port(_) | Message::Unknown { .. }
-        ) {
-            continue; // not "the first message" for the bitfield rule either
-        }
-        let was_first = std::mem::replace(&mut first_message, false);
         let event = match msg {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => continue,
             Message::Choke if !peer_choking => {
@@ -365,15 +357,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 PeerEvent::Have(i)
             }
-            Message::Bitfield(bytes) => {
-                if !was_first {
-                    return "bitfield after the first message".into();
-                }
-                match Bitfield::from_bytes(&bytes, piece_count) {
-                    Ok(bf) => PeerEvent::Bitfield(bf),
-                    Err(e) => return format!("bad bitfield: {e}"),
-                }
-            }
+            // BEP 3 sends it first, but aria2 also sends a whole bitfield later instead of haves
+            // when that is shorter; the torrent counts only the pieces new to it.
+            Message::Bitfield(bytes) => match Bitfield::from_bytes(&bytes, piece_count) {
+                Ok(bf) => PeerEvent::Bitfield(bf),
+                Err(e) => return format!("bad bitfield: {e}"),
+            },
             Message::Piece { index, begin, data } => {
                 let block = BlockRef {
                     piece: index,

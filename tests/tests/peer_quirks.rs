@@ -1,5 +1,7 @@
-//! BEP 10 extended handshake: we offer the extension protocol, tell peers how many requests we
-//! queue (`reqq`), and never keep more requests outstanding than a peer's own `reqq`.
+//! What real clients do that BEP 3 alone does not cover, against a scripted seeder:
+//! - BEP 10 extended handshake: we offer the extension protocol, tell peers how many requests we
+//!   queue (`reqq`), and never keep more requests outstanding than a peer's own `reqq`;
+//! - a bitfield after the first message (aria2 sends one instead of haves when it is shorter).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,11 +23,18 @@ struct Seen {
     requests: usize,
 }
 
-/// A seeder that says `reqq` = `limit`, unchokes, and answers requests only after holding them
-/// a while, so the leecher's pipeline is always as full as it allows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pipeline_respects_the_peers_reqq_and_ours_is_announced() {
-    const LIMIT: u32 = 3;
+/// How the scripted seeder behaves.
+struct Script {
+    /// `reqq` in its extended handshake.
+    reqq: u32,
+    /// Start with a bitfield of only the first piece and send the full one later, after the
+    /// first request, as aria2 does with a bitfield in place of haves.
+    late_bitfield: bool,
+}
+
+/// Runs a download from a scripted seeder that answers requests only after holding them a
+/// while, so the leecher's pipeline is as full as it allows. Returns what the seeder saw.
+async fn download_from(script: Script) -> Seen {
     let dir = tempfile::tempdir().unwrap();
     let seed_dir = dir.path().join("seed");
     let source = write_payload(&seed_dir, "payload", 5);
@@ -53,15 +62,19 @@ async fn the_pipeline_respects_the_peers_reqq_and_ours_is_announced() {
         );
         // Extended handshake before the bitfield, as some clients do.
         let mut payload = BytesMut::from(&b"\0d1:md11:ut_metadatai3ee4:reqqi"[..]);
-        payload.extend_from_slice(LIMIT.to_string().as_bytes());
+        payload.extend_from_slice(script.reqq.to_string().as_bytes());
         payload.extend_from_slice(b"ee");
         Message::Unknown {
             id: wire::EXTENDED,
             payload: payload.freeze(),
         }
         .encode(&mut out);
-        Message::Bitfield(Bytes::copy_from_slice(Bitfield::full(pieces).as_bytes()))
-            .encode(&mut out);
+        let mut first = Bitfield::new(pieces);
+        first.set(0);
+        let full = Bitfield::full(pieces);
+        let bitfield = |bf: &Bitfield| Message::Bitfield(Bytes::copy_from_slice(bf.as_bytes()));
+        let mut late = script.late_bitfield.then(|| bitfield(&full));
+        bitfield(if late.is_some() { &first } else { &full }).encode(&mut out);
         Message::Unchoke.encode(&mut out);
         s.write_all(&out).await.unwrap();
 
@@ -105,6 +118,13 @@ async fn the_pipeline_respects_the_peers_reqq_and_ours_is_announced() {
                     _ => {}
                 }
             }
+            if seen.requests > 0 {
+                if let Some(m) = late.take() {
+                    let mut out = BytesMut::new();
+                    m.encode(&mut out);
+                    s.write_all(&out).await.unwrap();
+                }
+            }
             if !outstanding.is_empty() {
                 let (index, begin, length) = outstanding.remove(0);
                 let at = layout.piece_range(index).start as usize + begin as usize;
@@ -129,6 +149,17 @@ async fn the_pipeline_respects_the_peers_reqq_and_ours_is_announced() {
     leecher.shutdown(Duration::from_secs(4)).await;
     let seen = seeder.await.unwrap();
     assert_same_files(&source, &leech_dir.join("payload"));
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_respects_the_peers_reqq_and_ours_is_announced() {
+    const LIMIT: u32 = 3;
+    let seen = download_from(Script {
+        reqq: LIMIT,
+        late_bitfield: false,
+    })
+    .await;
     assert!(
         seen.offered_extensions,
         "our handshake lacks the BEP 10 bit"
@@ -142,4 +173,15 @@ async fn the_pipeline_respects_the_peers_reqq_and_ours_is_announced() {
     );
     // And the limit was reached, so the check above measured something.
     assert_eq!(seen.max_outstanding, LIMIT as usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_bitfield_adds_pieces_like_haves() {
+    // Only one piece at first: the download completes only if the later bitfield is taken.
+    let seen = download_from(Script {
+        reqq: 250,
+        late_bitfield: true,
+    })
+    .await;
+    assert!(seen.requests > 1);
 }
