@@ -5,6 +5,8 @@ SIGTERM): SIGTERM first, SIGKILL after a grace period. Nothing is killed by name
 """
 
 import atexit
+import base64
+import json
 import os
 import re
 import shutil
@@ -260,6 +262,17 @@ class OpenTracker:
             time.sleep(0.2)
         raise CheckFailed(f"tracker has no seeder for {info_hash_hex} after {timeout}s")
 
+    def wait_peers(self, info_hash_hex, n=1, timeout=20):
+        """Until the tracker holds `n` peers (seeders or not) for this info-hash. A client that
+        announces before it has checked its data counts as incomplete until its next announce,
+        so `wait_seeders` would wait for that."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if sum(self.scrape(info_hash_hex)) >= n:
+                return
+            time.sleep(0.2)
+        raise CheckFailed(f"tracker has no peer for {info_hash_hex} after {timeout}s")
+
     def stop(self):
         stop(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -313,9 +326,15 @@ class Zig:
                            stdin=subprocess.DEVNULL)
         return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
 
-    def run(self, torrents, downloads, state, log_path, listen=None, peers=(), extra=()):
+    def run(self, torrents, downloads, state, log_path, listen=None, peers=(), extra=(),
+            transport="tcp", log_level=None):
+        """`zigtorrent run --headless`. `transport=None` leaves the binary's default in force."""
         argv = [self.bin, "run", "--headless", "--torrents", torrents, "--downloads", downloads,
-                "--state", state, "--transport", "tcp", "--storage", "fs"]
+                "--state", state, "--storage", "fs"]
+        if transport:
+            argv += ["--transport", transport]
+        if log_level:
+            argv += ["--log-level", log_level]
         if listen:
             argv += ["--listen", str(listen)]
         for p in peers:
@@ -343,6 +362,35 @@ def graceful_stop(p, sig=signal.SIGINT, limit=5.0):
     if rc != 0:
         raise CheckFailed(f"exit code {rc} after {signal.Signals(sig).name} (want 0)")
     return secs, ru
+
+
+def default_bin():
+    """$ZIGTORRENT_BIN, else ${CARGO_TARGET_DIR:-<repo>/target}/release/zigtorrent."""
+    if os.environ.get("ZIGTORRENT_BIN"):
+        return os.environ["ZIGTORRENT_BIN"]
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(repo, "target")
+    return os.path.join(target, "release", "zigtorrent")
+
+
+# At `--log-level info`: `peer connected addr=IP:PORT outgoing=BOOL transport=tcp client=-XX1234-`
+_PEER_CONNECTED = re.compile(r"peer connected\s+(?P<kv>.*)$")
+
+
+def peer_connections(log_path):
+    """Every `peer connected` line zigtorrent logged (needs `--log-level info` or finer), as dicts
+    of its key=value fields (addr, outgoing, transport, client)."""
+    out = []
+    try:
+        with open(log_path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        m = _PEER_CONNECTED.search(line)
+        if m:
+            out.append(dict(re.findall(r"(\w+)=(\S+)", m.group("kv"))))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,3 +441,226 @@ def wait_files(downloads, expected, timeout, proc=None, what="zigtorrent", log_p
                 f"{parts} .part files; last status {st}\n{tail(log_path) if log_path else ''}")
         time.sleep(0.1)
     return time.time() - t0
+
+
+# --------------------------------------------------------------------------------------------
+# Other real clients: Transmission and aria2, each driven through its own JSON-RPC interface
+
+
+def _post_json(url, payload, headers=None, timeout=5):
+    req = urllib.request.Request(url, json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.load(r)
+
+
+def _wait_rpc(name, proc, log_path, probe, timeout=20):
+    deadline = time.time() + timeout
+    last = ""
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise CheckFailed(f"{name} exited ({proc.returncode}) on start:\n{tail(log_path)}")
+        try:
+            probe()
+            return
+        except (OSError, ValueError, CheckFailed) as e:
+            last = str(e)
+        time.sleep(0.1)
+    raise CheckFailed(f"{name} RPC not answering after {timeout}s: {last}\n{tail(log_path)}")
+
+
+class Transmission:
+    """transmission-daemon (3.00 in Debian 12) on 127.0.0.1, driven through its RPC.
+
+    What it takes to use it on loopback:
+    - Transmission 3.00 drops peers on 127.x that a tracker hands out (only a peer it is told
+      about directly, or one that dials in, is used), so tests make zigtorrent dial it (`--peer`).
+    - `encryption` 0 means "prefer plaintext": we do not speak MSE/PE.
+    - `utp` decides whether it speaks uTP besides TCP on `peer_port` (TCP and UDP, same number).
+    - It decides whom to unchoke, and which peers it is interested in, on a 10 s pulse
+      (peer-mgr.c RECHOKE_PERIOD_MSEC), so in either direction the first bytes flow ~10 s
+      after the connection (10-11 s measured here): time transfers from the first byte.
+    - Before 4.1 it never creates zero-length files of a torrent (transmission#417).
+    """
+
+    STATUS_SEEDING = 6  # tr_torrent_activity TR_STATUS_SEED
+
+    def __init__(self, workdir, download_dir, utp, label="transmission-daemon"):
+        self.dir = workdir
+        self.peer_port, self.rpc_port = free_port(), free_port()
+        self._session_id = ""
+        conf = os.path.join(workdir, "tr-config")
+        os.makedirs(conf, exist_ok=True)
+        settings = {
+            "bind-address-ipv4": "127.0.0.1",
+            "bind-address-ipv6": "::1",
+            "rpc-bind-address": "127.0.0.1",
+            "rpc-port": self.rpc_port,
+            "rpc-authentication-required": False,
+            "rpc-whitelist-enabled": False,
+            "peer-port": self.peer_port,
+            "peer-port-random-on-start": False,
+            "port-forwarding-enabled": False,
+            "dht-enabled": False,
+            "lpd-enabled": False,
+            "pex-enabled": False,
+            "utp-enabled": bool(utp),
+            "encryption": 0,
+            "download-dir": download_dir,
+            "incomplete-dir-enabled": False,
+            "speed-limit-up-enabled": False,
+            "speed-limit-down-enabled": False,
+            "ratio-limit-enabled": False,
+            "idle-seeding-limit-enabled": False,
+            "message-level": 2,
+        }
+        with open(os.path.join(conf, "settings.json"), "w") as f:
+            json.dump(settings, f, indent=1)
+        self.log = os.path.join(workdir, "transmission.log")
+        self.proc = spawn(["transmission-daemon", "-f", "-g", conf], label, self.log)
+        _wait_rpc("transmission-daemon", self.proc, self.log, lambda: self.rpc("session-get"))
+
+    def rpc(self, method, **arguments):
+        """One RPC call; returns its `arguments`. Handles the X-Transmission-Session-Id dance
+        (the first call, and any after a restart of the session, is answered 409 with the id)."""
+        url = f"http://127.0.0.1:{self.rpc_port}/transmission/rpc"
+        for _ in range(3):
+            try:
+                reply = _post_json(url, {"method": method, "arguments": arguments},
+                                   {"X-Transmission-Session-Id": self._session_id})
+            except urllib.error.HTTPError as e:
+                if e.code == 409:
+                    self._session_id = e.headers.get("X-Transmission-Session-Id", "")
+                    continue
+                raise
+            if reply.get("result") != "success":
+                raise CheckFailed(f"transmission {method}: {reply.get('result')}")
+            return reply.get("arguments", {})
+        raise CheckFailed(f"transmission {method}: no session id accepted")
+
+    def add(self, torrent_file, download_dir):
+        """Add a .torrent (data already in `download_dir` is verified first); returns its id."""
+        a = self.rpc("torrent-add", filename=os.path.abspath(torrent_file),
+                     **{"download-dir": download_dir, "paused": False})
+        t = a.get("torrent-added") or a.get("torrent-duplicate")
+        return t["id"]
+
+    FIELDS = ["id", "name", "status", "percentDone", "haveValid", "totalSize", "uploadedEver",
+              "downloadedEver", "corruptEver", "error", "errorString", "peers"]
+
+    def torrent(self, tid, fields=None):
+        ts = self.rpc("torrent-get", ids=[tid], fields=fields or self.FIELDS)["torrents"]
+        if not ts:
+            raise CheckFailed(f"transmission has no torrent {tid}")
+        t = ts[0]
+        if t.get("error"):
+            raise CheckFailed(f"transmission torrent error {t['error']}: {t.get('errorString')}")
+        return t
+
+    def wait_seeding(self, tid, timeout=60):
+        """Until it has verified every piece and seeds; raises otherwise."""
+        deadline = time.time() + timeout
+        while True:
+            t = self.torrent(tid)
+            if t["status"] == self.STATUS_SEEDING and t["percentDone"] == 1:
+                return t
+            if time.time() > deadline:
+                raise CheckFailed(f"transmission not seeding after {timeout}s: status "
+                                  f"{t['status']}, {t['percentDone'] * 100:.1f}% verified")
+            time.sleep(0.1)
+
+    def stop(self):
+        stop(self.proc)
+
+
+class Aria2:
+    """aria2c (1.36 in Debian 12) on 127.0.0.1 in RPC mode: downloads are added over JSON-RPC.
+
+    What it takes to use it on loopback:
+    - aria2 cannot be told about a peer: it learns peers from trackers (or DHT, PEX, LPD, all
+      off here). A tracker on 127.0.0.1 is fine: aria2 uses 127.x peers as given, and other
+      peers find it there too, so no `--bt-external-ip` is needed.
+    - It opens outgoing connections with an MSE/PE handshake; we do not speak MSE, so we drop
+      it and aria2 retries in plaintext, which it does only while `bt-require-crypto` is false
+      and `bt-min-crypto-level` is `plain`. Those are its defaults; they are set explicitly here
+      because a user's aria2.conf could change them (and `--no-conf` keeps that file out).
+    - As a leecher it announces new pieces with a whole BITFIELD message, mid-connection,
+      whenever that is no longer than the HAVEs it replaces: 5 + bitfield bytes <= 9 x new
+      pieces (DefaultBtInteractive::checkHave). On a torrent of up to ~32 pieces that is its
+      very first piece; on 1536 pieces, any 22 finished between two of its checks. BEP 3 says a
+      bitfield comes first or not at all, but libtorrent takes a later one as a replacement.
+    - `--stop-with-process` ties it to this driver, so it cannot outlive a killed test.
+    """
+
+    def __init__(self, workdir, label="aria2c"):
+        self.dir = workdir
+        self.port, self.rpc_port = free_port(), free_port()
+        self.secret = os.urandom(8).hex()
+        self.log = os.path.join(workdir, "aria2.log")
+        argv = ["aria2c", "--no-conf", "--enable-rpc", "--rpc-listen-all=false",
+                f"--rpc-listen-port={self.rpc_port}", f"--rpc-secret={self.secret}",
+                f"--listen-port={self.port}", "--enable-dht=false", "--enable-dht6=false",
+                "--bt-enable-lpd=false", "--enable-peer-exchange=false", "--disable-ipv6=true",
+                "--bt-require-crypto=false", "--bt-min-crypto-level=plain",
+                "--file-allocation=none", "--auto-file-renaming=false",
+                "--summary-interval=0", "--console-log-level=warn",
+                f"--log={self.log}", "--log-level=info",
+                f"--stop-with-process={os.getpid()}"]
+        self.proc = spawn(argv, label, os.path.join(workdir, "aria2.out"))
+        _wait_rpc("aria2c", self.proc, self.log, lambda: self.rpc("aria2.getVersion"))
+
+    def rpc(self, method, *params):
+        url = f"http://127.0.0.1:{self.rpc_port}/jsonrpc"
+        payload = {"jsonrpc": "2.0", "id": "zt", "method": method,
+                   "params": [f"token:{self.secret}", *params]}
+        try:
+            reply = _post_json(url, payload)
+        except urllib.error.HTTPError as e:
+            reply = json.loads(e.read() or b"{}")  # aria2 answers errors with a 4xx and a body
+        if "error" in reply:
+            raise CheckFailed(f"aria2 {method}: {reply['error'].get('message')}")
+        return reply["result"]
+
+    def add_torrent(self, torrent_file, **options):
+        """Add a .torrent with per-download options (aria2 option names, `_` for `-`, values
+        as strings); returns the GID."""
+        with open(torrent_file, "rb") as f:
+            b64 = base64.b64encode(f.read()).decode()
+        opts = {k.replace("_", "-"): str(v) for k, v in options.items()}
+        return self.rpc("aria2.addTorrent", b64, [], opts)
+
+    def status(self, gid):
+        return self.rpc("aria2.tellStatus", gid)
+
+    def peers(self, gid):
+        """The download's peers ([] once it stopped: aria2 only lists peers of active ones)."""
+        try:
+            return self.rpc("aria2.getPeers", gid)
+        except CheckFailed:
+            return []
+
+    _RPC_NOISE = ("RPC", "HttpServer", "rpc_helper", "HttpListenCommand")
+
+    def excerpt(self, n=20):
+        """The last `n` lines of its log about BitTorrent, without its log of our RPC calls."""
+        try:
+            with open(self.log, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return "    | (no log)"
+        keep = [l for l in lines if re.match(r"\d{4}-\d\d-\d\d ", l)
+                and not any(w in l for w in self._RPC_NOISE)]
+        return "\n".join("    | " + l[:300] for l in keep[-n:])
+
+    def shutdown(self, timeout=10):
+        """Ask it to exit (aria2.shutdown); returns its exit code, None if it had to be killed."""
+        self.rpc("aria2.shutdown")
+        rc, _ru = _wait(self.proc, timeout)
+        if rc is None:
+            stop(self.proc)
+            return None
+        _forget(self.proc)
+        return rc
+
+    def stop(self):
+        stop(self.proc)

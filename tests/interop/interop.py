@@ -357,17 +357,9 @@ LT_ONLY = [lt_direct, lt_tracker_http, lt_tracker_udp]
 ZIG = [a_tracker_http, a_tracker_udp, b_zig_seeds, c_create, d_crash]
 
 
-def default_bin():
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if os.environ.get("ZIGTORRENT_BIN"):
-        return os.environ["ZIGTORRENT_BIN"]
-    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(repo, "target")
-    return os.path.join(target, "release", "zigtorrent")
-
-
 def main():
     ap = argparse.ArgumentParser(description="zigtorrent interop suite (libtorrent, opentracker)")
-    ap.add_argument("--bin", default=default_bin(), help="zigtorrent binary (default: %(default)s)")
+    ap.add_argument("--bin", default=H.default_bin(), help="zigtorrent binary (default: %(default)s)")
     ap.add_argument("--lt-only", action="store_true", help="only the libtorrent/opentracker self-tests")
     ap.add_argument("--only", default="", help="comma-separated scenario names")
     ap.add_argument("--keep", action="store_true", help="keep the work folder for inspection")

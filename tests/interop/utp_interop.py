@@ -28,7 +28,6 @@ started is killed by its PID on the way out.
 
 import argparse
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -41,6 +40,9 @@ import time
 
 import libtorrent as lt
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402  (Transmission; its processes are stopped by harness.cleanup)
+
 # libtorrent 2.0 peer_info::utp_socket is 17_bit; the Python binding does not export it.
 LT_UTP_SOCKET = 1 << 17
 
@@ -51,8 +53,8 @@ _procs = []  # every Popen we started, killed in reverse order by cleanup()
 _netns = []  # namespaces we created
 
 
-class Failed(Exception):
-    pass
+# harness raises CheckFailed (from harness.Transmission); one exception type for both.
+Failed = H.CheckFailed
 
 
 # ------------------------------------------------------------------------------------------
@@ -81,6 +83,7 @@ def stop(p, grace=5.0):
 def cleanup():
     for p in reversed(list(_procs)):
         stop(p, 3.0)
+    H.cleanup()
     for ns in reversed(list(_netns)):
         subprocess.run(["ip", "netns", "del", ns], check=False)
         _netns.remove(ns)
@@ -329,116 +332,67 @@ def zig_seeds_utp(env, timeout=120):
     return check_transport(watch, True, f"{env.size / took / 1e6:.1f} MB/s in {took:.1f}s")
 
 
-# --- Transmission
+# --- Transmission (harness.Transmission: settings, RPC, and why we dial it)
 
 
-def tr_start(work, peer_port, rpc_port, download_dir):
-    conf = _mk(work, "tr-config")
-    settings = {
-        "bind-address-ipv4": "127.0.0.1",
-        "bind-address-ipv6": "::1",
-        "rpc-bind-address": "127.0.0.1",
-        "rpc-port": rpc_port,
-        "rpc-authentication-required": False,
-        "rpc-whitelist-enabled": False,
-        "peer-port": peer_port,
-        "peer-port-random-on-start": False,
-        "port-forwarding-enabled": False,
-        "dht-enabled": False,
-        "lpd-enabled": False,
-        "pex-enabled": False,
-        "utp-enabled": True,
-        "encryption": 0,  # prefer plaintext (we do not speak MSE)
-        "download-dir": download_dir,
-        "incomplete-dir-enabled": False,
-        "speed-limit-up-enabled": False,
-        "speed-limit-down-enabled": False,
-        "ratio-limit-enabled": False,
-        "message-level": 2,
-    }
-    with open(os.path.join(conf, "settings.json"), "w") as f:
-        json.dump(settings, f)
-    p = spawn(["transmission-daemon", "-f", "-g", conf], os.path.join(work, "tr.log"))
-    wait_for("transmission RPC", lambda: tr(rpc_port, "-l", check=False).returncode == 0, 20)
-    return p
-
-
-def tr(rpc_port, *args, check=True):
-    return subprocess.run(["transmission-remote", f"127.0.0.1:{rpc_port}", *args],
-                          capture_output=True, text=True, check=check)
-
-
-def tr_peers(rpc_port):
-    """Transmission's peer table text (`-pi`); flag T marks a uTP connection."""
-    return tr(rpc_port, "-t", "1", "-pi", check=False).stdout
-
-
-def tr_utp_peer(text):
-    for line in text.splitlines()[1:]:
-        parts = line.split()
-        if len(parts) >= 2 and "T" in parts[1]:
-            return True
-    return False
+def _tr_sampler(trn, tid, seen):
+    def tick():
+        for p in trn.torrent(tid, ["peers"])["peers"]:
+            seen.add((p["clientName"], "uTP" if p["isUTP"] else "TCP"))
+    return tick
 
 
 def transmission_seeds(env, timeout=120):
     work = env.dir("transmission_seeds")
-    tport, rport, zport = free_port(), free_port(), free_port()
+    zport = free_port()
     tdata = _mk(work, "tr-data")
     shutil.copy(env.data, tdata)
-    trp = tr_start(work, tport, rport, tdata)
-    tr(rport, "-a", env.torrent, "-w", tdata)
-    wait_for("transmission to seed", lambda: "Seeding" in tr(rport, "-l").stdout
-             or "Idle" in tr(rport, "-l").stdout and "100%" in tr(rport, "-l").stdout, 60)
+    trn = H.Transmission(work, tdata, utp=True)
+    tid = trn.add(env.torrent, tdata)
+    trn.wait_seeding(tid)
     shutil.copy(env.torrent, _mk(work, "torrents"))
-    zig = zig_run(env.bin, work, "utp", zport, peers=[f"127.0.0.1:{tport}"])
+    zig = zig_run(env.bin, work, "utp", zport, peers=[f"127.0.0.1:{trn.peer_port}"])
     out = os.path.join(work, "downloads", "payload.bin")
-    saw_utp = [False]
-
-    def tick():
-        if tr_utp_peer(tr_peers(rport)):
-            saw_utp[0] = True
+    seen = set()
     t0 = time.monotonic()
     try:
-        wait_for("zigtorrent to finish", lambda: file_done(out, env.sha1), timeout, tick=tick)
+        wait_for("zigtorrent to finish", lambda: file_done(out, env.sha1), timeout,
+                 tick=_tr_sampler(trn, tid, seen))
     except Failed as e:
         raise Failed(f"{e}; zig log:\n{log_tail(os.path.join(work, 'zig.log'))}\n"
-                     f"tr log:\n{log_tail(os.path.join(work, 'tr.log'))}")
+                     f"tr log:\n{log_tail(trn.log)}")
     took = time.monotonic() - t0
     stop(zig)
-    stop(trp)
+    trn.stop()
     # zigtorrent ran uTP only, so the connection was uTP by construction; Transmission's own
-    # flag is reported when it was sampled in time.
+    # view is reported when it was sampled in time.
     return (f"{env.size / took / 1e6:.1f} MB/s in {took:.1f}s; "
-            f"transmission flagged uTP: {saw_utp[0]}")
+            f"transmission listed peers {sorted(seen)}")
 
 
 def transmission_leeches(env, timeout=120):
     work = env.dir("transmission_leeches")
-    tport, rport, zport = free_port(), free_port(), free_port()
+    zport = free_port()
     tdata = _mk(work, "tr-data")
-    trp = tr_start(work, tport, rport, tdata)
-    tr(rport, "-a", env.torrent, "-w", tdata)
+    trn = H.Transmission(work, tdata, utp=True)
+    tid = trn.add(env.torrent, tdata)
     shutil.copy(env.torrent, _mk(work, "torrents"))
     shutil.copy(env.data, _mk(work, "downloads"))
-    zig = zig_run(env.bin, work, "utp", zport, peers=[f"127.0.0.1:{tport}"])
+    zig = zig_run(env.bin, work, "utp", zport, peers=[f"127.0.0.1:{trn.peer_port}"])
     got = os.path.join(tdata, "payload.bin")
-    saw_utp = [False]
-
-    def tick():
-        if tr_utp_peer(tr_peers(rport)):
-            saw_utp[0] = True
+    seen = set()
     t0 = time.monotonic()
     try:
-        wait_for("transmission to finish", lambda: file_done(got, env.sha1), timeout, tick=tick)
+        wait_for("transmission to finish", lambda: file_done(got, env.sha1), timeout,
+                 tick=_tr_sampler(trn, tid, seen))
     except Failed as e:
         raise Failed(f"{e}; zig log:\n{log_tail(os.path.join(work, 'zig.log'))}\n"
-                     f"tr log:\n{log_tail(os.path.join(work, 'tr.log'))}")
+                     f"tr log:\n{log_tail(trn.log)}")
     took = time.monotonic() - t0
     stop(zig)
-    stop(trp)
+    trn.stop()
     return (f"{env.size / took / 1e6:.1f} MB/s in {took:.1f}s; "
-            f"transmission flagged uTP: {saw_utp[0]}")
+            f"transmission listed peers {sorted(seen)}")
 
 
 # --- lossy link
