@@ -32,18 +32,28 @@ impl RotatingLog {
             limit,
         };
         if log.written >= log.limit {
-            log.rotate()?;
+            log.rotate();
         }
         Ok(Mutex::new(log))
     }
 
-    fn rotate(&mut self) -> io::Result<()> {
-        let mut old = self.path.clone().into_os_string();
-        old.push(".1");
-        std::fs::rename(&self.path, old)?;
-        self.file = append(&self.path)?;
-        self.written = 0;
-        Ok(())
+    /// Moves the log to `.1` and starts a new one. On failure it keeps the open file and tries
+    /// again after another half limit of writes, not on every line. A log already moved whose
+    /// new file could not be opened (out of descriptors, say) is not moved twice: the next try
+    /// only opens the new file.
+    fn rotate(&mut self) {
+        let moved = !self.path.exists() || {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            std::fs::rename(&self.path, old).is_ok()
+        };
+        match moved.then(|| append(&self.path)) {
+            Some(Ok(file)) => {
+                self.file = file;
+                self.written = 0;
+            }
+            _ => self.written = self.limit / 2,
+        }
     }
 }
 
@@ -53,10 +63,9 @@ fn append(path: &Path) -> io::Result<File> {
 
 impl Write for RotatingLog {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // A record never splits across files: rotation happens between writes. If it fails
-        // (say the folder became read-only), keep appending to the open file.
+        // A record never splits across files: rotation happens between writes.
         if self.written >= self.limit {
-            let _ = self.rotate();
+            self.rotate();
         }
         let n = self.file.write(buf)?;
         self.written += n as u64;

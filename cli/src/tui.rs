@@ -28,6 +28,9 @@ use crate::watch::FolderEvent;
 const REDRAW_INTERVAL: Duration = Duration::from_millis(200);
 /// Time between rate samples for the graphs.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long quitting waits for menu actions in flight (a removal or recheck stops its torrent
+/// within 4 s) before cutting them short.
+const ACTIONS_GRACE: Duration = Duration::from_secs(5);
 
 type Term = Terminal<CrosstermBackend<Stdout>>;
 
@@ -136,11 +139,16 @@ pub async fn serve(
     app.stopping = true;
     app.confirm_remove = None;
     draw(&mut terminal, &mut app, &running, &mut shown);
-    // Actions in flight finish first, each bounded by the torrent stop timeout: a torrent being
-    // removed still stops gracefully, and one being rechecked is back in the session to stop
-    // with the others. They hold the session, which the shutdown needs to itself.
+    // Actions in flight finish first: a torrent being removed still stops gracefully, and one
+    // being rechecked is back in the session to stop with the others. They hold the session,
+    // which the shutdown needs to itself. Removals and rechecks are bounded by the torrent stop
+    // timeout; past [`ACTIONS_GRACE`] whatever is left is cut short.
     let shutdown = async move {
-        while actions.join_next().await.is_some() {}
+        let drained = async { while actions.join_next().await.is_some() {} };
+        if tokio::time::timeout(ACTIONS_GRACE, drained).await.is_err() {
+            actions.abort_all();
+            while actions.join_next().await.is_some() {}
+        }
         running.shutdown().await
     };
     tokio::pin!(shutdown);

@@ -284,8 +284,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let max_len = (BLOCK_SIZE as usize + 13).max(piece_count.div_ceil(8) + 1);
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     // Last state the peer announced: repeats are dropped here so a flood of them costs the
-    // torrent task nothing.
+    // torrent task nothing. The same for its pieces (haves and bitfields) and its `reqq`.
     let (mut peer_choking, mut peer_interested) = (true, false);
+    let mut peer_has = Bitfield::new(piece_count);
+    let mut peer_reqq = None;
     loop {
         let msg = match wire::decode(&mut buf, max_len) {
             Ok(Some(m)) => m,
@@ -312,7 +314,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
         {
             // Some clients send this before their bitfield: it is outside the bitfield rule.
             match wire::parse_extended(payload) {
-                Ok(Some(hs)) => {
+                Ok(Some(hs)) if hs.reqq.is_some() && hs.reqq != peer_reqq => {
+                    peer_reqq = hs.reqq;
                     if let Some(n) = hs.reqq {
                         if ctx
                             .events
@@ -324,7 +327,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         }
                     }
                 }
-                Ok(None) => {}
+                Ok(_) => {}
                 // A quirk in an optional extra is not worth the connection.
                 Err(e) => tracing::debug!(peer = ctx.key, error = %e, "extended handshake ignored"),
             }
@@ -355,12 +358,23 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 if i as usize >= piece_count {
                     return format!("have for piece {i} out of range");
                 }
+                if !peer_has.set(i as usize) {
+                    continue;
+                }
                 PeerEvent::Have(i)
             }
             // BEP 3 sends it first, but aria2 also sends a whole bitfield later instead of haves
             // when that is shorter; the torrent counts only the pieces new to it.
             Message::Bitfield(bytes) => match Bitfield::from_bytes(&bytes, piece_count) {
-                Ok(bf) => PeerEvent::Bitfield(bf),
+                Ok(bf) => {
+                    if !bf.iter_ones().any(|p| !peer_has.get(p)) {
+                        continue;
+                    }
+                    for p in bf.iter_ones() {
+                        peer_has.set(p);
+                    }
+                    PeerEvent::Bitfield(bf)
+                }
                 Err(e) => return format!("bad bitfield: {e}"),
             },
             Message::Piece { index, begin, data } => {

@@ -7,13 +7,14 @@
 //! - **Connecting** starts `preferred` at once and `fallback` after a short head start (or at
 //!   once if `preferred` fails first), and keeps the first stream that opens, the way libtorrent
 //!   and Transmission try uTP then TCP. The loser is dropped.
-//! - **Remembering**: an address where `fallback` won is dialled the other way round next time
-//!   (`fallback` first, `preferred` after the head start), so a TCP-only peer costs the head
-//!   start once, not on every reconnect. The memory is bounded ([`REMEMBERED`] addresses).
+//! - **Remembering**: an address where `fallback` won is dialled the other way round for a
+//!   while ([`REMEMBER_FOR`]): `fallback` first, `preferred` after the head start. A TCP-only
+//!   peer costs the head start once, not on every reconnect, and a uTP peer whose answer was
+//!   merely late goes back to uTP later. The memory is bounded ([`REMEMBERED`] addresses).
 //!
 //! It knows nothing of uTP or TCP themselves: any two transports pair.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::transport::{BoxStream, Listener, Transport, TransportError};
 
@@ -35,6 +37,9 @@ pub const DEFAULT_HEAD_START: Duration = Duration::from_millis(250);
 /// Addresses remembered as "fallback first"; when full, the memory starts over.
 pub const REMEMBERED: usize = 4096;
 
+/// How long an address stays "fallback first" after the fallback won there.
+pub const REMEMBER_FOR: Duration = Duration::from_secs(30 * 60);
+
 /// Attempts at finding one port number free for both transports when asked for port 0.
 const ANY_PORT_ATTEMPTS: usize = 8;
 
@@ -47,8 +52,8 @@ pub struct TransportPair {
     preferred: Arc<dyn Transport>,
     fallback: Arc<dyn Transport>,
     head_start: Duration,
-    /// Addresses where `fallback` won the last race.
-    fallback_first: Mutex<HashSet<SocketAddr>>,
+    /// Addresses where `fallback` won the last race, and when.
+    fallback_first: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 impl TransportPair {
@@ -68,7 +73,7 @@ impl TransportPair {
         }
     }
 
-    fn remembered(&self) -> std::sync::MutexGuard<'_, HashSet<SocketAddr>> {
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {
         self.fallback_first
             .lock()
             .expect("lock poisoned only by a panic")
@@ -145,7 +150,10 @@ impl Transport for TransportPair {
         &self,
         addr: SocketAddr,
     ) -> Result<(BoxStream, String), TransportError> {
-        let swapped = self.remembered().contains(&addr);
+        let swapped = self
+            .remembered()
+            .get(&addr)
+            .is_some_and(|at| at.elapsed() < REMEMBER_FOR);
         let (first, second) = if swapped {
             (&*self.fallback, &*self.preferred)
         } else {
@@ -155,10 +163,10 @@ impl Transport for TransportPair {
         let fallback_won = swapped == first_won;
         let mut remembered = self.remembered();
         if fallback_won {
-            if remembered.len() >= REMEMBERED && !remembered.contains(&addr) {
+            if remembered.len() >= REMEMBERED && !remembered.contains_key(&addr) {
                 remembered.clear();
             }
-            remembered.insert(addr);
+            remembered.insert(addr, Instant::now());
         } else {
             remembered.remove(&addr);
         }
@@ -384,6 +392,18 @@ mod tests {
             before,
             "preferred first again"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_memory_expires() {
+        let (p, f) = (Fake::new("utp", 60_000, true), Fake::new("tcp", 1, true));
+        let pair = TransportPair::new("both", p.clone(), f, DEFAULT_HEAD_START);
+        assert_eq!(who(&pair).await.unwrap(), "tcp");
+        // uTP was only slow: later it answers at once, and after the memory expires it is
+        // dialled first again and wins.
+        p.set(5, true);
+        tokio::time::advance(REMEMBER_FOR + Duration::from_secs(1)).await;
+        assert_eq!(who(&pair).await.unwrap(), "utp");
     }
 
     #[tokio::test(start_paused = true)]

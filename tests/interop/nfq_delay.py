@@ -11,7 +11,7 @@ match's job, in the kernel, before the queue. The delay is constant, so packets 
 order they came, as with netem's `delay` without jitter.
 
 It speaks nfnetlink_queue over a raw netlink socket (standard library only, no
-libnetfilter_queue), prints `ready` once the queue is bound, and runs until killed. The queue
+libnetfilter_queue), prints `ready` once the queue is bound, and runs until killed or orphaned. The queue
 belongs to the network namespace the process runs in.
 """
 
@@ -108,6 +108,7 @@ def run(queue, delay):
     sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE (root)
     sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
     configure(sock, queue)
+    parent = os.getppid()
     print("ready", flush=True)
     held = deque()  # (due, packet id); constant delay keeps it sorted
     while True:
@@ -120,6 +121,8 @@ def run(queue, delay):
             # the packets that are due, since ids grow in arrival order.
             verdict = attr(NFQA_VERDICT_HDR, struct.pack(">II", NF_ACCEPT, last_due))
             sock.send(message(queue, NFQNL_MSG_VERDICT_BATCH, NLM_F_REQUEST, [verdict]))
+        if os.getppid() != parent:
+            return  # whoever started us is gone (killed without cleaning up): so are we
         wait = held[0][0] - now if held else 1.0
         ready, _, _ = select.select([sock], [], [], max(0.0, wait))
         if not ready:

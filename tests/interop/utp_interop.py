@@ -453,7 +453,7 @@ import socket, sys, time
 mode, host, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 if mode == "echo":
-    s.bind((host, 9)); s.settimeout(5)
+    s.bind((host, 9)); s.settimeout(5); print("listening", flush=True)
     try:
         while True:
             d, a = s.recvfrom(64); s.sendto(d, a)
@@ -474,16 +474,20 @@ else:
 """
 
 
-def probe_link(a, b, n=300):
+def probe_link(a, b, n=500):
     """UDP echoes from namespace a to b: (median round trip in seconds, fraction lost)."""
+    log = os.path.join(tempfile.gettempdir(), "zt-probe-echo.log")
     echo = spawn(["ip", "netns", "exec", b, sys.executable, "-c", PROBE_CHILD, "echo",
-                  "10.77.0.2", "0"], os.path.join(tempfile.gettempdir(), "zt-probe-echo.log"))
-    time.sleep(0.3)
+                  "10.77.0.2", "0"], log)
+    wait_for("the echo server", lambda: "listening" in log_tail(log, 2), 10)
     out = subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", PROBE_CHILD, "ping",
                           "10.77.0.2", str(n)], capture_output=True, text=True, timeout=120)
     stop(echo)
-    got, median = out.stdout.split()
-    return float(median), 1 - int(got) / n
+    try:
+        got, median = out.stdout.split()
+        return float(median), 1 - int(got) / n
+    except ValueError:
+        raise Failed(f"link probe failed: {out.stdout!r} {out.stderr[-500:]!r}")
 
 
 LT_SEED_CHILD = r"""

@@ -86,7 +86,7 @@ async fn download_from(script: Script) -> Seen {
         let mut buf = BytesMut::new();
         let mut outstanding = Vec::new();
         loop {
-            // Read whatever arrives within 50 ms, then answer the oldest request.
+            // Read whatever arrives within 50 ms; answer the oldest request after a quiet spell.
             let read = tokio::time::timeout(Duration::from_millis(50), s.read_buf(&mut buf)).await;
             if let Ok(Ok(0) | Err(_)) = read {
                 return seen;
@@ -125,7 +125,10 @@ async fn download_from(script: Script) -> Seen {
                     s.write_all(&out).await.unwrap();
                 }
             }
-            if !outstanding.is_empty() {
+            // Answer only once the leecher has gone quiet for 50 ms, so every request it was
+            // willing to send is counted first.
+            let quiet = read.is_err();
+            if quiet && !outstanding.is_empty() {
                 let (index, begin, length) = outstanding.remove(0);
                 let at = layout.piece_range(index).start as usize + begin as usize;
                 let mut out = BytesMut::new();
