@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.error
 import urllib.request
 
@@ -664,3 +665,73 @@ class Aria2:
 
     def stop(self):
         stop(self.proc)
+
+
+# ------------------------------------------------------------------------------------------
+# scenario suites (interop.py, clients.py)
+
+
+class Ctx:
+    """What a scenario gets: a fresh folder, the shared payloads and binary, the run's tracker."""
+
+    def __init__(self, root, name, payloads, zig, suite):
+        self.name = name
+        self.dir = os.path.join(root, name)
+        os.makedirs(self.dir)
+        self.payloads = payloads
+        self.zig = zig
+        self._suite = suite
+
+    def sub(self, *parts):
+        p = os.path.join(self.dir, *parts)
+        os.makedirs(p, exist_ok=True)
+        return p
+
+    def tracker(self, info_hashes=()):
+        """The run's one opentracker (started on first use), with these hashes whitelisted."""
+        if self._suite.get("tracker") is None:
+            self._suite["tracker"] = OpenTracker(free_port())
+        t = self._suite["tracker"]
+        if info_hashes:
+            t.allow(info_hashes)
+        return t
+
+
+def run_scenarios(scenarios, ctx_for, root, suite, keep=False, expected=(CheckFailed,)):
+    """Runs each scenario with `ctx_for(name)`, printing PASS/FAIL and a summary; returns the
+    exit status (1 if any failed). An exception of an `expected` type is a FAIL with its
+    message; any other is a FAIL with its traceback. Processes a scenario left are stopped
+    after it, and everything at the end."""
+    results = []
+    for fn in scenarios:
+        log(f"--- {fn.__name__}")
+        t0 = time.time()
+        try:
+            detail = fn(ctx_for(fn.__name__))
+            results.append((fn.__name__, True, detail or ""))
+        except expected as e:
+            results.append((fn.__name__, False, str(e)))
+        except Exception:  # a bug in the harness or an unexpected error: still a FAIL with a reason
+            results.append((fn.__name__, False, traceback.format_exc()))
+        finally:
+            cleanup(everything=False)
+        ok, detail = results[-1][1], results[-1][2]
+        print(f"{'PASS' if ok else 'FAIL'} {fn.__name__} ({time.time() - t0:.1f}s): {detail}",
+              flush=True)
+
+    cleanup()
+    if suite.get("tracker"):
+        shutil.rmtree(suite["tracker"].dir, ignore_errors=True)
+    print("\nSummary:")
+    for name, ok, detail in results:
+        print(f"  {'PASS' if ok else 'FAIL'} {name}: {detail.splitlines()[0] if detail else ''}")
+    failed = [n for n, ok, _ in results if not ok]
+    if keep or failed:
+        print(f"work folder kept: {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    if failed:
+        print(f"{len(failed)} of {len(results)} scenario(s) FAILED: {', '.join(failed)}")
+        return 1
+    print(f"all {len(results)} scenario(s) passed")
+    return 0

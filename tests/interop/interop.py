@@ -26,7 +26,6 @@ import signal
 import sys
 import tempfile
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,31 +33,6 @@ import harness as H  # noqa: E402
 import lt as L  # noqa: E402
 
 DOWNLOAD_TIMEOUT = 90  # seconds for a ~6 MiB payload over loopback: generous, CI machines are slow
-
-
-class Ctx:
-    """What a scenario gets: a fresh folder, the shared payloads, the binary."""
-
-    def __init__(self, root, name, payloads, zig, suite):
-        self.name = name
-        self.dir = os.path.join(root, name)
-        os.makedirs(self.dir)
-        self.payloads = payloads
-        self.zig = zig
-        self._suite = suite
-
-    def tracker(self, info_hashes):
-        """The run's one opentracker (started on first use), with these hashes whitelisted."""
-        if self._suite.get("tracker") is None:
-            self._suite["tracker"] = H.OpenTracker(H.free_port())
-        t = self._suite["tracker"]
-        t.allow(info_hashes)
-        return t
-
-    def sub(self, *parts):
-        p = os.path.join(self.dir, *parts)
-        os.makedirs(p, exist_ok=True)
-        return p
 
 
 def _compare(src, dst, what):
@@ -384,38 +358,9 @@ def main():
     }
     zig = H.Zig(args.bin)
     suite = {}
-    results = []
-    for fn in scenarios:
-        H.log(f"--- {fn.__name__}")
-        t0 = time.time()
-        try:
-            detail = fn(Ctx(root, fn.__name__, payloads, zig, suite))
-            results.append((fn.__name__, True, detail or ""))
-        except (H.CheckFailed, L.InteropError) as e:
-            results.append((fn.__name__, False, str(e)))
-        except Exception:  # a bug in the harness or an unexpected error: still a FAIL with a reason
-            results.append((fn.__name__, False, traceback.format_exc()))
-        finally:
-            H.cleanup(everything=False)
-        ok, detail = results[-1][1], results[-1][2]
-        print(f"{'PASS' if ok else 'FAIL'} {fn.__name__} ({time.time() - t0:.1f}s): {detail}", flush=True)
-
-    H.cleanup()
-    if suite.get("tracker"):
-        shutil.rmtree(suite["tracker"].dir, ignore_errors=True)
-    print("\nSummary:")
-    for name, ok, detail in results:
-        print(f"  {'PASS' if ok else 'FAIL'} {name}: {detail.splitlines()[0] if detail else ''}")
-    failed = [n for n, ok, _ in results if not ok]
-    if args.keep or failed:
-        print(f"work folder kept: {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
-    if failed:
-        print(f"{len(failed)} of {len(results)} scenario(s) FAILED: {', '.join(failed)}")
-        return 1
-    print(f"all {len(results)} scenario(s) passed")
-    return 0
+    return H.run_scenarios(scenarios, lambda name: H.Ctx(root, name, payloads, zig, suite),
+                           root, suite, keep=args.keep,
+                           expected=(H.CheckFailed, L.InteropError))
 
 
 if __name__ == "__main__":
