@@ -342,21 +342,29 @@ def _tr_sampler(trn, tid, seen):
     return tick
 
 
-def transmission_seeds(env, timeout=120):
-    work = env.dir("transmission_seeds")
+def transmission(env, tr_seeds, timeout=120):
+    """transmission-daemon with uTP against `zigtorrent --transport utp`, which dials it (a 3.00
+    daemon ignores 127.x peers from a tracker). `tr_seeds`: Transmission seeds, else leeches."""
+    name = "transmission_seeds" if tr_seeds else "transmission_leeches"
+    work = env.dir(name)
     zport = free_port()
     tdata = _mk(work, "tr-data")
-    shutil.copy(env.data, tdata)
+    if tr_seeds:
+        shutil.copy(env.data, tdata)
     trn = H.Transmission(work, tdata, utp=True)
     tid = trn.add(env.torrent, tdata)
-    trn.wait_seeding(tid)
+    if tr_seeds:
+        trn.wait_seeding(tid)
+        done = os.path.join(work, "downloads", "payload.bin")
+    else:
+        shutil.copy(env.data, _mk(work, "downloads"))
+        done = os.path.join(tdata, "payload.bin")
     shutil.copy(env.torrent, _mk(work, "torrents"))
     zig = zig_run(env.bin, work, "utp", zport, peers=[f"127.0.0.1:{trn.peer_port}"])
-    out = os.path.join(work, "downloads", "payload.bin")
     seen = set()
     t0 = time.monotonic()
     try:
-        wait_for("zigtorrent to finish", lambda: file_done(out, env.sha1), timeout,
+        wait_for(f"{name} to finish", lambda: file_done(done, env.sha1), timeout,
                  tick=_tr_sampler(trn, tid, seen))
     except Failed as e:
         raise Failed(f"{e}; zig log:\n{log_tail(os.path.join(work, 'zig.log'))}\n"
@@ -366,31 +374,6 @@ def transmission_seeds(env, timeout=120):
     trn.stop()
     # zigtorrent ran uTP only, so the connection was uTP by construction; Transmission's own
     # view is reported when it was sampled in time.
-    return (f"{env.size / took / 1e6:.1f} MB/s in {took:.1f}s; "
-            f"transmission listed peers {sorted(seen)}")
-
-
-def transmission_leeches(env, timeout=120):
-    work = env.dir("transmission_leeches")
-    zport = free_port()
-    tdata = _mk(work, "tr-data")
-    trn = H.Transmission(work, tdata, utp=True)
-    tid = trn.add(env.torrent, tdata)
-    shutil.copy(env.torrent, _mk(work, "torrents"))
-    shutil.copy(env.data, _mk(work, "downloads"))
-    zig = zig_run(env.bin, work, "utp", zport, peers=[f"127.0.0.1:{trn.peer_port}"])
-    got = os.path.join(tdata, "payload.bin")
-    seen = set()
-    t0 = time.monotonic()
-    try:
-        wait_for("transmission to finish", lambda: file_done(got, env.sha1), timeout,
-                 tick=_tr_sampler(trn, tid, seen))
-    except Failed as e:
-        raise Failed(f"{e}; zig log:\n{log_tail(os.path.join(work, 'zig.log'))}\n"
-                     f"tr log:\n{log_tail(trn.log)}")
-    took = time.monotonic() - t0
-    stop(zig)
-    trn.stop()
     return (f"{env.size / took / 1e6:.1f} MB/s in {took:.1f}s; "
             f"transmission listed peers {sorted(seen)}")
 
@@ -634,8 +617,8 @@ SCENARIOS = {
     "zig_seeds_utp": zig_seeds_utp,
     "both_prefers_utp": lambda env: lt_seeds(env, "both_prefers_utp", True, True, "both", True),
     "both_falls_back": lambda env: lt_seeds(env, "both_falls_back", True, False, "both", False),
-    "transmission_seeds": transmission_seeds,
-    "transmission_leeches": transmission_leeches,
+    "transmission_seeds": lambda env: transmission(env, True),
+    "transmission_leeches": lambda env: transmission(env, False),
     "lossy_link": lossy_link,
     "lossy_relay": lossy_relay,
 }
