@@ -774,16 +774,11 @@ impl Torrent {
             }
             PeerEvent::Bitfield(bf) => {
                 let peer = self.peers.get_mut(&key).expect("checked above");
-                if peer.bitfield.count_ones() == 0 {
-                    self.picker.add_peer_bitfield(&bf);
-                    peer.bitfield = bf;
-                } else {
-                    // A later bitfield (aria2 sends them instead of haves): pieces only ever
-                    // add up, like haves, so availability and requests stay consistent.
-                    for p in bf.iter_ones() {
-                        if peer.bitfield.set(p) {
-                            self.picker.add_peer_have(p as u32);
-                        }
+                // The first bitfield, or a later one (aria2 sends them instead of haves):
+                // pieces only ever add up, like haves, so availability stays consistent.
+                for p in bf.iter_ones() {
+                    if peer.bitfield.set(p) {
+                        self.picker.add_peer_have(p as u32);
                     }
                 }
                 self.update_interest(key);
