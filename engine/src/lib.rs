@@ -16,6 +16,7 @@ pub mod peer;
 pub mod picker;
 pub mod plugin;
 pub mod ratelimit;
+mod recheck;
 pub mod registry;
 pub mod session;
 pub mod status;
@@ -35,6 +36,8 @@ pub use registry::{Origin, Registry};
 pub use session::{Session, SessionConfig, SessionError, TorrentHandle};
 pub use status::{FileStatus, PeerStatus, TorrentState, TorrentStatus};
 pub use storage::memory::MemoryBackend;
-pub use storage::{Layout, Storage, StorageBackend, StorageError, StorageSpec};
+pub use storage::{
+    Layout, PathConflict, Resume, Storage, StorageBackend, StorageError, StorageSpec,
+};
 pub use transport::{BoxStream, Listener, Transport, TransportError, TransportOptions};
 pub use types::{Bitfield, BlockRef, InfoHash, PeerId, PieceIndex};

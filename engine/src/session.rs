@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::metainfo::Metainfo;
 use crate::peer;
 use crate::ratelimit::RateLimiter;
+use crate::recheck::HashBudget;
 use crate::status::TorrentStatus;
 use crate::storage::StorageBackend;
 use crate::torrent::{run_torrent, TorrentCommand, TorrentParams};
@@ -51,6 +52,8 @@ pub struct SessionConfig {
     pub download_limit: u64,
     /// Payload bytes/s sent by the whole session (0: unlimited).
     pub upload_limit: u64,
+    /// Bytes of pieces that rechecks of all torrents may hold at once (read, being hashed).
+    pub recheck_memory: u64,
 }
 
 impl SessionConfig {
@@ -66,6 +69,7 @@ impl SessionConfig {
             peer_id: PeerId::generate(),
             download_limit: 0,
             upload_limit: 0,
+            recheck_memory: HashBudget::DEFAULT_BYTES,
         }
     }
 }
@@ -141,6 +145,7 @@ struct Shared {
     listen_port: u16,
     download_limit: Arc<RateLimiter>,
     upload_limit: Arc<RateLimiter>,
+    hash_budget: HashBudget,
 }
 
 /// A running BitTorrent session.
@@ -169,6 +174,7 @@ impl Session {
             half_open: Arc::new(Semaphore::new(MAX_HALF_OPEN_INCOMING)),
             download_limit: Arc::new(RateLimiter::new(config.download_limit)),
             upload_limit: Arc::new(RateLimiter::new(config.upload_limit)),
+            hash_budget: HashBudget::new(config.recheck_memory),
             config,
             transport,
             backend,
@@ -257,6 +263,7 @@ impl Session {
             status: status_tx,
             download_limit: self.shared.download_limit.clone(),
             upload_limit: self.shared.upload_limit.clone(),
+            hash_budget: self.shared.hash_budget.clone(),
         };
         let task = tokio::spawn(run_torrent(params, cmd_rx));
         let handle = TorrentHandle {

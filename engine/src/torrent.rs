@@ -26,6 +26,7 @@ use crate::hash;
 use crate::metainfo::Metainfo;
 use crate::peer::{self, Connection, PeerCommand, PeerContext, PeerEvent, PeerKey, PeerShared};
 use crate::picker::{BlockOutcome, PiecePicker};
+use crate::recheck::{self, HashBudget};
 use crate::status::{FileStatus, PeerStatus, TorrentState, TorrentStatus};
 use crate::storage::{Layout, Resume, Storage, StorageBackend, StorageError, StorageSpec};
 use crate::tracker::{
@@ -125,6 +126,8 @@ pub(crate) struct TorrentParams {
     pub download_limit: Arc<crate::ratelimit::RateLimiter>,
     /// Session-wide limit on payload sent.
     pub upload_limit: Arc<crate::ratelimit::RateLimiter>,
+    /// Session-wide bound on the bytes of pieces being rechecked.
+    pub hash_budget: HashBudget,
 }
 
 /// Results of helper tasks, fed back into the torrent task.
@@ -221,18 +224,31 @@ pub(crate) async fn run_torrent(
             return;
         }
     };
-    let have = match storage.resume() {
-        Resume::Trusted(bf)
-            if !params.force_recheck && bf.len() == layout.piece_count() as usize =>
-        {
-            bf
+    let count = layout.piece_count() as usize;
+    let (trusted, check) = match storage.resume() {
+        Resume::Trusted(bf) if !params.force_recheck && bf.len() == count => {
+            (bf, Bitfield::new(count))
         }
-        _ => match recheck(&metainfo, &layout, &storage, &params.status, &mut commands).await {
+        Resume::Partial { complete, check }
+            if !params.force_recheck && complete.len() == count && check.len() == count =>
+        {
+            (complete, check)
+        }
+        _ => (Bitfield::new(count), Bitfield::full(count)),
+    };
+    let have = if check.count_ones() == 0 {
+        trusted
+    } else {
+        match recheck(&params, &layout, &storage, trusted, &check, &mut commands).await {
             Some(Ok(bf)) => bf,
             Some(Err(e)) => {
+                let message = match e {
+                    StorageError::PathInUse { .. } => e.to_string(),
+                    e => format!("recheck failed: {e}"),
+                };
                 params
                     .status
-                    .send_modify(|s| s.state = TorrentState::Error(format!("recheck failed: {e}")));
+                    .send_modify(|s| s.state = TorrentState::Error(message));
                 wait_for_shutdown(&mut commands).await;
                 return;
             }
@@ -240,7 +256,7 @@ pub(crate) async fn run_torrent(
                 let _ = storage.flush().await;
                 return; // shut down while checking
             }
-        },
+        }
     };
     let mut torrent = Torrent::new(params, layout, storage, have);
     torrent.run(commands).await;
@@ -255,37 +271,24 @@ async fn wait_for_shutdown(commands: &mut mpsc::Receiver<TorrentCommand>) {
     }
 }
 
-/// Hash every piece that storage can read; mark the good ones complete. `None` if shut down.
+/// Hash the pieces in `check` (the others in `have` are trusted), mark the good ones complete,
+/// let storage settle what it found, and flush. `None` if shut down meanwhile.
 async fn recheck(
-    metainfo: &Metainfo,
+    params: &TorrentParams,
     layout: &Layout,
     storage: &Arc<dyn Storage>,
-    status: &watch::Sender<TorrentStatus>,
+    mut have: Bitfield,
+    check: &Bitfield,
     commands: &mut mpsc::Receiver<TorrentCommand>,
 ) -> Option<Result<Bitfield, StorageError>> {
-    let count = layout.piece_count();
-    let mut have = Bitfield::new(count as usize);
-    let mut checks = futures::stream::iter(0..count)
-        .map(|piece| {
-            let storage = storage.clone();
-            let expected = metainfo.info.pieces[piece as usize];
-            let len = layout.piece_len(piece);
-            async move {
-                let data = match storage.read(piece, 0, len).await {
-                    Ok(d) => d,
-                    Err(StorageError::Missing) => return Ok((piece, false)),
-                    Err(e) => return Err(e),
-                };
-                let ok = tokio::task::spawn_blocking(move || hash::sha1(&data) == expected)
-                    .await
-                    .unwrap_or(false);
-                if ok {
-                    storage.mark_complete(piece).await?;
-                }
-                Ok((piece, ok))
-            }
-        })
-        .buffer_unordered(VERIFY_PARALLELISM);
+    let total = check.count_ones() as u32;
+    let mut checks = std::pin::pin!(recheck::check_pieces(
+        &params.metainfo.info.pieces,
+        layout,
+        storage,
+        &params.hash_budget,
+        check
+    ));
     let mut done = 0u32;
     loop {
         tokio::select! {
@@ -297,9 +300,9 @@ async fn recheck(
                     if ok {
                         have.set(piece as usize);
                     }
-                    if done.is_multiple_of(16) || done == count {
-                        let progress = done as f32 / count.max(1) as f32;
-                        status.send_modify(|s| s.state = TorrentState::Checking { progress });
+                    if done.is_multiple_of(16) || done == total {
+                        let progress = done as f32 / total.max(1) as f32;
+                        params.status.send_modify(|s| s.state = TorrentState::Checking { progress });
                     }
                 }
             },
@@ -309,6 +312,9 @@ async fn recheck(
                 Some(_) => {} // peers and pauses wait until checking is over
             },
         }
+    }
+    if let Err(e) = storage.recheck_finished(&have).await {
+        return Some(Err(e));
     }
     if let Err(e) = storage.flush().await {
         return Some(Err(e));

@@ -193,6 +193,18 @@ impl Storage for MemoryStorage {
         lock(&self.slot).flushed = completed;
         Ok(())
     }
+
+    async fn recheck_finished(&self, verified: &Bitfield) -> Result<(), StorageError> {
+        // A forced recheck may disprove pieces resume state claimed: has_piece must follow.
+        let mut completed = lock(&self.completed);
+        let claimed: Vec<usize> = completed.iter_ones().collect();
+        for p in claimed {
+            if !verified.get(p) {
+                completed.clear(p);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,13 @@
 //! - **Durable resume state after flush.** [`Storage::flush`] makes written data durable first,
 //!   then records the completed set, so after any crash the recorded set is a subset of the
 //!   durable data.
+//! - **Never destroy what it did not write.** Data found where a file belongs, that the backend
+//!   did not write itself, may be read (a recheck hashes it) but is not truncated, overwritten or
+//!   renamed unless some of it verifies. When none of it does, the backend leaves it exactly as
+//!   it is and reports [`StorageError::PathInUse`] from [`Storage::recheck_finished`], naming
+//!   the path; the torrent stops there until the user moves it and rechecks.
+//! - **One owner per path.** No two torrents, and no two files of one torrent, share a path on
+//!   disk; the later one gets [`StorageError::PathInUse`] at open.
 //!
 //! Backends register a [`StorageBackend`] (the factory) under a name in the registry.
 
@@ -163,6 +170,45 @@ pub enum Resume {
     /// No usable resume state, or it did not match the data: the engine must recheck by hashing
     /// every piece (reading them with [`Storage::read`]) and mark the good ones complete.
     NeedsRecheck,
+    /// Resume state matched some files and not others: `complete` pieces lie only in files that
+    /// matched their record and need no hashing; the pieces in `check` touch a file that changed
+    /// and must be hashed like [`Resume::NeedsRecheck`] does for all of them.
+    Partial {
+        /// Trusted complete pieces.
+        complete: Bitfield,
+        /// Pieces to hash.
+        check: Bitfield,
+    },
+}
+
+/// Why a path a torrent needs cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathConflict {
+    /// Something the client did not write is there and none of its data matches the torrent.
+    #[error("holds a file this client did not write, and none of its data matches the torrent; move it away, then recheck")]
+    ForeignData,
+    /// Something appeared at a final path while the torrent was downloading it: never
+    /// replaced.
+    #[error("holds a file this client did not write, which appeared while downloading; move it away, then recheck")]
+    Occupied,
+    /// A non-empty file is where the torrent has an empty one.
+    #[error(
+        "holds a non-empty file where the torrent has an empty one; move it away, then recheck"
+    )]
+    NotEmpty,
+    /// A folder or other non-file is where the torrent has a file.
+    #[error("is not a regular file; move it away, then recheck")]
+    NotAFile,
+    /// Another torrent in the session already uses it.
+    #[error("is already used by torrent {0}")]
+    OtherTorrent(InfoHash),
+    /// Two files of this torrent map to the same place (for example names that differ only in
+    /// case, on a file system that folds case).
+    #[error("is used by two files of this torrent")]
+    SameTorrent,
+    /// It lies inside the client's state folder.
+    #[error("lies inside the state folder")]
+    StateFolder,
 }
 
 /// Errors every backend reports with the same meaning.
@@ -205,6 +251,14 @@ pub enum StorageError {
     /// The backend cannot do this at all.
     #[error("not supported by this storage backend: {0}")]
     NotSupported(&'static str),
+    /// A path the torrent needs is taken by something the backend may not touch.
+    #[error("{}: {why}", path.display())]
+    PathInUse {
+        /// The path in the way.
+        path: PathBuf,
+        /// What is there.
+        why: PathConflict,
+    },
 }
 
 impl StorageError {
@@ -252,6 +306,16 @@ pub trait Storage: Send + Sync {
 
     /// Make written data durable, then persist the completed set as resume state.
     async fn flush(&self) -> Result<(), StorageError>;
+
+    /// Called once after a recheck, with every piece now known good (trusted or verified; the
+    /// engine has called [`Storage::mark_complete`] for each). Pieces outside `verified` are not
+    /// complete, whatever resume state said. A backend that found data it did not write settles
+    /// it here: keeps what verified, and reports [`StorageError::PathInUse`] for a file none of
+    /// whose data verified (left untouched). The default does nothing.
+    async fn recheck_finished(&self, verified: &Bitfield) -> Result<(), StorageError> {
+        let _ = verified;
+        Ok(())
+    }
 }
 
 /// A named storage backend: the factory the registry holds and `--storage` selects.

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::storage::{Resume, Storage, StorageBackend, StorageError, StorageSpec};
-use crate::types::PieceIndex;
+use crate::types::{Bitfield, PieceIndex};
 
 /// What a decorated storage does differently from the one it wraps.
 #[derive(Clone, Default)]
@@ -138,5 +138,8 @@ impl Storage for Quirky {
     }
     async fn flush(&self) -> Result<(), StorageError> {
         self.inner.flush().await
+    }
+    async fn recheck_finished(&self, verified: &Bitfield) -> Result<(), StorageError> {
+        self.inner.recheck_finished(verified).await
     }
 }

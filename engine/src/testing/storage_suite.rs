@@ -163,8 +163,8 @@ impl Fixture {
                 );
                 b
             }
-            Resume::NeedsRecheck => {
-                panic!("[{}] {when}: expected Trusted, got NeedsRecheck", self.name)
+            other => {
+                panic!("[{}] {when}: expected Trusted, got {other:?}", self.name)
             }
         }
     }
@@ -351,17 +351,31 @@ pub async fn has_piece_never_lies_after_reopen(backend: Arc<dyn StorageBackend>,
             }
             fx.assert_finalized_matches(&*s, &claimed, "after reopen");
         }
-        Resume::NeedsRecheck => {
+        resume => {
+            // NeedsRecheck: nothing trusted, hash everything; Partial: some pieces trusted (they
+            // must be true), hash the rest it names.
+            let (mut good, check) = match resume {
+                Resume::Partial { complete, check } => (complete, check),
+                _ => (Bitfield::new(n as usize), Bitfield::full(n as usize)),
+            };
             for p in 0..n {
-                assert!(
-                    !s.has_piece(p),
+                assert_eq!(
+                    s.has_piece(p),
+                    good.get(p as usize),
                     "[{}] has_piece({p}) before recheck",
                     fx.name
                 );
+                if good.get(p as usize) {
+                    assert!(
+                        flushed.get(p as usize),
+                        "[{}] trusts unflushed piece {p}",
+                        fx.name
+                    );
+                    fx.assert_reads(&*s, p, 0, fx.layout().piece_len(p)).await;
+                }
             }
-            // What the engine does: hash every piece, mark the good ones.
-            let mut good = Bitfield::new(n as usize);
-            for p in 0..n {
+            // What the engine does: hash the pieces to check, mark the good ones, settle.
+            for p in check.iter_ones().map(|p| p as PieceIndex) {
                 let len = fx.layout().piece_len(p);
                 match s.read(p, 0, len).await {
                     Ok(b) if b[..] == *fx.expected(p, 0, len) => {
@@ -374,6 +388,9 @@ pub async fn has_piece_never_lies_after_reopen(backend: Arc<dyn StorageBackend>,
                     Err(e) => panic!("[{}] read of piece {p} during recheck: {e}", fx.name),
                 }
             }
+            s.recheck_finished(&good)
+                .await
+                .expect("recheck_finished after a crash of our own");
             for p in [0, 3, 5] {
                 assert!(good.get(p), "[{}] flushed piece {p} lost its data", fx.name);
             }
