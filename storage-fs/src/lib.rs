@@ -21,6 +21,7 @@
 //! `paths` (path safety, durable folder creation), `cache` (bounded descriptor cache).
 
 mod cache;
+mod claims;
 mod paths;
 mod resume;
 mod storage;

@@ -1,14 +1,89 @@
 //! Path rules: where a layout file lives on disk, refusing anything that could leave
-//! `download_dir`, and creating folders durably.
+//! `download_dir`, creating folders durably, and moving a finished file into place without ever
+//! replacing what is there.
+//!
+//! Incomplete data never lives at a name a torrent can choose: file `i` of a torrent is
+//! `<state_dir>/parts/<info-hash hex>/<i>.part` until it is complete. So no torrent can name
+//! another torrent's incomplete data (or its own), a 255-byte file name needs no longer `.part`
+//! name, and a `.part` file a user happens to have is never ours.
 
 use std::ffi::OsString;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
+use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use zigtorrent_engine::StorageError;
+use zigtorrent_engine::{InfoHash, StorageError};
 
-/// Suffix of a file that is not yet complete.
+/// Suffix of a file that is not yet complete (wave 1 kept them beside the final path; see
+/// `legacy_part_path`).
 pub(crate) const PART_SUFFIX: &str = ".part";
+
+/// `<state_dir>/parts/<hex>`: one torrent's incomplete files.
+pub(crate) fn parts_dir(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
+    state_dir.join("parts").join(info_hash.to_hex())
+}
+
+/// `<parts_dir>/<file>.part`.
+pub(crate) fn part_file(parts_dir: &Path, file: usize) -> PathBuf {
+    parts_dir.join(format!("{file}{PART_SUFFIX}"))
+}
+
+/// `<final>.part`: where wave 1 (resume format 1) kept an incomplete file.
+pub(crate) fn legacy_part_path(final_path: &Path) -> PathBuf {
+    let mut s: OsString = final_path.as_os_str().to_owned();
+    s.push(PART_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// Rename `from` to `to`, failing with `AlreadyExists` if anything is at `to`: never replaces.
+/// Uses `renameat2(RENAME_NOREPLACE)`; where the file system lacks it, a hard link (which also
+/// refuses an existing name) and an unlink. Cross-device moves fail with the OS's `EXDEV`.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        Err(e) => Err(io::Error::from_raw_os_error(e.raw_os_error())),
+    }
+}
+
+/// Move our file `from` to `to` without replacing anything at `to`, across file systems too
+/// (the state folder may be on another one than the downloads): there, copy into a fresh
+/// temporary name beside `to` (created exclusively), fsync it, rename it into place without
+/// replacing, then remove `from`. The caller fsyncs `to`'s folder.
+pub(crate) fn move_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    match rename_noreplace(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
+        other => return other,
+    }
+    if to.symlink_metadata().is_ok() {
+        return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+    }
+    let dir = to.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".zigtorrent-move-{}-{}.tmp",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let result = (|| {
+        let mut src = File::open(from)?;
+        let mut dst = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        io::copy(&mut src, &mut dst)?;
+        dst.sync_all()?;
+        rename_noreplace(&tmp, to)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    fs::remove_file(from)
+}
 
 /// Defense in depth: layout paths are sanitised by the metainfo parser, but storage still
 /// refuses anything but plain relative components, so nothing is written outside
@@ -31,13 +106,6 @@ pub(crate) fn check_relative(path: &Path) -> Result<(), StorageError> {
         });
     }
     Ok(())
-}
-
-/// `<final>.part`.
-pub(crate) fn part_path(final_path: &Path) -> PathBuf {
-    let mut s: OsString = final_path.as_os_str().to_owned();
-    s.push(PART_SUFFIX);
-    PathBuf::from(s)
 }
 
 /// fsync a folder so that entries created, renamed or removed in it are durable.
@@ -105,8 +173,24 @@ mod tests {
             );
         }
         assert_eq!(
-            part_path(Path::new("d/f.bin")),
+            legacy_part_path(Path::new("d/f.bin")),
             PathBuf::from("d/f.bin.part")
         );
+    }
+
+    #[test]
+    fn moves_never_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, b"ours").unwrap();
+        fs::write(&b, b"theirs").unwrap();
+        let err = move_noreplace(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&b).unwrap(), b"theirs");
+        assert_eq!(fs::read(&a).unwrap(), b"ours");
+        fs::remove_file(&b).unwrap();
+        move_noreplace(&a, &b).unwrap();
+        assert_eq!(fs::read(&b).unwrap(), b"ours");
+        assert!(!a.exists());
     }
 }

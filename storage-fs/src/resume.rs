@@ -1,10 +1,16 @@
 //! The resume file `<state_dir>/<info-hash hex>.resume`: which pieces were complete at the last
 //! flush, and what every data file looked like then.
 //!
-//! Format (version 1): the 8-byte magic `ZTRESUME`, a little-endian `u32` version, a
+//! Format (version 2): the 8-byte magic `ZTRESUME`, a little-endian `u32` version, a
 //! little-endian `u64` body length, the SHA-1 of the body, then the body as bencode. The checksum
-//! is checked before the body is parsed, so a torn or corrupted file is simply "no resume state".
-//! It is replaced atomically: temp file, fsync, rename, fsync the folder.
+//! is checked before the body is parsed, so a torn or corrupted file is simply "no resume state";
+//! the body then goes through the engine's bounded bencode scanner (depth, size), so even a file
+//! with a valid checksum cannot exhaust the stack or memory. It is replaced atomically: temp
+//! file, fsync, rename, fsync the folder.
+//!
+//! Version 1 (wave 1) had the same body; its `Part` meant `<final>.part` beside the final path,
+//! where version 2 keeps incomplete files under the state folder. Version 1 is still read, so
+//! downloads in progress move over (see `FsStorage::open`).
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -17,22 +23,27 @@ use zigtorrent_engine::{InfoHash, Layout, StorageError};
 use crate::paths::sync_dir;
 
 const MAGIC: &[u8; 8] = b"ZTRESUME";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The wave 1 format, still read.
+pub(crate) const LEGACY_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8 + 20;
 /// A resume body is a bitfield plus ~100 bytes per file; 256 MiB is far beyond any real torrent
 /// and keeps a damaged length field from allocating without bound.
 const MAX_BODY: u64 = 256 << 20;
 
-/// Where a data file was when its stamp was taken.
+/// Where a data file is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "u8", try_from = "u8")]
 pub(crate) enum Location {
-    /// Neither `<name>` nor `<name>.part` exists.
+    /// No data of ours, and nothing at the final path.
     Absent,
-    /// `<name>.part`.
+    /// Our incomplete file under the state folder.
     Part,
-    /// `<name>`.
+    /// Ours, complete, at the final path.
     Final,
+    /// At the final path, not (known to be) written by us: read-only until a recheck settles
+    /// it. Never recorded in a resume file.
+    Foreign,
 }
 
 impl From<Location> for u8 {
@@ -41,6 +52,7 @@ impl From<Location> for u8 {
             Location::Absent => 0,
             Location::Part => 1,
             Location::Final => 2,
+            Location::Foreign => 3,
         }
     }
 }
@@ -121,8 +133,18 @@ pub(crate) fn resume_path(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
     state_dir.join(format!("{}.resume", info_hash.to_hex()))
 }
 
+/// A loaded resume file.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Loaded {
+    pub version: u32,
+    pub body: ResumeBody,
+}
+
+/// Nesting of a resume body: a dictionary of a list of dictionaries of a dictionary.
+const MAX_DEPTH: usize = 5;
+
 /// Load the resume file; `Ok(None)` when it is missing, torn, corrupted or of another version.
-pub(crate) fn load(path: &Path) -> Result<Option<ResumeBody>, StorageError> {
+pub(crate) fn load(path: &Path) -> Result<Option<Loaded>, StorageError> {
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -134,7 +156,7 @@ pub(crate) fn load(path: &Path) -> Result<Option<ResumeBody>, StorageError> {
     }
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     let len = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
-    if version != VERSION || len > MAX_BODY {
+    if (version != VERSION && version != LEGACY_VERSION) || len > MAX_BODY {
         return Ok(None);
     }
     let mut body = Vec::new();
@@ -144,7 +166,16 @@ pub(crate) fn load(path: &Path) -> Result<Option<ResumeBody>, StorageError> {
     if body.len() as u64 != len || Sha1::digest(&body)[..] != header[20..40] {
         return Ok(None);
     }
-    Ok(serde_bencode::from_bytes(&body).ok())
+    Ok(decode_body(&body).map(|body| Loaded { version, body }))
+}
+
+/// Decode a resume body through the bounded scanner; `None` if it is not one.
+pub(crate) fn decode_body(body: &[u8]) -> Option<ResumeBody> {
+    let limits = zigtorrent_engine::bencode::Limits {
+        max_depth: MAX_DEPTH,
+        max_size: body.len(),
+    };
+    zigtorrent_engine::bencode::decode(body, limits).ok()
 }
 
 /// Atomically replace the resume file: temp file, fsync, rename, fsync the folder.
@@ -210,7 +241,13 @@ mod tests {
         };
         assert_eq!(load(&path).unwrap(), None);
         store(dir.path(), &path, &body).unwrap();
-        assert_eq!(load(&path).unwrap(), Some(body));
+        assert_eq!(
+            load(&path).unwrap(),
+            Some(Loaded {
+                version: VERSION,
+                body
+            })
+        );
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 2;
         bytes[last] ^= 1;
@@ -222,5 +259,23 @@ mod tests {
         );
         fs::write(&path, &bytes[..10]).unwrap();
         assert_eq!(load(&path).unwrap(), None, "torn file is no resume state");
+    }
+
+    /// Fuzzing from outside found 15,000 nested lists with a valid checksum overflowing the
+    /// stack on every start; the bounded scanner refuses them.
+    #[test]
+    fn deep_nesting_is_no_resume_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.resume");
+        let mut body = vec![b'l'; 15_000];
+        body.extend(std::iter::repeat_n(b'e', 15_000));
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&Sha1::digest(&body));
+        bytes.extend_from_slice(&body);
+        fs::write(&path, bytes).unwrap();
+        assert_eq!(load(&path).unwrap(), None);
     }
 }

@@ -2,29 +2,40 @@
 //!
 //! ## On disk
 //!
-//! - A file that is not yet complete lives at `<path>.part`, created on its first write and sized
-//!   with `set_len` (sparse). Unwritten ranges of a `.part` file therefore read back as zeros;
-//!   ranges past the end of a shorter file (one placed by the user) read as
-//!   [`StorageError::Missing`], as does any file that does not exist at all.
-//! - When every piece touching a file is complete, it is *finalized*: fsync the `.part`, rename it
-//!   to `<path>`, fsync the folder. Open descriptors survive the rename, so reads and writes go on
-//!   through the same handle.
-//! - Zero-length files are trivially complete: they are created empty at their final path when
-//!   the torrent is opened (a non-empty file found there is truncated, since the torrent says the
-//!   file is empty).
+//! - A file that is not yet complete is `<state_dir>/parts/<info-hash hex>/<index>.part`
+//!   (`paths.rs`), created on its first write and sized with `set_len` (sparse). No torrent can
+//!   name it, whatever its paths, and unwritten ranges read back as zeros.
+//! - When every piece touching a file is complete, it is *finalized*: fsync it, move it to its
+//!   final path **without replacing** anything there (`renameat2(RENAME_NOREPLACE)`; a copy to
+//!   an exclusively created temporary name when the state folder is on another file system),
+//!   fsync the folder. Open descriptors survive the rename. If something appeared at the final
+//!   path meanwhile, the move fails with [`PathConflict::Occupied`] and nothing is replaced.
+//! - Zero-length files are complete by definition: created (exclusively) at their final path when
+//!   the torrent is opened. An empty file already there is fine; a non-empty one is refused with
+//!   [`PathConflict::NotEmpty`] and left as it is.
 //! - Resume state is `<state_dir>/<info-hash hex>.resume` (see `resume.rs`). [`Storage::flush`]
 //!   fsyncs every file written since the last flush, *then* replaces the resume file, so the
 //!   recorded set is always a subset of durable data.
 //!
+//! ## Data the client did not write
+//!
+//! A file at a final path that the resume state does not vouch for (no record, or its size or
+//! mtime changed) is [`Location::Foreign`]: opened read-only, never written, truncated or moved
+//! while the engine rechecks it. [`Storage::recheck_finished`] then settles it: if every piece
+//! touching it verified it simply becomes ours, in place; if some did, its data is the torrent's
+//! (another client's partial download, say) and it moves into the incomplete area to be
+//! completed; if none did, it stays exactly as it is and the torrent gets
+//! [`PathConflict::ForeignData`] naming it. A `.part` file beside a final path is never ours
+//! (wave 1's, recorded by a version 1 resume file with a matching stamp, is moved over once).
+//!
 //! ## At open
 //!
-//! The resume state is trusted only when it was written for this exact layout and every data
-//! file is where it was recorded (`.part`, final, or absent) with the recorded size and mtime.
-//! Otherwise the stale resume file is deleted, and every file found at its final path is renamed
-//! back to `<path>.part` (replacing a `.part` that may also be there): its data is unverified, and
-//! a file at its final path must always be complete. The engine then rechecks by reading and
-//! hashing; files whose pieces all pass are renamed back into place by the normal finalize path.
-//! When no data exists at all there is nothing to check and the (empty) state is `Trusted`.
+//! Resume state is trusted per file: a file is trusted when it is where its record says, with
+//! the recorded size and mtime. Pieces claimed by the record whose files are all trusted are
+//! complete without hashing; pieces touching an untrusted file with data are handed to the
+//! engine to hash ([`Resume::Partial`], or [`Resume::NeedsRecheck`] when nothing is trusted).
+//! Any untrusted file removes the resume file until the next flush, so a crash during the
+//! recheck can never make stale state trusted.
 //!
 //! ## Handles and threads
 //!
@@ -34,8 +45,8 @@
 //! held across an `.await` (all locking happens inside blocking tasks or plain accessors), and
 //! slow calls (reads, writes, fsync) run without it. A second mutex only serialises flushes.
 //!
-//! One `FsStorage` per torrent at a time: opening the same torrent twice concurrently is not
-//! supported.
+//! One `FsStorage` per torrent at a time: opening the same torrent again takes over its path
+//! claims (`claims.rs`); two torrents can never share a path.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -48,17 +59,23 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use zigtorrent_engine::storage::Resume;
 use zigtorrent_engine::{
-    Bitfield, InfoHash, Layout, PieceIndex, Storage, StorageBackend, StorageError, StorageSpec,
+    Bitfield, InfoHash, Layout, PathConflict, PieceIndex, Storage, StorageBackend, StorageError,
+    StorageSpec,
 };
 
 use crate::cache::{FdCache, Handle};
-use crate::paths::{check_relative, create_dirs, create_root, part_path, sync_dir};
-use crate::resume::{self, FileRecord, Location, ResumeBody, Stamp};
+use crate::claims::{Claim, Claims};
+use crate::paths::{
+    check_relative, create_dirs, create_root, legacy_part_path, move_noreplace, part_file,
+    parts_dir, sync_dir,
+};
+use crate::resume::{self, FileRecord, Location, ResumeBody, Stamp, LEGACY_VERSION};
 
 /// The `fs` storage backend: opens [`FsStorage`] for each torrent.
 #[derive(Clone, Debug)]
 pub struct FsBackend {
     max_open_files: usize,
+    claims: Arc<Claims>,
 }
 
 impl FsBackend {
@@ -74,6 +91,7 @@ impl FsBackend {
     pub fn with_max_open_files(n: usize) -> Self {
         FsBackend {
             max_open_files: n.max(1),
+            claims: Arc::new(Claims::default()),
         }
     }
 }
@@ -91,7 +109,12 @@ impl StorageBackend for FsBackend {
     }
 
     async fn open(&self, spec: StorageSpec) -> Result<Arc<dyn Storage>, StorageError> {
-        Ok(Arc::new(FsStorage::open(spec, self.max_open_files).await?))
+        let claims = self.claims.clone();
+        let max = self.max_open_files;
+        let inner = blocking(move || Inner::open(spec, max, &claims)).await?;
+        Ok(Arc::new(FsStorage {
+            inner: Arc::new(inner),
+        }))
     }
 }
 
@@ -108,6 +131,8 @@ struct Inner {
     download_dir: PathBuf,
     state_dir: PathBuf,
     resume_path: PathBuf,
+    /// `<state_dir>/parts/<hex>`.
+    parts_dir: PathBuf,
     /// Final path of every file (`download_dir` joined with the layout path).
     finals: Vec<PathBuf>,
     resume: Resume,
@@ -115,6 +140,8 @@ struct Inner {
     /// Serialises flushes; holds what the resume file on disk records for each file
     /// (`None`: unknown, stamp it at the next flush).
     recorded: Mutex<Vec<Option<(Location, Stamp)>>>,
+    /// This torrent's paths, held until the storage is dropped.
+    _claim: Claim,
 }
 
 #[derive(Debug)]
@@ -147,22 +174,29 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Metadata of `path`, `None` when it does not exist; a non-file there is an error.
+fn in_use(path: &Path, why: PathConflict) -> StorageError {
+    StorageError::PathInUse {
+        path: path.to_path_buf(),
+        why,
+    }
+}
+
+/// Metadata of `path` (not following a final symlink), `None` when nothing is there; anything
+/// but a regular file there is [`PathConflict::NotAFile`].
 fn stat(path: &Path) -> Result<Option<fs::Metadata>, StorageError> {
-    match fs::metadata(path) {
+    match fs::symlink_metadata(path) {
         Ok(m) if m.is_file() => Ok(Some(m)),
-        Ok(_) => Err(StorageError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other("not a regular file"),
-        }),
+        Ok(_) => Err(in_use(path, PathConflict::NotAFile)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // A file where a folder of the path should be: nothing of ours can be below it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
         Err(e) => Err(StorageError::from_io(path, e)),
     }
 }
 
-/// Open an existing data file read-write, or read-only for reads when it may not be written
-/// (e.g. a read-only file copied in by the user).
-fn open_existing(path: &Path, write: bool) -> std::io::Result<Handle> {
+/// Open one of our data files read-write, or read-only for reads when it may not be written
+/// (e.g. a read-only file the user made ours).
+fn open_ours(path: &Path, write: bool) -> std::io::Result<Handle> {
     match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => Ok(Handle {
             file: Arc::new(f),
@@ -176,18 +210,37 @@ fn open_existing(path: &Path, write: bool) -> std::io::Result<Handle> {
     }
 }
 
+/// Open a file we did not write: read-only, and refusing a symlink swapped in after the check.
+fn open_foreign(path: &Path) -> std::io::Result<Handle> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(Handle {
+        file: Arc::new(f),
+        writable: false,
+    })
+}
+
 /// What open found for one file.
 struct Observed {
     location: Location,
     stamp: Stamp,
-    /// Both `<path>` and `<path>.part` exist.
+    /// Both the final path and our part file exist.
     both: bool,
 }
 
 impl FsStorage {
-    /// Open (or create) storage for `spec`, keeping at most `max_open_files` descriptors open.
+    /// Open (or create) storage for `spec` on its own, keeping at most `max_open_files`
+    /// descriptors open. Path claims are only checked against storages of the same backend:
+    /// prefer [`FsBackend::open`].
     pub async fn open(spec: StorageSpec, max_open_files: usize) -> Result<Self, StorageError> {
-        let inner = blocking(move || Inner::open(spec, max_open_files)).await?;
+        let claims = Arc::new(Claims::default());
+        let inner = blocking(move || Inner::open(spec, max_open_files, &claims)).await?;
         Ok(FsStorage {
             inner: Arc::new(inner),
         })
@@ -198,14 +251,18 @@ impl FsStorage {
         self.inner.finals.get(file).map(PathBuf::as_path)
     }
 
-    /// Path of file `file` while incomplete (`<final>.part`).
+    /// Path of file `file` while incomplete (under the state folder).
     pub fn part_path(&self, file: usize) -> Option<PathBuf> {
-        self.final_path(file).map(part_path)
+        (file < self.inner.finals.len()).then(|| part_file(&self.inner.parts_dir, file))
     }
 }
 
 impl Inner {
-    fn open(spec: StorageSpec, max_open_files: usize) -> Result<Inner, StorageError> {
+    fn open(
+        spec: StorageSpec,
+        max_open_files: usize,
+        claims: &Arc<Claims>,
+    ) -> Result<Inner, StorageError> {
         let layout = spec.layout.clone();
         if layout.piece_length == 0 {
             return Err(StorageError::Io {
@@ -218,14 +275,37 @@ impl Inner {
         }
         create_root(&spec.download_dir)?;
         create_root(&spec.state_dir)?;
+        // Before touching anything: is every path this torrent's alone?
+        let claim = claims.claim(spec.info_hash, &layout, &spec.download_dir, &spec.state_dir)?;
         let finals: Vec<PathBuf> = layout
             .files
             .iter()
             .map(|f| spec.download_dir.join(&f.path))
             .collect();
+        let parts_dir = parts_dir(&spec.state_dir, &spec.info_hash);
         let resume_path = resume::resume_path(&spec.state_dir, &spec.info_hash);
-        let body = resume::load(&resume_path)?;
+        let loaded = resume::load(&resume_path)?;
+        let legacy = loaded.as_ref().is_some_and(|l| l.version == LEGACY_VERSION);
+        let body = loaded.map(|l| l.body);
 
+        // Zero-length files: an empty file is as good as ours; anything else is in the way.
+        for (i, f) in layout.files.iter().enumerate() {
+            if f.length == 0 {
+                if let Some(m) = stat(&finals[i])? {
+                    if m.len() > 0 {
+                        return Err(in_use(&finals[i], PathConflict::NotEmpty));
+                    }
+                }
+            }
+        }
+
+        let part_at = |i: usize| {
+            if legacy {
+                legacy_part_path(&finals[i])
+            } else {
+                part_file(&parts_dir, i)
+            }
+        };
         let mut observed = Vec::with_capacity(finals.len());
         for (i, path) in finals.iter().enumerate() {
             if layout.files[i].length == 0 {
@@ -237,7 +317,7 @@ impl Inner {
                 continue;
             }
             let fin = stat(path)?;
-            let part = stat(&part_path(path))?;
+            let part = stat(&part_at(i))?;
             let both = fin.is_some() && part.is_some();
             observed.push(match (fin, part) {
                 (Some(m), _) => Observed {
@@ -259,58 +339,67 @@ impl Inner {
         }
 
         let piece_count = layout.piece_count() as usize;
-        let trusted = body
+        let record = body
             .as_ref()
             .filter(|b| b.matches(&spec.info_hash, &layout))
             .and_then(|b| {
                 Bitfield::from_bytes(&b.completed, piece_count)
                     .ok()
                     .map(|bf| (b, bf))
-            })
-            .filter(|(b, bf)| trustworthy(&layout, b, bf, &observed))
-            .map(|(_, bf)| bf);
-
-        let (completed, locations, recorded, resume) = match trusted {
-            Some(bf) => {
-                let locations: Vec<Location> = observed.iter().map(|o| o.location).collect();
-                let recorded = observed
-                    .iter()
-                    .map(|o| Some((o.location, o.stamp)))
-                    .collect();
-                (bf.clone(), locations, recorded, Resume::Trusted(bf))
-            }
-            None => {
-                // Nothing recorded can be trusted: make sure it can never be trusted later, and
-                // move unverified data away from final paths until a recheck proves it.
-                resume::remove(&spec.state_dir, &resume_path)?;
-                let mut locations = Vec::with_capacity(observed.len());
-                for (i, o) in observed.iter().enumerate() {
-                    if layout.files[i].length > 0 && o.location == Location::Final {
-                        let part = part_path(&finals[i]);
-                        fs::rename(&finals[i], &part)
-                            .map_err(|e| StorageError::from_io(&finals[i], e))?;
-                        sync_dir(finals[i].parent().unwrap_or(&spec.download_dir))?;
-                        locations.push(Location::Part);
-                    } else {
-                        locations.push(o.location);
+            });
+        let mut trusted: Vec<bool> = match &record {
+            Some((b, bf)) => file_trust(&layout, b, bf, &observed),
+            // Empty files need no record: they are complete wherever they are (checked above).
+            None => layout.files.iter().map(|f| f.length == 0).collect(),
+        };
+        // Wave 1 kept trusted partial files beside the final path: move them over once.
+        if legacy {
+            for (i, o) in observed.iter_mut().enumerate() {
+                if o.location == Location::Part && trusted[i] {
+                    let moved = fs::create_dir_all(&parts_dir).and_then(|()| {
+                        move_noreplace(&legacy_part_path(&finals[i]), &part_file(&parts_dir, i))
+                    });
+                    if moved.is_err() {
+                        trusted[i] = false;
+                        o.location = Location::Absent;
                     }
+                } else if o.location == Location::Part {
+                    // Not vouched for: not ours to read or move.
+                    o.location = Location::Absent;
                 }
-                let any_data = layout
-                    .files
-                    .iter()
-                    .zip(&locations)
-                    .any(|(f, l)| f.length > 0 && *l != Location::Absent);
-                let resume = if any_data {
-                    Resume::NeedsRecheck
-                } else {
-                    Resume::Trusted(Bitfield::new(piece_count))
-                };
-                (
-                    Bitfield::new(piece_count),
-                    locations,
-                    vec![None; finals.len()],
-                    resume,
-                )
+            }
+        }
+
+        let mut locations = Vec::with_capacity(finals.len());
+        let mut recorded = Vec::with_capacity(finals.len());
+        for (i, o) in observed.iter().enumerate() {
+            if trusted[i] {
+                locations.push(o.location);
+                recorded.push(Some((o.location, o.stamp)));
+            } else {
+                // A final path we cannot vouch for holds someone's data: look, don't touch.
+                locations.push(match o.location {
+                    Location::Final => Location::Foreign,
+                    other => other,
+                });
+                recorded.push(None);
+            }
+        }
+        let (complete, check) =
+            split_pieces(&layout, record.map(|(_, bf)| bf), &trusted, &locations);
+        let all_trusted = trusted.iter().all(|&t| t);
+        if !all_trusted || legacy {
+            // Nothing recorded may be trusted again by accident after a crash mid-recheck.
+            resume::remove(&spec.state_dir, &resume_path)?;
+        }
+        let resume = if check.count_ones() == 0 {
+            Resume::Trusted(complete.clone())
+        } else if complete.count_ones() == 0 {
+            Resume::NeedsRecheck
+        } else {
+            Resume::Partial {
+                complete: complete.clone(),
+                check,
             }
         };
 
@@ -327,41 +416,47 @@ impl Inner {
             download_dir: spec.download_dir,
             state_dir: spec.state_dir,
             resume_path,
+            parts_dir,
             finals,
             resume,
             state: Mutex::new(State {
-                completed,
+                completed: complete,
                 locations,
                 finalizing: HashSet::new(),
                 dirty: HashSet::new(),
                 cache: FdCache::new(max_open_files),
             }),
             recorded: Mutex::new(recorded),
+            _claim: claim,
         };
-        // A crash between marking a file's last piece and renaming it leaves a complete `.part`
-        // behind a trusted record: finish the job now.
-        if matches!(inner.resume, Resume::Trusted(_)) {
-            for i in 0..inner.finals.len() {
+        // A crash between marking a file's last piece and moving it leaves a complete part
+        // file behind a trusted record: finish the job now.
+        for i in 0..inner.finals.len() {
+            if inner.is_trusted_part(i) {
                 inner.maybe_finalize(i)?;
             }
         }
         Ok(inner)
     }
 
+    fn is_trusted_part(&self, file: usize) -> bool {
+        lock(&self.recorded)[file].is_some() && lock(&self.state).locations[file] == Location::Part
+    }
+
     fn path_at(&self, file: usize, loc: Location) -> PathBuf {
         match loc {
-            Location::Part | Location::Absent => part_path(&self.finals[file]),
-            Location::Final => self.finals[file].clone(),
+            Location::Part | Location::Absent => part_file(&self.parts_dir, file),
+            Location::Final | Location::Foreign => self.finals[file].clone(),
         }
     }
 
-    fn parent_of(&self, file: usize) -> &Path {
+    fn final_parent(&self, file: usize) -> &Path {
         self.finals[file].parent().unwrap_or(&self.download_dir)
     }
 
-    /// An open handle on `file` wherever it currently is, creating `<path>.part` for a write
+    /// An open handle on `file` wherever it currently is, creating its part file for a write
     /// to a file that does not exist yet. Opening happens without the state lock (so
-    /// `has_piece` callers never wait on the disk); a file renamed meanwhile is looked up again.
+    /// `has_piece` callers never wait on the disk); a file moved meanwhile is looked up again.
     fn handle(&self, file: usize, write: bool) -> Result<(Handle, PathBuf), StorageError> {
         let mut attempts = 0;
         loop {
@@ -381,29 +476,39 @@ impl Inner {
             let handle = match loc {
                 Location::Absent if !write => return Err(StorageError::Missing),
                 Location::Absent => self.create_part(file, &path)?,
-                Location::Part | Location::Final => match open_existing(&path, write) {
+                // Never written: the engine writes only after a recheck settled the file.
+                Location::Foreign if write => return Err(in_use(&path, PathConflict::Occupied)),
+                Location::Foreign => match open_foreign(&path) {
                     Ok(h) => h,
-                    // Finalized (renamed) between the lookup and the open: look again.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(StorageError::Missing)
+                    }
+                    Err(e) => return Err(StorageError::from_io(&path, e)),
+                },
+                Location::Part | Location::Final => match open_ours(&path, write) {
+                    Ok(h) => h,
+                    // Moved between the lookup and the open: look again.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => continue,
                     Err(e) => return Err(StorageError::from_io(&path, e)),
                 },
             };
             let mut st = lock(&self.state);
-            if loc == Location::Absent {
-                // Another writer may have created it too; both opened the same `.part`.
-                if st.locations[file] == Location::Absent {
-                    st.locations[file] = Location::Part;
-                }
+            if st.locations[file] != loc && loc != Location::Absent {
+                continue; // moved while we opened it: this handle may be the wrong file
+            }
+            if loc == Location::Absent && st.locations[file] == Location::Absent {
+                // Another writer may have created it too; both opened the same part file.
+                st.locations[file] = Location::Part;
             }
             st.cache.insert(file, handle.clone());
             return Ok((handle, self.path_at(file, st.locations[file])));
         }
     }
 
-    /// Create `<path>.part` (and its folders) at full size; sparse where the file system allows.
+    /// Create the part file (and the parts folder) at full size; sparse where the file system
+    /// allows.
     fn create_part(&self, file: usize, path: &Path) -> Result<Handle, StorageError> {
-        let parent = self.parent_of(file);
-        create_dirs(&self.download_dir, parent)?;
+        create_dirs(&self.state_dir, &self.parts_dir)?;
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -412,7 +517,7 @@ impl Inner {
             .open(path)
             .and_then(|f| f.set_len(self.layout.files[file].length).map(|()| f))
             .map_err(|e| StorageError::from_io(path, e))?;
-        sync_dir(parent)?;
+        sync_dir(&self.parts_dir)?;
         Ok(Handle {
             file: Arc::new(f),
             writable: true,
@@ -493,22 +598,63 @@ impl Inner {
 
     /// Finalize `file` if all its pieces are complete and nobody else is doing it.
     fn maybe_finalize(&self, file: usize) -> Result<(), StorageError> {
-        {
+        let loc = {
             let mut st = lock(&self.state);
             let done = self
                 .layout
                 .pieces_for_file(file)
                 .all(|p| st.completed.get(p as usize));
-            if !done || st.locations[file] == Location::Final || !st.finalizing.insert(file) {
+            let loc = st.locations[file];
+            if !done
+                || matches!(loc, Location::Final | Location::Absent)
+                || !st.finalizing.insert(file)
+            {
                 return Ok(());
             }
-        }
-        let result = self.finalize(file);
+            loc
+        };
+        let result = match loc {
+            Location::Foreign => self.adopt_in_place(file),
+            _ => self.finalize(file),
+        };
         lock(&self.state).finalizing.remove(&file);
         result
     }
 
-    /// fsync `<path>.part`, rename it to `<path>`, fsync the folder.
+    /// Every piece of a file we found at its final path verified: it is ours now, where it is.
+    /// Only a longer file is touched (cut to the torrent's length, since its data verified).
+    fn adopt_in_place(&self, file: usize) -> Result<(), StorageError> {
+        let length = self.layout.files[file].length;
+        let path = &self.finals[file];
+        let size = stat(path)?.ok_or(StorageError::Missing)?.len();
+        if size > length {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|e| StorageError::from_io(path, e))?;
+            f.set_len(length)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| StorageError::from_io(path, e))?;
+        }
+        {
+            let mut st = lock(&self.state);
+            st.cache.remove(file); // the read-only handle
+            st.locations[file] = Location::Final;
+        }
+        // A stale part file of ours (from before the file appeared there) is of no use now.
+        match fs::remove_file(part_file(&self.parts_dir, file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(error = %e, "cannot remove a stale part file")
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// fsync the part file, move it to its final path without replacing anything, fsync the
+    /// folder.
     fn finalize(&self, file: usize) -> Result<(), StorageError> {
         let length = self.layout.files[file].length;
         let (h, part) = self.handle(file, false)?;
@@ -529,14 +675,97 @@ impl Inner {
         h.file
             .sync_all()
             .map_err(|e| StorageError::from_io(&part, e))?;
+        let target = &self.finals[file];
+        create_dirs(&self.download_dir, self.final_parent(file))?;
         {
             // Under the lock, so nobody opens by the old name after the move.
             let mut st = lock(&self.state);
-            fs::rename(&part, &self.finals[file])
-                .map_err(|e| StorageError::from_io(&self.finals[file], e))?;
+            match move_noreplace(&part, target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(in_use(target, PathConflict::Occupied))
+                }
+                Err(e) => return Err(StorageError::from_io(target, e)),
+            }
+            // A cross-device move copied the data: the cached handle is the old file.
+            st.cache.remove(file);
             st.locations[file] = Location::Final;
         }
-        sync_dir(self.parent_of(file))
+        sync_dir(self.final_parent(file))
+    }
+
+    /// See [`Storage::recheck_finished`].
+    fn recheck_finished(&self, verified: &Bitfield) -> Result<(), StorageError> {
+        let mut conflicts = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            let claimed: Vec<usize> = st.completed.iter_ones().collect();
+            for p in claimed {
+                if !verified.get(p) {
+                    st.completed.clear(p);
+                }
+            }
+        }
+        for file in 0..self.finals.len() {
+            let pieces = self.layout.pieces_for_file(file);
+            let (loc, any, all) = {
+                let st = lock(&self.state);
+                let mut ps = pieces.clone();
+                let any = ps.clone().any(|p| st.completed.get(p as usize));
+                let all = ps.all(|p| st.completed.get(p as usize));
+                (st.locations[file], any, all)
+            };
+            match loc {
+                // Nothing of it matches: leave it exactly as it is.
+                Location::Foreign if !any => conflicts.push(file),
+                // Some of it is the torrent's: take it into the incomplete area to finish.
+                Location::Foreign => self.take_in(file)?,
+                // Ours, but damaged since: back to the incomplete area until repaired.
+                Location::Final if !all && !pieces.is_empty() => self.take_in(file)?,
+                _ => {}
+            }
+        }
+        match conflicts.first() {
+            None => Ok(()),
+            Some(&file) => {
+                if conflicts.len() > 1 {
+                    tracing::warn!(
+                        count = conflicts.len(),
+                        "files in the way of torrent {}",
+                        self.info_hash
+                    );
+                }
+                Err(in_use(&self.finals[file], PathConflict::ForeignData))
+            }
+        }
+    }
+
+    /// Move `file` from its final path into the incomplete area (its data, or some of it,
+    /// verified), sized to the torrent's length.
+    fn take_in(&self, file: usize) -> Result<(), StorageError> {
+        let from = &self.finals[file];
+        let to = part_file(&self.parts_dir, file);
+        create_dirs(&self.state_dir, &self.parts_dir)?;
+        let mut st = lock(&self.state);
+        // A stale part file of ours may be there: it is ours to replace.
+        match fs::remove_file(&to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::from_io(&to, e)),
+        }
+        move_noreplace(from, &to).map_err(|e| StorageError::from_io(from, e))?;
+        st.cache.remove(file);
+        st.locations[file] = Location::Part;
+        drop(st);
+        OpenOptions::new()
+            .write(true)
+            .open(&to)
+            .and_then(|f| f.set_len(self.layout.files[file].length))
+            .map_err(|e| StorageError::from_io(&to, e))?;
+        sync_dir(&self.parts_dir)?;
+        sync_dir(self.final_parent(file))?;
+        lock(&self.state).dirty.insert(file);
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StorageError> {
@@ -569,6 +798,8 @@ impl Inner {
         for (i, f) in self.layout.files.iter().enumerate() {
             let rec = match recorded[i] {
                 _ if f.length == 0 => (Location::Final, Stamp::default()),
+                // Not ours: recorded as nothing, so no piece in it can be trusted from this.
+                _ if locations[i] == Location::Foreign => (Location::Absent, Stamp::default()),
                 Some((loc, stamp)) if loc == locations[i] && !dirty.contains(&i) => (loc, stamp),
                 _ => self.stamp(i, locations[i])?,
             };
@@ -595,7 +826,7 @@ impl Inner {
     }
 
     /// Where `file` is now and its size/mtime. A file may have just been finalized, so look at
-    /// the other name too before calling it absent.
+    /// the other place too before calling it absent.
     fn stamp(&self, file: usize, expected: Location) -> Result<(Location, Stamp), StorageError> {
         let order = match expected {
             Location::Final => [Location::Final, Location::Part],
@@ -610,18 +841,19 @@ impl Inner {
     }
 }
 
-/// Whether a matching resume record agrees with what is on disk.
-fn trustworthy(
+/// Which files agree with their record: where it says, with the recorded size and mtime, and
+/// (for a file at its final path) with every piece claimed, (for a missing one) none.
+fn file_trust(
     layout: &Layout,
     body: &ResumeBody,
     completed: &Bitfield,
     observed: &[Observed],
-) -> bool {
+) -> Vec<bool> {
     body.files
         .iter()
         .zip(observed)
         .enumerate()
-        .all(|(i, (rec, obs))| {
+        .map(|(i, (rec, obs))| {
             if layout.files[i].length == 0 {
                 return true;
             }
@@ -630,32 +862,57 @@ fn trustworthy(
                 && !obs.both
                 && (rec.location == Location::Absent || rec.stamp == obs.stamp);
             let claims_ok = match rec.location {
-                // A file at its final path is complete: all its pieces must be claimed.
                 Location::Final => pieces.all(|p| completed.get(p as usize)),
-                // No claimed piece may live in a file that does not exist.
                 Location::Absent => !pieces.any(|p| completed.get(p as usize)),
                 Location::Part => true,
+                Location::Foreign => false,
             };
             place_ok && claims_ok
         })
+        .collect()
 }
 
-/// Create a zero-length file at its final path (with its folders), emptying anything there.
+/// Split pieces into trusted complete ones (claimed, every file touching them trusted) and ones
+/// to hash (touching an untrusted file that has data).
+fn split_pieces(
+    layout: &Layout,
+    claimed: Option<Bitfield>,
+    trusted: &[bool],
+    locations: &[Location],
+) -> (Bitfield, Bitfield) {
+    let n = layout.piece_count() as usize;
+    let mut complete = Bitfield::new(n);
+    let mut check = Bitfield::new(n);
+    for p in 0..n as PieceIndex {
+        let files = layout.files_for_piece(p);
+        let all_trusted = files.iter().all(|&f| trusted[f]);
+        if all_trusted {
+            if claimed.as_ref().is_some_and(|c| c.get(p as usize)) {
+                complete.set(p as usize);
+            }
+        } else if files.iter().all(|&f| locations[f] != Location::Absent) {
+            check.set(p as usize);
+        }
+    }
+    (complete, check)
+}
+
+/// Create a zero-length file at its final path (with its folders); an empty file already there
+/// is kept (the caller refused a non-empty one). Exclusive creation: never truncates.
 fn create_empty(download_dir: &Path, path: &Path) -> Result<(), StorageError> {
     let parent = path.parent().unwrap_or(download_dir);
     create_dirs(download_dir, parent)?;
-    let existed = stat(path)?;
-    if existed.as_ref().is_some_and(|m| m.len() == 0) {
-        return Ok(());
+    match OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(f) => {
+            f.sync_all().map_err(|e| StorageError::from_io(path, e))?;
+            sync_dir(parent)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match stat(path)? {
+            Some(m) if m.len() == 0 => Ok(()),
+            _ => Err(in_use(path, PathConflict::NotEmpty)),
+        },
+        Err(e) => Err(StorageError::from_io(path, e)),
     }
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| StorageError::from_io(path, e))?;
-    f.sync_all().map_err(|e| StorageError::from_io(path, e))?;
-    sync_dir(parent)
 }
 
 #[async_trait]
@@ -709,5 +966,11 @@ impl Storage for FsStorage {
     async fn flush(&self) -> Result<(), StorageError> {
         let inner = self.inner.clone();
         blocking(move || inner.flush()).await
+    }
+
+    async fn recheck_finished(&self, verified: &Bitfield) -> Result<(), StorageError> {
+        let inner = self.inner.clone();
+        let verified = verified.clone();
+        blocking(move || inner.recheck_finished(&verified)).await
     }
 }

@@ -1,5 +1,6 @@
-//! File-system specifics of `FsStorage`, checked on disk: `.part` files and renames, folder
-//! structure, when resume state is trusted, data placed by the user, path safety, OS errors.
+//! File-system specifics of `FsStorage`, checked on disk: part files and moves into place, folder
+//! structure, when resume state is trusted, data placed by the user (never destroyed unless it
+//! verifies), path claims, path safety, OS errors.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use zigtorrent_engine::storage::Resume;
-use zigtorrent_engine::{InfoHash, Layout, Storage, StorageBackend, StorageError, StorageSpec};
+use zigtorrent_engine::{
+    Bitfield, InfoHash, Layout, PathConflict, Storage, StorageBackend, StorageError, StorageSpec,
+};
 use zigtorrent_storage_fs::FsBackend;
 
 const PL: u32 = 16384;
@@ -60,6 +63,15 @@ impl Case {
         self.spec.download_dir.join(rel)
     }
 
+    /// Where file `i` lives while incomplete.
+    fn part(&self, i: usize) -> PathBuf {
+        self.spec
+            .state_dir
+            .join("parts")
+            .join(self.spec.info_hash.to_hex())
+            .join(format!("{i}.part"))
+    }
+
     fn piece_bytes(&self, piece: u32) -> &[u8] {
         let r = self.spec.layout.piece_range(piece);
         &self.data[r.start as usize..r.end as usize]
@@ -80,20 +92,30 @@ impl Case {
         s.mark_complete(piece).await.unwrap();
     }
 
-    /// What the engine does on NeedsRecheck: read, compare ("hash"), mark the good pieces.
+    /// What the engine does on NeedsRecheck: read, compare ("hash"), mark the good pieces,
+    /// then let storage settle; panics if settling fails (see `try_recheck`).
     async fn recheck(&self, s: &dyn Storage) -> Vec<u32> {
+        let (good, settled) = self.try_recheck(s).await;
+        settled.expect("recheck_finished");
+        good
+    }
+
+    async fn try_recheck(&self, s: &dyn Storage) -> (Vec<u32>, Result<(), StorageError>) {
+        let n = self.spec.layout.piece_count();
         let mut good = Vec::new();
-        for p in 0..self.spec.layout.piece_count() {
+        let mut verified = Bitfield::new(n as usize);
+        for p in 0..n {
             match s.read(p, 0, self.spec.layout.piece_len(p)).await {
                 Ok(b) if b[..] == *self.piece_bytes(p) => {
                     s.mark_complete(p).await.unwrap();
                     good.push(p);
+                    verified.set(p as usize);
                 }
                 Ok(_) | Err(StorageError::Missing) => {}
                 Err(e) => panic!("recheck read of {p}: {e}"),
             }
         }
-        good
+        (good, s.recheck_finished(&verified).await)
     }
 
     /// The finished bytes of file `i`.
@@ -141,24 +163,29 @@ async fn nothing_at_final_path_before_the_last_piece() {
     );
     assert_eq!(fs::metadata(c.dl("t/sub/deeper/e")).unwrap().len(), 0);
     assert!(s.is_finalized(1));
-    for name in ["t/a", "t/a.part", "t/sub/b", "t/sub/b.part"] {
+    for name in ["t/a", "t/sub/b"] {
         assert!(!exists(&c.dl(name)), "{name} exists before any write");
     }
+    assert!(!exists(&c.part(0)) && !exists(&c.part(2)));
 
     c.write(&*s, 0).await;
-    assert!(exists(&c.dl("t/a.part")) && !exists(&c.dl("t/a")));
+    assert!(exists(&c.part(0)) && !exists(&c.dl("t/a")));
+    assert!(
+        !exists(&c.dl("t/a.part")),
+        "nothing incomplete under downloads"
+    );
     s.mark_complete(0).await.unwrap();
     assert!(
-        exists(&c.dl("t/a.part")) && !exists(&c.dl("t/a")),
+        exists(&c.part(0)) && !exists(&c.dl("t/a")),
         "a still misses piece 1"
     );
 
     c.write(&*s, 1).await;
     assert!(!exists(&c.dl("t/a")), "written but not marked: not final");
-    assert!(exists(&c.dl("t/sub/b.part")));
+    assert!(exists(&c.part(2)));
     s.mark_complete(1).await.unwrap();
     assert!(
-        exists(&c.dl("t/a")) && !exists(&c.dl("t/a.part")),
+        exists(&c.dl("t/a")) && !exists(&c.part(0)),
         "a finalized by its last piece"
     );
     assert_eq!(fs::read(c.dl("t/a")).unwrap(), c.file_bytes(0));
@@ -170,7 +197,7 @@ async fn nothing_at_final_path_before_the_last_piece() {
         assert!(!exists(&c.dl("t/sub/b")));
         c.complete(&*s, p).await;
     }
-    assert!(exists(&c.dl("t/sub/b")) && !exists(&c.dl("t/sub/b.part")));
+    assert!(exists(&c.dl("t/sub/b")) && !exists(&c.part(2)));
     assert_eq!(fs::read(c.dl("t/sub/b")).unwrap(), c.file_bytes(2));
     s.flush().await.unwrap();
 
@@ -192,9 +219,14 @@ async fn nothing_at_final_path_before_the_last_piece() {
             "t/sub/deeper/e"
         ]
     );
+    let hex = c.spec.info_hash.to_hex();
     assert_eq!(
         tree(&c.spec.state_dir),
-        [format!("{}.resume", c.spec.info_hash.to_hex())]
+        [
+            format!("{hex}.resume"),
+            "parts".to_string(),
+            format!("parts/{hex}")
+        ]
     );
 }
 
@@ -232,7 +264,7 @@ async fn modified_part_file_is_not_trusted() {
         c.complete(&*s, 0).await;
         s.flush().await.unwrap();
         drop(s);
-        let part = c.dl("a.part");
+        let part = c.part(0);
         let f = fs::OpenOptions::new().write(true).open(&part).unwrap();
         if how == "append" {
             f.set_len(40_001).unwrap();
@@ -267,7 +299,7 @@ async fn modified_part_file_is_not_trusted() {
 }
 
 #[tokio::test]
-async fn modified_final_file_leaves_the_final_path_until_verified() {
+async fn modified_final_file_is_rechecked_in_place_then_repaired() {
     let c = Case::new(&[("a", 20_000), ("b", 20_000)]);
     let s = c.open().await;
     for p in 0..c.spec.layout.piece_count() {
@@ -283,24 +315,28 @@ async fn modified_final_file_leaves_the_final_path_until_verified() {
     drop(f);
 
     let s = c.open().await;
-    assert_eq!(s.resume(), Resume::NeedsRecheck);
+    // b still matches its record, but piece 1 spans a and b, so only piece 2 is trusted.
+    let Resume::Partial { complete, check } = s.resume() else {
+        panic!("one changed file: partial trust, got {:?}", s.resume())
+    };
+    assert_eq!(complete.iter_ones().collect::<Vec<_>>(), [2]);
+    assert_eq!(check.iter_ones().collect::<Vec<_>>(), [0, 1]);
     assert!(
-        !exists(&c.dl("a")) && exists(&c.dl("a.part")),
-        "unverified data moved off the final path"
+        exists(&c.dl("a")) && !exists(&c.part(0)),
+        "a changed file is not moved before its data is checked"
     );
-    assert!(!s.is_finalized(0) && !s.is_finalized(1));
-    let good = c.recheck(&*s).await;
+    let (good, settled) = c.try_recheck(&*s).await;
+    settled.unwrap();
     assert!(!good.contains(&0), "corrupted piece passes recheck");
-    assert!(
-        !exists(&c.dl("a")),
-        "a failed its recheck and must stay .part"
-    );
-    // a is pieces 0-1, b is pieces 1-2: only piece 0 was damaged, so b is verified and back.
     assert_eq!(good, [1, 2]);
-    assert!(s.is_finalized(1) && exists(&c.dl("b")) && !exists(&c.dl("b.part")));
+    assert!(
+        !exists(&c.dl("a")) && exists(&c.part(0)),
+        "partly verified: taken in to be repaired"
+    );
+    assert!(s.is_finalized(1) && exists(&c.dl("b")));
     // Download the bad piece again: a goes back into place.
     c.complete(&*s, 0).await;
-    assert!(exists(&c.dl("a")) && !exists(&c.dl("a.part")));
+    assert!(exists(&c.dl("a")) && !exists(&c.part(0)));
     assert_eq!(fs::read(c.dl("a")).unwrap(), c.file_bytes(0));
 }
 
@@ -346,7 +382,10 @@ async fn short_user_file_reads_as_missing() {
     assert_eq!(&s.read(0, 0, PL).await.unwrap()[..], c.piece_bytes(0));
     assert!(matches!(s.read(1, 0, PL).await, Err(StorageError::Missing)));
     assert_eq!(c.recheck(&*s).await, [0]);
-    assert!(!exists(&c.dl("a")));
+    assert!(
+        !exists(&c.dl("a")),
+        "partly verified: taken in to be completed"
+    );
     c.complete(&*s, 1).await;
     c.complete(&*s, 2).await;
     assert_eq!(fs::read(c.dl("a")).unwrap(), c.file_bytes(0));
@@ -434,11 +473,257 @@ async fn final_file_wins_over_a_stale_part_without_resume_state() {
     let c = Case::new(&[("a", 20_000)]);
     fs::create_dir_all(&c.spec.download_dir).unwrap();
     fs::write(c.dl("a"), c.file_bytes(0)).unwrap();
-    fs::write(c.dl("a.part"), vec![0u8; 20_000]).unwrap();
+    fs::create_dir_all(c.part(0).parent().unwrap()).unwrap();
+    fs::write(c.part(0), vec![0u8; 20_000]).unwrap();
+    // A user's own file that happens to end in .part is never ours.
+    fs::write(c.dl("a.part"), b"the user's").unwrap();
     let s = c.open().await;
     assert_eq!(s.resume(), Resume::NeedsRecheck);
-    assert!(!exists(&c.dl("a")), "unverified final file moved aside");
     assert_eq!(c.recheck(&*s).await, [0, 1]);
     assert_eq!(fs::read(c.dl("a")).unwrap(), c.file_bytes(0));
-    assert!(!exists(&c.dl("a.part")));
+    assert!(!exists(&c.part(0)), "stale part file removed");
+    assert_eq!(fs::read(c.dl("a.part")).unwrap(), b"the user's");
+}
+
+fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(p).unwrap().ino()
+}
+
+#[tokio::test]
+async fn a_user_file_that_does_not_verify_is_left_exactly_as_it_is() {
+    let c = Case::new(&[("t/report.pdf", 40_000), ("t/b", 10_000)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    let mine = vec![7u8; 1_000_000];
+    fs::write(c.dl("t/report.pdf"), &mine).unwrap();
+    let ino = inode(&c.dl("t/report.pdf"));
+    let s = c.open().await;
+    assert_eq!(s.resume(), Resume::NeedsRecheck);
+    let (good, settled) = c.try_recheck(&*s).await;
+    assert!(good.is_empty());
+    match settled {
+        Err(StorageError::PathInUse {
+            path,
+            why: PathConflict::ForeignData,
+        }) => assert_eq!(path, c.dl("t/report.pdf")),
+        other => panic!("expected ForeignData, got {other:?}"),
+    }
+    let msg = s
+        .recheck_finished(&Bitfield::new(4))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("t/report.pdf") && msg.contains("move it away"),
+        "{msg}"
+    );
+    // A write touching it is refused rather than done.
+    assert!(s
+        .write(0, 0, vec![Bytes::copy_from_slice(c.piece_bytes(0))])
+        .await
+        .is_err());
+    drop(s);
+    assert_eq!(fs::read(c.dl("t/report.pdf")).unwrap(), mine);
+    assert_eq!(inode(&c.dl("t/report.pdf")), ino, "same inode");
+    assert!(!exists(&c.part(0)));
+
+    // The user moves it away and rechecks: the torrent proceeds.
+    fs::rename(c.dl("t/report.pdf"), c.root.join("mine.pdf")).unwrap();
+    let s = c.open().await;
+    c.recheck(&*s).await;
+    for p in 0..c.spec.layout.piece_count() {
+        c.complete(&*s, p).await;
+    }
+    assert_eq!(fs::read(c.dl("t/report.pdf")).unwrap(), c.file_bytes(0));
+    assert_eq!(fs::read(c.root.join("mine.pdf")).unwrap(), mine);
+}
+
+#[tokio::test]
+async fn a_non_empty_file_where_an_empty_one_belongs_is_refused_untouched() {
+    let c = Case::new(&[("t/a", 20_000), ("t/empty", 0)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    fs::write(c.dl("t/empty"), vec![1u8; 1 << 20]).unwrap();
+    let ino = inode(&c.dl("t/empty"));
+    let r = FsBackend::new().open(c.spec.clone()).await;
+    match r {
+        Err(StorageError::PathInUse {
+            path,
+            why: PathConflict::NotEmpty,
+        }) => assert_eq!(path, c.dl("t/empty")),
+        other => panic!("expected NotEmpty, got {:?}", other.err()),
+    }
+    assert_eq!(fs::metadata(c.dl("t/empty")).unwrap().len(), 1 << 20);
+    assert_eq!(inode(&c.dl("t/empty")), ino);
+}
+
+#[tokio::test]
+async fn a_file_that_appears_at_the_final_path_is_never_replaced() {
+    let c = Case::new(&[("a", 20_000)]);
+    let s = c.open().await;
+    c.complete(&*s, 0).await;
+    fs::write(c.dl("a"), b"appeared meanwhile").unwrap();
+    c.write(&*s, 1).await;
+    let r = s.mark_complete(1).await;
+    assert!(
+        matches!(
+            r,
+            Err(StorageError::PathInUse {
+                why: PathConflict::Occupied,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(fs::read(c.dl("a")).unwrap(), b"appeared meanwhile");
+    assert!(exists(&c.part(0)), "our data is kept");
+}
+
+#[tokio::test]
+async fn two_torrents_never_share_a_path() {
+    let c = Case::new(&[("x/a", 20_000)]);
+    let backend = FsBackend::new();
+    let first = backend.open(c.spec.clone()).await.unwrap();
+    c.complete(&*first, 0).await;
+    let mut other = c.spec.clone();
+    other.info_hash = InfoHash([0xcd; 20]);
+    other.layout = Arc::new(Layout::new(PL, [(PathBuf::from("x/b"), 5)]));
+    let r = backend.open(other.clone()).await;
+    assert!(
+        matches!(&r, Err(StorageError::PathInUse { why: PathConflict::OtherTorrent(h), path }) if *h == c.spec.info_hash && *path == c.dl("x")),
+        "{:?}",
+        r.err()
+    );
+    // x.part beside x: its own name, and no clash with x's incomplete data.
+    other.layout = Arc::new(Layout::new(PL, [(PathBuf::from("x.part"), 5)]));
+    backend.open(other).await.unwrap();
+    c.complete(&*first, 1).await;
+    assert_eq!(fs::read(c.dl("x/a")).unwrap(), c.file_bytes(0));
+    // A torrent reaching into the state folder (inside downloads here) is refused.
+    let mut spec = c.spec.clone();
+    spec.state_dir = c.dl(".zigtorrent");
+    spec.info_hash = InfoHash([0xef; 20]);
+    spec.layout = Arc::new(Layout::new(PL, [(PathBuf::from(".zigtorrent/evil"), 5)]));
+    let r = backend.open(spec).await;
+    assert!(
+        matches!(
+            r,
+            Err(StorageError::PathInUse {
+                why: PathConflict::StateFolder,
+                ..
+            })
+        ),
+        "{:?}",
+        r.err()
+    );
+}
+
+#[tokio::test]
+async fn a_250_byte_file_name_downloads() {
+    let name = "n".repeat(250);
+    let c = Case::new(&[(name.as_str(), 20_000)]);
+    let s = c.open().await;
+    for p in 0..2 {
+        c.complete(&*s, p).await;
+    }
+    assert_eq!(fs::read(c.dl(&name)).unwrap(), c.file_bytes(0));
+}
+
+#[tokio::test]
+async fn trust_is_per_file() {
+    let c = Case::new(&[("a", 2 * PL as u64), ("b", 2 * PL as u64)]);
+    let s = c.open().await;
+    for p in 0..4 {
+        c.complete(&*s, p).await;
+    }
+    s.flush().await.unwrap();
+    drop(s);
+    let f = fs::OpenOptions::new().write(true).open(c.dl("b")).unwrap();
+    f.set_modified(SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let s = c.open().await;
+    let Resume::Partial { complete, check } = s.resume() else {
+        panic!("expected partial trust, got {:?}", s.resume())
+    };
+    assert_eq!(complete.iter_ones().collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(check.iter_ones().collect::<Vec<_>>(), [2, 3]);
+}
+
+/// The state folder on another file system (`/dev/shm`, tmpfs): finishing copies into an
+/// exclusively created temporary name and moves that into place, never replacing.
+#[tokio::test]
+async fn state_folder_on_another_file_system() {
+    use std::os::unix::fs::MetadataExt;
+    let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs) is needed for this test");
+    let mut c = Case::new(&[("t/a", 20_000), ("t/b", 20_000)]);
+    c.spec.state_dir = shm.path().join("state");
+    fs::create_dir_all(&c.spec.download_dir).unwrap();
+    assert_ne!(
+        fs::metadata(shm.path()).unwrap().dev(),
+        fs::metadata(&c.spec.download_dir).unwrap().dev(),
+        "the test needs two file systems"
+    );
+    let s = c.open().await;
+    for p in 0..c.spec.layout.piece_count() {
+        c.complete(&*s, p).await;
+    }
+    assert_eq!(fs::read(c.dl("t/a")).unwrap(), c.file_bytes(0));
+    assert_eq!(fs::read(c.dl("t/b")).unwrap(), c.file_bytes(1));
+    assert_eq!(&s.read(0, 0, PL).await.unwrap()[..], c.piece_bytes(0));
+    assert_eq!(
+        tree(&c.spec.download_dir),
+        ["t", "t/a", "t/b"],
+        "no temporary left"
+    );
+    s.flush().await.unwrap();
+    drop(s);
+    let s = c.open().await;
+    assert!(matches!(s.resume(), Resume::Trusted(b) if b.is_full()));
+}
+
+/// A download in progress under wave 1 (resume format 1, `<name>.part` beside the final path)
+/// carries on: the part file moves into the state folder and its pieces stay trusted.
+#[tokio::test]
+async fn wave_one_part_files_move_over() {
+    let c = Case::new(&[("t/a", 40_000)]);
+    let s = c.open().await;
+    c.complete(&*s, 0).await;
+    s.flush().await.unwrap();
+    drop(s);
+    // Make it look like wave 1 left it: part file beside the final path, format version 1
+    // (the version is outside the body's checksum). A rename keeps size and mtime.
+    fs::create_dir_all(c.dl("t")).unwrap();
+    fs::rename(c.part(0), c.dl("t/a.part")).unwrap();
+    let mut bytes = fs::read(c.resume_file()).unwrap();
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    fs::write(c.resume_file(), bytes).unwrap();
+
+    let s = c.open().await;
+    let Resume::Trusted(set) = s.resume() else {
+        panic!("a matching wave 1 record is trusted, got {:?}", s.resume())
+    };
+    assert_eq!(set.iter_ones().collect::<Vec<_>>(), [0]);
+    assert!(exists(&c.part(0)) && !exists(&c.dl("t/a.part")));
+    c.complete(&*s, 1).await;
+    c.complete(&*s, 2).await;
+    assert_eq!(fs::read(c.dl("t/a")).unwrap(), c.file_bytes(0));
+}
+
+/// Without a matching wave 1 record, a `.part` file beside the final path is the user's.
+#[tokio::test]
+async fn unvouched_dot_part_files_are_left_alone() {
+    let c = Case::new(&[("t/a", 40_000)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    fs::write(c.dl("t/a.part"), c.file_bytes(0)).unwrap();
+    let s = c.open().await;
+    assert_eq!(
+        s.resume(),
+        Resume::Trusted(Bitfield::new(3)),
+        "nothing of ours on disk"
+    );
+    for p in 0..3 {
+        c.complete(&*s, p).await;
+    }
+    assert_eq!(fs::read(c.dl("t/a.part")).unwrap(), c.file_bytes(0));
+    assert_eq!(fs::read(c.dl("t/a")).unwrap(), c.file_bytes(0));
 }

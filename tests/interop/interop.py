@@ -300,13 +300,15 @@ def d_crash(ctx):
     want = L.tree_digests(src)
     top = os.path.join(downloads, name)
     finals, parts, bad = 0, 0, []
+    # Incomplete data lives under the state folder (parts/<info-hash>/<index>.part), never
+    # beside the final paths.
+    for dirpath, _d, names in os.walk(os.path.join(state, "parts")):
+        parts += sum(1 for n in names if n.endswith(".part"))
     for dirpath, _d, names in os.walk(top):
         for n in names:
             rel = os.path.relpath(os.path.join(dirpath, n), top)
             if rel.endswith(".part"):
-                parts += 1
-                if rel[:-5] not in want:
-                    bad.append(f"{rel} is not a .part of any torrent file")
+                bad.append(f"{rel}: a .part file under the downloads folder")
                 continue
             finals += 1
             if rel not in want:

@@ -105,6 +105,6 @@ pub fn assert_same_files(expected: &Path, actual: &Path) {
         assert_eq!(a.len(), *len, "{rel}: length");
         assert!(a == e, "{rel}: bytes differ");
         let part = actual.join(format!("{rel}.part"));
-        assert!(!part.exists(), "{} left behind", part.display());
+        assert!(!part.exists(), "{} appeared", part.display());
     }
 }

@@ -1,0 +1,298 @@
+//! Who uses which path under a download folder: no two torrents, and no two files of one
+//! torrent, may share a place on disk.
+//!
+//! Every open torrent claims its *root*, the first component of its paths (the file of a
+//! single-file torrent, the folder of a multi-file one), for itself alone: a second torrent with
+//! the same root is refused with [`PathConflict::OtherTorrent`] however its files differ, so two
+//! torrents never write into one folder. Inside a torrent, two files with the same path, or a
+//! file whose path is another's folder (`a` and `a/b`), are refused with
+//! [`PathConflict::SameTorrent`]. A root that is the state folder (when it lives inside the
+//! download folder, as by default) is refused with [`PathConflict::StateFolder`].
+//!
+//! Names are compared byte for byte, or case-folded where the download folder's file system
+//! folds case (probed once per folder by creating a lower-case name and looking up its
+//! upper-case twin). A claim lasts as long as the torrent's storage; the same torrent opening
+//! again takes its claim over.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use zigtorrent_engine::{InfoHash, Layout, PathConflict, StorageError};
+
+/// The claims of every torrent opened by one backend.
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    inner: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next_generation: u64,
+    /// (download folder, root key) → owner.
+    roots: HashMap<(PathBuf, Vec<u8>), Owner>,
+    /// Whether each download folder's file system folds case.
+    folds_case: HashMap<PathBuf, bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Owner {
+    info_hash: InfoHash,
+    generation: u64,
+}
+
+/// A torrent's claim; released when dropped.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    claims: Arc<Claims>,
+    key: (PathBuf, Vec<u8>),
+    owner: Owner,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut t = lock(&self.claims.inner);
+        if t.roots.get(&self.key) == Some(&self.owner) {
+            t.roots.remove(&self.key);
+        }
+    }
+}
+
+fn lock(m: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn conflict(path: PathBuf, why: PathConflict) -> StorageError {
+    StorageError::PathInUse { path, why }
+}
+
+/// The comparison key of a name: its bytes, lower-cased where the file system folds case.
+fn key(name: &[u8], fold: bool) -> Vec<u8> {
+    if fold {
+        String::from_utf8_lossy(name).to_lowercase().into_bytes()
+    } else {
+        name.to_vec()
+    }
+}
+
+impl Claims {
+    /// Claim the paths of `layout` under `download_dir` for `info_hash`. Paths are already
+    /// checked to be plain relative components. `state_dir` is refused as a root when it lies
+    /// directly or deeper inside `download_dir`.
+    pub(crate) fn claim(
+        self: &Arc<Self>,
+        info_hash: InfoHash,
+        layout: &Layout,
+        download_dir: &Path,
+        state_dir: &Path,
+    ) -> Result<Claim, StorageError> {
+        let dl =
+            fs::canonicalize(download_dir).map_err(|e| StorageError::from_io(download_dir, e))?;
+        let fold = self.folds_case(&dl);
+        check_within_torrent(layout, download_dir, fold)?;
+        let Some(root) = layout
+            .files
+            .first()
+            .and_then(|f| f.path.components().next())
+        else {
+            return Err(StorageError::NotSupported("a torrent without files"));
+        };
+        let root = root.as_os_str();
+        let root_key = key(root.as_bytes(), fold);
+        let root_path = download_dir.join(root);
+        if let Ok(state) = fs::canonicalize(state_dir) {
+            if let Ok(rel) = state.strip_prefix(&dl) {
+                if let Some(Component::Normal(first)) = rel.components().next() {
+                    if key(first.as_bytes(), fold) == root_key {
+                        return Err(conflict(root_path, PathConflict::StateFolder));
+                    }
+                }
+            }
+        }
+        let mut t = lock(&self.inner);
+        t.next_generation += 1;
+        let owner = Owner {
+            info_hash,
+            generation: t.next_generation,
+        };
+        let k = (dl, root_key);
+        match t.roots.get(&k) {
+            Some(other) if other.info_hash != info_hash => {
+                return Err(conflict(
+                    root_path,
+                    PathConflict::OtherTorrent(other.info_hash),
+                ));
+            }
+            _ => {}
+        }
+        t.roots.insert(k.clone(), owner);
+        Ok(Claim {
+            claims: self.clone(),
+            key: k,
+            owner,
+        })
+    }
+
+    fn folds_case(&self, dir: &Path) -> bool {
+        if let Some(&f) = lock(&self.inner).folds_case.get(dir) {
+            return f;
+        }
+        let f = probe_case_folding(dir);
+        lock(&self.inner).folds_case.insert(dir.to_path_buf(), f);
+        f
+    }
+}
+
+/// Create a lower-case probe file in `dir` and look its upper-case twin up. Unknown (say, a
+/// read-only folder) counts as not folding: the torrent will fail on its first write anyway.
+fn probe_case_folding(dir: &Path) -> bool {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let lower = dir.join(format!(
+        ".zigtorrent-case-probe-{}-{nanos}",
+        std::process::id()
+    ));
+    let upper = dir.join(format!(
+        ".ZIGTORRENT-CASE-PROBE-{}-{nanos}",
+        std::process::id()
+    ));
+    if OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&lower)
+        .is_err()
+    {
+        return false;
+    }
+    let folds = upper.symlink_metadata().is_ok();
+    let _ = fs::remove_file(&lower);
+    folds
+}
+
+/// No two files of the torrent at one path, and no file where another needs a folder. Linear in
+/// the total path length: folder prefixes are kept as running hashes, not as strings (a false
+/// match needs a 64-bit collision and only refuses a torrent).
+fn check_within_torrent(
+    layout: &Layout,
+    download_dir: &Path,
+    fold: bool,
+) -> Result<(), StorageError> {
+    let mut files: HashSet<Vec<u8>> = HashSet::with_capacity(layout.files.len());
+    let mut file_hashes: HashSet<u64> = HashSet::with_capacity(layout.files.len());
+    let mut folders: HashSet<u64> = HashSet::new();
+    for f in &layout.files {
+        let mut h = DefaultHasher::new();
+        let mut full = Vec::new();
+        let mut components = f.path.components().peekable();
+        while let Some(c) = components.next() {
+            let k = key(c.as_os_str().as_bytes(), fold);
+            k.hash(&mut h);
+            full.extend_from_slice(&k);
+            full.push(b'/');
+            let prefix = h.finish();
+            if components.peek().is_some() {
+                // A folder of this file: no file may be here.
+                if file_hashes.contains(&prefix) {
+                    return Err(conflict(
+                        download_dir.join(&f.path),
+                        PathConflict::SameTorrent,
+                    ));
+                }
+                folders.insert(prefix);
+            } else if folders.contains(&prefix) || !files.insert(full.clone()) {
+                return Err(conflict(
+                    download_dir.join(&f.path),
+                    PathConflict::SameTorrent,
+                ));
+            } else {
+                file_hashes.insert(prefix);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(paths: &[&str]) -> Layout {
+        Layout::new(16384, paths.iter().map(|p| (PathBuf::from(p), 10)))
+    }
+
+    #[test]
+    fn files_of_one_torrent_never_share_a_place() {
+        let dl = Path::new("/dl");
+        assert!(check_within_torrent(&layout(&["t/a", "t/b", "t/c/d"]), dl, false).is_ok());
+        for bad in [
+            &["t/a", "t/a"][..],
+            &["t/a", "t/a/b"],
+            &["t/a/b", "t/a"],
+            &["t/x/y/z", "t/x/y"],
+        ] {
+            let r = check_within_torrent(&layout(bad), dl, false);
+            assert!(
+                matches!(
+                    r,
+                    Err(StorageError::PathInUse {
+                        why: PathConflict::SameTorrent,
+                        ..
+                    })
+                ),
+                "{bad:?}: {r:?}"
+            );
+        }
+        // Case matters only where the file system folds it.
+        assert!(check_within_torrent(&layout(&["t/README", "t/readme"]), dl, false).is_ok());
+        assert!(check_within_torrent(&layout(&["t/README", "t/readme"]), dl, true).is_err());
+        assert!(check_within_torrent(&layout(&["t/Dir/a", "t/dir"]), dl, true).is_err());
+    }
+
+    #[test]
+    fn roots_are_exclusive_and_released() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dl = tmp.path().join("dl");
+        fs::create_dir(&dl).unwrap();
+        let state = dl.join(".zigtorrent");
+        fs::create_dir(&state).unwrap();
+        let claims = Arc::new(Claims::default());
+        let (a, b) = (InfoHash([1; 20]), InfoHash([2; 20]));
+        let first = claims.claim(a, &layout(&["x/1"]), &dl, &state).unwrap();
+        let r = claims.claim(b, &layout(&["x/2"]), &dl, &state);
+        assert!(
+            matches!(r, Err(StorageError::PathInUse { why: PathConflict::OtherTorrent(h), .. }) if h == a),
+            "{r:?}"
+        );
+        // x.part beside x: another root, fine.
+        let _other = claims.claim(b, &layout(&["x.part"]), &dl, &state).unwrap();
+        // The same torrent opening again takes over its claim; the old claim's drop keeps it.
+        let again = claims.claim(a, &layout(&["x/1"]), &dl, &state).unwrap();
+        drop(first);
+        assert!(claims
+            .claim(InfoHash([3; 20]), &layout(&["x"]), &dl, &state)
+            .is_err());
+        drop(again);
+        assert!(claims
+            .claim(InfoHash([3; 20]), &layout(&["x"]), &dl, &state)
+            .is_ok());
+        let r = claims.claim(InfoHash([4; 20]), &layout(&[".zigtorrent/a"]), &dl, &state);
+        assert!(
+            matches!(
+                r,
+                Err(StorageError::PathInUse {
+                    why: PathConflict::StateFolder,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert!(!probe_case_folding(&dl), "ext4/tmpfs do not fold case");
+        assert_eq!(fs::read_dir(&dl).unwrap().count(), 1, "probe file removed");
+    }
+}
