@@ -159,6 +159,43 @@ fn a_fifo_in_the_watch_folder_does_not_stall_the_client() {
     stop_cleanly(c);
 }
 
+/// A torrent whose one file is `depth` path components deep (costly to parse before issue 9's
+/// metainfo work: the time grew with the square of the depth).
+fn deep_torrent(depth: usize) -> Vec<u8> {
+    let mut info = b"d5:filesld6:lengthi1e4:pathl".to_vec();
+    for _ in 0..depth {
+        info.extend_from_slice(b"1:a");
+    }
+    info.extend_from_slice(b"eee4:name4:deep12:piece lengthi16384e6:pieces20:");
+    info.extend_from_slice(&[0u8; 20]);
+    info.push(b'e');
+    let mut t = b"d4:info".to_vec();
+    t.extend_from_slice(&info);
+    t.push(b'e');
+    t
+}
+
+#[test]
+fn quitting_does_not_wait_for_a_busy_watch_folder_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("torrents")).unwrap();
+    std::fs::write(root.join("torrents/deep.torrent"), deep_torrent(80_000)).unwrap();
+    let mut c = started(root, &["--storage", "memory"]);
+    // The scan at start is now reading that file, for many seconds if parsing is slow; if
+    // parsing is quick, it is an error entry. Quitting must be quick either way.
+    std::thread::sleep(Duration::from_millis(300));
+    c.signal("-TERM");
+    let sent = Instant::now();
+    let status = c.wait_exit(Duration::from_secs(30));
+    let took = sent.elapsed();
+    c.drain(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(took < STOP_WITHIN, "stopping took {took:?}");
+    assert_eq!(c.count("out: stopped"), 1);
+    assert_eq!(c.count("not flushed"), 0, "{:?}", c.stderr_lines());
+}
+
 #[test]
 fn a_config_in_the_working_directory_cannot_load_a_plugin() {
     let dir = tempfile::tempdir().unwrap();
@@ -245,4 +282,43 @@ fn a_torrent_error_is_one_error_line_in_headless_mode() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(std::fs::read(&users).unwrap(), b"the user's own file");
     stop_cleanly(c);
+}
+
+#[test]
+fn other_commands_still_end_on_a_stop_signal() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    // `info` of a FIFO nobody writes to waits in open() until stopped.
+    let fifo = dir.path().join("pipe.torrent");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for (signal, number) in [("-INT", 2), ("-TERM", 15)] {
+        let mut child = bin()
+            .arg("info")
+            .arg(&fifo)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`info` ignored {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.signal(), Some(number), "{status}");
+    }
 }
