@@ -10,7 +10,9 @@
 //! the watcher has seen it unchanged (so a file with an mtime in the future settles too). Bad
 //! files become error entries, retried when the file changes (size, mtime, ctime or inode: a
 //! `chmod` counts); a file that cannot be read (an I/O error) is retried on every scan. Files
-//! in the folder are only ever read: never deleted, moved or written.
+//! in the folder are only ever read: never deleted, moved or written. A read never blocks (a
+//! FIFO or device in place of a file is refused on the open descriptor, sizes are capped), and
+//! stopping never waits for a scan: scans run on the blocking pool holding the session weakly.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
