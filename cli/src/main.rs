@@ -4,9 +4,11 @@ mod app;
 mod backends;
 mod create;
 mod format;
+mod instance;
 mod logfile;
 mod run;
 mod settings;
+mod signals;
 mod tui;
 mod ui;
 mod watch;
@@ -41,9 +43,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything else: a stop signal during set-up must take the graceful path (issue 9).
+    let signals = match signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // Only `run` stops gracefully; the other commands end on a signal as they always did.
+        signals.default_action();
+    }
     let result = match cli.command {
-        Command::Run(args) => run::run(*args),
+        Command::Run(args) => run::run(*args, signals.graceful()),
         Command::Create(args) => create::create(args),
         Command::Info { file } => info(&file),
         Command::Backends(args) => backends::list(&args),

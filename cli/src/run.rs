@@ -1,6 +1,7 @@
 //! `zigtorrent run`: merge the options, start a session and the watch folder, then hand over to
 //! the terminal menu or to headless status lines; both end through [`Running::shutdown`].
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,21 +9,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use zigtorrent_engine::metainfo::MAX_TORRENT_SIZE;
 use zigtorrent_engine::session::{Session, SessionConfig};
 use zigtorrent_engine::tracker::TrackerClient;
-use zigtorrent_engine::{Metainfo, TorrentState, TorrentStatus, TransportOptions};
+use zigtorrent_engine::{InfoHash, Metainfo, TorrentState, TorrentStatus, TransportOptions};
 
 pub use crate::settings::RunArgs;
 use crate::settings::Settings;
+pub use crate::signals::Signals;
 use crate::watch::{self, FolderEvent};
 use crate::{format, tui};
 
 /// How long a graceful stop may take before we exit anyway (DESIGN: exit within 5 s).
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long quitting waits for the watch folder to stop (it stops between scans; a scan
+/// stuck on a slow file is left behind).
+const WATCHER_STOP_TIMEOUT: Duration = Duration::from_millis(500);
+/// Tries, and the pause between them, for the last other holder of the session to let go.
+const SESSION_RELEASE_TRIES: u32 = 50;
+const SESSION_RELEASE_DELAY: Duration = Duration::from_millis(10);
 /// Name of the log file in the state folder while the menu is up.
 pub const LOG_FILE: &str = "zigtorrent.log";
 
@@ -32,8 +39,10 @@ pub fn load_torrent(path: &Path) -> anyhow::Result<Metainfo> {
     Metainfo::from_bytes(&bytes).with_context(|| format!("{}", path.display()))
 }
 
-/// Entry point of `zigtorrent run`.
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+/// Entry point of `zigtorrent run`. `signals` were installed first thing in `main`: a stop
+/// signal during any set-up step ends set-up there (everything taken so far is released by
+/// dropping it) and the run ends with `Ok`.
+pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
     let loaded = args.load()?;
     let s = loaded.settings;
     if args.print_config {
@@ -48,24 +57,28 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         print!("{}", s.to_toml());
         return Ok(());
     }
+    if signals.arrived() {
+        return Ok(());
+    }
     let headless = s.headless || !std::io::stdout().is_terminal();
     let registry = crate::backends::registry_with_plugins(&s.plugins)?;
     let transport = registry
         .transport(&s.transport, &TransportOptions::default())?
         .context("cannot start transport")?;
     let backend = registry.storage(&s.storage)?;
-    for (what, dir) in [
-        ("torrents", &s.torrents),
-        ("downloads", &s.downloads),
-        ("state", &s.state),
-    ] {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {what} folder {}", dir.display()))?;
-        if !dir.is_dir() {
-            bail!("{what} folder {} is not a directory", dir.display());
-        }
+    if signals.arrived() {
+        return Ok(());
+    }
+    // The state folder first: its lock must be held before anything looks inside the folders.
+    create_folder("state", &s.state)?;
+    let lock = crate::instance::acquire(&s.state)?;
+    create_folder("torrents", &s.torrents)?;
+    create_folder("downloads", &s.downloads)?;
+    if signals.arrived() {
+        return Ok(());
     }
     init_logging(&s, headless)?;
+    tracing::debug!(lock = %lock.path().display(), "instance lock held");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,8 +91,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         config.max_peers_total = s.max_peers_total;
         config.download_limit = s.download_limit;
         config.upload_limit = s.upload_limit;
-        let session = Session::start(config, transport, backend, TrackerClient::new()).await?;
-        let signals = Signals::new()?;
+        let session = tokio::select! {
+            biased;
+            sig = signals.recv() => {
+                tracing::info!(signal = sig, "stopped during set-up");
+                return Ok(());
+            }
+            session = Session::start(config, transport, backend, TrackerClient::new()) => session?,
+        };
         let (running, events) = Running::start(session, &s);
         if headless {
             emit(&[format!(
@@ -94,7 +113,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     // Don't wait for blocking-pool threads still finishing: everything is flushed.
     runtime.shutdown_timeout(Duration::from_millis(200));
+    drop(lock);
     result
+}
+
+/// Create `dir` if missing; it must be a directory.
+fn create_folder(what: &str, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create {what} folder {}", dir.display()))?;
+    if !dir.is_dir() {
+        bail!("{what} folder {} is not a directory", dir.display());
+    }
+    Ok(())
 }
 
 fn init_logging(s: &Settings, headless: bool) -> anyhow::Result<()> {
@@ -120,32 +150,6 @@ fn init_logging(s: &Settings, headless: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The stop signals: SIGINT, SIGTERM, SIGHUP.
-pub struct Signals {
-    int: Signal,
-    term: Signal,
-    hup: Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Self> {
-        Ok(Signals {
-            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
-            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
-            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
-        })
-    }
-
-    /// Wait for any of them; returns its name.
-    pub async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.int.recv() => "SIGINT",
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.hup.recv() => "SIGHUP",
-        }
-    }
-}
-
 /// A session with its watch folder running.
 pub struct Running {
     /// The session (shared with the watcher and with actions in flight).
@@ -161,7 +165,7 @@ impl Running {
         let (stop_watcher, stop) = tokio::sync::watch::channel(false);
         let watcher = tokio::spawn(watch::run_watcher(
             s.torrents.clone(),
-            session.clone(),
+            Arc::downgrade(&session),
             tx,
             stop,
         ));
@@ -181,14 +185,32 @@ impl Running {
     }
 
     /// Stop the watcher, then every torrent gracefully (flush, resume state, `stopped`).
-    /// Everything else holding the session must be gone by now.
+    /// Everything else holding the session must be gone by now. A watcher stuck in a scan
+    /// (a slow file system, a costly file) is not waited for beyond [`WATCHER_STOP_TIMEOUT`]:
+    /// its scan holds only a weak reference to the session, so the session still stops.
     pub async fn shutdown(self) {
         let _ = self.stop_watcher.send(true);
-        let _ = self.watcher.await;
-        match Arc::try_unwrap(self.session) {
-            Ok(session) => session.shutdown(SHUTDOWN_TIMEOUT).await,
-            Err(_) => tracing::error!("session still in use at shutdown; not flushed"),
+        let mut watcher = self.watcher;
+        if tokio::time::timeout(WATCHER_STOP_TIMEOUT, &mut watcher)
+            .await
+            .is_err()
+        {
+            tracing::warn!("watch folder did not stop in time; leaving it");
+            watcher.abort();
         }
+        // A scan on the blocking pool may be adding a torrent right now (it upgrades its weak
+        // reference for the length of one `add`): give it a moment to let go.
+        let mut session = self.session;
+        for _ in 0..SESSION_RELEASE_TRIES {
+            match Arc::try_unwrap(session) {
+                Ok(s) => return s.shutdown(SHUTDOWN_TIMEOUT).await,
+                Err(still_shared) => {
+                    session = still_shared;
+                    tokio::time::sleep(SESSION_RELEASE_DELAY).await;
+                }
+            }
+        }
+        tracing::error!("session still in use at shutdown; not flushed");
     }
 }
 
@@ -200,6 +222,7 @@ async fn headless_serve(
     s: &Settings,
 ) -> anyhow::Result<()> {
     let mut status = tokio::time::interval(Duration::from_secs_f64(s.status_interval));
+    let mut errors = ErrorLines::default();
     loop {
         // A reader that went away (`zigtorrent run | head`) is a stop request: take the
         // graceful path rather than dying on the next write.
@@ -209,7 +232,14 @@ async fn headless_serve(
                 break;
             }
             Some(ev) = events.recv() => print_folder_event(&ev),
-            _ = status.tick() => print_status(&running.snapshot(), s.status_bytes),
+            _ = status.tick() => {
+                let snapshot = running.snapshot();
+                for line in errors.report(&snapshot) {
+                    // A closed stderr is no reason to stop; stdout decides that.
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                }
+                print_status(&snapshot, s.status_bytes)
+            }
         };
         if !open {
             tracing::info!("stdout closed; stopping");
@@ -251,9 +281,8 @@ fn print_folder_event(ev: &FolderEvent) -> bool {
             // A closed stderr is no reason to stop; stdout decides that.
             let _ = writeln!(
                 std::io::stderr(),
-                "error: {}: {}",
-                format::printable(&path.display().to_string()),
-                format::printable(reason)
+                "{}",
+                error_line(&path.display().to_string(), reason)
             );
             true
         }
@@ -265,6 +294,45 @@ fn print_folder_event(ev: &FolderEvent) -> bool {
         )]),
         FolderEvent::Cleared { .. } => true,
     }
+}
+
+/// Headless: one `error: <name>: <reason>` line on stderr when a torrent enters an error
+/// state, not one per status interval. The same error is reported again only after the
+/// torrent left it (a recheck that failed the same way twice is two events).
+#[derive(Default)]
+struct ErrorLines {
+    reported: HashMap<InfoHash, String>,
+}
+
+impl ErrorLines {
+    /// The lines to print for this snapshot.
+    fn report(&mut self, torrents: &[TorrentStatus]) -> Vec<String> {
+        let mut lines = Vec::new();
+        self.reported
+            .retain(|h, _| torrents.iter().any(|t| t.info_hash == *h));
+        for t in torrents {
+            let TorrentState::Error(reason) = &t.state else {
+                self.reported.remove(&t.info_hash);
+                continue;
+            };
+            if self.reported.get(&t.info_hash) == Some(reason) {
+                continue;
+            }
+            lines.push(error_line(&t.name, reason));
+            self.reported.insert(t.info_hash, reason.clone());
+        }
+        lines
+    }
+}
+
+/// `error: <name>: <reason>`, control characters replaced (both come from the torrent or
+/// from the file system).
+fn error_line(name: &str, reason: &str) -> String {
+    format!(
+        "error: {}: {}",
+        format::printable(name),
+        format::printable(reason)
+    )
 }
 
 /// One line per torrent: `<name>: <pct>% down <rate> up <rate> peers <c>/<k> <state>`
@@ -297,4 +365,46 @@ fn print_status(torrents: &[TorrentStatus], bytes: bool) -> bool {
     }
     lines.sort();
     emit(&lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn torrent(byte: u8, name: &str, state: TorrentState) -> TorrentStatus {
+        let mut t = TorrentStatus::new(name.to_string(), InfoHash([byte; 20]), 100, 1);
+        t.state = state;
+        t
+    }
+
+    #[test]
+    fn a_torrent_error_is_one_line_per_distinct_error() {
+        let mut errors = ErrorLines::default();
+        let broken = |reason: &str| torrent(1, "pack\x1b[2J", TorrentState::Error(reason.into()));
+        let fine = torrent(2, "fine", TorrentState::Downloading);
+        assert!(errors.report(std::slice::from_ref(&fine)).is_empty());
+        let first = errors.report(&[
+            broken("cannot open storage: /d/pack: Not a directory"),
+            fine.clone(),
+        ]);
+        assert_eq!(
+            first,
+            vec!["error: pack?[2J: cannot open storage: /d/pack: Not a directory".to_string()]
+        );
+        // The same error on later status ticks: nothing more.
+        for _ in 0..3 {
+            assert!(errors
+                .report(&[
+                    broken("cannot open storage: /d/pack: Not a directory"),
+                    fine.clone()
+                ])
+                .is_empty());
+        }
+        // Another error is another line; leaving the error state and failing again as well.
+        assert_eq!(errors.report(&[broken("recheck failed: gone")]).len(), 1);
+        assert!(errors
+            .report(&[torrent(1, "pack", TorrentState::Checking { progress: 0.0 })])
+            .is_empty());
+        assert_eq!(errors.report(&[broken("recheck failed: gone")]).len(), 1);
+    }
 }

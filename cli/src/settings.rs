@@ -185,11 +185,18 @@ impl RunArgs {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
                 .or_else(|| var("HOME").map(|h| Path::new(&h).join(".config")));
-            if let Some(dir) = xdg {
-                files.push(dir.join("zigtorrent").join(CONFIG_FILE));
+            let xdg_file = xdg.map(|dir| dir.join("zigtorrent").join(CONFIG_FILE));
+            if let Some(f) = &xdg_file {
+                files.push(f.clone());
             }
             if let Some(cwd) = cwd {
-                files.push(cwd.join(CONFIG_FILE));
+                let local = cwd.join(CONFIG_FILE);
+                // Run from inside the config folder, the working directory's file *is* the
+                // user's own: read it once, as that.
+                if local.is_file() && !same_file(&local, xdg_file.as_deref()) {
+                    refuse_plugins_in_working_directory(&local, xdg_file.as_deref())?;
+                    files.push(local);
+                }
             }
             files.retain(|f| f.is_file());
         }
@@ -332,6 +339,48 @@ fn check_file_keys(file: &Path) -> anyhow::Result<()> {
             "unknown option '{key}' in {}; known: {}",
             file.display(),
             KEYS.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` are the same existing file.
+fn same_file(a: &Path, b: Option<&Path>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(b), Ok(ma)) = (b, std::fs::metadata(a)) else {
+        return false;
+    };
+    std::fs::metadata(b).is_ok_and(|mb| (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()))
+}
+
+/// A `zigtorrent.toml` in the working directory may set options but never load a plugin: the
+/// working directory may be anyone's (a downloaded archive, a shared folder), and a plugin is
+/// code run with the user's rights. Only `--plugin`, `--config FILE` (or `ZIGTORRENT_CONFIG`),
+/// `ZIGTORRENT_PLUGINS` and the user's own config folder may name one. Refusing to start says
+/// why; silently ignoring the list would leave the user wondering where the backend went.
+/// An empty list (as `--print-config` writes it) loads nothing and is allowed.
+fn refuse_plugins_in_working_directory(file: &Path, xdg_file: Option<&Path>) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Ok(());
+    };
+    let Ok(table) = text.parse::<toml::Table>() else {
+        // Not TOML: the config crate reports it with its position.
+        return Ok(());
+    };
+    let empty = match table.get("plugins") {
+        None => true,
+        Some(toml::Value::Array(a)) => a.is_empty(),
+        Some(toml::Value::String(s)) => s.trim().is_empty(),
+        Some(_) => false,
+    };
+    if !empty {
+        let own = xdg_file
+            .map(|f| format!(", or in {}", f.display()))
+            .unwrap_or_default();
+        bail!(
+            "{} sets `plugins`, but a config file in the working directory may not load plugins; \
+             name them with --plugin, in a file given with --config{own}",
+            file.display()
         );
     }
     Ok(())
@@ -643,5 +692,51 @@ mod tests {
         ]);
         let s = args(&[]).load_with(&e, Some(dir.path())).unwrap().settings;
         assert_eq!(s.max_peers, 5);
+    }
+
+    #[test]
+    fn only_the_user_may_name_plugins() {
+        let dir = tempfile::tempdir().unwrap();
+        let xdg = dir.path().join("xdg");
+        let own = xdg.join("zigtorrent");
+        std::fs::create_dir_all(&own).unwrap();
+        let cwd = dir.path().join("cwd");
+        std::fs::create_dir_all(&cwd).unwrap();
+        let e = env(&[("XDG_CONFIG_HOME", xdg.to_str().unwrap())]);
+        let plugin_line = "plugins = [\"/tmp/libevil.so\"]\n";
+
+        // In the working directory: refused, naming the file and where plugins may go.
+        let local = cwd.join(CONFIG_FILE);
+        std::fs::write(&local, format!("listen = 7000\n{plugin_line}")).unwrap();
+        let err = args(&[]).load_with(&e, Some(&cwd)).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&*local.to_string_lossy())
+                && msg.contains("--plugin")
+                && msg.contains(&*own.join(CONFIG_FILE).to_string_lossy()),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
+        // Also as a comma-separated string.
+        std::fs::write(&local, "plugins = \"/tmp/libevil.so\"\n").unwrap();
+        assert!(args(&[]).load_with(&e, Some(&cwd)).is_err());
+        // An empty list loads nothing: fine, and the file's other options apply.
+        std::fs::write(&local, "listen = 7000\nplugins = []\n").unwrap();
+        let s = args(&[]).load_with(&e, Some(&cwd)).unwrap().settings;
+        assert_eq!((s.listen, s.plugins.len()), (7000, 0));
+
+        // The same file named with --config, or in the user's config folder: loaded.
+        std::fs::write(&local, plugin_line).unwrap();
+        let a = args(&["--config", local.to_str().unwrap()]);
+        let s = a.load_with(&e, Some(&cwd)).unwrap().settings;
+        assert_eq!(s.plugins, vec![PathBuf::from("/tmp/libevil.so")]);
+        std::fs::remove_file(&local).unwrap();
+        std::fs::write(own.join(CONFIG_FILE), plugin_line).unwrap();
+        let s = args(&[]).load_with(&e, Some(&cwd)).unwrap().settings;
+        assert_eq!(s.plugins, vec![PathBuf::from("/tmp/libevil.so")]);
+        // Run from inside the config folder, that file is still the user's own, read once.
+        let loaded = args(&[]).load_with(&e, Some(&own)).unwrap();
+        assert_eq!(loaded.settings.plugins.len(), 1);
+        assert_eq!(loaded.files, vec![own.join(CONFIG_FILE)]);
     }
 }

@@ -10,11 +10,13 @@
 //! the watcher has seen it unchanged (so a file with an mtime in the future settles too). Bad
 //! files become error entries, retried when the file changes (size, mtime, ctime or inode: a
 //! `chmod` counts); a file that cannot be read (an I/O error) is retried on every scan. Files
-//! in the folder are only ever read: never deleted, moved or written.
+//! in the folder are only ever read: never deleted, moved or written. A read never blocks (a
+//! FIFO or device in place of a file is refused on the open descriptor, sizes are capped), and
+//! stopping never waits for a scan: scans run on the blocking pool holding the session weakly.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
@@ -90,6 +92,17 @@ impl TorrentSink for Session {
             Ok(h) => Ok(h.info_hash()),
             Err(SessionError::Duplicate(h)) => Err(AddError::Duplicate(h)),
             Err(e) => Err(AddError::Other(e.to_string())),
+        }
+    }
+}
+
+/// The watcher's scans hold the session only weakly: a scan stuck on the blocking pool must
+/// not keep the session from stopping. The strong reference lives for one `add`.
+impl TorrentSink for std::sync::Weak<Session> {
+    fn add(&self, meta: Metainfo) -> Result<InfoHash, AddError> {
+        match self.upgrade() {
+            Some(session) => TorrentSink::add(&*session, meta),
+            None => Err(AddError::Other("the client is stopping".to_string())),
         }
     }
 }
@@ -321,13 +334,7 @@ enum LoadError {
 }
 
 fn read_torrent(path: &Path) -> Result<Metainfo, LoadError> {
-    let bytes = crate::read_file(path, MAX_TORRENT_SIZE as u64).map_err(|e| {
-        if e.downcast_ref::<std::io::Error>().is_some() {
-            LoadError::Io(format!("{e:#}"))
-        } else {
-            LoadError::Bad(format!("{e:#}"))
-        }
-    })?;
+    let bytes = read_watched(path, MAX_TORRENT_SIZE as u64)?;
     if bytes.is_empty() {
         return Err(LoadError::Incomplete);
     }
@@ -340,11 +347,54 @@ fn read_torrent(path: &Path) -> Result<Metainfo, LoadError> {
     })
 }
 
+/// Read a file of the watch folder, at most `max` bytes, without ever blocking on it.
+///
+/// The scan saw a regular file, but by the time it is opened it may have been replaced by a
+/// FIFO (an open for reading would wait for a writer forever) or a device. So the open is
+/// non-blocking, the type is checked on the open descriptor (`fstat`, no second lookup of the
+/// name), and anything but a regular file is refused. `O_NONBLOCK` changes nothing for reads of
+/// a regular file. `O_NOCTTY`: a terminal swapped in must not become our controlling terminal.
+/// Symlinks are still followed (no `O_NOFOLLOW`): a link to a torrent kept elsewhere is a
+/// feature of the watch folder, the folder is the user's own, and the file is only read, and
+/// whatever the link points at passes the same checks.
+fn read_watched(path: &Path, max: u64) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |what: &str, e: std::io::Error| {
+        LoadError::Io(format!("cannot {what} {}: {e}", path.display()))
+    };
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| io("open", e))?;
+    let md = file.metadata().map_err(|e| io("read", e))?;
+    if !md.file_type().is_file() {
+        return Err(LoadError::Bad(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let too_large = || LoadError::Bad(format!("{} is larger than {max} bytes", path.display()));
+    if md.len() > max {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    // The size may grow after the fstat: the cap holds whatever it says.
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io("read", e))?;
+    if bytes.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
 /// Run the watcher until `stop` fires: scans at start, on events and periodically; reports
 /// through `events`.
 pub async fn run_watcher(
     dir: PathBuf,
-    sink: Arc<Session>,
+    sink: Weak<Session>,
     events: mpsc::UnboundedSender<FolderEvent>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -362,13 +412,19 @@ pub async fn run_watcher(
         let sink = sink.clone();
         async move {
             tokio::task::spawn_blocking(move || {
-                let evs = folder.scan(&*sink, startup);
+                let evs = folder.scan(&sink, startup);
                 (folder, evs)
             })
             .await
         }
     };
-    let Ok((f, evs)) = scan(folder, true).await else {
+    // A scan may take long (a slow file system, a costly file): stopping does not wait for it.
+    // The scan goes on by itself on the blocking pool and its result is dropped.
+    let first = tokio::select! {
+        _ = stopped(&mut stop) => return,
+        r = scan(folder, true) => r,
+    };
+    let Ok((f, evs)) = first else {
         return;
     };
     folder = f;
@@ -379,7 +435,7 @@ pub async fn run_watcher(
     loop {
         let settle = folder.settling();
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stopped(&mut stop) => return,
             _ = rescan.tick() => {}
             Some(()) = notify_rx.recv() => {
                 tokio::time::sleep(EVENT_DEBOUNCE).await;
@@ -387,13 +443,22 @@ pub async fn run_watcher(
             }
             _ = tokio::time::sleep(SETTLE_INTERVAL), if settle => {}
         }
-        let Ok((f, evs)) = scan(folder, false).await else {
+        let done = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            r = scan(folder, false) => r,
+        };
+        let Ok((f, evs)) = done else {
             // The scan panicked or the runtime is shutting down.
             return;
         };
         folder = f;
         send(evs);
     }
+}
+
+/// Resolves once `stop` is set (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn start_notify(dir: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
@@ -626,6 +691,82 @@ mod tests {
         let evs = w.scan(&sink, false);
         assert!(
             matches!(&evs[..], [FolderEvent::Failed { reason, .. }] if reason.contains("truncated")),
+            "{evs:?}"
+        );
+    }
+
+    /// Run `f` on another thread; a call that blocks (what these tests guard against) fails
+    /// the test instead of hanging it.
+    fn without_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("blocked on a file of the watch folder")
+    }
+
+    #[test]
+    fn a_fifo_or_device_swapped_in_after_the_scan_is_refused_without_blocking() {
+        let (_tmp, watch, _sink, mut w) = fixture();
+        let fifo = watch.join("x.torrent");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // The scan skips it (not a regular file), as it always did.
+        assert!(w.scan(&Sink::default(), true).is_empty());
+        // But a file that was regular at the scan and is a FIFO at the open (nobody ever
+        // writes to it: an ordinary open would wait forever).
+        let path = fifo.clone();
+        let stamp = stamp(&fifo);
+        let (w, evs) = without_blocking(move || {
+            let mut evs = Vec::new();
+            w.take(
+                path,
+                stamp,
+                Instant::now(),
+                SETTLED_AGE,
+                &Sink::default(),
+                &mut evs,
+            );
+            (w, evs)
+        });
+        assert!(
+            matches!(&evs[..], [FolderEvent::Failed { reason, .. }] if reason.contains("not a regular file")),
+            "{evs:?}"
+        );
+        // An error entry, retried only when the file changes.
+        assert!(matches!(w.seen.get(&fifo), Some(Seen::Failed(_))));
+        // Devices likewise, whether named directly or through a link.
+        let link = watch.join("zero.torrent");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        for path in [link, PathBuf::from("/dev/null")] {
+            let r = without_blocking(move || read_watched(&path, 1024).map(|b| b.len()));
+            assert!(matches!(r, Err(LoadError::Bad(ref m)) if m.contains("not a regular file")));
+        }
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_an_error_entry() {
+        let (tmp, watch, sink, mut w) = fixture();
+        let path = watch.join("big.torrent");
+        let bytes = torrent_bytes(tmp.path(), "big");
+        std::fs::write(&path, &bytes).unwrap();
+        let cap = bytes.len() as u64 - 1;
+        assert!(
+            matches!(read_watched(&path, cap), Err(LoadError::Bad(ref m)) if m.contains("larger than")),
+        );
+        assert_eq!(read_watched(&path, cap + 1).ok(), Some(bytes));
+        // Past the real cap (sparse, so it costs no disk): reported, not read.
+        let f = std::fs::File::create(watch.join("huge.torrent")).unwrap();
+        f.set_len(MAX_TORRENT_SIZE as u64 + 1).unwrap();
+        let evs = w.scan(&sink, true);
+        assert!(
+            evs.iter()
+                .any(|e| matches!(e, FolderEvent::Failed { path, reason }
+                if path.ends_with("huge.torrent") && reason.contains("larger than"))),
             "{evs:?}"
         );
     }
