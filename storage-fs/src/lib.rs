@@ -28,3 +28,6 @@ mod storage;
 mod writeback;
 
 pub use storage::{FsBackend, FsStorage};
+
+#[doc(hidden)]
+pub use resume::fuzz_resume_file;
