@@ -317,7 +317,10 @@ mod tests {
         fuzz_resume_file(&bytes);
         for cut in 0..bytes.len() {
             fuzz_resume_file(&bytes[..cut]);
-            assert!(parse(&bytes[..cut]).is_none(), "a torn file at {cut} parsed");
+            assert!(
+                parse(&bytes[..cut]).is_none(),
+                "a torn file at {cut} parsed"
+            );
         }
     }
 

@@ -182,14 +182,22 @@ fn in_use(path: &Path, why: PathConflict) -> StorageError {
 }
 
 /// Metadata of `path` (not following a final symlink), `None` when nothing is there; anything
-/// but a regular file there is [`PathConflict::NotAFile`].
+/// but a regular file there, or a non-folder where one of its folders should be, is
+/// [`PathConflict::NotAFile`].
 fn stat(path: &Path) -> Result<Option<fs::Metadata>, StorageError> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_file() => Ok(Some(m)),
         Ok(_) => Err(in_use(path, PathConflict::NotAFile)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        // A file where a folder of the path should be: nothing of ours can be below it.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+        // A file (the user's) where a folder of the path should be: name it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            let blocker = path
+                .ancestors()
+                .skip(1)
+                .find(|a| fs::symlink_metadata(a).is_ok_and(|m| !m.is_dir()))
+                .unwrap_or(path);
+            Err(in_use(blocker, PathConflict::NotAFile))
+        }
         Err(e) => Err(StorageError::from_io(path, e)),
     }
 }

@@ -727,3 +727,19 @@ async fn unvouched_dot_part_files_are_left_alone() {
     assert_eq!(fs::read(c.dl("t/a.part")).unwrap(), c.file_bytes(0));
     assert_eq!(fs::read(c.dl("t/a")).unwrap(), c.file_bytes(0));
 }
+
+#[tokio::test]
+async fn a_file_where_a_folder_belongs_is_named_and_kept() {
+    let c = Case::new(&[("t/sub/a", 20_000), ("t/b", 10)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    fs::write(c.dl("t/sub"), b"the user's").unwrap();
+    let r = FsBackend::new().open(c.spec.clone()).await;
+    match r {
+        Err(StorageError::PathInUse {
+            path,
+            why: PathConflict::NotAFile,
+        }) => assert_eq!(path, c.dl("t/sub")),
+        other => panic!("expected NotAFile, got {:?}", other.err()),
+    }
+    assert_eq!(fs::read(c.dl("t/sub")).unwrap(), b"the user's");
+}

@@ -196,8 +196,9 @@ pub enum PathConflict {
         "holds a non-empty file where the torrent has an empty one; move it away, then recheck"
     )]
     NotEmpty,
-    /// A folder or other non-file is where the torrent has a file.
-    #[error("is not a regular file; move it away, then recheck")]
+    /// A folder or other non-file is where the torrent has a file, or a file is where it
+    /// needs a folder.
+    #[error("is in the way of the torrent's files (a folder where a file belongs, or a file where a folder belongs); move it away, then recheck")]
     NotAFile,
     /// Another torrent in the session already uses it.
     #[error("is already used by torrent {0}")]
