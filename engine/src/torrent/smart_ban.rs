@@ -77,9 +77,7 @@ impl SmartBan {
             record.blocks.resize_with(blocks.len(), Vec::new);
         }
         for (versions, &(addr, digest)) in record.blocks.iter_mut().zip(blocks) {
-            if versions.len() < MAX_VERSIONS_PER_BLOCK
-                && !versions.contains(&(addr, digest))
-            {
+            if versions.len() < MAX_VERSIONS_PER_BLOCK && !versions.contains(&(addr, digest)) {
                 versions.push((addr, digest));
                 record.entries += 1;
                 self.entries += 1;

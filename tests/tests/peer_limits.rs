@@ -1,0 +1,188 @@
+//! Peers can't starve a torrent: one host gets a few connections, a few half-open handshakes,
+//! and a peer flipping its state in a flood is disconnected. Raw TCP peers on loopback against
+//! a seeding session that counts 127.0.0.1 as one host.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use zigtorrent_engine::session::{Session, SessionConfig};
+use zigtorrent_engine::tracker::TrackerClient;
+use zigtorrent_engine::wire::{self, Handshake, Message};
+use zigtorrent_engine::{InfoHash, Metainfo, PeerId, TorrentHandle, TransportOptions};
+use zigtorrent_storage_fs::FsBackend;
+use zigtorrent_tests::*;
+use zigtorrent_transport_tcp::TcpTransport;
+
+const PER_HOST: usize = 2;
+
+/// A seeding session whose per-host limits apply to 127.0.0.1.
+async fn strict_seeder(dir: &Path) -> (Session, TorrentHandle, Metainfo, SocketAddr) {
+    let seed_dir = dir.join("seed");
+    let source = write_payload(&seed_dir, "payload", 5);
+    let meta = make_torrent(&source, vec![], PAYLOAD_PIECE_LENGTH);
+    let mut config = SessionConfig::new(seed_dir.clone(), seed_dir.join(".zigtorrent"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.max_peers_per_host = PER_HOST;
+    config.loopback_as_host = true;
+    let transport = Arc::new(TcpTransport::new(&TransportOptions::default()));
+    let session = Session::start(
+        config,
+        transport,
+        Arc::new(FsBackend::new()),
+        TrackerClient::new(),
+    )
+    .await
+    .unwrap();
+    let handle = session.add(meta.clone()).unwrap();
+    wait_seeding(&handle, Duration::from_secs(30)).await;
+    let addr = format!("127.0.0.1:{}", session.listen_port())
+        .parse()
+        .unwrap();
+    (session, handle, meta, addr)
+}
+
+fn peer_id(n: u8) -> PeerId {
+    let mut id = *b"-XX0001-000000000000";
+    id[19] = n;
+    PeerId(id)
+}
+
+/// Dial, send our handshake; `Some(stream)` if the seeder answered with its own, `None` if it
+/// closed the connection instead.
+async fn handshake(addr: SocketAddr, info_hash: InfoHash, n: u8) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&Handshake::new(info_hash, peer_id(n)).encode())
+        .await
+        .unwrap();
+    let mut reply = [0u8; wire::HANDSHAKE_LEN];
+    match tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut reply)).await {
+        Ok(Ok(_)) => Some(s),
+        Ok(Err(_)) => None,
+        Err(_) => panic!("seeder neither answered nor closed handshake {n}"),
+    }
+}
+
+/// Read and discard until the seeder closes the connection (or `limit` passes: `false`).
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_gets_only_its_share_of_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (session, handle, meta, addr) = strict_seeder(dir.path()).await;
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for n in 0..(PER_HOST as u8 + 3) {
+        match handshake(addr, meta.info_hash, n).await {
+            Some(s) => kept.push(s),
+            None => refused += 1,
+        }
+    }
+    assert_eq!(kept.len(), PER_HOST, "per-host cap not applied");
+    assert_eq!(refused, 3);
+    assert!(handle.status().peers_connected <= PER_HOST);
+    // A slot freed by one of them can be taken again.
+    drop(kept.pop());
+    let mut again = None;
+    for attempt in 0..50u8 {
+        if let Some(s) = handshake(addr, meta.info_hash, 100 + attempt).await {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        again.is_some(),
+        "a freed per-host slot was never given back"
+    );
+    session.shutdown(Duration::from_secs(4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_state_flips_is_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (session, _handle, meta, addr) = strict_seeder(dir.path()).await;
+    let mut s = handshake(addr, meta.info_hash, 1).await.expect("accepted");
+    let mut flood = bytes::BytesMut::new();
+    for _ in 0..5_000 {
+        Message::Interested.encode(&mut flood);
+        Message::NotInterested.encode(&mut flood);
+    }
+    // The seeder may close while we are still writing: that is the point.
+    let _ = s.write_all(&flood).await;
+    assert!(
+        closed_within(&mut s, Duration::from_secs(20)).await,
+        "a peer flipping 10,000 times was not disconnected"
+    );
+    // An honest peer is still served afterwards.
+    let mut honest = handshake(addr, meta.info_hash, 2).await.expect("accepted");
+    let mut out = bytes::BytesMut::new();
+    Message::Interested.encode(&mut out);
+    honest.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let unchoked = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match wire::decode(&mut buf, 1 << 20) {
+                Ok(Some(Message::Unchoke)) => return true,
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    if honest.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(unchoked, Ok(true), "the honest peer was not unchoked");
+    session.shutdown(Duration::from_secs(4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_get_a_per_host_share_and_a_short_first_byte_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (session, _handle, _meta, addr) = strict_seeder(dir.path()).await;
+    // The session's per-host share of half-open handshakes is 8 (64 / 8).
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // The ninth silent socket from the same host is closed at once…
+    let mut ninth = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_within(&mut ninth, Duration::from_secs(2)).await,
+        "a ninth half-open socket from one host was kept"
+    );
+    // …while the first eight are still waiting for their first byte.
+    let mut probe = [0u8; 1];
+    for s in &silent {
+        match s.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("a silent socket within its time was closed early: {other:?}"),
+        }
+    }
+    // The first-byte timeout (3 s) ends them well before the whole-handshake bound (10 s).
+    for s in &mut silent {
+        assert!(
+            closed_within(s, Duration::from_secs(8)).await,
+            "a silent socket outlived the first-byte timeout"
+        );
+    }
+    session.shutdown(Duration::from_secs(4)).await;
+}
