@@ -20,7 +20,7 @@ use crate::ratelimit::RateLimiter;
 use crate::status::TorrentStatus;
 use crate::storage::StorageBackend;
 use crate::torrent::peers::{host_key, HostKey};
-use crate::torrent::{run_torrent, PeerLimits, TorrentCommand, TorrentParams};
+use crate::torrent::{run_torrent, PeerLimits, PeerSlot, TorrentCommand, TorrentParams};
 use crate::tracker::TrackerClient;
 use crate::transport::{Listener, Transport, TransportError};
 use crate::types::{InfoHash, PeerId};
@@ -35,6 +35,10 @@ const MAX_HALF_OPEN_PER_HOST: usize = MAX_HALF_OPEN_INCOMING / 8;
 /// run several clients, so one is too few (libtorrent's default); a few still keep one host
 /// from filling a torrent's 50 slots.
 pub const DEFAULT_MAX_PEERS_PER_HOST: usize = 3;
+
+/// One in this many session-wide peer slots is kept for our own dials: incoming peers (which
+/// anyone can open) may not take them all. The same share as per torrent.
+const DIAL_RESERVE_DIVISOR: usize = crate::torrent::peers::DIAL_RESERVE_DIVISOR;
 
 /// How many following ports are tried when the asked one is taken.
 const PORT_ATTEMPTS: u16 = 50;
@@ -154,6 +158,8 @@ struct Shared {
     tracker: TrackerClient,
     torrents: Mutex<HashMap<InfoHash, Entry>>,
     peer_slots: Arc<Semaphore>,
+    /// The part of `peer_slots` incoming connections may hold (see [`DIAL_RESERVE_DIVISOR`]).
+    incoming_slots: Arc<Semaphore>,
     half_open: Arc<Semaphore>,
     /// Incoming handshakes in progress per host (entries removed at zero).
     half_open_hosts: Mutex<HashMap<HostKey, usize>>,
@@ -185,6 +191,9 @@ impl Session {
         );
         let shared = Arc::new(Shared {
             peer_slots: Arc::new(Semaphore::new(config.max_peers_total)),
+            incoming_slots: Arc::new(Semaphore::new(
+                config.max_peers_total - config.max_peers_total / DIAL_RESERVE_DIVISOR,
+            )),
             half_open: Arc::new(Semaphore::new(MAX_HALF_OPEN_INCOMING)),
             half_open_hosts: Mutex::new(HashMap::new()),
             download_limit: Arc::new(RateLimiter::new(config.download_limit)),
@@ -417,9 +426,13 @@ async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
             };
             drop(half_open);
             drop(host_share);
-            let Ok(permit) = shared.peer_slots.clone().try_acquire_owned() else {
+            let Ok(incoming) = shared.incoming_slots.clone().try_acquire_owned() else {
+                return; // the incoming share is full: the rest is kept for our dials
+            };
+            let Ok(session) = shared.peer_slots.clone().try_acquire_owned() else {
                 return; // session full
             };
+            let permit = PeerSlot::incoming(session, incoming);
             let Some(commands) = commands else {
                 tracing::debug!(%addr, info_hash = %handshake.info_hash, "incoming peer for unknown torrent");
                 return;

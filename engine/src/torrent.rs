@@ -98,7 +98,7 @@ pub enum TorrentCommand {
         /// Transport name.
         transport: String,
         /// Session-wide peer slot.
-        permit: OwnedSemaphorePermit,
+        permit: PeerSlot,
     },
     /// Add peer addresses to try.
     AddPeers(Vec<SocketAddr>),
@@ -108,6 +108,32 @@ pub enum TorrentCommand {
     Resume,
     /// Stop: flush, save resume state, announce `stopped`; reply when done.
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A connection's hold on the session's peer slots, given back when it is dropped.
+pub struct PeerSlot {
+    _session: OwnedSemaphorePermit,
+    /// Incoming connections also hold one of the slots incoming peers may use, so peers that
+    /// dial us can never take the slots our own dials need, session-wide.
+    _incoming: Option<OwnedSemaphorePermit>,
+}
+
+impl PeerSlot {
+    /// A slot for a connection we dial.
+    pub(crate) fn outgoing(session: OwnedSemaphorePermit) -> Self {
+        PeerSlot {
+            _session: session,
+            _incoming: None,
+        }
+    }
+
+    /// A slot for a connection that dialled us.
+    pub(crate) fn incoming(session: OwnedSemaphorePermit, incoming: OwnedSemaphorePermit) -> Self {
+        PeerSlot {
+            _session: session,
+            _incoming: Some(incoming),
+        }
+    }
 }
 
 /// Everything a torrent task needs from its session.
@@ -169,7 +195,7 @@ enum Internal {
     },
     Connected {
         conn: Connection,
-        permit: OwnedSemaphorePermit,
+        permit: PeerSlot,
         outgoing: bool,
     },
     Flushed(Result<(), StorageError>),
@@ -207,7 +233,7 @@ struct Peer {
     /// Last payload either way, or interest change: eviction takes the longest idle.
     last_active: Instant,
     snubbed: bool,
-    _permit: OwnedSemaphorePermit,
+    _permit: PeerSlot,
 }
 
 #[derive(Default)]
@@ -876,7 +902,7 @@ impl Torrent {
         self.publish();
     }
 
-    fn on_connected(&mut self, conn: Connection, permit: OwnedSemaphorePermit, outgoing: bool) {
+    fn on_connected(&mut self, conn: Connection, permit: PeerSlot, outgoing: bool) {
         let addr = conn.addr;
         let duplicate = self
             .peers
@@ -1347,6 +1373,7 @@ impl Torrent {
             let Ok(permit) = self.p.peer_slots.clone().try_acquire_owned() else {
                 break;
             };
+            let permit = PeerSlot::outgoing(permit);
             budget -= 1;
             let known = self.known.get_mut(&addr).expect("candidate from known");
             known.connecting = true;

@@ -19,7 +19,7 @@ pub(super) const EVICT_MIN_AGE: Duration = Duration::from_secs(20);
 
 /// Part of the per-torrent peer slots incoming connections may never take, so our own dials
 /// (to addresses we chose) always find room: one in five, as a fraction of `max_peers`.
-pub(super) const DIAL_RESERVE_DIVISOR: usize = 5;
+pub(crate) const DIAL_RESERVE_DIVISOR: usize = 5;
 
 /// Who counts as one host for caps and bans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
