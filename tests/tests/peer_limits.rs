@@ -21,13 +21,24 @@ const PER_HOST: usize = 2;
 
 /// A seeding session whose per-host limits apply to 127.0.0.1.
 async fn strict_seeder(dir: &Path) -> (Session, TorrentHandle, Metainfo, SocketAddr) {
+    seeder_with(dir, |c| {
+        c.max_peers_per_host = PER_HOST;
+        c.loopback_as_host = true;
+    })
+    .await
+}
+
+/// A seeding session on loopback with the configuration adjusted by `adjust`.
+async fn seeder_with(
+    dir: &Path,
+    adjust: impl FnOnce(&mut SessionConfig),
+) -> (Session, TorrentHandle, Metainfo, SocketAddr) {
     let seed_dir = dir.join("seed");
     let source = write_payload(&seed_dir, "payload", 5);
     let meta = make_torrent(&source, vec![], PAYLOAD_PIECE_LENGTH);
     let mut config = SessionConfig::new(seed_dir.clone(), seed_dir.join(".zigtorrent"));
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config.max_peers_per_host = PER_HOST;
-    config.loopback_as_host = true;
+    adjust(&mut config);
     let transport = Arc::new(TcpTransport::new(&TransportOptions::default()));
     let session = Session::start(
         config,
@@ -191,5 +202,71 @@ async fn silent_sockets_get_a_per_host_share_and_a_short_first_byte_timeout() {
             "a silent socket outlived the first-byte timeout"
         );
     }
+    session.shutdown(Duration::from_secs(4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_evicts_an_idle_peer_once_it_has_had_its_chance() {
+    let dir = tempfile::tempdir().unwrap();
+    // Five slots per torrent, four of them for incoming peers.
+    let (session, handle, meta, addr) =
+        seeder_with(dir.path(), |c| c.max_peers_per_torrent = 5).await;
+    // Four peers that handshake and then want nothing and offer nothing.
+    let mut idle = Vec::new();
+    for n in 0..4 {
+        idle.push(
+            handshake(addr, meta.info_hash, n)
+                .await
+                .expect("a free slot"),
+        );
+    }
+    // The incoming share is full and the idle peers are too new to judge: refused.
+    assert!(
+        handshake(addr, meta.info_hash, 10).await.is_none(),
+        "a fifth incoming peer took a slot kept for dials"
+    );
+    // Once they have been idle past the eviction age (20 s), a newcomer replaces one.
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    let newcomer = handshake(addr, meta.info_hash, 11).await;
+    assert!(
+        newcomer.is_some(),
+        "no idle peer was evicted for the newcomer"
+    );
+    let mut evicted = 0;
+    for s in &mut idle {
+        if closed_within(s, Duration::from_secs(2)).await {
+            evicted += 1;
+        }
+    }
+    assert_eq!(evicted, 1, "exactly one idle peer makes room");
+    assert!(handle.status().peers_connected <= 4);
+    session.shutdown(Duration::from_secs(4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_address_book_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (session, handle, _meta, _addr) = seeder_with(dir.path(), |_| {}).await;
+    // 5,000 addresses nobody listens on (loopback ports are refused at once).
+    let flood: Vec<SocketAddr> = (0..5_000u32)
+        .map(|i| SocketAddr::from(([127, 0, 1 + (i / 60_000) as u8, 1], 1 + (i % 60_000) as u16)))
+        .collect();
+    handle.add_peers(flood[..2_500].to_vec()).await;
+    handle.add_peers(flood[2_500..].to_vec()).await;
+    let mut rx = handle.subscribe();
+    // The status is published within a second; wait for one that has seen the second batch.
+    let known = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let known = rx.borrow_and_update().peers_known;
+            if known > 0 {
+                return known;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("status never showed known peers");
+    assert!(known <= 1_000, "address book grew to {known}");
+    assert!(known >= 900, "address book lost more than needed: {known}");
     session.shutdown(Duration::from_secs(4)).await;
 }
