@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -16,13 +16,23 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::ratelimit::RateLimiter;
-use crate::storage::{Layout, Storage};
+use crate::storage::{Layout, Storage, StorageError};
 use crate::transport::BoxStream;
 use crate::types::{Bitfield, BlockRef, InfoHash, PeerId, BLOCK_SIZE};
 use crate::wire::{self, Handshake, Message, HANDSHAKE_LEN};
 
 /// How long a peer may take to send its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an incoming connection may stay silent before its first byte. A real client sends
+/// its handshake at once (it dialled us to talk); a socket that says nothing only holds a
+/// half-open slot, so it gets a fraction of [`HANDSHAKE_TIMEOUT`].
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
+/// State flips (choke/unchoke, interested/not interested) a peer may make per second, sustained.
+/// Honest clients flip on their rechoke (libtorrent: every 15 s) and when pieces arrive; a few
+/// per second leaves room for bursts after a bitfield while a flood is cut off quickly.
+const FLIP_RATE: f64 = 4.0;
+/// Flips a peer may make in a burst before [`FLIP_RATE`] applies.
+const FLIP_BURST: f64 = 40.0;
 /// BEP 3 suggests keep-alives every two minutes; silence for longer than this ends the peer.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// We send a keep-alive after this much silence on our side.
@@ -71,6 +81,9 @@ pub enum PeerEvent {
     RequestLimit(u32),
     /// A block arrived (not yet checked against the picker).
     Block(BlockRef, Bytes),
+    /// Storage could not read a block we advertised (file deleted, truncated, unreadable): we
+    /// no longer have that data. The connection ends right after.
+    ReadFailed(BlockRef, StorageError),
     /// The connection ended.
     Closed(String),
 }
@@ -133,6 +146,26 @@ pub async fn read_handshake<S: AsyncRead + Unpin>(
 ) -> Result<Handshake, HandshakeError> {
     let mut buf = [0u8; HANDSHAKE_LEN];
     tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut buf))
+        .await
+        .map_err(|_| HandshakeError::Timeout)??;
+    Ok(Handshake::decode(&buf)?)
+}
+
+/// Read the handshake of a peer that dialled us: its first byte within `first_byte`, the whole
+/// handshake within [`HANDSHAKE_TIMEOUT`] of the start.
+pub async fn read_handshake_incoming<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    first_byte: Duration,
+) -> Result<Handshake, HandshakeError> {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut buf = [0u8; HANDSHAKE_LEN];
+    let n = tokio::time::timeout(first_byte.min(HANDSHAKE_TIMEOUT), stream.read(&mut buf))
+        .await
+        .map_err(|_| HandshakeError::Timeout)??;
+    if n == 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    tokio::time::timeout_at(deadline, stream.read_exact(&mut buf[n..]))
         .await
         .map_err(|_| HandshakeError::Timeout)??;
     Ok(Handshake::decode(&buf)?)
@@ -222,7 +255,12 @@ pub async fn run_peer(conn: Connection, ctx: PeerContext, commands: mpsc::Receiv
         first,
         upload_limit,
     ));
-    let mut server = tokio::spawn(serve_uploads(request_rx, ctx.storage.clone(), upload_tx));
+    let mut server = tokio::spawn(serve_uploads(
+        request_rx,
+        ctx.storage.clone(),
+        upload_tx,
+        (key, events.clone()),
+    ));
     let mut reader = tokio::spawn(read_loop(rd, ctx, request_tx));
     // Whichever ends first ends the connection.
     let reason = tokio::select! {
@@ -243,6 +281,7 @@ async fn serve_uploads(
     requests: mpsc::Receiver<BlockRef>,
     storage: Arc<dyn Storage>,
     out: mpsc::Sender<Upload>,
+    (key, events): (PeerKey, mpsc::Sender<(PeerKey, PeerEvent)>),
 ) -> String {
     let requests = futures::stream::unfold(requests, |mut rx| async move {
         rx.recv().await.map(|block| (block, rx))
@@ -260,7 +299,13 @@ async fn serve_uploads(
     while let Some((block, data)) = reads.next().await {
         let data = match data {
             Ok(d) => d,
-            Err(e) => return format!("storage read failed: {e}"),
+            Err(e) => {
+                let reason = format!("storage read failed: {e}");
+                // The torrent must learn that data it advertised is gone (it stops seeding);
+                // a string in `Closed` would lose what failed.
+                let _ = events.send((key, PeerEvent::ReadFailed(block, e))).await;
+                return reason;
+            }
         };
         if out.send(Upload { block, data }).await.is_err() {
             return "writer stopped".into();
@@ -283,15 +328,22 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let piece_count = ctx.layout.piece_count() as usize;
     let max_len = (BLOCK_SIZE as usize + 13).max(piece_count.div_ceil(8) + 1);
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
-    // Last state the peer announced: repeats are dropped here so a flood of them costs the
-    // torrent task nothing. The same for its pieces (haves and bitfields) and its `reqq`.
-    let (mut peer_choking, mut peer_interested) = (true, false);
+    // Choke and interest flips are coalesced per read and rate-limited (see `StateCoalescer`);
+    // repeated pieces (haves and bitfields) and `reqq`s are dropped here, so a flood of them
+    // costs the torrent task nothing.
+    let mut states = StateCoalescer::new(Instant::now());
     let mut peer_has = Bitfield::new(piece_count);
     let mut peer_reqq = None;
     loop {
         let msg = match wire::decode(&mut buf, max_len) {
             Ok(Some(m)) => m,
             Ok(None) => {
+                // Everything read so far is handled: tell the torrent the net state change.
+                for event in states.drain() {
+                    if ctx.events.send((ctx.key, event)).await.is_err() {
+                        return "torrent stopped".into();
+                    }
+                }
                 if buf.capacity() - buf.len() < BLOCK_SIZE as usize {
                     buf.reserve(READ_BUFFER);
                 }
@@ -335,24 +387,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         let event = match msg {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => continue,
-            Message::Choke if !peer_choking => {
-                peer_choking = true;
-                PeerEvent::Choke
-            }
-            Message::Unchoke if peer_choking => {
-                peer_choking = false;
-                PeerEvent::Unchoke
-            }
-            Message::Interested if !peer_interested => {
-                peer_interested = true;
-                PeerEvent::Interested
-            }
-            Message::NotInterested if peer_interested => {
-                peer_interested = false;
-                PeerEvent::NotInterested
-            }
             Message::Choke | Message::Unchoke | Message::Interested | Message::NotInterested => {
-                continue
+                if states.on_message(&msg, Instant::now()).is_err() {
+                    return "choke/interest state flipping too fast".into();
+                }
+                continue;
             }
             Message::Have(i) => {
                 if i as usize >= piece_count {
@@ -420,9 +459,125 @@ async fn read_loop<R: AsyncRead + Unpin>(
             // Cancels race with the data already read; answering is harmless.
             Message::Cancel { .. } => continue,
         };
-        if ctx.events.send((ctx.key, event)).await.is_err() {
-            return "torrent stopped".into();
+        // State changes read before this event go first, so the torrent sees them in order
+        // (a block after choke + unchoke is valid; the choke still voided older requests).
+        for e in states.drain().into_iter().chain(std::iter::once(event)) {
+            if ctx.events.send((ctx.key, e)).await.is_err() {
+                return "torrent stopped".into();
+            }
         }
+    }
+}
+
+/// Sustained-rate limit on a peer's state flips: a token bucket of [`FLIP_BURST`] tokens
+/// refilled at [`FLIP_RATE`] per second. Sans-IO: the caller passes the time.
+#[derive(Debug)]
+struct FlipLimiter {
+    tokens: f64,
+    last: Instant,
+}
+
+impl FlipLimiter {
+    fn new(now: Instant) -> Self {
+        FlipLimiter {
+            tokens: FLIP_BURST,
+            last: now,
+        }
+    }
+
+    /// Pay for one flip at `now`; false when the peer is over its rate.
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * FLIP_RATE).min(FLIP_BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A peer that flips its state faster than [`FLIP_RATE`] per second, sustained.
+#[derive(Debug, PartialEq)]
+struct FlipFlood;
+
+/// The peer's choke and interest state as it sends it, and as the torrent task last heard it.
+/// Flips read in one go reach the torrent as their net effect, at most three events: a choke
+/// (if the peer choked us at any point, our requests are void, BEP 3), then the final choke
+/// state, then the final interest. Repeats are free; real flips pay a [`FlipLimiter`].
+#[derive(Debug)]
+struct StateCoalescer {
+    choking: bool,
+    interested: bool,
+    told_choking: bool,
+    told_interested: bool,
+    choked_since_told: bool,
+    limiter: FlipLimiter,
+}
+
+impl StateCoalescer {
+    fn new(now: Instant) -> Self {
+        // BEP 3: a connection starts choked and not interested, on both sides.
+        StateCoalescer {
+            choking: true,
+            interested: false,
+            told_choking: true,
+            told_interested: false,
+            choked_since_told: false,
+            limiter: FlipLimiter::new(now),
+        }
+    }
+
+    /// Take a choke, unchoke, interested or not-interested message (others are ignored).
+    fn on_message(&mut self, msg: &Message, now: Instant) -> Result<(), FlipFlood> {
+        let (choking, interested) = match msg {
+            Message::Choke => (true, self.interested),
+            Message::Unchoke => (false, self.interested),
+            Message::Interested => (self.choking, true),
+            Message::NotInterested => (self.choking, false),
+            _ => return Ok(()),
+        };
+        if (choking, interested) == (self.choking, self.interested) {
+            return Ok(());
+        }
+        if !self.limiter.allow(now) {
+            return Err(FlipFlood);
+        }
+        if choking && !self.choking {
+            self.choked_since_told = true;
+        }
+        self.choking = choking;
+        self.interested = interested;
+        Ok(())
+    }
+
+    /// The events that bring the torrent up to date, in order.
+    fn drain(&mut self) -> Vec<PeerEvent> {
+        let mut out = Vec::new();
+        if self.choked_since_told && !self.told_choking {
+            out.push(PeerEvent::Choke);
+            self.told_choking = true;
+        }
+        self.choked_since_told = false;
+        if self.choking != self.told_choking {
+            out.push(if self.choking {
+                PeerEvent::Choke
+            } else {
+                PeerEvent::Unchoke
+            });
+            self.told_choking = self.choking;
+        }
+        if self.interested != self.told_interested {
+            out.push(if self.interested {
+                PeerEvent::Interested
+            } else {
+                PeerEvent::NotInterested
+            });
+            self.told_interested = self.interested;
+        }
+        out
     }
 }
 
@@ -565,4 +720,139 @@ async fn write_chunks<W: AsyncWrite + Unpin>(
     }
     chunks.clear();
     wr.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(events: &[PeerEvent]) -> Vec<&'static str> {
+        events
+            .iter()
+            .map(|e| match e {
+                PeerEvent::Choke => "choke",
+                PeerEvent::Unchoke => "unchoke",
+                PeerEvent::Interested => "interested",
+                PeerEvent::NotInterested => "not interested",
+                _ => "other",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn flips_in_one_read_reach_the_torrent_as_their_net_effect() {
+        let now = Instant::now();
+        let mut s = StateCoalescer::new(now);
+        for m in [
+            Message::Unchoke,
+            Message::Choke,
+            Message::Unchoke,
+            Message::Interested,
+        ] {
+            s.on_message(&m, now).unwrap();
+        }
+        assert_eq!(names(&s.drain()), ["unchoke", "interested"]);
+        assert!(s.drain().is_empty(), "nothing new: nothing to say");
+        // Unchoked, then choke + unchoke in one read: the choke voided our requests, so it is
+        // still reported before the final unchoke.
+        s.on_message(&Message::Choke, now).unwrap();
+        s.on_message(&Message::Unchoke, now).unwrap();
+        assert_eq!(names(&s.drain()), ["choke", "unchoke"]);
+        // Interest flipped back and forth: no change to report.
+        s.on_message(&Message::NotInterested, now).unwrap();
+        s.on_message(&Message::Interested, now).unwrap();
+        assert!(s.drain().is_empty());
+        // Repeats are free and silent.
+        for _ in 0..1000 {
+            s.on_message(&Message::Unchoke, now).unwrap();
+            s.on_message(&Message::Interested, now).unwrap();
+        }
+        assert!(s.drain().is_empty());
+    }
+
+    #[test]
+    fn a_peer_flipping_faster_than_the_rate_is_cut_off() {
+        let start = Instant::now();
+        let mut s = StateCoalescer::new(start);
+        // The burst is allowed at once…
+        let mut now = start;
+        let mut flips = 0;
+        let result = loop {
+            let m = if flips % 2 == 0 {
+                Message::Unchoke
+            } else {
+                Message::Choke
+            };
+            if let Err(e) = s.on_message(&m, now) {
+                break e;
+            }
+            flips += 1;
+            assert!(flips <= FLIP_BURST as usize, "burst not bounded");
+        };
+        assert_eq!(result, FlipFlood);
+        assert_eq!(flips, FLIP_BURST as usize);
+        // …and then a steady rate at the limit is fine for a long time.
+        let mut s = StateCoalescer::new(start);
+        let step = Duration::from_secs_f64(1.0 / FLIP_RATE);
+        for i in 0..10_000 {
+            now += step;
+            let m = if i % 2 == 0 {
+                Message::Unchoke
+            } else {
+                Message::Choke
+            };
+            assert!(
+                s.on_message(&m, now).is_ok(),
+                "flip {i} at the allowed rate refused"
+            );
+        }
+        // Twice the rate, sustained, is refused once the burst is spent.
+        let half = step / 2;
+        let refused = (0..10_000).any(|i| {
+            now += half;
+            let m = if i % 2 == 0 {
+                Message::Unchoke
+            } else {
+                Message::Choke
+            };
+            s.on_message(&m, now).is_err()
+        });
+        assert!(refused);
+    }
+
+    #[tokio::test]
+    async fn a_silent_incoming_connection_times_out_at_the_first_byte() {
+        tokio::time::pause();
+        let (mut ours, theirs) = tokio::io::duplex(1024);
+        let start = tokio::time::Instant::now();
+        let r = read_handshake_incoming(&mut ours, Duration::from_secs(3)).await;
+        assert!(matches!(r, Err(HandshakeError::Timeout)), "{r:?}");
+        // The paused clock advances exactly to the timer (rounded up to its 1 ms tick).
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
+            "{waited:?}"
+        );
+        drop(theirs);
+    }
+
+    #[tokio::test]
+    async fn a_slow_handshake_is_bounded_as_a_whole() {
+        tokio::time::pause();
+        let (mut ours, mut theirs) = tokio::io::duplex(1024);
+        let start = tokio::time::Instant::now();
+        let (r, _) = tokio::join!(
+            read_handshake_incoming(&mut ours, Duration::from_secs(3)),
+            async {
+                // One byte at once, then nothing: the first-byte rule is met, the whole is not.
+                theirs.write_all(&[19]).await.unwrap();
+            }
+        );
+        assert!(matches!(r, Err(HandshakeError::Timeout)), "{r:?}");
+        let waited = start.elapsed();
+        assert!(
+            waited >= HANDSHAKE_TIMEOUT && waited < HANDSHAKE_TIMEOUT + Duration::from_secs(1),
+            "{waited:?}"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 //! The session owns no torrent state: each torrent is a task (see `torrent.rs`) reached through
 //! a bounded command channel and observed through a `watch` snapshot.
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -19,7 +20,8 @@ use crate::ratelimit::RateLimiter;
 use crate::recheck::HashBudget;
 use crate::status::TorrentStatus;
 use crate::storage::StorageBackend;
-use crate::torrent::{run_torrent, TorrentCommand, TorrentParams};
+use crate::torrent::peers::{host_key, HostKey};
+use crate::torrent::{run_torrent, PeerLimits, PeerSlot, TorrentCommand, TorrentParams};
 use crate::tracker::TrackerClient;
 use crate::transport::{Listener, Transport, TransportError};
 use crate::types::{InfoHash, PeerId};
@@ -27,6 +29,17 @@ use crate::types::{InfoHash, PeerId};
 /// Incoming connections still in their handshake, session-wide. Kept apart from the peer slots
 /// so silent sockets cannot starve real peers (or our own dials) of slots.
 const MAX_HALF_OPEN_INCOMING: usize = 64;
+/// Incoming handshakes in progress from one host: an eighth of [`MAX_HALF_OPEN_INCOMING`], so
+/// one host opening silent sockets cannot take the whole budget from everyone else.
+const MAX_HALF_OPEN_PER_HOST: usize = MAX_HALF_OPEN_INCOMING / 8;
+/// Default connections per host per torrent: hosts behind one NAT (a household, a campus) may
+/// run several clients, so one is too few (libtorrent's default); a few still keep one host
+/// from filling a torrent's 50 slots.
+pub const DEFAULT_MAX_PEERS_PER_HOST: usize = 3;
+
+/// One in this many session-wide peer slots is kept for our own dials: incoming peers (which
+/// anyone can open) may not take them all. The same share as per torrent.
+const DIAL_RESERVE_DIVISOR: usize = crate::torrent::peers::DIAL_RESERVE_DIVISOR;
 
 /// How many following ports are tried when the asked one is taken.
 const PORT_ATTEMPTS: u16 = 50;
@@ -54,6 +67,12 @@ pub struct SessionConfig {
     pub upload_limit: u64,
     /// Bytes of pieces that rechecks of all torrents may hold at once (read, being hashed).
     pub recheck_memory: u64,
+    /// Connections per host per torrent (an IPv4 address or an IPv6 /64), counting handshakes
+    /// in progress; incoming handshakes per host are capped session-wide as well.
+    pub max_peers_per_host: usize,
+    /// Count loopback peers by address like any other host. Off by default: distinct local
+    /// peers on 127.0.0.1 (local setups, tests) then count per address and port, as for bans.
+    pub loopback_as_host: bool,
 }
 
 impl SessionConfig {
@@ -70,6 +89,8 @@ impl SessionConfig {
             download_limit: 0,
             upload_limit: 0,
             recheck_memory: HashBudget::DEFAULT_BYTES,
+            max_peers_per_host: DEFAULT_MAX_PEERS_PER_HOST,
+            loopback_as_host: false,
         }
     }
 }
@@ -141,7 +162,11 @@ struct Shared {
     tracker: TrackerClient,
     torrents: Mutex<HashMap<InfoHash, Entry>>,
     peer_slots: Arc<Semaphore>,
+    /// The part of `peer_slots` incoming connections may hold (see [`DIAL_RESERVE_DIVISOR`]).
+    incoming_slots: Arc<Semaphore>,
     half_open: Arc<Semaphore>,
+    /// Incoming handshakes in progress per host (entries removed at zero).
+    half_open_hosts: Mutex<HashMap<HostKey, usize>>,
     listen_port: u16,
     download_limit: Arc<RateLimiter>,
     upload_limit: Arc<RateLimiter>,
@@ -171,7 +196,11 @@ impl Session {
         );
         let shared = Arc::new(Shared {
             peer_slots: Arc::new(Semaphore::new(config.max_peers_total)),
+            incoming_slots: Arc::new(Semaphore::new(
+                config.max_peers_total - config.max_peers_total / DIAL_RESERVE_DIVISOR,
+            )),
             half_open: Arc::new(Semaphore::new(MAX_HALF_OPEN_INCOMING)),
+            half_open_hosts: Mutex::new(HashMap::new()),
             download_limit: Arc::new(RateLimiter::new(config.download_limit)),
             upload_limit: Arc::new(RateLimiter::new(config.upload_limit)),
             hash_budget: HashBudget::new(config.recheck_memory),
@@ -259,6 +288,7 @@ impl Session {
             state_dir: c.state_dir.clone(),
             extra_peers: c.extra_peers.clone(),
             max_peers: c.max_peers_per_torrent,
+            limits: PeerLimits::from_config(c),
             peer_slots: self.shared.peer_slots.clone(),
             status: status_tx,
             download_limit: self.shared.download_limit.clone(),
@@ -379,13 +409,19 @@ async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
             let Ok(half_open) = shared.half_open.clone().try_acquire_owned() else {
                 return; // too many handshakes in progress
             };
-            let handshake = match peer::read_handshake(&mut stream).await {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::debug!(%addr, error = %e, "incoming handshake failed");
-                    return;
-                }
+            let host = host_key(addr, shared.config.loopback_as_host);
+            let Some(host_share) = HalfOpenShare::take(&shared, host) else {
+                tracing::debug!(%addr, "too many handshakes in progress from this host");
+                return;
             };
+            let handshake =
+                match peer::read_handshake_incoming(&mut stream, peer::FIRST_BYTE_TIMEOUT).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "incoming handshake failed");
+                        return;
+                    }
+                };
             let commands = {
                 let torrents = shared
                     .torrents
@@ -396,9 +432,14 @@ async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
                     .map(|e| e.handle.commands.clone())
             };
             drop(half_open);
-            let Ok(permit) = shared.peer_slots.clone().try_acquire_owned() else {
+            drop(host_share);
+            let Ok(incoming) = shared.incoming_slots.clone().try_acquire_owned() else {
+                return; // the incoming share is full: the rest is kept for our dials
+            };
+            let Ok(session) = shared.peer_slots.clone().try_acquire_owned() else {
                 return; // session full
             };
+            let permit = PeerSlot::incoming(session, incoming);
             let Some(commands) = commands else {
                 tracing::debug!(%addr, info_hash = %handshake.info_hash, "incoming peer for unknown torrent");
                 return;
@@ -414,5 +455,46 @@ async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
                 })
                 .await;
         });
+    }
+}
+
+/// One host's share of the half-open budget, given back on drop.
+struct HalfOpenShare {
+    shared: Arc<Shared>,
+    host: HostKey,
+}
+
+impl HalfOpenShare {
+    /// A share for `host`, or `None` if it already holds [`MAX_HALF_OPEN_PER_HOST`].
+    fn take(shared: &Arc<Shared>, host: HostKey) -> Option<Self> {
+        let mut hosts = shared
+            .half_open_hosts
+            .lock()
+            .expect("lock poisoned only by a panic");
+        let n = hosts.entry(host).or_insert(0);
+        if *n >= MAX_HALF_OPEN_PER_HOST {
+            return None;
+        }
+        *n += 1;
+        Some(HalfOpenShare {
+            shared: shared.clone(),
+            host,
+        })
+    }
+}
+
+impl Drop for HalfOpenShare {
+    fn drop(&mut self) {
+        let mut hosts = self
+            .shared
+            .half_open_hosts
+            .lock()
+            .expect("lock poisoned only by a panic");
+        if let MapEntry::Occupied(mut e) = hosts.entry(self.host) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 }

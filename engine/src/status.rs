@@ -69,6 +69,8 @@ pub struct TorrentStatus {
     pub peers_connected: usize,
     /// Peer addresses known (connected or not).
     pub peers_known: usize,
+    /// Hosts banned this session for sending data that failed its hash.
+    pub peers_banned: usize,
     /// Last tracker problem, if the last announce failed.
     pub tracker_error: Option<String>,
     /// Connected peers.
@@ -141,6 +143,7 @@ impl TorrentStatus {
             wasted: 0,
             peers_connected: 0,
             peers_known: 0,
+            peers_banned: 0,
             tracker_error: None,
             peers: Vec::new(),
             files: Vec::new(),

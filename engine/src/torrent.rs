@@ -6,9 +6,14 @@
 //! buffer → when the piece is whole, a verify task hashes it on the blocking pool, writes it to
 //! storage and marks it complete → `Internal::PieceDone` → `have` to every peer.
 //! Only verified data is ever written.
+//!
+//! Peer admission (per-host caps, eviction of idle peers, the bounded address book) is decided
+//! in `peers`; who to blame for a piece that failed its hash, in `smart_ban`.
+
+pub(crate) mod peers;
+mod smart_ban;
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -35,6 +40,8 @@ use crate::tracker::{
 use crate::transport::{BoxStream, Transport};
 use crate::types::{Bitfield, BlockRef, PeerId, PieceIndex, BLOCK_SIZE};
 use crate::wire::{Handshake, Message};
+use peers::{ban_key, host_key, BookEntry, EvictCandidate, HostKey, MAX_KNOWN_PEERS};
+use smart_ban::{block_digest, BlockDigest, SmartBan};
 
 /// Requests in flight to one peer at first, before its rate is known.
 const INITIAL_DEPTH: usize = 64;
@@ -62,8 +69,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const GOOD_CONNECTION: Duration = Duration::from_secs(60);
 /// How often verified pieces are recorded durably (data flushed first).
 const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
-/// Hash-failure strikes after which a peer is banned for the session.
-const BAN_STRIKES: u32 = 3;
 /// Peers asked of trackers.
 const NUM_WANT: u32 = 100;
 /// Retry a failed announce after this long (doubling, capped at 5 minutes).
@@ -94,7 +99,7 @@ pub enum TorrentCommand {
         /// Transport name.
         transport: String,
         /// Session-wide peer slot.
-        permit: OwnedSemaphorePermit,
+        permit: PeerSlot,
     },
     /// Add peer addresses to try.
     AddPeers(Vec<SocketAddr>),
@@ -104,6 +109,32 @@ pub enum TorrentCommand {
     Resume,
     /// Stop: flush, save resume state, announce `stopped`; reply when done.
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A connection's hold on the session's peer slots, given back when it is dropped.
+pub struct PeerSlot {
+    _session: OwnedSemaphorePermit,
+    /// Incoming connections also hold one of the slots incoming peers may use, so peers that
+    /// dial us can never take the slots our own dials need, session-wide.
+    _incoming: Option<OwnedSemaphorePermit>,
+}
+
+impl PeerSlot {
+    /// A slot for a connection we dial.
+    pub(crate) fn outgoing(session: OwnedSemaphorePermit) -> Self {
+        PeerSlot {
+            _session: session,
+            _incoming: None,
+        }
+    }
+
+    /// A slot for a connection that dialled us.
+    pub(crate) fn incoming(session: OwnedSemaphorePermit, incoming: OwnedSemaphorePermit) -> Self {
+        PeerSlot {
+            _session: session,
+            _incoming: Some(incoming),
+        }
+    }
 }
 
 /// Everything a torrent task needs from its session.
@@ -118,6 +149,7 @@ pub(crate) struct TorrentParams {
     pub state_dir: PathBuf,
     pub extra_peers: Vec<SocketAddr>,
     pub max_peers: usize,
+    pub limits: PeerLimits,
     pub peer_slots: Arc<Semaphore>,
     pub status: watch::Sender<TorrentStatus>,
     /// Hash existing data even if the resume state is trusted (a user-asked recheck).
@@ -130,12 +162,33 @@ pub(crate) struct TorrentParams {
     pub hash_budget: HashBudget,
 }
 
+/// Per-host limits from the session configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerLimits {
+    /// Connections (and handshakes in progress) per host.
+    pub max_per_host: usize,
+    /// Loopback peers count by address like other hosts (see `SessionConfig`).
+    pub loopback_as_host: bool,
+}
+
+impl PeerLimits {
+    pub(crate) fn from_config(c: &crate::session::SessionConfig) -> Self {
+        PeerLimits {
+            max_per_host: c.max_peers_per_host.max(1),
+            loopback_as_host: c.loopback_as_host,
+        }
+    }
+}
+
 /// Results of helper tasks, fed back into the torrent task.
 enum Internal {
     PieceDone {
         piece: PieceIndex,
         bytes: u64,
-        contributors: Vec<SocketAddr>,
+        /// Who sent each block, in block order (empty if the piece was incomplete).
+        senders: Vec<SocketAddr>,
+        /// Digest of each block: for failed pieces, and for pieces smart ban was waiting on.
+        digests: Option<Vec<BlockDigest>>,
         result: Result<bool, StorageError>,
     },
     AnnounceDone {
@@ -145,7 +198,7 @@ enum Internal {
     },
     Connected {
         conn: Connection,
-        permit: OwnedSemaphorePermit,
+        permit: PeerSlot,
         outgoing: bool,
     },
     Flushed(Result<(), StorageError>),
@@ -180,8 +233,10 @@ struct Peer {
     last_uploaded: u64,
     upload_rate: f64,
     last_block: Instant,
+    /// Last payload either way, or interest change: eviction takes the longest idle.
+    last_active: Instant,
     snubbed: bool,
-    _permit: OwnedSemaphorePermit,
+    _permit: PeerSlot,
 }
 
 #[derive(Default)]
@@ -194,11 +249,13 @@ struct KnownPeer {
     incoming_only: bool,
     /// It had every piece when last seen: not worth dialling while we seed.
     seed: bool,
+    /// When it entered the book (a sequence number): the oldest go first when it is full.
+    added: u64,
 }
 
 struct PieceBuf {
-    blocks: Vec<Option<Bytes>>,
-    contributors: Vec<SocketAddr>,
+    /// Each block and who sent it.
+    blocks: Vec<Option<(Bytes, SocketAddr)>>,
 }
 
 /// Run one torrent until shut down.
@@ -331,10 +388,15 @@ struct Torrent {
     rng: StdRng,
     peers: HashMap<PeerKey, Peer>,
     known: HashMap<SocketAddr, KnownPeer>,
-    /// Hash-failure strikes by [`ban_key`].
-    strikes: HashMap<BanKey, u32>,
+    /// Sequence for [`KnownPeer::added`].
+    known_seq: u64,
+    /// Failed pieces waiting for a verdict on who sent the bad blocks.
+    smart_ban: SmartBan,
     /// Peers banned for the session for sending bad data, by [`ban_key`].
-    banned: HashSet<BanKey>,
+    banned: HashSet<HostKey>,
+    /// Pieces we verified but can no longer read (a data file deleted or truncated while we
+    /// served it): never claimed again in status or announces.
+    lost: Bitfield,
     pieces: HashMap<PieceIndex, PieceBuf>,
     verify_backlog: u64,
     verifying: usize,
@@ -385,6 +447,7 @@ impl Torrent {
         for addr in &p.extra_peers {
             known.insert(*addr, KnownPeer::default());
         }
+        let lost = Bitfield::new(layout.piece_count() as usize);
         let sent_completed = have.is_full();
         Torrent {
             layout,
@@ -394,8 +457,10 @@ impl Torrent {
             rng: StdRng::from_entropy(),
             peers: HashMap::new(),
             known,
-            strikes: HashMap::new(),
+            known_seq: 0,
+            smart_ban: SmartBan::default(),
             banned: HashSet::new(),
+            lost,
             pieces: HashMap::new(),
             verify_backlog: 0,
             verifying: 0,
@@ -482,18 +547,30 @@ impl Torrent {
                 permit,
             } => {
                 if !self.active()
-                    || self.peers.len() >= self.p.max_peers
                     || self.banned.contains(&ban_key(addr))
+                    || self
+                        .known
+                        .get(&addr)
+                        .is_some_and(|k| k.connected || k.connecting)
                 {
                     return;
                 }
-                let known = self.known.entry(addr).or_insert_with(|| KnownPeer {
-                    incoming_only: true,
-                    ..Default::default()
-                });
-                if known.connected {
+                if self.host_connections(addr) >= self.p.limits.max_per_host {
+                    tracing::debug!(%addr, "incoming peer refused: per-host cap");
                     return;
                 }
+                if !self.make_room_for_incoming(Instant::now()) {
+                    return;
+                }
+                self.known_seq += 1;
+                let added = self.known_seq;
+                // Bounded by the peer slots (the entry goes when the connection does), so it
+                // may go over the book's size for a while.
+                let known = self.known.entry(addr).or_insert_with(|| KnownPeer {
+                    incoming_only: true,
+                    added,
+                    ..Default::default()
+                });
                 known.connecting = true;
                 let ours = Handshake::new(self.p.metainfo.info_hash, self.p.peer_id);
                 let tx = self.internal_tx.clone();
@@ -537,7 +614,8 @@ impl Torrent {
 
     fn add_known(&mut self, addrs: Vec<SocketAddr>) {
         let own = self.p.listen_port;
-        for addr in addrs {
+        // More than the book holds would only evict each other.
+        for addr in addrs.into_iter().take(MAX_KNOWN_PEERS) {
             if addr.port() == 0
                 || (addr.ip().is_loopback() && addr.port() == own)
                     && !self.p.extra_peers.contains(&addr)
@@ -546,7 +624,77 @@ impl Torrent {
             }
             // A tracker handing back an address we only knew from an incoming connection makes
             // it dialable.
-            self.known.entry(addr).or_default().incoming_only = false;
+            if let Some(k) = self.known.get_mut(&addr) {
+                k.incoming_only = false;
+                continue;
+            }
+            if self.known.len() >= MAX_KNOWN_PEERS {
+                let extra = &self.p.extra_peers;
+                let victim = peers::choose_book_victim(self.known.iter().map(|(a, k)| BookEntry {
+                    addr: *a,
+                    failures: k.failures,
+                    added: k.added,
+                    pinned: k.connected || k.connecting || extra.contains(a),
+                }));
+                match victim {
+                    Some(v) => {
+                        self.known.remove(&v);
+                    }
+                    None => continue,
+                }
+            }
+            self.known_seq += 1;
+            self.known.insert(
+                addr,
+                KnownPeer {
+                    added: self.known_seq,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    /// Connections to `addr`'s host, counting handshakes in progress.
+    fn host_connections(&self, addr: SocketAddr) -> usize {
+        let loopback = self.p.limits.loopback_as_host;
+        let host = host_key(addr, loopback);
+        self.peers
+            .values()
+            .filter(|p| host_key(p.addr, loopback) == host)
+            .count()
+            + self
+                .known
+                .iter()
+                .filter(|(a, k)| k.connecting && host_key(**a, loopback) == host)
+                .count()
+    }
+
+    /// Whether an incoming peer may take a slot, evicting an idle peer if that makes one.
+    /// Incoming peers never take the slots kept for our dials.
+    fn make_room_for_incoming(&mut self, now: Instant) -> bool {
+        let incoming = self.peers.values().filter(|p| !p.outgoing).count();
+        let incoming_full = incoming >= peers::max_incoming(self.p.max_peers);
+        if self.peers.len() < self.p.max_peers && !incoming_full {
+            return true;
+        }
+        let candidates: Vec<EvictCandidate> = self
+            .peers
+            .iter()
+            .map(|(k, p)| EvictCandidate {
+                key: *k,
+                interesting: p.am_interested,
+                interested: p.peer_interested,
+                incoming: !p.outgoing,
+                age: now.saturating_duration_since(p.connected_at),
+                idle: now.saturating_duration_since(p.last_active),
+            })
+            .collect();
+        match peers::choose_eviction(&candidates, incoming_full) {
+            Some(key) => {
+                self.remove_peer(key, "evicted (idle) for a new peer");
+                true
+            }
+            None => false,
         }
     }
 
@@ -605,13 +753,20 @@ impl Torrent {
             Internal::PieceDone {
                 piece,
                 bytes,
-                contributors,
+                senders,
+                digests,
                 result,
             } => {
                 self.verifying -= 1;
                 self.verify_backlog -= bytes;
                 match result {
                     Ok(true) => {
+                        if let Some(good) = digests {
+                            for addr in self.smart_ban.on_verified(piece, &good) {
+                                tracing::warn!(%addr, piece, "banning peer: its block of a failed piece differs from the verified data");
+                                self.ban(addr);
+                            }
+                        }
                         self.picker.on_piece_verified(piece);
                         self.dirty = true;
                         for peer in self.peers.values() {
@@ -624,18 +779,10 @@ impl Torrent {
                         }
                     }
                     Ok(false) => {
-                        tracing::warn!(piece, ?contributors, "piece failed its hash check");
+                        tracing::warn!(piece, senders = ?senders, "piece failed its hash check");
                         self.wasted += bytes;
                         self.picker.on_piece_failed(piece);
-                        let strikes = if contributors.len() == 1 { 2 } else { 1 };
-                        for addr in contributors {
-                            let count = self.strikes.entry(ban_key(addr)).or_default();
-                            *count += strikes;
-                            if *count >= BAN_STRIKES {
-                                tracing::warn!(%addr, "banning peer for sending bad data");
-                                self.ban(addr);
-                            }
-                        }
+                        self.on_piece_failed(piece, senders, digests);
                     }
                     Err(e) => {
                         tracing::error!(piece, error = %e, "storage failed; pausing torrent");
@@ -699,7 +846,69 @@ impl Torrent {
         }
     }
 
-    fn on_connected(&mut self, conn: Connection, permit: OwnedSemaphorePermit, outgoing: bool) {
+    /// Smart ban: a piece from one host alone is that host's fault; a shared one is recorded
+    /// until the piece verifies and shows whose blocks were wrong.
+    fn on_piece_failed(
+        &mut self,
+        piece: PieceIndex,
+        senders: Vec<SocketAddr>,
+        digests: Option<Vec<BlockDigest>>,
+    ) {
+        let hosts: HashSet<HostKey> = senders.iter().map(|a| ban_key(*a)).collect();
+        if hosts.len() == 1 {
+            let addr = senders[0];
+            tracing::warn!(%addr, piece, "banning peer: sole source of a piece that failed its hash");
+            self.ban(addr);
+            return;
+        }
+        if let Some(digests) = digests {
+            let blocks: Vec<(SocketAddr, BlockDigest)> = senders.into_iter().zip(digests).collect();
+            self.smart_ban.record_failure(piece, &blocks);
+        }
+    }
+
+    /// Storage could not read data we advertised: the file was deleted, truncated or became
+    /// unreadable while we served it. Stop serving and stop claiming those pieces; the user
+    /// restores the data and rechecks.
+    fn on_read_failed(&mut self, block: BlockRef, error: StorageError) {
+        if self.error.is_some() {
+            return;
+        }
+        let start = self.layout.piece_range(block.piece).start + block.begin as u64;
+        let end = start + block.length as u64;
+        let files: Vec<usize> = self
+            .layout
+            .files_for_piece(block.piece)
+            .into_iter()
+            .filter(|&f| {
+                let file = &self.layout.files[f];
+                file.offset < end && start < file.offset + file.length
+            })
+            .collect();
+        for &f in &files {
+            for p in self.layout.pieces_for_file(f) {
+                self.lost.set(p as usize);
+            }
+        }
+        let names: Vec<String> = files
+            .iter()
+            .map(|&f| self.layout.files[f].path.display().to_string())
+            .collect();
+        let what = match &error {
+            StorageError::Missing => "missing or truncated".to_string(),
+            e => e.to_string(),
+        };
+        let msg = format!(
+            "data lost while seeding: {} {what}; restore it and recheck",
+            names.join(", ")
+        );
+        tracing::error!(piece = block.piece, error = %error, "{msg}");
+        self.error = Some(msg);
+        self.close_all_peers();
+        self.publish();
+    }
+
+    fn on_connected(&mut self, conn: Connection, permit: PeerSlot, outgoing: bool) {
         let addr = conn.addr;
         let duplicate = self
             .peers
@@ -762,6 +971,7 @@ impl Torrent {
                 last_uploaded: 0,
                 upload_rate: 0.0,
                 last_block: Instant::now(),
+                last_active: Instant::now(),
                 snubbed: false,
                 _permit: permit,
             },
@@ -820,6 +1030,7 @@ impl Torrent {
                 let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 peer.peer_interested = true;
+                peer.last_active = Instant::now();
                 // Free upload slot (regular or optimistic): don't make a new peer wait for the
                 // next rechoke.
                 if peer.am_choking && unchoked < choker::REGULAR_SLOTS + 1 && self.error.is_none() {
@@ -830,12 +1041,14 @@ impl Torrent {
             PeerEvent::NotInterested => {
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 peer.peer_interested = false;
+                peer.last_active = Instant::now();
             }
             PeerEvent::RequestLimit(n) => {
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 peer.request_limit = (n as usize).max(1);
             }
             PeerEvent::Block(block, data) => self.on_block(key, block, data),
+            PeerEvent::ReadFailed(block, error) => self.on_read_failed(block, error),
         }
     }
 
@@ -877,6 +1090,7 @@ impl Torrent {
                 piece_complete,
             } => {
                 peer.last_block = Instant::now();
+                peer.last_active = peer.last_block;
                 peer.snubbed = false;
                 peer.window_down += data.len() as u64;
                 self.window_down += data.len() as u64;
@@ -895,14 +1109,10 @@ impl Torrent {
                 let piece_len = self.layout.piece_len(block.piece);
                 let buf = self.pieces.entry(block.piece).or_insert_with(|| PieceBuf {
                     blocks: vec![None; piece_len.div_ceil(BLOCK_SIZE) as usize],
-                    contributors: Vec::new(),
                 });
                 let slot = (block.begin / BLOCK_SIZE) as usize;
                 if let Some(s) = buf.blocks.get_mut(slot) {
-                    *s = Some(data);
-                }
-                if !buf.contributors.contains(&addr) {
-                    buf.contributors.push(addr);
+                    *s = Some((data, addr));
                 }
                 if piece_complete {
                     if let Some(buf) = self.pieces.remove(&block.piece) {
@@ -923,20 +1133,26 @@ impl Torrent {
         let expected = self.p.metainfo.info.pieces[piece as usize];
         let slots = self.verify_slots.clone();
         let tx = self.internal_tx.clone();
+        // Smart ban waits for this piece's good version: digest its blocks too.
+        let digest_if_good = self.smart_ban.is_tracked(piece);
         tokio::spawn(async move {
-            let contributors = buf.contributors;
-            let blocks: Option<Vec<Bytes>> = buf.blocks.into_iter().collect();
+            let blocks: Option<Vec<(Bytes, SocketAddr)>> = buf.blocks.into_iter().collect();
+            let (blocks, senders): (Vec<Bytes>, Vec<SocketAddr>) =
+                blocks.map(|b| b.into_iter().unzip()).unwrap_or_default();
+            let mut digests = None;
             let result = async {
                 // Blocks missing here would be a picker bug; treat the piece as bad, not fatal.
-                let Some(blocks) = blocks else {
+                if blocks.is_empty() {
                     return Ok(false);
-                };
+                }
                 // The permit bounds hashing (CPU) only; writes and fsyncs overlap freely, bounded
                 // by the verify backlog cap.
                 let permit = slots.acquire_owned().await;
-                let (ok, blocks) = tokio::task::spawn_blocking(move || {
+                let (ok, blocks, block_digests) = tokio::task::spawn_blocking(move || {
                     let ok = hash::sha1_chunks(&blocks) == expected;
-                    (ok, blocks)
+                    let d = (!ok || digest_if_good)
+                        .then(|| blocks.iter().map(|b| block_digest(b)).collect::<Vec<_>>());
+                    (ok, blocks, d)
                 })
                 .await
                 .map_err(|e| StorageError::Io {
@@ -944,6 +1160,7 @@ impl Torrent {
                     source: std::io::Error::other(e),
                 })?;
                 drop(permit);
+                digests = block_digests;
                 if !ok {
                     return Ok(false);
                 }
@@ -955,7 +1172,8 @@ impl Torrent {
             let _ = tx.send(Internal::PieceDone {
                 piece,
                 bytes,
-                contributors,
+                senders,
+                digests,
                 result,
             });
         });
@@ -1028,6 +1246,9 @@ impl Torrent {
             let delta = up - peer.last_uploaded;
             peer.last_uploaded = up;
             peer.upload_rate = peer.upload_rate * (1.0 - ALPHA) + delta as f64 * ALPHA;
+            if delta > 0 {
+                peer.last_active = now;
+            }
             window_up += delta;
             let wanted = (peer.download_rate * QUEUE_SECONDS / BLOCK_SIZE as f64) as usize;
             peer.depth = if peer.download_rate < 1.0 {
@@ -1120,6 +1341,16 @@ impl Torrent {
             return;
         }
         let seed = self.is_seed();
+        let loopback = self.p.limits.loopback_as_host;
+        let mut per_host: HashMap<HostKey, usize> = HashMap::new();
+        for a in self.peers.values().map(|p| p.addr).chain(
+            self.known
+                .iter()
+                .filter(|(_, k)| k.connecting)
+                .map(|(a, _)| *a),
+        ) {
+            *per_host.entry(host_key(a, loopback)).or_default() += 1;
+        }
         let candidates: Vec<SocketAddr> = self
             .known
             .iter()
@@ -1140,9 +1371,15 @@ impl Torrent {
             if seed && self.known.get(&addr).is_some_and(|k| k.seed) {
                 continue;
             }
+            let host = per_host.entry(host_key(addr, loopback)).or_default();
+            if *host >= self.p.limits.max_per_host {
+                continue;
+            }
+            *host += 1;
             let Ok(permit) = self.p.peer_slots.clone().try_acquire_owned() else {
                 break;
             };
+            let permit = PeerSlot::outgoing(permit);
             budget -= 1;
             let known = self.known.get_mut(&addr).expect("candidate from known");
             known.connecting = true;
@@ -1181,8 +1418,9 @@ impl Torrent {
 
     fn announce_request(&self, event: Event) -> AnnounceRequest {
         let have = self.picker.have();
+        // Pieces whose data vanished while seeding are left to download again, not claimed.
         let left: u64 = (0..self.layout.piece_count())
-            .filter(|i| !have.get(*i as usize))
+            .filter(|i| !have.get(*i as usize) || self.lost.get(*i as usize))
             .map(|i| self.layout.piece_len(i) as u64)
             .sum();
         AnnounceRequest {
@@ -1306,6 +1544,7 @@ impl Torrent {
                     result,
                     ..
                 })) => {
+                    // A smart-ban verdict no longer matters: every peer is gone.
                     self.verifying -= 1;
                     self.verify_backlog -= bytes;
                     if let Ok(true) = result {
@@ -1332,8 +1571,22 @@ impl Torrent {
         }
     }
 
-    fn publish(&self) {
+    /// Verified pieces we can still read: the picker's minus any lost while seeding.
+    fn readable_pieces(&self) -> std::borrow::Cow<'_, Bitfield> {
         let have = self.picker.have();
+        if self.lost.count_ones() == 0 {
+            return std::borrow::Cow::Borrowed(have);
+        }
+        let mut readable = have.clone();
+        for p in self.lost.iter_ones() {
+            readable.clear(p);
+        }
+        std::borrow::Cow::Owned(readable)
+    }
+
+    fn publish(&self) {
+        let have = self.readable_pieces();
+        let have = have.as_ref();
         let have_bytes: u64 = if have.is_full() {
             self.layout.total_length
         } else {
@@ -1391,6 +1644,7 @@ impl Torrent {
                 s.trackers = trackers;
             }
             s.next_announce = self.next_announce;
+            s.peers_banned = self.banned.len();
             s.pieces = have.clone();
         });
     }
@@ -1399,7 +1653,8 @@ impl Torrent {
 impl Torrent {
     /// Verified bytes per file.
     fn file_progress(&self) -> Vec<FileStatus> {
-        let have = self.picker.have();
+        let have = self.readable_pieces();
+        let have = have.as_ref();
         let pl = self.layout.piece_length as u64;
         self.layout
             .files
@@ -1426,31 +1681,6 @@ impl Torrent {
                 }
             })
             .collect()
-    }
-}
-
-/// Who a ban applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum BanKey {
-    /// A remote host: an incoming peer comes back from another port, so the IP is banned.
-    Ip(IpAddr),
-    /// A loopback peer: many distinct peers legitimately share 127.0.0.1 (local setups,
-    /// tests), so only that address is banned.
-    Addr(SocketAddr),
-}
-
-fn ban_key(addr: SocketAddr) -> BanKey {
-    let ip = match addr.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
-    if ip.is_loopback() {
-        BanKey::Addr(addr)
-    } else {
-        BanKey::Ip(ip)
     }
 }
 
@@ -1489,18 +1719,6 @@ mod tests {
         assert_eq!(client_name(&PeerId(id)), "M7-2-2--");
         id[0] = 0;
         assert_eq!(client_name(&PeerId(id)), ".7-2-2--");
-    }
-
-    #[test]
-    fn bans_are_by_ip_except_on_loopback() {
-        let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
-        let b: SocketAddr = "10.0.0.1:2000".parse().unwrap();
-        assert_eq!(ban_key(a), ban_key(b));
-        let l1: SocketAddr = "127.0.0.1:1000".parse().unwrap();
-        let l2: SocketAddr = "127.0.0.1:2000".parse().unwrap();
-        assert_ne!(ban_key(l1), ban_key(l2));
-        let mapped: SocketAddr = "[::ffff:10.0.0.1]:3000".parse().unwrap();
-        assert_eq!(ban_key(mapped), ban_key(a));
     }
 
     #[test]

@@ -128,7 +128,7 @@ async fn corrupt_data_peer_is_banned_and_download_completes() {
         status.wasted > 0,
         "the corrupt peer's data should have been counted as wasted"
     );
-    // Banned after its strikes: it may have been dialled a few times, never in a loop.
+    // Banned as the sole sender of a bad piece: dialled once or twice, never in a loop.
     assert!(
         connections <= 2,
         "banned peer was dialled {connections} times"
