@@ -371,6 +371,9 @@ async fn stop_torrent(entry: Entry, timeout: Duration) {
     })
     .await;
     entry.task.abort();
+    // Wait (briefly) until the task is gone, so its storage is dropped before the same torrent
+    // is opened again (recheck): two storages of one torrent would race on its files.
+    let _ = tokio::time::timeout(Duration::from_millis(500), entry.task).await;
 }
 
 async fn bind(

@@ -106,10 +106,14 @@ impl Claims {
         let root_path = download_dir.join(root);
         if let Ok(state) = fs::canonicalize(state_dir) {
             if let Ok(rel) = state.strip_prefix(&dl) {
-                if let Some(Component::Normal(first)) = rel.components().next() {
-                    if key(first.as_bytes(), fold) == root_key {
-                        return Err(conflict(root_path, PathConflict::StateFolder));
-                    }
+                let reserved = match rel.components().next() {
+                    Some(Component::Normal(first)) => key(first.as_bytes(), fold) == root_key,
+                    // The state folder *is* the download folder: the client's own names in it
+                    // (incomplete data, resume files, lock and log) are off limits.
+                    _ => is_state_name(&root_key),
+                };
+                if reserved {
+                    return Err(conflict(root_path, PathConflict::StateFolder));
                 }
             }
         }
@@ -145,6 +149,16 @@ impl Claims {
         lock(&self.inner).folds_case.insert(dir.to_path_buf(), f);
         f
     }
+}
+
+/// Names the client itself keeps in its state folder (compared lower-cased, conservatively).
+fn is_state_name(key: &[u8]) -> bool {
+    let k = String::from_utf8_lossy(key).to_lowercase();
+    k == "parts"
+        || k.ends_with(".resume")
+        || k.ends_with(".resume.tmp")
+        || k.starts_with("zigtorrent.")
+        || k.starts_with(".zigtorrent")
 }
 
 /// Create a lower-case probe file in `dir` and look its upper-case twin up. Unknown (say, a
@@ -292,6 +306,28 @@ mod tests {
             ),
             "{r:?}"
         );
+        // State folder = download folder: the client's own names are refused as roots.
+        for name in [
+            "parts/0123/0.part",
+            "abc.resume",
+            "zigtorrent.lock",
+            "zigtorrent.log",
+        ] {
+            let r = claims.claim(InfoHash([5; 20]), &layout(&[name]), &dl, &dl);
+            assert!(
+                matches!(
+                    r,
+                    Err(StorageError::PathInUse {
+                        why: PathConflict::StateFolder,
+                        ..
+                    })
+                ),
+                "{name}: {r:?}"
+            );
+        }
+        assert!(claims
+            .claim(InfoHash([5; 20]), &layout(&["movie"]), &dl, &dl)
+            .is_ok());
         assert!(!probe_case_folding(&dl), "ext4/tmpfs do not fold case");
         assert_eq!(fs::read_dir(&dl).unwrap().count(), 1, "probe file removed");
     }

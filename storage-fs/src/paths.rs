@@ -50,39 +50,41 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// Move our file `from` to `to` without replacing anything at `to`, across file systems too
-/// (the state folder may be on another one than the downloads): there, copy into a fresh
-/// temporary name beside `to` (created exclusively), fsync it, rename it into place without
-/// replacing, then remove `from`. The caller fsyncs `to`'s folder.
-pub(crate) fn move_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    match rename_noreplace(from, to) {
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
-        other => return other,
+/// Whether `e` is the OS saying a rename would cross file systems.
+pub(crate) fn is_cross_device(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EXDEV)
+}
+
+/// Copy `from` into a new file `tmp` (created exclusively: never an existing file), fsync it and
+/// return it open. For moves across file systems, done without any lock held; the caller then
+/// renames `tmp` into place with [`rename_noreplace`] and removes `from`. On error, a file this
+/// call created is removed; one that was already at `tmp` is never touched.
+pub(crate) fn copy_to_new(from: &Path, tmp: &Path) -> io::Result<File> {
+    let mut src = File::open(from)?;
+    // Exclusive: if anything is at `tmp`, this fails and nothing of it is touched.
+    let mut dst = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(tmp)?;
+    // From here on `tmp` is the file we just created: ours to remove on failure.
+    let copied = io::copy(&mut src, &mut dst).and_then(|_| dst.sync_all());
+    if let Err(e) = copied {
+        let _ = fs::remove_file(tmp);
+        return Err(e);
     }
-    if to.symlink_metadata().is_ok() {
-        return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-    }
-    let dir = to.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".zigtorrent-move-{}-{}.tmp",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    let result = (|| {
-        let mut src = File::open(from)?;
-        let mut dst = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        io::copy(&mut src, &mut dst)?;
-        dst.sync_all()?;
-        rename_noreplace(&tmp, to)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    fs::remove_file(from)
+    Ok(dst)
+}
+
+/// The temporary name beside `final_path` that a cross-device move of file `file` of torrent
+/// `info_hash` copies into. Fixed per file, so a copy left by a crash is found and replaced by
+/// the next attempt instead of piling up in the user's folder.
+pub(crate) fn move_temp(final_path: &Path, info_hash: &InfoHash, file: usize) -> PathBuf {
+    let hex = info_hash.to_hex();
+    final_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!(".zigtorrent-{}-{file}.tmp", &hex[..16]))
 }
 
 /// Defense in depth: layout paths are sanitised by the metainfo parser, but storage still
@@ -184,12 +186,19 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         fs::write(&a, b"ours").unwrap();
         fs::write(&b, b"theirs").unwrap();
-        let err = move_noreplace(&a, &b).unwrap_err();
+        let err = rename_noreplace(&a, &b).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&b).unwrap(), b"theirs");
         assert_eq!(fs::read(&a).unwrap(), b"ours");
+        let err = copy_to_new(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            fs::read(&b).unwrap(),
+            b"theirs",
+            "a copy never lands on a file"
+        );
         fs::remove_file(&b).unwrap();
-        move_noreplace(&a, &b).unwrap();
+        rename_noreplace(&a, &b).unwrap();
         assert_eq!(fs::read(&b).unwrap(), b"ours");
         assert!(!a.exists());
     }

@@ -69,12 +69,23 @@ impl TryFrom<u8> for Location {
     }
 }
 
-/// Size and modification time of a data file.
+/// Identity and state of a data file: which inode it is, its size, and when its contents or its
+/// inode last changed. The change time (ctime) cannot be set by a user, so a file replaced by one
+/// with the same size and a restored mtime (`cp -p`, `rsync -t`) still looks different.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Stamp {
     pub size: u64,
     pub mtime_s: i64,
     pub mtime_ns: i64,
+    /// Added in format 2 (absent from format 1 records: zero).
+    #[serde(default)]
+    pub dev: u64,
+    #[serde(default)]
+    pub ino: u64,
+    #[serde(default)]
+    pub ctime_s: i64,
+    #[serde(default)]
+    pub ctime_ns: i64,
 }
 
 impl Stamp {
@@ -84,6 +95,26 @@ impl Stamp {
             size: meta.size(),
             mtime_s: meta.mtime(),
             mtime_ns: meta.mtime_nsec(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime_s: meta.ctime(),
+            ctime_ns: meta.ctime_nsec(),
+        }
+    }
+
+    /// The same file: the same inode of the same device.
+    pub(crate) fn same_inode(&self, other: &Stamp) -> bool {
+        self.dev == other.dev && self.ino == other.ino
+    }
+
+    /// Whether `observed` matches this record; a format 1 record only knows size and mtime.
+    pub(crate) fn matches(&self, observed: &Stamp, legacy: bool) -> bool {
+        if legacy {
+            self.size == observed.size
+                && self.mtime_s == observed.mtime_s
+                && self.mtime_ns == observed.mtime_ns
+        } else {
+            self == observed
         }
     }
 }
@@ -274,6 +305,10 @@ mod tests {
                     size: 40000,
                     mtime_s: 1_700_000_000,
                     mtime_ns: 123_456_789,
+                    dev: 2049,
+                    ino: 12,
+                    ctime_s: 1_700_000_001,
+                    ctime_ns: 5,
                 },
             }],
         };

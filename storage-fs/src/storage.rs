@@ -19,23 +19,36 @@
 //!
 //! ## Data the client did not write
 //!
-//! A file at a final path that the resume state does not vouch for (no record, or its size or
-//! mtime changed) is [`Location::Foreign`]: opened read-only, never written, truncated or moved
-//! while the engine rechecks it. [`Storage::recheck_finished`] then settles it: if every piece
-//! touching it verified it simply becomes ours, in place; if some did, its data is the torrent's
-//! (another client's partial download, say) and it moves into the incomplete area to be
-//! completed; if none did, it stays exactly as it is and the torrent gets
-//! [`PathConflict::ForeignData`] naming it. A `.part` file beside a final path is never ours
-//! (wave 1's, recorded by a version 1 resume file with a matching stamp, is moved over once).
+//! A file at a final path that the resume state does not vouch for (no record, or another inode,
+//! size, mtime or ctime) is [`Location::Foreign`]: opened read-only (`O_NOFOLLOW`, checked to be
+//! a regular file), never written, truncated or moved while the engine rechecks it.
+//! [`Storage::recheck_finished`] then decides for every file before changing anything (one
+//! conflict: nothing moves):
+//!
+//! - every piece touching it verified, and it has the torrent's length → ours, in place;
+//! - some verified, others failed (a partial download of another client's) → moved into the
+//!   incomplete area to be completed, unless it has other hard links ([`PathConflict::HardLinked`])
+//!   or is longer than the torrent's file ([`PathConflict::Longer`]: the tail never verified);
+//! - some verified and the rest could not be checked (they also need a file not here yet), or
+//!   nothing could be checked → kept where it is, untouched. Later verified pieces are *compared*
+//!   with it instead of written; a difference is [`PathConflict::ForeignData`];
+//! - nothing verified and something failed → left exactly as it is: [`PathConflict::ForeignData`].
+//!
+//! Before adopting or moving it, the file must still be the inode seen at open
+//! ([`PathConflict::Changed`] otherwise). A complete file of ours is never written either (a
+//! piece shared with a neighbour is compared there), and is opened by name only with
+//! `O_NOFOLLOW` and only if it is still the inode we put there. A finished file replaced behind
+//! our back is recorded as absent, never as ours. A `.part` file beside a final path is never
+//! ours (wave 1's, recorded by a version 1 resume file with a matching stamp, is moved over once).
 //!
 //! ## At open
 //!
 //! Resume state is trusted per file: a file is trusted when it is where its record says, with
-//! the recorded size and mtime. Pieces claimed by the record whose files are all trusted are
-//! complete without hashing; pieces touching an untrusted file with data are handed to the
-//! engine to hash ([`Resume::Partial`], or [`Resume::NeedsRecheck`] when nothing is trusted).
-//! Any untrusted file removes the resume file until the next flush, so a crash during the
-//! recheck can never make stale state trusted.
+//! the recorded stamp (inode, size, mtime, ctime). Pieces claimed by the record whose files are
+//! all trusted are complete without hashing; pieces touching an untrusted file with data are
+//! handed to the engine to hash ([`Resume::Partial`], or [`Resume::NeedsRecheck`] when nothing is
+//! trusted). Any untrusted file removes the resume file until the next flush, so a crash during
+//! the recheck can never make stale state trusted.
 //!
 //! ## Handles and threads
 //!
@@ -49,7 +62,7 @@
 //! claims (`claims.rs`); two torrents can never share a path.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -66,8 +79,8 @@ use zigtorrent_engine::{
 use crate::cache::{FdCache, Handle};
 use crate::claims::{Claim, Claims};
 use crate::paths::{
-    check_relative, create_dirs, create_root, legacy_part_path, move_noreplace, part_file,
-    parts_dir, sync_dir,
+    check_relative, copy_to_new, create_dirs, create_root, is_cross_device, legacy_part_path,
+    move_temp, part_file, parts_dir, rename_noreplace, sync_dir,
 };
 use crate::resume::{self, FileRecord, Location, ResumeBody, Stamp, LEGACY_VERSION};
 
@@ -148,6 +161,10 @@ struct Inner {
 struct State {
     completed: Bitfield,
     locations: Vec<Location>,
+    /// What each file was when we last knew it: for our files (`Part`, `Final`) the inode we
+    /// wrote, so a file replaced behind our back is never recorded as ours; for `Foreign` files
+    /// the stamp seen at open, so one swapped during the recheck is never adopted.
+    known: Vec<Option<Stamp>>,
     /// Files being finalized right now (so two `mark_complete` calls don't both rename).
     finalizing: HashSet<usize>,
     /// Files written since the last flush.
@@ -205,13 +222,24 @@ fn stat(path: &Path) -> Result<Option<fs::Metadata>, StorageError> {
 /// Open one of our data files read-write, or read-only for reads when it may not be written
 /// (e.g. a read-only file the user made ours).
 fn open_ours(path: &Path, write: bool) -> std::io::Result<Handle> {
-    match OpenOptions::new().read(true).write(true).open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
         Ok(f) => Ok(Handle {
             file: Arc::new(f),
             writable: true,
         }),
         Err(e) if !write && e.kind() == std::io::ErrorKind::PermissionDenied => Ok(Handle {
-            file: Arc::new(File::open(path)?),
+            file: Arc::new(
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)?,
+            ),
             writable: false,
         }),
         Err(e) => Err(e),
@@ -356,7 +384,7 @@ impl Inner {
                     .map(|bf| (b, bf))
             });
         let mut trusted: Vec<bool> = match &record {
-            Some((b, bf)) => file_trust(&layout, b, bf, &observed),
+            Some((b, bf)) => file_trust(&layout, b, bf, &observed, legacy),
             // Empty files need no record: they are complete wherever they are (checked above).
             None => layout.files.iter().map(|f| f.length == 0).collect(),
         };
@@ -364,12 +392,17 @@ impl Inner {
         if legacy {
             for (i, o) in observed.iter_mut().enumerate() {
                 if o.location == Location::Part && trusted[i] {
-                    let moved = fs::create_dir_all(&parts_dir).and_then(|()| {
-                        move_noreplace(&legacy_part_path(&finals[i]), &part_file(&parts_dir, i))
-                    });
-                    if moved.is_err() {
-                        trusted[i] = false;
-                        o.location = Location::Absent;
+                    let to = part_file(&parts_dir, i);
+                    let moved = fs::create_dir_all(&parts_dir)
+                        .and_then(|()| move_ours(&legacy_part_path(&finals[i]), &to))
+                        .and_then(|()| fs::metadata(&to));
+                    match moved {
+                        // The move changed its ctime (and maybe its inode): stamp it anew.
+                        Ok(m) => o.stamp = Stamp::of(&m),
+                        Err(_) => {
+                            trusted[i] = false;
+                            o.location = Location::Absent;
+                        }
                     }
                 } else if o.location == Location::Part {
                     // Not vouched for: not ours to read or move.
@@ -380,7 +413,9 @@ impl Inner {
 
         let mut locations = Vec::with_capacity(finals.len());
         let mut recorded = Vec::with_capacity(finals.len());
+        let mut known = Vec::with_capacity(finals.len());
         for (i, o) in observed.iter().enumerate() {
+            known.push((o.location != Location::Absent).then_some(o.stamp));
             if trusted[i] {
                 locations.push(o.location);
                 recorded.push(Some((o.location, o.stamp)));
@@ -430,6 +465,7 @@ impl Inner {
             state: Mutex::new(State {
                 completed: complete,
                 locations,
+                known,
                 finalizing: HashSet::new(),
                 dirty: HashSet::new(),
                 cache: FdCache::new(max_open_files),
@@ -445,6 +481,16 @@ impl Inner {
             }
         }
         Ok(inner)
+    }
+
+    /// Whether `h` is the inode recorded for `file` (unknown: trusted, e.g. an empty file).
+    fn is_known_inode(&self, file: usize, h: &Handle) -> bool {
+        let Some(known) = lock(&self.state).known[file] else {
+            return true;
+        };
+        h.file
+            .metadata()
+            .is_ok_and(|m| known.same_inode(&Stamp::of(&m)))
     }
 
     fn is_trusted_part(&self, file: usize) -> bool {
@@ -494,6 +540,11 @@ impl Inner {
                     Err(e) => return Err(StorageError::from_io(&path, e)),
                 },
                 Location::Part | Location::Final => match open_ours(&path, write) {
+                    // A complete file is opened by name: it must still be the inode we put
+                    // there, not something swapped in since (a link to elsewhere included).
+                    Ok(h) if loc == Location::Final && !self.is_known_inode(file, &h) => {
+                        return Err(in_use(&path, PathConflict::Changed))
+                    }
                     Ok(h) => h,
                     // Moved between the lookup and the open: look again.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => continue,
@@ -557,9 +608,18 @@ impl Inner {
 
     fn write(&self, start: u64, data: &[u8]) -> Result<(), StorageError> {
         for (file, at, from, n) in self.segments(start, data.len() as u64) {
+            let loc = lock(&self.state).locations[file];
+            let bytes = &data[from..from + n];
+            if matches!(loc, Location::Final | Location::Foreign) {
+                // Already in place (ours, complete) or not ours: never written. The engine writes
+                // only verified pieces, so matching bytes there are as good as written, and
+                // differing ones are evidence (see `compare_in_place`).
+                self.compare_in_place(file, loc, at, bytes)?;
+                continue;
+            }
             let (h, path) = self.handle(file, true)?;
             h.file
-                .write_all_at(&data[from..from + n], at)
+                .write_all_at(bytes, at)
                 .map_err(|e| StorageError::from_io(&path, e))?;
             // Only after the bytes are in: a flush that misses this mark must not claim them.
             lock(&self.state).dirty.insert(file);
@@ -567,9 +627,37 @@ impl Inner {
         Ok(())
     }
 
+    /// A verified piece reaches a file we may not write: compare instead. A complete file of ours
+    /// that differs was damaged behind our back; a file we did not write that differs is not the
+    /// torrent's data. Either way it is left as it is and the torrent stops with an error.
+    fn compare_in_place(
+        &self,
+        file: usize,
+        loc: Location,
+        at: u64,
+        expected: &[u8],
+    ) -> Result<(), StorageError> {
+        let (h, path) = self.handle(file, false)?;
+        let mut there = vec![0u8; expected.len()];
+        match h.file.read_exact_at(&mut there, at) {
+            Ok(()) if there == expected => Ok(()),
+            Ok(()) | Err(_) if loc == Location::Foreign => {
+                Err(in_use(&path, PathConflict::ForeignData))
+            }
+            Ok(()) => Err(StorageError::Io {
+                path,
+                source: std::io::Error::other("a complete file changed behind our back"),
+            }),
+            Err(e) => Err(StorageError::from_io(&path, e)),
+        }
+    }
+
     /// Start writeback of `start..start + len` (see `writeback`): once per piece, not per block.
     fn start_writeback(&self, start: u64, len: u64) {
         for (file, at, _, n) in self.segments(start, len) {
+            if lock(&self.state).locations[file] != Location::Part {
+                continue;
+            }
             if let Ok((h, _)) = self.handle(file, true) {
                 crate::writeback::start(&h.file, at, n as u64);
             }
@@ -622,29 +710,31 @@ impl Inner {
             loc
         };
         let result = match loc {
-            Location::Foreign => self.adopt_in_place(file),
+            Location::Foreign => self.adopt_in_place(file).map(|_| ()),
             _ => self.finalize(file),
         };
         lock(&self.state).finalizing.remove(&file);
         result
     }
 
-    /// Every piece of a file we found at its final path verified: it is ours now, where it is.
-    /// Only a longer file is touched (cut to the torrent's length, since its data verified).
-    fn adopt_in_place(&self, file: usize) -> Result<(), StorageError> {
-        let length = self.layout.files[file].length;
+    /// The file at `file`'s final path as it is now, if it is still the very file seen at open
+    /// (same inode, size, mtime and ctime); otherwise the conflict to report.
+    fn unchanged_foreign(&self, file: usize) -> Result<Stamp, StorageError> {
         let path = &self.finals[file];
-        let size = stat(path)?.ok_or(StorageError::Missing)?.len();
-        if size > length {
-            use std::os::unix::fs::OpenOptionsExt;
-            let f = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-                .map_err(|e| StorageError::from_io(path, e))?;
-            f.set_len(length)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| StorageError::from_io(path, e))?;
+        let seen = lock(&self.state).known[file];
+        match (stat(path)?, seen) {
+            (Some(m), Some(seen)) if Stamp::of(&m) == seen => Ok(seen),
+            _ => Err(in_use(path, PathConflict::Changed)),
+        }
+    }
+
+    /// Every piece of a file we found at its final path verified: it is ours now, where it is,
+    /// untouched. Returns false (leaving it foreign) when it is longer than the torrent's file:
+    /// bytes past the torrent's length were never verified, so it is not ours to cut.
+    fn adopt_in_place(&self, file: usize) -> Result<bool, StorageError> {
+        let stamp = self.unchanged_foreign(file)?;
+        if stamp.size != self.layout.files[file].length {
+            return Ok(false);
         }
         {
             let mut st = lock(&self.state);
@@ -658,11 +748,12 @@ impl Inner {
             }
             _ => {}
         }
-        Ok(())
+        Ok(true)
     }
 
     /// fsync the part file, move it to its final path without replacing anything, fsync the
-    /// folder.
+    /// folder. Slow work (fsync, a cross-device copy) runs without the state lock, so
+    /// `has_piece` callers on the runtime never wait for it.
     fn finalize(&self, file: usize) -> Result<(), StorageError> {
         let length = self.layout.files[file].length;
         let (h, part) = self.handle(file, false)?;
@@ -683,28 +774,59 @@ impl Inner {
         h.file
             .sync_all()
             .map_err(|e| StorageError::from_io(&part, e))?;
+        let ours = h
+            .file
+            .metadata()
+            .map_err(|e| StorageError::from_io(&part, e))?;
         let target = &self.finals[file];
         create_dirs(&self.download_dir, self.final_parent(file))?;
-        {
+        let occupied = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                in_use(target, PathConflict::Occupied)
+            } else {
+                StorageError::from_io(target, e)
+            }
+        };
+        let moved = {
             // Under the lock, so nobody opens by the old name after the move.
             let mut st = lock(&self.state);
-            match move_noreplace(&part, target) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return Err(in_use(target, PathConflict::Occupied))
+            match rename_noreplace(&part, target) {
+                Ok(()) => {
+                    st.locations[file] = Location::Final;
+                    st.known[file] = Some(Stamp::of(&ours));
+                    true
                 }
-                Err(e) => return Err(StorageError::from_io(target, e)),
+                Err(e) if is_cross_device(&e) => false,
+                Err(e) => return Err(occupied(e)),
             }
-            // A cross-device move copied the data: the cached handle is the old file.
-            st.cache.remove(file);
-            st.locations[file] = Location::Final;
+        };
+        if !moved {
+            // The state folder is on another file system: copy beside the final path (no lock
+            // held), then move the copy into place.
+            let tmp = move_temp(target, &self.info_hash, file);
+            let _ = fs::remove_file(&tmp); // ours, left by a crash mid-copy
+            let copy = copy_to_new(&part, &tmp).map_err(|e| StorageError::from_io(&tmp, e))?;
+            let copied = copy
+                .metadata()
+                .map_err(|e| StorageError::from_io(&tmp, e))?;
+            {
+                let mut st = lock(&self.state);
+                if let Err(e) = rename_noreplace(&tmp, target) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(occupied(e));
+                }
+                st.cache.remove(file); // the part file's handle
+                st.locations[file] = Location::Final;
+                st.known[file] = Some(Stamp::of(&copied));
+            }
+            fs::remove_file(&part).map_err(|e| StorageError::from_io(&part, e))?;
         }
         sync_dir(self.final_parent(file))
     }
 
-    /// See [`Storage::recheck_finished`].
+    /// See [`Storage::recheck_finished`]. Decides for every file first and changes nothing when
+    /// any file is in the way, so an error never leaves a user's file moved.
     fn recheck_finished(&self, verified: &Bitfield) -> Result<(), StorageError> {
-        let mut conflicts = Vec::new();
         {
             let mut st = lock(&self.state);
             let claimed: Vec<usize> = st.completed.iter_ones().collect();
@@ -714,62 +836,154 @@ impl Inner {
                 }
             }
         }
+        let mut conflicts: Vec<StorageError> = Vec::new();
+        let mut adopt = Vec::new();
+        let mut take = Vec::new();
         for file in 0..self.finals.len() {
-            let pieces = self.layout.pieces_for_file(file);
-            let (loc, any, all) = {
-                let st = lock(&self.state);
-                let mut ps = pieces.clone();
-                let any = ps.clone().any(|p| st.completed.get(p as usize));
-                let all = ps.all(|p| st.completed.get(p as usize));
-                (st.locations[file], any, all)
-            };
-            match loc {
-                // Nothing of it matches: leave it exactly as it is.
-                Location::Foreign if !any => conflicts.push(file),
-                // Some of it is the torrent's: take it into the incomplete area to finish.
-                Location::Foreign => self.take_in(file)?,
-                // Ours, but damaged since: back to the incomplete area until repaired.
-                Location::Final if !all && !pieces.is_empty() => self.take_in(file)?,
-                _ => {}
+            match self.settle(file)? {
+                Settle::Keep => {}
+                Settle::Adopt => adopt.push(file),
+                Settle::TakeIn => take.push(file),
+                Settle::Conflict(e) => conflicts.push(e),
             }
         }
-        match conflicts.first() {
-            None => Ok(()),
-            Some(&file) => {
-                if conflicts.len() > 1 {
-                    tracing::warn!(
-                        count = conflicts.len(),
-                        "files in the way of torrent {}",
-                        self.info_hash
-                    );
+        if let Some(first) = conflicts.into_iter().enumerate().fold(None, |first, (i, e)| {
+            if i > 0 {
+                tracing::warn!(error = %e, torrent = %self.info_hash, "another file in the way");
+            }
+            first.or(Some(e))
+        }) {
+            return Err(first);
+        }
+        for file in adopt {
+            self.adopt_in_place(file)?;
+        }
+        for file in take {
+            self.take_in(file)?;
+        }
+        Ok(())
+    }
+
+    /// What to do with one file after a recheck (see the module doc).
+    fn settle(&self, file: usize) -> Result<Settle, StorageError> {
+        let pieces = self.layout.pieces_for_file(file);
+        let (loc, verified, failed, all, interior_failed) = {
+            let st = lock(&self.state);
+            let mut verified = false;
+            let mut failed = false;
+            let mut all = true;
+            let mut interior_failed = false;
+            for p in pieces.clone() {
+                let files = self.layout.files_for_piece(p);
+                if st.completed.get(p as usize) {
+                    verified = true;
+                    continue;
                 }
-                Err(in_use(&self.finals[file], PathConflict::ForeignData))
+                all = false;
+                // Hashable: every file of the piece had data, so the failure is evidence.
+                if files.iter().all(|&f| st.locations[f] != Location::Absent) {
+                    failed = true;
+                    interior_failed |= files.len() == 1;
+                }
             }
-        }
+            (st.locations[file], verified, failed, all, interior_failed)
+        };
+        Ok(match loc {
+            Location::Foreign => {
+                let stamp = match self.unchanged_foreign(file) {
+                    Ok(s) => s,
+                    Err(e) => return Ok(Settle::Conflict(e)),
+                };
+                let path = &self.finals[file];
+                let length = self.layout.files[file].length;
+                if stamp.size > length && verified {
+                    // Bytes past the torrent's end were never verified: not ours to cut.
+                    Settle::Conflict(in_use(path, PathConflict::Longer))
+                } else if all && verified {
+                    Settle::Adopt
+                } else if verified && !failed {
+                    // Nothing against it; the rest needs files not here yet. Keep it where it
+                    // is, untouched: pieces that arrive later are compared with it.
+                    Settle::Keep
+                } else if verified {
+                    if nlink(path)? > 1 {
+                        // Completing it would write into the user's other names for it.
+                        Settle::Conflict(in_use(path, PathConflict::HardLinked))
+                    } else {
+                        Settle::TakeIn
+                    }
+                } else if failed {
+                    Settle::Conflict(in_use(path, PathConflict::ForeignData))
+                } else {
+                    // No evidence either way (every piece also needs a file not here yet): keep
+                    // it, untouched; verified pieces will be compared with it as they arrive.
+                    Settle::Keep
+                }
+            }
+            // Ours and complete, but a piece lying only in it failed: it was damaged since.
+            Location::Final if interior_failed => Settle::TakeIn,
+            _ => Settle::Keep,
+        })
     }
 
     /// Move `file` from its final path into the incomplete area (its data, or some of it,
-    /// verified), sized to the torrent's length.
+    /// verified), sized to the torrent's length. A cross-device move copies without the lock.
     fn take_in(&self, file: usize) -> Result<(), StorageError> {
         let from = &self.finals[file];
         let to = part_file(&self.parts_dir, file);
         create_dirs(&self.state_dir, &self.parts_dir)?;
-        let mut st = lock(&self.state);
         // A stale part file of ours may be there: it is ours to replace.
         match fs::remove_file(&to) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(StorageError::from_io(&to, e)),
         }
-        move_noreplace(from, &to).map_err(|e| StorageError::from_io(from, e))?;
-        st.cache.remove(file);
-        st.locations[file] = Location::Part;
-        drop(st);
-        OpenOptions::new()
+        let foreign = lock(&self.state).locations[file] == Location::Foreign;
+        if foreign {
+            self.unchanged_foreign(file)?;
+        }
+        let moved = {
+            let mut st = lock(&self.state);
+            match rename_noreplace(from, &to) {
+                Ok(()) => {
+                    st.cache.remove(file);
+                    st.locations[file] = Location::Part;
+                    true
+                }
+                Err(e) if is_cross_device(&e) => false,
+                Err(e) => return Err(StorageError::from_io(from, e)),
+            }
+        };
+        if !moved {
+            copy_to_new(from, &to).map_err(|e| StorageError::from_io(&to, e))?;
+            {
+                let mut st = lock(&self.state);
+                st.cache.remove(file);
+                st.locations[file] = Location::Part;
+            }
+            fs::remove_file(from).map_err(|e| StorageError::from_io(from, e))?;
+        }
+        let f = OpenOptions::new()
             .write(true)
             .open(&to)
-            .and_then(|f| f.set_len(self.layout.files[file].length))
             .map_err(|e| StorageError::from_io(&to, e))?;
+        f.set_len(self.layout.files[file].length)
+            .map_err(|e| StorageError::from_io(&to, e))?;
+        if foreign {
+            // Renamed between the check and the move? Then it is not what we verified: put it
+            // back (never over anything) and stop.
+            let now = f.metadata().map_err(|e| StorageError::from_io(&to, e))?;
+            let seen = lock(&self.state).known[file];
+            if moved && !seen.is_some_and(|s| s.same_inode(&Stamp::of(&now))) {
+                let back = rename_noreplace(&to, from);
+                lock(&self.state).locations[file] = if back.is_ok() {
+                    Location::Foreign
+                } else {
+                    Location::Part
+                };
+                return Err(in_use(from, PathConflict::Changed));
+            }
+        }
         sync_dir(&self.parts_dir)?;
         sync_dir(self.final_parent(file))?;
         lock(&self.state).dirty.insert(file);
@@ -819,6 +1033,15 @@ impl Inner {
                 stamp: rec.1,
             });
         }
+        // A record of a missing file must claim none of its pieces (see `file_trust`).
+        let mut completed = completed;
+        for (i, r) in records.iter().enumerate() {
+            if r.location == Location::Absent {
+                for p in self.layout.pieces_for_file(i) {
+                    completed.clear(p as usize);
+                }
+            }
+        }
         // 3. Then the claim.
         let body = ResumeBody {
             info_hash: self.info_hash.0.to_vec(),
@@ -833,8 +1056,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Where `file` is now and its size/mtime. A file may have just been finalized, so look at
-    /// the other place too before calling it absent.
+    /// Where `file` is now and its stamp. A file may have just been finalized, so look at the
+    /// other place too before calling it absent. A file at our final path that is not the inode
+    /// we put there was replaced behind our back: it is recorded as absent, so it is never
+    /// trusted as ours (the next start sees it as a file we did not write).
     fn stamp(&self, file: usize, expected: Location) -> Result<(Location, Stamp), StorageError> {
         let order = match expected {
             Location::Final => [Location::Final, Location::Part],
@@ -842,20 +1067,57 @@ impl Inner {
         };
         for loc in order {
             if let Some(m) = stat(&self.path_at(file, loc))? {
-                return Ok((loc, Stamp::of(&m)));
+                let stamp = Stamp::of(&m);
+                if loc == Location::Final {
+                    let ours = lock(&self.state).known[file];
+                    if !ours.is_some_and(|o| o.same_inode(&stamp)) {
+                        tracing::warn!(path = %self.finals[file].display(), "a finished file was replaced by another");
+                        return Ok((Location::Absent, Stamp::default()));
+                    }
+                }
+                return Ok((loc, stamp));
             }
         }
         Ok((Location::Absent, Stamp::default()))
     }
 }
 
-/// Which files agree with their record: where it says, with the recorded size and mtime, and
-/// (for a file at its final path) with every piece claimed, (for a missing one) none.
+/// The decision for one file after a recheck.
+enum Settle {
+    Keep,
+    Adopt,
+    TakeIn,
+    Conflict(StorageError),
+}
+
+fn nlink(path: &Path) -> Result<u64, StorageError> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path)
+        .map(|m| m.nlink())
+        .map_err(|e| StorageError::from_io(path, e))
+}
+
+/// Move our own file `from` to `to` (neither in a user's place): a rename, or across file
+/// systems a copy into a new file and the removal of `from`.
+fn move_ours(from: &Path, to: &Path) -> std::io::Result<()> {
+    match rename_noreplace(from, to) {
+        Err(e) if is_cross_device(&e) => {
+            copy_to_new(from, to)?;
+            fs::remove_file(from)
+        }
+        other => other,
+    }
+}
+
+/// Which files agree with their record: where it says, with the recorded stamp (inode, size,
+/// mtime, ctime; a format 1 record has only size and mtime), and (for a file at its final path)
+/// with every piece claimed, (for a missing one) none.
 fn file_trust(
     layout: &Layout,
     body: &ResumeBody,
     completed: &Bitfield,
     observed: &[Observed],
+    legacy: bool,
 ) -> Vec<bool> {
     body.files
         .iter()
@@ -868,7 +1130,7 @@ fn file_trust(
             let mut pieces = layout.pieces_for_file(i);
             let place_ok = rec.location == obs.location
                 && !obs.both
-                && (rec.location == Location::Absent || rec.stamp == obs.stamp);
+                && (rec.location == Location::Absent || rec.stamp.matches(&obs.stamp, legacy));
             let claims_ok = match rec.location {
                 Location::Final => pieces.all(|p| completed.get(p as usize)),
                 Location::Absent => !pieces.any(|p| completed.get(p as usize)),

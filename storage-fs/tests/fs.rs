@@ -743,3 +743,400 @@ async fn a_file_where_a_folder_belongs_is_named_and_kept() {
     }
     assert_eq!(fs::read(c.dl("t/sub")).unwrap(), b"the user's");
 }
+// ------------------------------------------------------------------------------------------
+// Found by a hostile review of the first version of these rules (issue 9): each scenario once
+// destroyed or trusted what it must not; each now asserts the safe outcome.
+
+/// E1: a user's file that is the torrent's file plus an appended tail: every piece verifies, so
+/// it is "adopted" and cut to the torrent's length; the tail never verified.
+#[tokio::test]
+async fn rev_e1_longer_user_file_is_not_cut() {
+    let c = Case::new(&[("t/a", 20_000)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    let mut mine = c.file_bytes(0).to_vec();
+    mine.extend_from_slice(b"rows the user appended later");
+    fs::write(c.dl("t/a"), &mine).unwrap();
+    let s = c.open().await;
+    let (_good, r) = c.try_recheck(&*s).await;
+    eprintln!("recheck_finished: {r:?}");
+    assert_eq!(
+        fs::read(c.dl("t/a")).unwrap().len(),
+        mine.len(),
+        "user's appended tail was cut off"
+    );
+}
+
+/// E2: another client's download with one file skipped (a): b's bytes are right but lie wholly in
+/// a piece shared with the absent a, so nothing of b can verify -> "none of its data matches";
+/// c is right too but loses its shared piece -> moved out of the downloads folder.
+#[tokio::test]
+async fn rev_e2_selective_download_from_another_client() {
+    let c = Case::new(&[("t/a", 20_000), ("t/b", 1_000), ("t/c", 30_000)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    fs::write(c.dl("t/b"), c.file_bytes(1)).unwrap();
+    fs::write(c.dl("t/c"), c.file_bytes(2)).unwrap();
+    let s = c.open().await;
+    let (good, r) = c.try_recheck(&*s).await;
+    eprintln!("good {good:?}, recheck_finished: {r:?}");
+    eprintln!("dl tree after: {:?}", tree(&c.spec.download_dir));
+    assert!(r.is_ok(), "correct data reported as foreign: {r:?}");
+    assert!(
+        exists(&c.dl("t/c")),
+        "t/c (correct) was moved out of the downloads folder"
+    );
+}
+
+/// E3: a trusted final file beside a deleted neighbour: the shared piece is written *at the
+/// final path*, through whatever is there now (here a symlink to a file outside downloads).
+#[tokio::test]
+async fn rev_e3_write_at_final_path_follows_what_is_there() {
+    let c = Case::new(&[("t/a", 20_000), ("t/b", 20_000)]);
+    let s = c.open().await;
+    for p in 0..c.spec.layout.piece_count() {
+        c.complete(&*s, p).await;
+    }
+    s.flush().await.unwrap();
+    drop(s);
+    fs::remove_file(c.dl("t/b")).unwrap(); // user deletes one file of a seeded torrent
+    let s = c.open().await;
+    eprintln!("resume after deleting b: {:?}", s.resume());
+    // After open, the user puts their own thing at t/a (here: a link to a file outside).
+    let outside = c.root.join("outside.txt");
+    let theirs = vec![b'U'; 20_000];
+    fs::write(&outside, &theirs).unwrap();
+    fs::remove_file(c.dl("t/a")).unwrap();
+    std::os::unix::fs::symlink(&outside, c.dl("t/a")).unwrap();
+    // The engine downloads the shared piece 1: the part in t/a is never written, and the link
+    // swapped in is not followed.
+    let r = s
+        .write(1, 0, vec![Bytes::copy_from_slice(c.piece_bytes(1))])
+        .await;
+    assert!(r.is_err(), "a swapped-in link must not be accepted: {r:?}");
+    assert!(
+        fs::read(&outside).unwrap() == theirs,
+        "wrote into a file outside downloads"
+    );
+    assert!(
+        s.read(0, 0, PL).await.is_err(),
+        "nor read from (it would be seeded)"
+    );
+}
+
+/// E4: --state equal to --downloads (the claim check skips rel == ""): a torrent named `parts`
+/// finishes a file at another torrent's part path; that torrent then writes into it.
+#[tokio::test]
+async fn rev_e4_state_equal_to_downloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    let backend = FsBackend::new();
+    let v_hash = InfoHash([1; 20]);
+    let a_layout = Layout::new(
+        PL,
+        [(
+            PathBuf::from(format!("parts/{}/0.part", v_hash.to_hex())),
+            20_000u64,
+        )],
+    );
+    let a_data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let _ = &a_data;
+    let r = backend
+        .open(StorageSpec {
+            info_hash: InfoHash([2; 20]),
+            layout: Arc::new(a_layout.clone()),
+            download_dir: d.clone(),
+            state_dir: d.clone(),
+        })
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(StorageError::PathInUse {
+                why: PathConflict::StateFolder,
+                ..
+            })
+        ),
+        "a torrent named like the state folder's own names is refused: {:?}",
+        r.err()
+    );
+    let v_layout = Layout::new(PL, [(PathBuf::from("v"), 20_000u64)]);
+    let v = backend
+        .open(StorageSpec {
+            info_hash: v_hash,
+            layout: Arc::new(v_layout),
+            download_dir: d.clone(),
+            state_dir: d.clone(),
+        })
+        .await
+        .unwrap();
+    v.write(0, 0, vec![Bytes::from(vec![0xEE; PL as usize])])
+        .await
+        .unwrap();
+}
+
+/// E5: a user's file hard-linked into downloads (backup snapshots, *arr tools) that partly
+/// verifies: taken in by rename (same inode) and completed in place, so the link outside
+/// downloads is rewritten.
+#[tokio::test]
+async fn rev_e5_hardlinked_user_file_written_through() {
+    let c = Case::new(&[("t/a", 40_000)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    let backup = c.root.join("backup-of-a");
+    let mut mine = c.file_bytes(0).to_vec();
+    for b in &mut mine[PL as usize..] {
+        *b = b'U';
+    }
+    fs::write(&backup, &mine).unwrap();
+    fs::hard_link(&backup, c.dl("t/a")).unwrap();
+    let s = c.open().await;
+    let (good, r) = c.try_recheck(&*s).await;
+    assert_eq!(good, [0]);
+    assert!(
+        matches!(
+            r,
+            Err(StorageError::PathInUse {
+                why: PathConflict::HardLinked,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    for p in 1..c.spec.layout.piece_count() {
+        let r = s
+            .write(p, 0, vec![Bytes::copy_from_slice(c.piece_bytes(p))])
+            .await;
+        assert!(r.is_err(), "piece {p} written into a file we did not write");
+    }
+    assert!(
+        fs::read(&backup).unwrap() == mine,
+        "the user's file outside downloads was rewritten"
+    );
+}
+
+/// E6: the stamp is size + mtime only: a different file with the same size and mtime at a final
+/// path is trusted complete without hashing (has_piece lies; we seed it).
+#[tokio::test]
+async fn rev_e6_replaced_file_with_same_size_and_mtime_is_trusted() {
+    let c = Case::new(&[("a", 20_000)]);
+    let s = c.open().await;
+    for p in 0..2 {
+        c.complete(&*s, p).await;
+    }
+    s.flush().await.unwrap();
+    drop(s);
+    let mtime = fs::metadata(c.dl("a")).unwrap().modified().unwrap();
+    let tmp = c.root.join("new");
+    fs::write(&tmp, vec![b'X'; 20_000]).unwrap();
+    fs::rename(&tmp, c.dl("a")).unwrap(); // new inode
+    fs::OpenOptions::new()
+        .write(true)
+        .open(c.dl("a"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let s = c.open().await;
+    eprintln!("resume: {:?}", s.resume());
+    assert!(
+        !s.has_piece(0),
+        "a different file (new inode, new ctime) is trusted as complete"
+    );
+}
+
+/// E7: the state lock is held across the cross-device copy in finalize: has_piece (called on the
+/// runtime's threads for every peer request) blocks for the whole copy + fsync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rev_e7_has_piece_blocks_during_cross_device_finalize() {
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let mut c = Case::new(&[("big", 48 << 20)]);
+    c.spec.state_dir = shm.path().join("state");
+    let s = c.open().await;
+    let n = c.spec.layout.piece_count();
+    for p in 0..n - 1 {
+        c.complete(&*s, p).await;
+    }
+    c.write(&*s, n - 1).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s2, stop2) = (s.clone(), stop.clone());
+    let prober = std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            let t = std::time::Instant::now();
+            let _ = s2.has_piece(0);
+            worst = worst.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        worst
+    });
+    let t = std::time::Instant::now();
+    s.mark_complete(n - 1).await.unwrap();
+    let took = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let worst = prober.join().unwrap();
+    eprintln!("finalize took {took:?}, worst has_piece {worst:?}");
+    assert!(
+        worst < Duration::from_millis(50),
+        "has_piece blocked {worst:?}"
+    );
+}
+
+/// E8: hashing reads the foreign file through a descriptor, adoption/take-in act on the path:
+/// a file swapped in between (an editor's save-by-rename) is adopted unverified.
+#[tokio::test]
+async fn rev_e8_file_swapped_after_hashing_is_adopted() {
+    let c = Case::new(&[("t/a", 20_000)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    fs::write(c.dl("t/a"), c.file_bytes(0)).unwrap();
+    let s = c.open().await;
+    let mut verified = Bitfield::new(2);
+    for p in 0..2 {
+        assert_eq!(
+            &s.read(p, 0, c.spec.layout.piece_len(p)).await.unwrap()[..],
+            c.piece_bytes(p)
+        );
+        verified.set(p as usize);
+    }
+    let tmp = c.root.join("saved");
+    fs::write(&tmp, vec![b'N'; 20_000]).unwrap();
+    fs::rename(&tmp, c.dl("t/a")).unwrap(); // the user saves a new version
+    s.mark_complete(0).await.unwrap();
+    let r = s.mark_complete(1).await;
+    assert!(
+        matches!(
+            r,
+            Err(StorageError::PathInUse {
+                why: PathConflict::Changed,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert!(s.recheck_finished(&verified).await.is_err());
+    assert_eq!(
+        fs::read(c.dl("t/a")).unwrap(),
+        vec![b'N'; 20_000],
+        "the new version is kept"
+    );
+    assert!(!s.is_finalized(0), "and not adopted");
+}
+
+/// E9: a finished file replaced at its final path before the next flush (a post-processing
+/// script) is stamped as ours; a later recheck finds none of it verifies and, since it is
+/// "Final", takes it in (moves it away and overwrites it) instead of leaving it.
+#[tokio::test]
+async fn rev_e9_file_replaced_before_flush_is_stamped_ours_then_taken() {
+    let c = Case::new(&[("t/a", 20_000), ("t/b", 20_000)]);
+    let s = c.open().await;
+    for p in 0..c.spec.layout.piece_count() {
+        c.complete(&*s, p).await;
+    }
+    let tmp = c.root.join("processed");
+    fs::write(&tmp, vec![b'P'; 30_000]).unwrap();
+    fs::rename(&tmp, c.dl("t/a")).unwrap(); // the user's post-processing replaces t/a
+    s.flush().await.unwrap();
+    drop(s);
+    let s = c.open().await;
+    eprintln!("resume after reopen: {:?}", s.resume());
+    let (good, r) = c.try_recheck(&*s).await; // the user presses r
+    eprintln!("good {good:?} {r:?}; dl: {:?}", tree(&c.spec.download_dir));
+    assert!(
+        fs::read(c.dl("t/a"))
+            .map(|b| b == vec![b'P'; 30_000])
+            .unwrap_or(false),
+        "the user's file at t/a was moved away / changed"
+    );
+}
+
+/// E10: settling is not all-or-nothing: a later conflict (t/b) errors the torrent, but t/a
+/// (partly matching) was already moved out of the downloads folder into the hidden state area.
+#[tokio::test]
+async fn rev_e10_conflict_after_take_in() {
+    let c = Case::new(&[("t/a", 40_000), ("t/b", 20_000)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    let mut a = c.file_bytes(0).to_vec();
+    for x in &mut a[PL as usize..] {
+        *x = b'U';
+    }
+    fs::write(c.dl("t/a"), &a).unwrap();
+    fs::write(c.dl("t/b"), vec![b'V'; 20_000]).unwrap();
+    let s = c.open().await;
+    let (good, r) = c.try_recheck(&*s).await;
+    eprintln!("good {good:?} {r:?}; dl: {:?}", tree(&c.spec.download_dir));
+    assert!(r.is_err());
+    assert!(
+        exists(&c.dl("t/a")),
+        "t/a moved into the state folder although the torrent stopped in error"
+    );
+}
+
+/// E11: the user edits a small file (t/b, a .nfo) of a finished torrent. At the next start the
+/// shared piece fails, so the big complete neighbour t/a is moved out of downloads into the
+/// state folder, and then the torrent errors on t/b.
+#[tokio::test]
+async fn rev_e11_editing_a_small_file_hides_its_neighbour() {
+    let c = Case::new(&[("t/a", 20_000), ("t/b", 1_000)]);
+    let s = c.open().await;
+    for p in 0..c.spec.layout.piece_count() {
+        c.complete(&*s, p).await;
+    }
+    s.flush().await.unwrap();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(20));
+    let mut nfo = c.file_bytes(1).to_vec();
+    nfo[0] ^= 1;
+    fs::write(c.dl("t/b"), &nfo).unwrap(); // the user edits the .nfo
+    let s = c.open().await;
+    let resume = s.resume();
+    let Resume::Partial { complete, check } = resume.clone() else {
+        panic!("{resume:?}")
+    };
+    // What the engine does for Partial: hash `check`, then settle with trusted + verified.
+    let mut have = complete.clone();
+    for p in check.iter_ones() {
+        let p = p as u32;
+        if let Ok(b) = s.read(p, 0, c.spec.layout.piece_len(p)).await {
+            if b[..] == *c.piece_bytes(p) {
+                s.mark_complete(p).await.unwrap();
+                have.set(p as usize);
+            }
+        }
+    }
+    let r = s.recheck_finished(&have).await;
+    eprintln!("{resume:?} -> {r:?}; dl: {:?}", tree(&c.spec.download_dir));
+    assert!(
+        exists(&c.dl("t/a")),
+        "complete, trusted t/a was moved out of the downloads folder"
+    );
+}
+
+/// E12 (expected to pass): after a ForeignData error, the user moves the file away and
+/// rechecks: the torrent carries on with what verified.
+#[tokio::test]
+async fn rev_e12_fix_and_recheck_recovers() {
+    let c = Case::new(&[("t/a", 40_000), ("t/b", 20_000)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    let mut a = c.file_bytes(0).to_vec();
+    for x in &mut a[PL as usize..] {
+        *x = b'U';
+    }
+    fs::write(c.dl("t/a"), &a).unwrap();
+    fs::write(c.dl("t/b"), vec![b'V'; 20_000]).unwrap();
+    let s = c.open().await;
+    let (_, r) = c.try_recheck(&*s).await;
+    assert!(r.is_err());
+    drop(s);
+    fs::rename(c.dl("t/b"), c.root.join("moved-away")).unwrap();
+    let s = c.open().await;
+    let (good, r) = c.try_recheck(&*s).await;
+    r.unwrap();
+    assert_eq!(good, [0]);
+    for p in 1..c.spec.layout.piece_count() {
+        c.complete(&*s, p).await;
+    }
+    assert!(
+        fs::read(c.dl("t/a")).unwrap() == c.file_bytes(0)
+            && fs::read(c.dl("t/b")).unwrap() == c.file_bytes(1)
+    );
+    assert_eq!(
+        fs::read(c.root.join("moved-away")).unwrap(),
+        vec![b'V'; 20_000]
+    );
+}

@@ -191,6 +191,17 @@ pub enum PathConflict {
     /// replaced.
     #[error("holds a file this client did not write, which appeared while downloading; move it away, then recheck")]
     Occupied,
+    /// A file we did not write is longer than the torrent's: the bytes past its end were never
+    /// verified, so it is not cut.
+    #[error("holds a file this client did not write that is longer than the torrent's; move it away, then recheck")]
+    Longer,
+    /// A file we did not write partly matches but has other hard links: completing it would
+    /// change the user's other names for it.
+    #[error("holds a partly matching file with other hard links, which completing it would change; move it away, then recheck")]
+    HardLinked,
+    /// The file changed while it was being checked.
+    #[error("changed while it was being checked; recheck")]
+    Changed,
     /// A non-empty file is where the torrent has an empty one.
     #[error(
         "holds a non-empty file where the torrent has an empty one; move it away, then recheck"
