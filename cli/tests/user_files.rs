@@ -82,12 +82,9 @@ fn a_users_file_at_the_torrents_path_is_not_replaced() {
 
     let mut c = client(dir.path());
     std::fs::write(dir.path().join("torrents/report.torrent"), torrent).unwrap();
-    let (_, line) = c.wait_line("move it away", Duration::from_secs(10));
-    assert!(
-        line.starts_with("out: report.pdf: ") && line.contains("error:"),
-        "{line}"
-    );
+    let (_, line) = c.wait_line("err: error: report.pdf: ", Duration::from_secs(10));
     assert!(line.contains("downloads/report.pdf"), "{line}");
+    assert!(line.contains("move it away"), "{line}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(identity(&mine), before);
     stop(c);
