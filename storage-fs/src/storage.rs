@@ -64,7 +64,7 @@
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -671,6 +671,13 @@ impl Inner {
             h.file
                 .read_exact_at(&mut buf[from..from + n], at)
                 .map_err(|e| StorageError::from_io(&path, e))?;
+            // A file deleted under us stays readable through the open descriptor; serving from
+            // it would hide the loss until the next start. One fstat per read notices it.
+            if h.file.metadata().is_ok_and(|m| m.nlink() == 0) {
+                lock(&self.state).cache.remove(file);
+                tracing::warn!(path = %path.display(), "a data file was deleted");
+                return Err(StorageError::Missing);
+            }
         }
         Ok(buf.into())
     }
@@ -1091,7 +1098,6 @@ enum Settle {
 }
 
 fn nlink(path: &Path) -> Result<u64, StorageError> {
-    use std::os::unix::fs::MetadataExt;
     fs::symlink_metadata(path)
         .map(|m| m.nlink())
         .map_err(|e| StorageError::from_io(path, e))

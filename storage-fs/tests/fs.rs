@@ -1140,3 +1140,25 @@ async fn rev_e12_fix_and_recheck_recovers() {
         vec![b'V'; 20_000]
     );
 }
+
+/// A complete file deleted while seeding stays readable through the cached descriptor; reads
+/// must still report it missing so the engine notices the loss (issue 9, point 10).
+#[tokio::test]
+async fn a_deleted_file_reads_as_missing_even_through_an_open_descriptor() {
+    let c = Case::new(&[("t/a", 20_000)]);
+    let s = c.open().await;
+    for p in 0..2 {
+        c.complete(&*s, p).await;
+    }
+    assert_eq!(
+        &s.read(0, 0, PL).await.unwrap()[..],
+        c.piece_bytes(0),
+        "cached now"
+    );
+    fs::remove_file(c.dl("t/a")).unwrap();
+    assert!(matches!(s.read(0, 0, PL).await, Err(StorageError::Missing)));
+    assert!(matches!(
+        s.read(1, 0, 100).await,
+        Err(StorageError::Missing)
+    ));
+}

@@ -1,5 +1,6 @@
-//! A data file truncated while we seed it: the failed read is noticed, the torrent stops with an
-//! error naming the file, drops its peers, and no longer tells the tracker it is a seed.
+//! A data file truncated or deleted while we seed it: the failed read is noticed, the torrent
+//! stops with an error naming the file, drops its peers, and no longer tells the tracker it is a
+//! seed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,17 @@ use zigtorrent_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_file_while_seeding_is_an_error_and_ends_seed_announces() {
+    data_lost_while_seeding(false).await;
+}
+
+/// Deleted: its descriptor stays open (and readable) in storage's cache, so the loss must be
+/// noticed some other way than a short read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_file_while_seeding_is_an_error_and_ends_seed_announces() {
+    data_lost_while_seeding(true).await;
+}
+
+async fn data_lost_while_seeding(delete: bool) {
     let dir = tempfile::tempdir().unwrap();
     let seed_dir = dir.path().join("seed");
     let source = write_payload(&seed_dir, "payload", 11);
@@ -28,12 +40,16 @@ async fn a_truncated_file_while_seeding_is_an_error_and_ends_seed_announces() {
     // The user's tools shrink the biggest file to nothing (same inode: an open descriptor sees
     // it too). 100 KiB of 400: a leecher asking for every piece reaches it at once.
     let victim = source.join("a.bin");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&victim)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
+    if delete {
+        std::fs::remove_file(&victim).unwrap();
+    } else {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&victim)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
 
     let leech_dir = dir.path().join("leech");
     let leecher = start_session(&leech_dir, Arc::new(FsBackend::new()), vec![seed_addr]).await;
