@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +69,14 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
     if signals.arrived() {
         return Ok(());
     }
+    // The client's own files (lock, log, resume state, incomplete data) must never share a
+    // folder with a user's downloads, where a name of theirs could be one of ours.
+    if same_folder(&s.state, &s.downloads) {
+        bail!(
+            "the state folder {} is the downloads folder: give --state a folder of its own (default: <downloads>/.zigtorrent)",
+            s.state.display()
+        );
+    }
     // The state folder first: its lock must be held before anything looks inside the folders.
     create_folder("state", &s.state)?;
     let lock = crate::instance::acquire(&s.state)?;
@@ -115,6 +123,30 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
     runtime.shutdown_timeout(Duration::from_millis(200));
     drop(lock);
     result
+}
+
+/// Whether `a` and `b` name the same folder: the same inode when both exist, else the same
+/// absolute path with `.` and `..` resolved by name.
+fn same_folder(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return ma.dev() == mb.dev() && ma.ino() == mb.ino();
+    }
+    let norm = |p: &Path| -> Option<PathBuf> {
+        let abs = std::path::absolute(p).ok()?;
+        let mut out = PathBuf::new();
+        for c in abs.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                c => out.push(c),
+            }
+        }
+        Some(out)
+    };
+    norm(a).is_some_and(|x| Some(x) == norm(b))
 }
 
 /// Create `dir` if missing; it must be a directory.

@@ -145,3 +145,38 @@ fn two_torrents_with_one_name_never_share_it() {
     );
     stop(c);
 }
+
+/// The state folder may not be the downloads folder: the client's lock, log and resume files
+/// would share names with the user's files there (a user's `zigtorrent.lock` was overwritten).
+#[test]
+fn the_state_folder_may_not_be_the_downloads_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let dl = dir.path().join("downloads");
+    std::fs::create_dir_all(&dl).unwrap();
+    std::fs::write(dl.join("zigtorrent.lock"), b"my notes").unwrap();
+    for state in [dl.clone(), dir.path().join("downloads/./sub/..")] {
+        let out = bin()
+            .args(["run", "--headless", "--listen", "0"])
+            .arg("--torrents")
+            .arg(dir.path().join("torrents"))
+            .arg("--downloads")
+            .arg(&dl)
+            .arg("--state")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.lines()
+                .next()
+                .unwrap_or("")
+                .contains("is the downloads folder"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(dl.join("zigtorrent.lock")).unwrap(),
+        b"my notes"
+    );
+}

@@ -13,6 +13,12 @@
 //! folds case (probed once per folder by creating a lower-case name and looking up its
 //! upper-case twin). A claim lasts as long as the torrent's storage; the same torrent opening
 //! again takes its claim over.
+//!
+//! Claims also outlive the process: the first torrent to claim a root leaves a marker,
+//! `<state>/roots/<sha1 of folder and root>`, holding its info-hash. Another torrent is refused
+//! that root while the marker's owner still has resume state and something is at the root, so
+//! after a restart the order in which torrents are added cannot hand an earlier torrent's
+//! finished files to a later one with the same name.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -22,6 +28,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use sha1::{Digest, Sha1};
 use zigtorrent_engine::{InfoHash, Layout, PathConflict, StorageError};
 
 /// The claims of every torrent opened by one backend.
@@ -104,6 +111,11 @@ impl Claims {
         let root = root.as_os_str();
         let root_key = key(root.as_bytes(), fold);
         let root_path = download_dir.join(root);
+        // The client's own names beside a user's files (temporary copies, the default state
+        // folder) are never a torrent's.
+        if root_key.starts_with(b".zigtorrent") {
+            return Err(conflict(root_path, PathConflict::StateFolder));
+        }
         if let Ok(state) = fs::canonicalize(state_dir) {
             if let Ok(rel) = state.strip_prefix(&dl) {
                 let reserved = match rel.components().next() {
@@ -115,6 +127,15 @@ impl Claims {
                 if reserved {
                     return Err(conflict(root_path, PathConflict::StateFolder));
                 }
+            }
+        }
+        let marker = marker_path(state_dir, &dl, &root_key);
+        if let Some(owner) = marker_owner(&marker) {
+            let owner_has_state = state_dir
+                .join(format!("{}.resume", owner.to_hex()))
+                .exists();
+            if owner != info_hash && owner_has_state && root_path.symlink_metadata().is_ok() {
+                return Err(conflict(root_path, PathConflict::OtherTorrent(owner)));
             }
         }
         let mut t = lock(&self.inner);
@@ -134,6 +155,13 @@ impl Claims {
             _ => {}
         }
         t.roots.insert(k.clone(), owner);
+        drop(t);
+        if marker_owner(&marker) != Some(info_hash) {
+            // Best effort: without it, only the restart-order protection is lost.
+            if let Err(e) = write_marker(&marker, &info_hash) {
+                tracing::warn!(error = %e, path = %marker.display(), "cannot record a path claim");
+            }
+        }
         Ok(Claim {
             claims: self.clone(),
             key: k,
@@ -149,6 +177,31 @@ impl Claims {
         lock(&self.inner).folds_case.insert(dir.to_path_buf(), f);
         f
     }
+}
+
+/// `<state>/roots/<hex>`: the marker of `root_key` under the download folder `dl`.
+fn marker_path(state_dir: &Path, dl: &Path, root_key: &[u8]) -> PathBuf {
+    let mut h = Sha1::new();
+    h.update(dl.as_os_str().as_bytes());
+    h.update([0]);
+    h.update(root_key);
+    state_dir.join("roots").join(hex::encode(h.finalize()))
+}
+
+/// The info-hash a marker names; `None` if there is none or it is not one (damaged: ignored).
+fn marker_owner(marker: &Path) -> Option<InfoHash> {
+    let text = fs::read(marker).ok()?;
+    let bytes = hex::decode(text.get(..40)?).ok()?;
+    Some(InfoHash(bytes.try_into().ok()?))
+}
+
+fn write_marker(marker: &Path, info_hash: &InfoHash) -> std::io::Result<()> {
+    let dir = marker.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let mut tmp = marker.as_os_str().to_owned();
+    tmp.push(".tmp");
+    fs::write(&tmp, info_hash.to_hex())?;
+    fs::rename(&tmp, marker)
 }
 
 /// Names the client itself keeps in its state folder (compared lower-cased, conservatively).
@@ -329,6 +382,16 @@ mod tests {
             .claim(InfoHash([5; 20]), &layout(&["movie"]), &dl, &dl)
             .is_ok());
         assert!(!probe_case_folding(&dl), "ext4/tmpfs do not fold case");
-        assert_eq!(fs::read_dir(&dl).unwrap().count(), 1, "probe file removed");
+        let probes = fs::read_dir(&dl)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("case-probe")
+            })
+            .count();
+        assert_eq!(probes, 0, "probe file removed");
     }
 }

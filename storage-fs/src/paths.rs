@@ -76,15 +76,21 @@ pub(crate) fn copy_to_new(from: &Path, tmp: &Path) -> io::Result<File> {
     Ok(dst)
 }
 
-/// The temporary name beside `final_path` that a cross-device move of file `file` of torrent
-/// `info_hash` copies into. Fixed per file, so a copy left by a crash is found and replaced by
-/// the next attempt instead of piling up in the user's folder.
+/// A fresh temporary name beside `final_path` for a cross-device move of file `file` of torrent
+/// `info_hash` to copy into (created exclusively: if anything is there the copy fails, nothing is
+/// removed). Unique per process and moment, so it can't be predicted by a torrent; a copy left
+/// by a crash mid-copy stays behind under a `.zigtorrent-` name.
 pub(crate) fn move_temp(final_path: &Path, info_hash: &InfoHash, file: usize) -> PathBuf {
     let hex = info_hash.to_hex();
-    final_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(format!(".zigtorrent-{}-{file}.tmp", &hex[..16]))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    final_path.parent().unwrap_or(Path::new(".")).join(format!(
+        ".zigtorrent-{}-{file}-{}-{nanos}.tmp",
+        &hex[..16],
+        std::process::id()
+    ))
 }
 
 /// Defense in depth: layout paths are sanitised by the metainfo parser, but storage still

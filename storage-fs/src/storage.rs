@@ -27,8 +27,13 @@
 //!
 //! - every piece touching it verified, and it has the torrent's length → ours, in place;
 //! - some verified, others failed (a partial download of another client's) → moved into the
-//!   incomplete area to be completed, unless it has other hard links ([`PathConflict::HardLinked`])
-//!   or is longer than the torrent's file ([`PathConflict::Longer`]: the tail never verified);
+//!   incomplete area to be completed, but only when the evidence holds: no failed piece has data
+//!   of its own in the file (unwritten regions read as one value throughout: zeros, sparse) and
+//!   a verified piece is more than one value repeated (16 KiB of zeros matches any torrent that
+//!   has them). Otherwise [`PathConflict::ForeignData`]; also refused when it has other hard
+//!   links ([`PathConflict::HardLinked`]) or is longer than the torrent's file
+//!   ([`PathConflict::Longer`]: the tail never verified). A file of ours changed in place (same
+//!   inode and size as recorded) may be repaired without that evidence;
 //! - some verified and the rest could not be checked (they also need a file not here yet), or
 //!   nothing could be checked → kept where it is, untouched. Later verified pieces are *compared*
 //!   with it instead of written; a difference is [`PathConflict::ForeignData`];
@@ -153,6 +158,8 @@ struct Inner {
     /// Serialises flushes; holds what the resume file on disk records for each file
     /// (`None`: unknown, stamp it at the next flush).
     recorded: Mutex<Vec<Option<(Location, Stamp)>>>,
+    /// Files of ours changed in place since the last record (see `open`).
+    repairable: Vec<bool>,
     /// This torrent's paths, held until the storage is dropped.
     _claim: Claim,
 }
@@ -383,6 +390,23 @@ impl Inner {
                     .ok()
                     .map(|bf| (b, bf))
             });
+        // Our own finished file, changed in place since (same inode and size, new mtime or
+        // ctime: damaged, or edited): its failed pieces may be repaired without the evidence a
+        // file we never wrote must show (see `settle`).
+        let repairable: Vec<bool> = match &record {
+            Some((b, _)) if !legacy => b
+                .files
+                .iter()
+                .zip(&observed)
+                .map(|(rec, obs)| {
+                    rec.location == Location::Final
+                        && obs.location == Location::Final
+                        && rec.stamp.same_inode(&obs.stamp)
+                        && rec.stamp.size == obs.stamp.size
+                })
+                .collect(),
+            _ => vec![false; finals.len()],
+        };
         let mut trusted: Vec<bool> = match &record {
             Some((b, bf)) => file_trust(&layout, b, bf, &observed, legacy),
             // Empty files need no record: they are complete wherever they are (checked above).
@@ -471,6 +495,7 @@ impl Inner {
                 cache: FdCache::new(max_open_files),
             }),
             recorded: Mutex::new(recorded),
+            repairable,
             _claim: claim,
         };
         // A crash between marking a file's last piece and moving it leaves a complete part
@@ -811,7 +836,6 @@ impl Inner {
             // The state folder is on another file system: copy beside the final path (no lock
             // held), then move the copy into place.
             let tmp = move_temp(target, &self.info_hash, file);
-            let _ = fs::remove_file(&tmp); // ours, left by a crash mid-copy
             let copy = copy_to_new(&part, &tmp).map_err(|e| StorageError::from_io(&tmp, e))?;
             let copied = copy
                 .metadata()
@@ -913,7 +937,16 @@ impl Inner {
                     // is, untouched: pieces that arrive later are compared with it.
                     Settle::Keep
                 } else if verified {
-                    if nlink(path)? > 1 {
+                    // Some pieces verified, others failed: another client's partial download, or
+                    // a user's file that happens to share some bytes with the torrent. Taken in
+                    // (and then written) only if no failed piece holds data of its own (they
+                    // are unwritten: one value throughout, as a sparse or preallocated file
+                    // reads) and a verified piece is more than one value repeated (a run of
+                    // zeros matches any torrent that has one).
+                    let repairable = self.repairable[file];
+                    if !repairable && (self.contradicts(file)? || !self.has_real_evidence(file)?) {
+                        Settle::Conflict(in_use(path, PathConflict::ForeignData))
+                    } else if nlink(path)? > 1 {
                         // Completing it would write into the user's other names for it.
                         Settle::Conflict(in_use(path, PathConflict::HardLinked))
                     } else {
@@ -931,6 +964,62 @@ impl Inner {
             Location::Final if interior_failed => Settle::TakeIn,
             _ => Settle::Keep,
         })
+    }
+
+    /// The bytes of `piece` that lie in `file`, read from where the file is now.
+    fn segment_of(&self, file: usize, piece: PieceIndex) -> Result<Vec<u8>, StorageError> {
+        let f = &self.layout.files[file];
+        let r = self.layout.piece_range(piece);
+        let (start, end) = (r.start.max(f.offset), r.end.min(f.offset + f.length));
+        let mut buf = vec![0u8; end.saturating_sub(start) as usize];
+        let (h, path) = self.handle(file, false)?;
+        match h.file.read_exact_at(&mut buf, start - f.offset) {
+            Ok(()) => Ok(buf),
+            // Past the end of a short file: nothing there, like unwritten bytes.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Vec::new()),
+            Err(e) => Err(StorageError::from_io(&path, e)),
+        }
+    }
+
+    /// Whether a failed piece holds data of the file's own in it (not one value throughout).
+    fn contradicts(&self, file: usize) -> Result<bool, StorageError> {
+        let failed: Vec<PieceIndex> = {
+            let st = lock(&self.state);
+            self.layout
+                .pieces_for_file(file)
+                .filter(|&p| {
+                    !st.completed.get(p as usize)
+                        && self
+                            .layout
+                            .files_for_piece(p)
+                            .iter()
+                            .all(|&f| st.locations[f] != Location::Absent)
+                })
+                .collect()
+        };
+        for p in failed {
+            if !is_uniform(&self.segment_of(file, p)?) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether a verified piece's bytes in `file` are more than one value repeated.
+    fn has_real_evidence(&self, file: usize) -> Result<bool, StorageError> {
+        let verified: Vec<PieceIndex> = {
+            let st = lock(&self.state);
+            self.layout
+                .pieces_for_file(file)
+                .filter(|&p| st.completed.get(p as usize))
+                .collect()
+        };
+        for p in verified {
+            if !is_uniform(&self.segment_of(file, p)?) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Move `file` from its final path into the incomplete area (its data, or some of it,
@@ -1095,6 +1184,11 @@ enum Settle {
     Adopt,
     TakeIn,
     Conflict(StorageError),
+}
+
+/// All bytes equal (or none): what unwritten, sparse or preallocated regions read as.
+fn is_uniform(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| Some(&b) == bytes.first())
 }
 
 fn nlink(path: &Path) -> Result<u64, StorageError> {

@@ -220,14 +220,18 @@ async fn nothing_at_final_path_before_the_last_piece() {
         ]
     );
     let hex = c.spec.info_hash.to_hex();
+    let state = tree(&c.spec.state_dir);
+    let (markers, rest): (Vec<_>, Vec<_>) = state.iter().partition(|p| p.starts_with("roots/"));
     assert_eq!(
-        tree(&c.spec.state_dir),
+        rest,
         [
-            format!("{hex}.resume"),
-            "parts".to_string(),
-            format!("parts/{hex}")
+            &format!("{hex}.resume"),
+            "parts",
+            &format!("parts/{hex}"),
+            "roots"
         ]
     );
+    assert_eq!(markers.len(), 1, "one claim marker: {markers:?}");
 }
 
 #[tokio::test]
@@ -1161,4 +1165,86 @@ async fn a_deleted_file_reads_as_missing_even_through_an_open_descriptor() {
         s.read(1, 0, 100).await,
         Err(StorageError::Missing)
     ));
+}
+
+/// Found from outside: a hostile torrent whose first piece is 16 KiB of zeros "matched" a
+/// user's disk image that starts with zeros, and the image was taken in and overwritten. A run
+/// of one value is no evidence; nor is a match when other pieces hold different data.
+#[tokio::test]
+async fn a_partial_match_is_not_enough_to_take_a_users_file() {
+    // The torrent: a zero piece, then its own data.
+    let mut c = Case::new(&[("disk.img", 3 * PL as u64)]);
+    c.data[..PL as usize].fill(0);
+    fs::create_dir_all(&c.spec.download_dir).unwrap();
+    // The user's image: the same zero piece, then their own data.
+    let mut mine = vec![0u8; PL as usize];
+    mine.extend((0..2 * PL).map(|i| (i % 7) as u8 + 1));
+    fs::write(c.dl("disk.img"), &mine).unwrap();
+    let ino = inode(&c.dl("disk.img"));
+    let s = c.open().await;
+    let (good, r) = c.try_recheck(&*s).await;
+    assert_eq!(good, [0], "the zero piece does match");
+    assert!(
+        matches!(
+            r,
+            Err(StorageError::PathInUse {
+                why: PathConflict::ForeignData,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    for p in 1..3 {
+        let r = s
+            .write(p, 0, vec![Bytes::copy_from_slice(c.piece_bytes(p))])
+            .await;
+        assert!(r.is_err(), "piece {p} written into the user's image");
+    }
+    drop(s);
+    assert_eq!(fs::read(c.dl("disk.img")).unwrap(), mine);
+    assert_eq!(inode(&c.dl("disk.img")), ino);
+}
+
+/// Another client's partial download (verified pieces, the rest unwritten zeros) is still
+/// taken in and completed.
+#[tokio::test]
+async fn another_clients_partial_download_is_completed() {
+    let c = Case::new(&[("t/a", 3 * PL as u64)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    let mut theirs = c.file_bytes(0).to_vec();
+    theirs[PL as usize..].fill(0);
+    fs::write(c.dl("t/a"), &theirs).unwrap();
+    let s = c.open().await;
+    assert_eq!(c.recheck(&*s).await, [0]);
+    for p in 1..3 {
+        c.complete(&*s, p).await;
+    }
+    assert_eq!(fs::read(c.dl("t/a")).unwrap(), c.file_bytes(0));
+}
+
+/// Found from outside: after a restart, a later torrent with the same name could be added
+/// first, claim the path, and take the earlier torrent's finished file. The first owner's claim
+/// outlives the process.
+#[tokio::test]
+async fn the_first_owner_of_a_path_keeps_it_across_restarts() {
+    let c = Case::new(&[("proj.bin", 2 * PL as u64)]);
+    let s = c.open().await;
+    for p in 0..2 {
+        c.complete(&*s, p).await;
+    }
+    s.flush().await.unwrap();
+    drop(s);
+    // "Restart": a fresh backend; the hostile twin (same name, same first piece) comes first.
+    let backend = FsBackend::new();
+    let mut twin = c.spec.clone();
+    twin.info_hash = InfoHash([0x66; 20]);
+    let r = backend.open(twin).await;
+    assert!(
+        matches!(&r, Err(StorageError::PathInUse { why: PathConflict::OtherTorrent(h), .. }) if *h == c.spec.info_hash),
+        "{:?}",
+        r.err()
+    );
+    let s = backend.open(c.spec.clone()).await.unwrap();
+    assert!(matches!(s.resume(), Resume::Trusted(b) if b.is_full()));
+    assert_eq!(fs::read(c.dl("proj.bin")).unwrap(), c.file_bytes(0));
 }

@@ -209,7 +209,7 @@ pub enum PathConflict {
     NotEmpty,
     /// A folder or other non-file is where the torrent has a file, or a file is where it
     /// needs a folder.
-    #[error("is in the way of the torrent's files (a folder where a file belongs, or a file where a folder belongs); move it away, then recheck")]
+    #[error("is in the way: not a regular file (a folder, link or device where a file belongs), or a file where a folder belongs; move it away, then recheck")]
     NotAFile,
     /// Another torrent in the session already uses it.
     #[error("is already used by torrent {0}")]
