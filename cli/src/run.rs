@@ -162,17 +162,22 @@ fn create_folder(what: &str, dir: &Path) -> anyhow::Result<()> {
 fn init_logging(s: &Settings, headless: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&s.log_level)
         .with_context(|| format!("bad log level '{}'", s.log_level))?;
+    // Logged text comes from trackers, peers and torrents: `Printable` replaces its control
+    // characters, which also rules out our own colour codes (so no ANSI at all).
     if headless {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_writer(|| crate::logfile::Printable(std::io::stderr()))
             .init();
     } else {
         // The menu owns the screen: logs go to a file so they never garble it.
         let path = s.state.join(LOG_FILE);
         let file = crate::logfile::RotatingLog::open(&path, crate::logfile::MAX_BYTES)
             .with_context(|| format!("cannot open log file {}", path.display()))?;
+        let file = std::sync::Mutex::new(crate::logfile::Printable(
+            file.into_inner().unwrap_or_else(|e| e.into_inner()),
+        ));
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
