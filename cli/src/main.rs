@@ -67,11 +67,14 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// `zigtorrent info`: every text taken from the torrent goes through [`format::printable`], as
+/// in the menu, so a name cannot move the cursor or forge extra lines.
 fn info(file: &std::path::Path) -> anyhow::Result<()> {
+    use format::printable;
     let meta = run::load_torrent(file)?;
     let info = &meta.info;
     let layout = &info.layout;
-    println!("name: {}", info.name);
+    println!("name: {}", printable(&info.name));
     println!("info-hash: {}", meta.info_hash);
     println!(
         "total size: {} ({} bytes)",
@@ -85,17 +88,21 @@ fn info(file: &std::path::Path) -> anyhow::Result<()> {
     );
     println!("private: {}", if info.private { "yes" } else { "no" });
     for (i, tier) in meta.announce_tiers.iter().enumerate() {
-        println!("tier {}: {}", i + 1, tier.join(" "));
+        println!("tier {}: {}", i + 1, printable(&tier.join(" ")));
     }
     if let Some(c) = &meta.comment {
-        println!("comment: {c}");
+        println!("comment: {}", printable(c));
     }
     if let Some(c) = &meta.created_by {
-        println!("created by: {c}");
+        println!("created by: {}", printable(c));
     }
     println!("files: {}", layout.files.len());
     for f in &layout.files {
-        println!("  {} ({} bytes)", f.path.display(), f.length);
+        println!(
+            "  {} ({} bytes)",
+            printable(&f.path.display().to_string()),
+            f.length
+        );
     }
     Ok(())
 }
