@@ -338,9 +338,9 @@ fn parse_files(name: &str, entries: &[Value]) -> Result<Vec<(PathBuf, u64)>, Met
             max: MAX_FILES,
         });
     }
-    // First every entry's length and components (each check linear in the entry's size), then
-    // the conflict check over all of them (linear in the total path bytes, see `tree`).
-    let mut parsed: Vec<(Vec<String>, u64)> = Vec::with_capacity(entries.len());
+    // First every entry's length and path (each check linear in the entry's size), then the
+    // conflict check over all of them (linear in the total path bytes, see `tree`).
+    let mut out: Vec<(PathBuf, u64)> = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         let Value::Dict(entry) = entry else {
             return Err(invalid(format!("file {i} is not a dictionary")));
@@ -363,22 +363,23 @@ fn parse_files(name: &str, entries: &[Value]) -> Result<Vec<(PathBuf, u64)>, Met
             bytes += 1 + c.len();
             check_path_bytes(i, bytes)?;
         }
-        parsed.push((components, length));
+        let mut path = PathBuf::with_capacity(bytes);
+        path.push(name);
+        path.extend(&components);
+        out.push((path, length));
     }
 
-    let mut tree = PathTree::with_capacity(parsed.len());
-    for (i, (components, _)) in parsed.iter().enumerate() {
-        tree.insert(i, components).map_err(|conflict| {
-            let shown = |depth: usize| {
-                let mut p = PathBuf::from(name);
-                p.extend(&components[..depth]);
-                p.display().to_string()
-            };
+    let mut tree = PathTree::with_capacity(out.len());
+    for (i, (path, _)) in out.iter().enumerate() {
+        // Every path starts with `name`, the tree's implicit root.
+        tree.insert(i, path.iter().skip(1)).map_err(|conflict| {
+            // The clashing path: `name` and the first `depth` components.
+            let prefix = |depth: usize| path.iter().take(depth + 1).collect::<PathBuf>();
             match conflict {
                 Conflict::SamePath { other } => MetainfoError::DuplicatePath {
                     first: other,
                     second: i,
-                    path: shown(components.len()),
+                    path: path.display().to_string(),
                 },
                 Conflict::FileAndFolder {
                     other: Some(other),
@@ -386,32 +387,24 @@ fn parse_files(name: &str, entries: &[Value]) -> Result<Vec<(PathBuf, u64)>, Met
                 } => MetainfoError::FileIsFolder {
                     file: other,
                     in_folder: i,
-                    path: shown(depth),
+                    path: prefix(depth).display().to_string(),
                 },
                 Conflict::FileAndFolder { other: None, depth } => {
                     // Some earlier file lies under this one's path; name the first.
-                    let in_folder = parsed[..i]
+                    let in_folder = out[..i]
                         .iter()
-                        .position(|(c, _)| c.len() > depth && c[..depth] == components[..depth])
+                        .position(|(p, _)| p != path && p.starts_with(path))
                         .unwrap_or(i);
                     MetainfoError::FileIsFolder {
                         file: i,
                         in_folder,
-                        path: shown(depth),
+                        path: prefix(depth).display().to_string(),
                     }
                 }
             }
         })?;
     }
-
-    Ok(parsed
-        .into_iter()
-        .map(|(components, length)| {
-            let mut path = PathBuf::from(name);
-            path.extend(components);
-            (path, length)
-        })
-        .collect())
+    Ok(out)
 }
 
 fn check_path_bytes(file: usize, bytes: usize) -> Result<(), MetainfoError> {

@@ -7,6 +7,7 @@
 //! case for file systems that fold it is the storage's business.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 
 /// What a tree node stands for.
 #[derive(Clone, Copy)]
@@ -41,7 +42,7 @@ pub(super) enum Conflict {
 #[derive(Default)]
 pub(super) struct PathTree<'a> {
     nodes: Vec<Node>,
-    children: HashMap<(usize, &'a str), usize>,
+    children: HashMap<(usize, &'a OsStr), usize>,
     /// Component lookups done so far: the work measure the linearity test asserts on.
     steps: usize,
 }
@@ -59,32 +60,32 @@ impl<'a> PathTree<'a> {
         }
     }
 
-    /// Place file `index` at `components` (non-empty), or say what it clashes with.
+    /// Place file `index` at `components` (non-empty), or say what it clashes with. After an
+    /// error the tree may hold part of the refused path; it is meant to be dropped then.
     pub(super) fn insert(
         &mut self,
         index: usize,
-        components: &'a [String],
+        components: impl IntoIterator<Item = &'a OsStr>,
     ) -> Result<(), Conflict> {
         let mut parent = ROOT;
-        let last = components.len().saturating_sub(1);
-        for (depth, component) in components.iter().enumerate() {
+        let mut components = components.into_iter().peekable();
+        let mut depth = 0;
+        while let Some(component) = components.next() {
             self.steps += 1;
-            let is_file = depth == last;
-            match self.children.get(&(parent, component.as_str())) {
+            depth += 1;
+            let is_file = components.peek().is_none();
+            match self.children.get(&(parent, component)) {
                 Some(&node) => match (self.nodes[node], is_file) {
                     (Node::Folder, false) => parent = node,
                     (Node::File(other), false) => {
                         return Err(Conflict::FileAndFolder {
                             other: Some(other),
-                            depth: depth + 1,
+                            depth,
                         })
                     }
                     (Node::File(other), true) => return Err(Conflict::SamePath { other }),
                     (Node::Folder, true) => {
-                        return Err(Conflict::FileAndFolder {
-                            other: None,
-                            depth: depth + 1,
-                        })
+                        return Err(Conflict::FileAndFolder { other: None, depth })
                     }
                 },
                 None => {
@@ -94,7 +95,7 @@ impl<'a> PathTree<'a> {
                     } else {
                         Node::Folder
                     });
-                    self.children.insert((parent, component.as_str()), node);
+                    self.children.insert((parent, component), node);
                     parent = node;
                 }
             }
@@ -113,8 +114,10 @@ impl<'a> PathTree<'a> {
 mod tests {
     use super::*;
 
-    fn path(p: &str) -> Vec<String> {
-        p.split('/').map(str::to_owned).collect()
+    use std::path::{Path, PathBuf};
+
+    fn path(p: &str) -> &Path {
+        Path::new(p)
     }
 
     #[test]
@@ -122,13 +125,16 @@ mod tests {
         let paths = [path("a/b"), path("a/c"), path("d")];
         let mut t = PathTree::default();
         for (i, p) in paths.iter().enumerate() {
-            t.insert(i, p).unwrap();
+            t.insert(i, p.iter()).unwrap();
         }
         let same = path("a/c");
-        assert_eq!(t.insert(3, &same), Err(Conflict::SamePath { other: 1 }));
+        assert_eq!(
+            t.insert(3, same.iter()),
+            Err(Conflict::SamePath { other: 1 })
+        );
         let under_file = path("d/e/f");
         assert_eq!(
-            t.insert(3, &under_file),
+            t.insert(3, under_file.iter()),
             Err(Conflict::FileAndFolder {
                 other: Some(2),
                 depth: 1
@@ -136,7 +142,7 @@ mod tests {
         );
         let over_folder = path("a");
         assert_eq!(
-            t.insert(3, &over_folder),
+            t.insert(3, over_folder.iter()),
             Err(Conflict::FileAndFolder {
                 other: None,
                 depth: 1
@@ -144,15 +150,15 @@ mod tests {
         );
         // Byte-exact: case and look-alike names are distinct here (storage folds case).
         let other_case = path("A/b");
-        t.insert(3, &other_case).unwrap();
+        t.insert(3, other_case.iter()).unwrap();
     }
 
     #[test]
     fn work_is_one_step_per_component() {
-        let deep: Vec<String> = (0..10_000).map(|i| format!("c{i}")).collect();
+        let deep: PathBuf = (0..10_000).map(|i| format!("c{i}")).collect();
         let mut t = PathTree::default();
-        t.insert(0, &deep).unwrap();
-        assert_eq!(t.steps(), deep.len());
-        assert_eq!(t.nodes.len(), deep.len());
+        t.insert(0, deep.iter()).unwrap();
+        assert_eq!(t.steps(), 10_000);
+        assert_eq!(t.nodes.len(), 10_000);
     }
 }
