@@ -147,6 +147,29 @@ fn info_strips_control_characters_like_the_menu() {
 }
 
 #[test]
+fn info_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.torrent");
+    std::fs::write(&file, hand_made_torrent(b"name", &[b"f"], b"")).unwrap();
+    // `zigtorrent info t.torrent | head -0`: the reader is gone before anything is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = bin()
+        .args(["info", file.to_str().unwrap()])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{:?}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
 fn info_refuses_an_80000_deep_path_naming_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("deep.torrent");
