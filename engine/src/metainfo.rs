@@ -58,7 +58,7 @@ pub const MAX_FILES: usize = 100_000;
 
 /// Most components in one file's path (the `name` folder of a multi-file torrent included).
 /// BEP 3 sets no limit. Real trees are a few dozen levels deep at most (Windows' 260-character
-/// `MAX_PATH` already stops creators near 100); 256 is far above any of them, and refusing
+/// `MAX_PATH` alone keeps its users' trees under 130); 256 is far above any of them, and refusing
 /// deeper paths before looking at their components keeps a hostile 80,000-level path cheap.
 pub const MAX_PATH_DEPTH: usize = 256;
 
