@@ -948,6 +948,16 @@ fn create_rejects_bad_input() {
         create_torrent(&tmp.path().join("missing"), &Default::default()),
         Err(CreateError::Io { .. })
     ));
+    // A folder deeper than our own parser accepts is refused, not turned into a torrent.
+    let deep_root = tmp.path().join("deep");
+    let deep: PathBuf = std::iter::once(deep_root.clone())
+        .chain((0..MAX_PATH_DEPTH).map(|_| PathBuf::from("d")))
+        .collect();
+    write(&deep, "f", b"x");
+    match create_torrent(&deep_root, &Default::default()) {
+        Err(CreateError::Invalid(m)) => assert!(m.contains("components"), "{m}"),
+        other => panic!("{other:?}"),
+    }
     let empty_dir = tmp.path().join("empty");
     std::fs::create_dir(&empty_dir).unwrap();
     assert!(matches!(
