@@ -81,36 +81,51 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// `zigtorrent info`: every text taken from the torrent goes through [`format::printable`], as
+/// in the menu, so a name cannot move the cursor or forge extra lines. Written through one
+/// buffered handle whose errors are returned, so a closed pipe (`| head`) exits quietly
+/// instead of panicking in `println!`.
 fn info(file: &std::path::Path) -> anyhow::Result<()> {
+    use format::printable;
+    use std::io::Write;
     let meta = run::load_torrent(file)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let info = &meta.info;
     let layout = &info.layout;
-    println!("name: {}", info.name);
-    println!("info-hash: {}", meta.info_hash);
-    println!(
+    writeln!(out, "name: {}", printable(&info.name))?;
+    writeln!(out, "info-hash: {}", meta.info_hash)?;
+    writeln!(
+        out,
         "total size: {} ({} bytes)",
         format::bytes(layout.total_length),
         layout.total_length
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "pieces: {} x {} bytes",
         layout.piece_count(),
         layout.piece_length
-    );
-    println!("private: {}", if info.private { "yes" } else { "no" });
+    )?;
+    writeln!(out, "private: {}", if info.private { "yes" } else { "no" })?;
     for (i, tier) in meta.announce_tiers.iter().enumerate() {
-        println!("tier {}: {}", i + 1, tier.join(" "));
+        writeln!(out, "tier {}: {}", i + 1, printable(&tier.join(" ")))?;
     }
     if let Some(c) = &meta.comment {
-        println!("comment: {c}");
+        writeln!(out, "comment: {}", printable(c))?;
     }
     if let Some(c) = &meta.created_by {
-        println!("created by: {c}");
+        writeln!(out, "created by: {}", printable(c))?;
     }
-    println!("files: {}", layout.files.len());
+    writeln!(out, "files: {}", layout.files.len())?;
     for f in &layout.files {
-        println!("  {} ({} bytes)", f.path.display(), f.length);
+        writeln!(
+            out,
+            "  {} ({} bytes)",
+            printable(&f.path.display().to_string()),
+            f.length
+        )?;
     }
+    out.flush()?;
     Ok(())
 }
 

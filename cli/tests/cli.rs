@@ -92,6 +92,100 @@ fn create_then_info_round_trip() {
     assert!(text.contains("empty.txt (0 bytes)"), "{text}");
 }
 
+/// Bencode byte string.
+fn bstr(b: &[u8]) -> Vec<u8> {
+    let mut out = format!("{}:", b.len()).into_bytes();
+    out.extend_from_slice(b);
+    out
+}
+
+/// A one-piece multi-file torrent (keys in sorted order) named `name`, with one 5-byte file
+/// at `path` and `comment`.
+fn hand_made_torrent(name: &[u8], path: &[&[u8]], comment: &[u8]) -> Vec<u8> {
+    let mut t = b"d7:comment".to_vec();
+    t.extend(bstr(comment));
+    t.extend_from_slice(b"4:infod5:filesld6:lengthi5e4:pathl");
+    for c in path {
+        t.extend(bstr(c));
+    }
+    t.extend_from_slice(b"eee4:name");
+    t.extend(bstr(name));
+    t.extend_from_slice(b"12:piece lengthi16384e6:pieces");
+    t.extend(bstr(&[7u8; 20]));
+    t.extend_from_slice(b"ee");
+    t
+}
+
+#[test]
+fn info_strips_control_characters_like_the_menu() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("evil.torrent");
+    std::fs::write(
+        &file,
+        hand_made_torrent(
+            b"evil\x1b[2J\nname",
+            &[b"sub\rdir", b"f\x1b]0;title\x07.txt"],
+            b"line one\nforged: line",
+        ),
+    )
+    .unwrap();
+    let o = run(&["info", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        !text.contains(['\x1b', '\r', '\x07']),
+        "control characters printed: {text:?}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.contains(&"name: evil?[2J?name"), "{text}");
+    assert!(lines.contains(&"comment: line one?forged: line"), "{text}");
+    assert!(
+        lines.contains(&"  evil?[2J?name/sub?dir/f?]0;title?.txt (5 bytes)"),
+        "{text}"
+    );
+    assert!(!lines.iter().any(|l| l.starts_with("forged")), "{text}");
+}
+
+#[test]
+fn info_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.torrent");
+    std::fs::write(&file, hand_made_torrent(b"name", &[b"f"], b"")).unwrap();
+    // `zigtorrent info t.torrent | head -0`: the reader is gone before anything is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = bin()
+        .args(["info", file.to_str().unwrap()])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{:?}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn info_refuses_an_80000_deep_path_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deep.torrent");
+    let path: Vec<&[u8]> = vec![b"a"; 80_000];
+    std::fs::write(&file, hand_made_torrent(b"deep", &path, b"")).unwrap();
+    let o = run(&["info", file.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let line = stderr_first_line(&o);
+    assert!(
+        line.starts_with("error: ")
+            && line.contains("deep.torrent")
+            && line.contains("path of 80001 components (limit 256)"),
+        "{line}"
+    );
+}
+
 /// Spawn `zigtorrent run --headless` on the folders of `root`, dialling `seed_port`, and wait
 /// until it has loaded the torrent (so its signal handlers are installed).
 fn spawn_client(root: &Path, seed_port: u16) -> Client {

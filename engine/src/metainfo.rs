@@ -14,13 +14,22 @@
 //! - unsafe paths reject the torrent (see [`sanitize`]); an empty `name` falls back to the
 //!   info-hash in hex;
 //! - a torrent of zero total bytes is rejected (nothing to download, no pieces to check);
-//! - BEP 47 padding files are kept as ordinary files so the piece geometry stays right.
+//! - BEP 47 padding files are kept as ordinary files so the piece geometry stays right;
+//! - file count, components per path and bytes per path are capped ([`MAX_FILES`],
+//!   [`MAX_PATH_DEPTH`], [`MAX_PATH_BYTES`]), each with its own error variant, and the depth is
+//!   checked before a path's components are looked at;
+//! - two files at one sanitised path, or a file where another needs a folder (`a` and `a/b`),
+//!   reject the torrent; the check compares bytes exactly (case folding is storage's business)
+//!   and costs time linear in the total path bytes (`tree.rs`).
 
 mod create;
 pub mod sanitize;
+mod tree;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+
+use tree::{Conflict, PathTree};
 
 use serde_bencode::value::Value;
 
@@ -41,8 +50,23 @@ pub const MAX_TORRENT_SIZE: usize = 16 * 1024 * 1024;
 /// keeps a single piece's buffer bounded.
 pub const MAX_PIECE_LENGTH: u32 = 64 * 1024 * 1024;
 
-/// Most files accepted in one torrent; bounds the work of path checks and storage set-up.
+/// Most files accepted in one torrent; bounds the work of path checks and storage set-up (one
+/// open or create per file). Large real torrents (software mirrors, photo archives, datasets)
+/// carry thousands to tens of thousands of files; a 16 MiB `.torrent` could describe about
+/// 700,000 minimal ones, so without this cap the file size alone would be the bound.
 pub const MAX_FILES: usize = 100_000;
+
+/// Most components in one file's path (the `name` folder of a multi-file torrent included).
+/// BEP 3 sets no limit. Real trees are a few dozen levels deep at most (Windows' 260-character
+/// `MAX_PATH` alone keeps its users' trees under 130); 256 is far above any of them, and refusing
+/// deeper paths before looking at their components keeps a hostile 80,000-level path cheap.
+pub const MAX_PATH_DEPTH: usize = 256;
+
+/// Longest path of one file, in bytes of its sanitised UTF-8 form with `/` separators, `name`
+/// included. Linux's `PATH_MAX` (4096, the terminating NUL counted) is the longest path one
+/// system call accepts, and this path is still relative to the downloads folder, so no longer
+/// path could be opened by name on Linux anyway.
+pub const MAX_PATH_BYTES: usize = 4096;
 
 /// Most bencode values (keys included) accepted in a `.torrent`. Decoding builds one tree node
 /// per value, so this bounds memory: without it 16 MiB of `le` would become 8 million nodes.
@@ -125,6 +149,55 @@ pub enum MetainfoError {
     /// Well-formed bencode that is not a valid torrent.
     #[error("invalid torrent: {0}")]
     Invalid(String),
+    /// More files than [`MAX_FILES`].
+    #[error("invalid torrent: {count} files (limit {max})")]
+    TooManyFiles {
+        /// Files in the torrent.
+        count: usize,
+        /// The limit, [`MAX_FILES`].
+        max: usize,
+    },
+    /// A file's path has more components than [`MAX_PATH_DEPTH`].
+    #[error("invalid torrent: file {file}: path of {depth} components (limit {max})")]
+    PathTooDeep {
+        /// Index of the file in the torrent.
+        file: usize,
+        /// Components in its path, `name` included.
+        depth: usize,
+        /// The limit, [`MAX_PATH_DEPTH`].
+        max: usize,
+    },
+    /// A file's path is longer than [`MAX_PATH_BYTES`].
+    #[error("invalid torrent: file {file}: path of {bytes} bytes (limit {max})")]
+    PathTooLong {
+        /// Index of the file in the torrent.
+        file: usize,
+        /// Bytes in its sanitised path (separators and `name` included), counted at least up
+        /// to the point where the limit was passed.
+        bytes: usize,
+        /// The limit, [`MAX_PATH_BYTES`].
+        max: usize,
+    },
+    /// Two files have the same path after sanitising (compared byte for byte).
+    #[error("invalid torrent: files {first} and {second} are both at {path:?}")]
+    DuplicatePath {
+        /// The earlier file's index.
+        first: usize,
+        /// The later file's index.
+        second: usize,
+        /// The shared path.
+        path: String,
+    },
+    /// One file's path is a folder in another file's path (`a` and `a/b`).
+    #[error("invalid torrent: {path:?} is file {file} and a folder of file {in_folder}")]
+    FileIsFolder {
+        /// Index of the file at `path`.
+        file: usize,
+        /// Index of a file under `path`.
+        in_folder: usize,
+        /// The clashing path.
+        path: String,
+    },
 }
 
 fn invalid(msg: impl Into<String>) -> MetainfoError {
@@ -211,7 +284,10 @@ fn parse_info(info: &Dict, info_hash: &InfoHash) -> Result<Info, MetainfoError> 
     sanitize::check_component(&name).map_err(|e| invalid(format!("name: {e}")))?;
 
     let files: Vec<(PathBuf, u64)> = match (info.get(&b"length"[..]), info.get(&b"files"[..])) {
-        (Some(length), None) => vec![(PathBuf::from(&name), file_length(length)?)],
+        (Some(length), None) => {
+            check_path_bytes(0, name.len())?;
+            vec![(PathBuf::from(&name), file_length(length)?)]
+        }
         (None, Some(Value::List(entries))) => parse_files(&name, entries)?,
         (None, Some(_)) => return Err(invalid("`files` is not a list")),
         (Some(_), Some(_)) => return Err(invalid("both `length` and `files` present")),
@@ -257,12 +333,14 @@ fn parse_files(name: &str, entries: &[Value]) -> Result<Vec<(PathBuf, u64)>, Met
         return Err(invalid("`files` is empty"));
     }
     if entries.len() > MAX_FILES {
-        return Err(invalid(format!(
-            "{} files (limit {MAX_FILES})",
-            entries.len()
-        )));
+        return Err(MetainfoError::TooManyFiles {
+            count: entries.len(),
+            max: MAX_FILES,
+        });
     }
-    let mut out = Vec::with_capacity(entries.len());
+    // First every entry's length and path (each check linear in the entry's size), then the
+    // conflict check over all of them (linear in the total path bytes, see `tree`).
+    let mut out: Vec<(PathBuf, u64)> = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         let Value::Dict(entry) = entry else {
             return Err(invalid(format!("file {i} is not a dictionary")));
@@ -272,28 +350,92 @@ fn parse_files(name: &str, entries: &[Value]) -> Result<Vec<(PathBuf, u64)>, Met
                 .get(&b"length"[..])
                 .ok_or_else(|| invalid(format!("file {i} has no length")))?,
         )?;
-        let components = path_components(entry)
+        let components = path_components(i, entry)?
             .ok_or_else(|| invalid(format!("file {i} has no usable `path`")))?;
-        let mut path = PathBuf::from(name);
-        path.push(sanitize::join_components(&components).map_err(|e| {
-            invalid(format!(
-                "file {i} {}: {e}",
-                sanitize::Components(&components)
-            ))
-        })?);
+        let mut bytes = name.len();
+        for c in &components {
+            sanitize::check_component(c).map_err(|e| {
+                invalid(format!(
+                    "file {i} {}: {e}",
+                    sanitize::Components(&components)
+                ))
+            })?;
+            bytes += 1 + c.len();
+            check_path_bytes(i, bytes)?;
+        }
+        let mut path = PathBuf::with_capacity(bytes);
+        path.push(name);
+        path.extend(&components);
         out.push((path, length));
     }
-    check_path_conflicts(&out)?;
+
+    let mut tree = PathTree::with_capacity(out.len());
+    for (i, (path, _)) in out.iter().enumerate() {
+        // Every path starts with `name`, the tree's implicit root.
+        tree.insert(i, path.iter().skip(1)).map_err(|conflict| {
+            // The clashing path: `name` and the first `depth` components.
+            let prefix = |depth: usize| path.iter().take(depth + 1).collect::<PathBuf>();
+            match conflict {
+                Conflict::SamePath { other } => MetainfoError::DuplicatePath {
+                    first: other,
+                    second: i,
+                    path: path.display().to_string(),
+                },
+                Conflict::FileAndFolder {
+                    other: Some(other),
+                    depth,
+                } => MetainfoError::FileIsFolder {
+                    file: other,
+                    in_folder: i,
+                    path: prefix(depth).display().to_string(),
+                },
+                Conflict::FileAndFolder { other: None, depth } => {
+                    // Some earlier file lies under this one's path; name the first.
+                    let in_folder = out[..i]
+                        .iter()
+                        .position(|(p, _)| p != path && p.starts_with(path))
+                        .unwrap_or(i);
+                    MetainfoError::FileIsFolder {
+                        file: i,
+                        in_folder,
+                        path: prefix(depth).display().to_string(),
+                    }
+                }
+            }
+        })?;
+    }
     Ok(out)
 }
 
-/// The components of a file's path: `path.utf-8` when every component is valid UTF-8, else
-/// `path` converted lossily. `None` when missing, empty or not a list of strings.
-fn path_components(entry: &Dict) -> Option<Vec<String>> {
-    let strings = |key: &[u8]| -> Option<Vec<&[u8]>> {
+fn check_path_bytes(file: usize, bytes: usize) -> Result<(), MetainfoError> {
+    if bytes > MAX_PATH_BYTES {
+        return Err(MetainfoError::PathTooLong {
+            file,
+            bytes,
+            max: MAX_PATH_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// The components of file `index`'s path: `path.utf-8` when every component is valid UTF-8,
+/// else `path` converted lossily. `None` when missing, empty or not a list of strings; an error
+/// when either list holds more than [`MAX_PATH_DEPTH`] components with `name` (checked before
+/// anything is converted).
+fn path_components(index: usize, entry: &Dict) -> Result<Option<Vec<String>>, MetainfoError> {
+    let strings = |key: &[u8]| -> Result<Option<Vec<&[u8]>>, MetainfoError> {
         let Some(Value::List(items)) = entry.get(key) else {
-            return None;
+            return Ok(None);
         };
+        // `name` is the first component of every path in a multi-file torrent.
+        let depth = items.len().saturating_add(1);
+        if depth > MAX_PATH_DEPTH {
+            return Err(MetainfoError::PathTooDeep {
+                file: index,
+                depth,
+                max: MAX_PATH_DEPTH,
+            });
+        }
         let parts: Option<Vec<&[u8]>> = items
             .iter()
             .map(|v| match v {
@@ -301,46 +443,23 @@ fn path_components(entry: &Dict) -> Option<Vec<String>> {
                 _ => None,
             })
             .collect();
-        parts.filter(|p| !p.is_empty())
+        Ok(parts.filter(|p| !p.is_empty()))
     };
-    if let Some(parts) = strings(b"path.utf-8") {
+    if let Some(parts) = strings(b"path.utf-8")? {
         let utf8: Option<Vec<String>> = parts
             .iter()
             .map(|p| std::str::from_utf8(p).ok().map(str::to_owned))
             .collect();
         if utf8.is_some() {
-            return utf8;
+            return Ok(utf8);
         }
     }
-    strings(b"path").map(|parts| {
+    Ok(strings(b"path")?.map(|parts| {
         parts
             .iter()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect()
-    })
-}
-
-/// Two files at one path, or a file where another file needs a folder, cannot both be stored.
-fn check_path_conflicts(files: &[(PathBuf, u64)]) -> Result<(), MetainfoError> {
-    let mut paths = HashSet::with_capacity(files.len());
-    let mut dirs = HashSet::new();
-    for (path, _) in files {
-        if !paths.insert(path.as_path()) {
-            return Err(invalid(format!("two files at {}", path.display())));
-        }
-        for dir in path.ancestors().skip(1) {
-            if dir.as_os_str().is_empty() || !dirs.insert(dir) {
-                break;
-            }
-        }
-    }
-    if let Some((path, _)) = files.iter().find(|(p, _)| dirs.contains(p.as_path())) {
-        return Err(invalid(format!(
-            "{} is both a file and a folder",
-            path.display()
-        )));
-    }
-    Ok(())
+    }))
 }
 
 /// Text field `key`, preferring a valid `<key>.utf-8` variant; lossy otherwise.

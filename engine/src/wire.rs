@@ -274,8 +274,8 @@ pub fn encode_piece_header(index: u32, begin: u32, len: u32, dst: &mut BytesMut)
 ///
 /// `max_len` bounds the length field, i.e. the id byte plus payload (a 16 KiB block arrives in
 /// a frame of 16 393 bytes). On `Ok(None)` the buffer may have been grown to hold the rest of
-/// the frame, never beyond `max_len` plus the prefix. On error the buffer is left as it was; the
-/// connection must be dropped.
+/// the frame, never beyond `max_len` plus the prefix. On error the buffer's contents are left
+/// as they were (every check runs before a byte is consumed); the connection must be dropped.
 pub fn decode(src: &mut BytesMut, max_len: usize) -> Result<Option<Message>, WireError> {
     let Some(prefix) = src.get(..LENGTH_PREFIX) else {
         return Ok(None);
@@ -290,42 +290,47 @@ pub fn decode(src: &mut BytesMut, max_len: usize) -> Result<Option<Message>, Wir
         src.reserve(total - src.len());
         return Ok(None);
     }
-    src.advance(LENGTH_PREFIX);
     if len == 0 {
+        src.advance(LENGTH_PREFIX);
         return Ok(Some(Message::KeepAlive));
     }
+    let id = src[LENGTH_PREFIX];
+    check_payload_len(id, len - 1)?;
+    src.advance(LENGTH_PREFIX);
     let mut frame = src.split_to(len).freeze();
-    let id = frame.get_u8();
-    parse(id, frame).map(Some)
+    frame.advance(1);
+    Ok(Some(parse(id, frame)))
 }
 
-/// Interpret the payload of a message with id `id`; lengths are checked exactly.
-fn parse(id: u8, mut p: Bytes) -> Result<Message, WireError> {
-    let len = p.len();
-    let want = |ok: bool| {
-        if ok {
-            Ok(())
-        } else {
-            Err(WireError::BadPayloadLength { id, len })
-        }
+/// BEP 3 payload sizes (after the id byte): exact for fixed messages, at least the header for
+/// `piece`; any size for bitfields and ids we do not know.
+fn check_payload_len(id: u8, len: usize) -> Result<(), WireError> {
+    let ok = match id {
+        id::CHOKE | id::UNCHOKE | id::INTERESTED | id::NOT_INTERESTED => len == 0,
+        id::HAVE => len == 4,
+        id::REQUEST | id::CANCEL => len == 12,
+        id::PIECE => len >= 8,
+        id::PORT => len == 2,
+        _ => true,
     };
-    let msg = match id {
-        id::CHOKE | id::UNCHOKE | id::INTERESTED | id::NOT_INTERESTED => {
-            want(len == 0)?;
-            match id {
-                id::CHOKE => Message::Choke,
-                id::UNCHOKE => Message::Unchoke,
-                id::INTERESTED => Message::Interested,
-                _ => Message::NotInterested,
-            }
-        }
-        id::HAVE => {
-            want(len == 4)?;
-            Message::Have(p.get_u32())
-        }
+    if ok {
+        Ok(())
+    } else {
+        Err(WireError::BadPayloadLength { id, len })
+    }
+}
+
+/// Interpret the payload of a message with id `id`, whose length [`check_payload_len`] passed
+/// (so the fixed-size reads below cannot run short).
+fn parse(id: u8, mut p: Bytes) -> Message {
+    match id {
+        id::CHOKE => Message::Choke,
+        id::UNCHOKE => Message::Unchoke,
+        id::INTERESTED => Message::Interested,
+        id::NOT_INTERESTED => Message::NotInterested,
+        id::HAVE => Message::Have(p.get_u32()),
         id::BITFIELD => Message::Bitfield(p),
         id::REQUEST | id::CANCEL => {
-            want(len == 12)?;
             let (index, begin, length) = (p.get_u32(), p.get_u32(), p.get_u32());
             if id == id::REQUEST {
                 Message::Request {
@@ -342,7 +347,6 @@ fn parse(id: u8, mut p: Bytes) -> Result<Message, WireError> {
             }
         }
         id::PIECE => {
-            want(len >= 8)?;
             let (index, begin) = (p.get_u32(), p.get_u32());
             Message::Piece {
                 index,
@@ -350,13 +354,9 @@ fn parse(id: u8, mut p: Bytes) -> Result<Message, WireError> {
                 data: p,
             }
         }
-        id::PORT => {
-            want(len == 2)?;
-            Message::Port(p.get_u16())
-        }
+        id::PORT => Message::Port(p.get_u16()),
         _ => Message::Unknown { id, payload: p },
-    };
-    Ok(msg)
+    }
 }
 
 /// Our extended handshake (BEP 10): no extension messages (`m` is empty), how many requests we
@@ -386,14 +386,13 @@ pub struct ExtendedHandshake {
     pub reqq: Option<u32>,
 }
 
-#[derive(serde::Deserialize)]
-struct ExtendedHandshakeFields {
-    reqq: Option<i64>,
-}
-
 /// Reads the payload of an [`EXTENDED`] message. `Ok(None)`: another extension's message (we
 /// advertise none, so a peer should not send them; they are ignored). Errors name what is
 /// wrong; the bencode goes through the bounded scanner first.
+///
+/// BEP 10 asks for a dictionary and says nothing of its keys beyond the ones it names, so any
+/// byte-string key is accepted (a non-UTF-8 one from some client must not cost us its `reqq`)
+/// and unknown keys are ignored; anything other than a dictionary is refused.
 pub fn parse_extended(payload: &[u8]) -> Result<Option<ExtendedHandshake>, String> {
     let Some((&ext_id, dict)) = payload.split_first() else {
         return Err("empty extension message".into());
@@ -402,7 +401,7 @@ pub fn parse_extended(payload: &[u8]) -> Result<Option<ExtendedHandshake>, Strin
         return Ok(None);
     }
     // The handshake is one small dictionary; the frame cap already bounds its size.
-    let fields: ExtendedHandshakeFields = crate::bencode::decode(
+    let value: serde_bencode::value::Value = crate::bencode::decode(
         dict,
         crate::bencode::Limits {
             max_depth: 8,
@@ -410,11 +409,18 @@ pub fn parse_extended(payload: &[u8]) -> Result<Option<ExtendedHandshake>, Strin
         },
     )
     .map_err(|e| format!("bad extended handshake: {e}"))?;
+    let serde_bencode::value::Value::Dict(fields) = value else {
+        return Err("bad extended handshake: not a dictionary".into());
+    };
+    let reqq = match fields.get(&b"reqq"[..]) {
+        None => None,
+        Some(serde_bencode::value::Value::Int(n)) => Some(*n),
+        Some(_) => return Err("bad extended handshake: `reqq` is not an integer".into()),
+    };
     Ok(Some(ExtendedHandshake {
-        reqq: fields
-            .reqq
+        reqq: reqq
             .filter(|&n| n > 0)
-            .map(|n| n.min(MAX_REQQ as i64) as u32),
+            .map(|n| n.min(i64::from(MAX_REQQ)) as u32),
     }))
 }
 
@@ -525,6 +531,27 @@ mod tests {
         assert!(parse_extended(b"\0d4:reqq3:abce").is_err());
         let deep = [&b"\0d1:x"[..], &[b'l'; 100], &[b'e'; 100], b"e"].concat();
         assert!(parse_extended(&deep).is_err());
+    }
+
+    #[test]
+    fn extended_handshake_keys_may_be_any_bytes() {
+        // A non-UTF-8 key (sorted before `reqq`, and after it) must not cost us the reqq.
+        let before = b"\0d2:\xff\xfei1e4:reqqi250ee";
+        assert_eq!(parse_extended(before).unwrap().unwrap().reqq, Some(250));
+        let after = b"\0d4:reqqi250e2:\xc3\x28l1:xee";
+        assert_eq!(parse_extended(after).unwrap().unwrap().reqq, Some(250));
+        // Unknown keys of every type are ignored.
+        let odd = b"\0d1:ad1:bi1ee1:ble4:reqqi7e1:z0:e";
+        assert_eq!(parse_extended(odd).unwrap().unwrap().reqq, Some(7));
+    }
+
+    #[test]
+    fn extended_handshake_must_be_a_dictionary() {
+        // A list was once read field by field as if it were the handshake (reqq = 5).
+        for bad in [&b"\0li5ee"[..], b"\0le", b"\0i5e", b"\x004:reqq"] {
+            let err = parse_extended(bad).unwrap_err();
+            assert!(err.contains("not a dictionary"), "{bad:?}: {err}");
+        }
     }
 
     #[test]
@@ -658,6 +685,7 @@ mod tests {
             })
         );
         assert_eq!(b.capacity(), cap);
+        assert_eq!(&b[..], &[0xff, 0xff, 0xff, 0xff, 7]);
         // Exactly at the limit is fine (and waits for the rest); one over is not.
         let mut b = BytesMut::new();
         b.put_u32(MAX as u32);
@@ -693,10 +721,17 @@ mod tests {
             b.put_u32(len as u32 + 1);
             b.put_u8(id);
             b.put_bytes(0, len);
+            // A good message behind it must not be reached either.
+            Message::Have(1).encode(&mut b);
+            let before = b.clone();
             assert_eq!(
                 decode(&mut b, MAX),
                 Err(WireError::BadPayloadLength { id, len }),
                 "id {id} len {len}"
+            );
+            assert_eq!(
+                b, before,
+                "id {id} len {len}: the buffer must stay untouched"
             );
         }
     }
@@ -766,6 +801,7 @@ mod tests {
                     }
                     Err(_) => {
                         seen[2] += 1;
+                        assert_eq!(b.len(), before, "an error must not consume bytes");
                         break;
                     }
                 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{sanitize, MAX_PIECE_LENGTH, MAX_TORRENT_SIZE};
+use super::{sanitize, MAX_PATH_BYTES, MAX_PATH_DEPTH, MAX_PIECE_LENGTH, MAX_TORRENT_SIZE};
 
 /// Smallest piece length accepted or chosen: one BEP 3 block.
 pub const MIN_PIECE_LENGTH: u32 = crate::types::BLOCK_SIZE;
@@ -128,6 +128,17 @@ pub fn create_torrent(path: &Path, options: &CreateOptions) -> Result<Vec<u8>, C
             "{}: no files to share",
             path.display()
         )));
+    }
+    // Our own parser refuses paths past these caps; refuse to make such a torrent instead.
+    for s in &sources {
+        let depth = 1 + s.components.len();
+        let bytes = name.len() + s.components.iter().map(|c| 1 + c.len()).sum::<usize>();
+        if depth > MAX_PATH_DEPTH || bytes > MAX_PATH_BYTES {
+            return Err(CreateError::Invalid(format!(
+                "{}: path of {depth} components and {bytes} bytes in the torrent (limits {MAX_PATH_DEPTH} and {MAX_PATH_BYTES})",
+                s.disk_path.display()
+            )));
+        }
     }
     let total = sources
         .iter()

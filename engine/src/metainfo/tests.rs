@@ -368,18 +368,184 @@ fn unsafe_paths_are_rejected() {
 
 #[test]
 fn conflicting_paths_are_rejected() {
-    let dup = with_info(|i| i.set("files", B::L(vec![file(20, &["a"]), file(20, &["a"])])));
-    assert!(invalid_msg(&dup).contains("two files"));
-    let file_and_dir =
-        with_info(|i| i.set("files", B::L(vec![file(20, &["a"]), file(20, &["a", "b"])])));
-    assert!(invalid_msg(&file_and_dir).contains("file and a folder"));
-    let dir_then_file = with_info(|i| {
-        i.set(
-            "files",
-            B::L(vec![file(20, &["a", "b", "c"]), file(20, &["a", "b"])]),
-        )
-    });
-    invalid_msg(&dir_then_file);
+    let files = |fs: Vec<B>| with_info(|i| i.set("files", B::L(fs)));
+    let dup = files(vec![file(20, &["x"]), file(10, &["a"]), file(10, &["a"])]);
+    match parse(&dup) {
+        Err(MetainfoError::DuplicatePath {
+            first: 1,
+            second: 2,
+            path,
+        }) => assert_eq!(path, "dir/a"),
+        other => panic!("{other:?}"),
+    }
+    let file_then_dir = files(vec![file(20, &["a"]), file(20, &["a", "b"])]);
+    match parse(&file_then_dir) {
+        Err(
+            e @ MetainfoError::FileIsFolder {
+                file: 0,
+                in_folder: 1,
+                ..
+            },
+        ) => assert!(e
+            .to_string()
+            .contains("\"dir/a\" is file 0 and a folder of file 1")),
+        other => panic!("{other:?}"),
+    }
+    let dir_then_file = files(vec![
+        file(10, &["z"]),
+        file(10, &["a", "b", "c"]),
+        file(20, &["a", "b"]),
+    ]);
+    match parse(&dir_then_file) {
+        Err(MetainfoError::FileIsFolder {
+            file: 2,
+            in_folder: 1,
+            path,
+        }) => assert_eq!(path, "dir/a/b"),
+        other => panic!("{other:?}"),
+    }
+    // Two byte strings that become one name once converted lossily would share a disk file.
+    let lossy = files(vec![
+        file(20, &["a"]).set("path", B::L(vec![s(b"\xff")])),
+        file(20, &["b"]).set("path", B::L(vec![s(b"\xfe")])),
+    ]);
+    assert!(matches!(
+        parse(&lossy),
+        Err(MetainfoError::DuplicatePath { .. })
+    ));
+    // Byte-exact here: names differing only in case are distinct (storage handles folding).
+    let cased = files(vec![file(20, &["a"]), file(20, &["A"])]);
+    assert!(parse(&cased).is_ok());
+    // A file beside a folder of a similar name is fine.
+    let siblings = files(vec![
+        file(20, &["a", "b"]),
+        file(20, &["a.b"]),
+        file(0, &["ab"]),
+    ]);
+    assert!(parse(&siblings).is_ok());
+}
+
+/// A multi-file torrent whose files are at `paths`, one byte each.
+fn torrent_of(paths: &[Vec<String>]) -> B {
+    let files = paths
+        .iter()
+        .map(|p| {
+            d(vec![
+                ("length", B::I(1)),
+                ("path", B::L(p.iter().map(s).collect())),
+            ])
+        })
+        .collect();
+    torrent(d(vec![
+        ("files", B::L(files)),
+        ("name", s("n")),
+        ("piece length", B::I(1 << 20)),
+        ("pieces", hashes(paths.len().div_ceil(1 << 20))),
+    ]))
+}
+
+#[test]
+fn an_80000_deep_path_is_refused_by_its_count() {
+    let deep: Vec<String> = vec!["a".to_string(); 80_000];
+    match parse(&torrent_of(&[deep])) {
+        Err(e @ MetainfoError::PathTooDeep { .. }) => {
+            assert!(matches!(
+                e,
+                MetainfoError::PathTooDeep {
+                    file: 0,
+                    depth: 80_001,
+                    max: MAX_PATH_DEPTH
+                }
+            ));
+            assert!(
+                e.to_string().contains("80001 components (limit 256)"),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // `path.utf-8` is held to the same cap, even beside a short `path`.
+    let f = file(1, &["a"]).set("path.utf-8", B::L(vec![s("a"); MAX_PATH_DEPTH]));
+    let t = torrent(d(vec![
+        ("files", B::L(vec![f])),
+        ("name", s("n")),
+        ("piece length", B::I(16)),
+        ("pieces", hashes(1)),
+    ]));
+    assert!(matches!(
+        parse(&t),
+        Err(MetainfoError::PathTooDeep { depth, .. }) if depth == MAX_PATH_DEPTH + 1
+    ));
+}
+
+#[test]
+fn path_caps_are_exact() {
+    // Name `n` plus 255 components: exactly MAX_PATH_DEPTH.
+    let at_depth: Vec<String> = (0..MAX_PATH_DEPTH - 1).map(|i| format!("{i}")).collect();
+    let m = parse(&torrent_of(std::slice::from_ref(&at_depth))).unwrap();
+    assert_eq!(m.info.files()[0].path.components().count(), MAX_PATH_DEPTH);
+    let mut over = at_depth.clone();
+    over.push("x".into());
+    assert!(matches!(
+        parse(&torrent_of(&[over])),
+        Err(MetainfoError::PathTooDeep { depth: 257, .. })
+    ));
+
+    // `n/` + 16 components of 255 bytes, the last trimmed so the path is exactly 4096 bytes.
+    let mut long: Vec<String> = vec!["b".repeat(255); 16];
+    let len = |c: &[String]| 1 + c.iter().map(|c| 1 + c.len()).sum::<usize>();
+    let excess = len(&long) - MAX_PATH_BYTES;
+    long[15] = "b".repeat(255 - excess);
+    assert_eq!(len(&long), MAX_PATH_BYTES);
+    let m = parse(&torrent_of(std::slice::from_ref(&long))).unwrap();
+    assert_eq!(m.info.files()[0].path.as_os_str().len(), MAX_PATH_BYTES);
+    long[15].push('b');
+    assert!(matches!(
+        parse(&torrent_of(&[long])),
+        Err(MetainfoError::PathTooLong {
+            file: 0,
+            bytes: 4097,
+            max: MAX_PATH_BYTES
+        })
+    ));
+    // Lossy conversion counts: 0xff becomes U+FFFD, three bytes on disk.
+    let f = file(1, &["a"]).set("path", B::L(vec![s(vec![0xffu8; 1400])]));
+    let t = torrent(d(vec![
+        ("files", B::L(vec![f])),
+        ("name", s("n")),
+        ("piece length", B::I(16)),
+        ("pieces", hashes(1)),
+    ]));
+    assert!(matches!(
+        parse(&t),
+        Err(MetainfoError::PathTooLong { bytes: 4202, .. })
+    ));
+    // A single-file torrent's path is its name.
+    let t = torrent(single_info().set("name", s("c".repeat(MAX_PATH_BYTES + 1))));
+    assert!(matches!(
+        parse(&t),
+        Err(MetainfoError::PathTooLong { file: 0, .. })
+    ));
+}
+
+#[test]
+fn conflict_check_work_is_one_step_per_component() {
+    // The worst case for the old ancestor hashing: many files, each at the depth cap, sharing a
+    // long common prefix. The check now costs one lookup per component.
+    let files: Vec<Vec<String>> = (0..200)
+        .map(|i| {
+            let mut p: Vec<String> = vec!["p".to_string(); MAX_PATH_DEPTH - 2];
+            p.push(format!("f{i}"));
+            p
+        })
+        .collect();
+    let m = parse(&torrent_of(&files)).unwrap();
+    assert_eq!(m.info.files().len(), 200);
+    let mut tree = PathTree::default();
+    for (i, f) in m.info.files().iter().enumerate() {
+        tree.insert(i, f.path.iter().skip(1)).unwrap();
+    }
+    assert_eq!(tree.steps(), 200 * (MAX_PATH_DEPTH - 1));
 }
 
 #[test]
@@ -484,8 +650,19 @@ fn too_many_files_are_rejected() {
             .map(|i| file(1, &[&i.to_string()]))
             .collect(),
     );
-    let msg = invalid_msg(&with_info(|i| i.set("files", files)));
-    assert!(msg.contains("limit"));
+    match parse(&with_info(|i| i.set("files", files))) {
+        Err(e @ MetainfoError::TooManyFiles { .. }) => {
+            assert!(matches!(
+                e,
+                MetainfoError::TooManyFiles {
+                    count,
+                    max: MAX_FILES
+                } if count == MAX_FILES + 1
+            ));
+            assert!(e.to_string().contains("100001 files (limit 100000)"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -771,6 +948,16 @@ fn create_rejects_bad_input() {
         create_torrent(&tmp.path().join("missing"), &Default::default()),
         Err(CreateError::Io { .. })
     ));
+    // A folder deeper than our own parser accepts is refused, not turned into a torrent.
+    let deep_root = tmp.path().join("deep");
+    let deep: PathBuf = std::iter::once(deep_root.clone())
+        .chain((0..MAX_PATH_DEPTH).map(|_| PathBuf::from("d")))
+        .collect();
+    write(&deep, "f", b"x");
+    match create_torrent(&deep_root, &Default::default()) {
+        Err(CreateError::Invalid(m)) => assert!(m.contains("components"), "{m}"),
+        other => panic!("{other:?}"),
+    }
     let empty_dir = tmp.path().join("empty");
     std::fs::create_dir(&empty_dir).unwrap();
     assert!(matches!(

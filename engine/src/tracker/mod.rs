@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use crate::types::{InfoHash, PeerId};
 
-mod http;
+pub(crate) mod http;
 mod tiers;
-mod udp;
+pub(crate) mod udp;
 
 pub use tiers::{TrackerResult, TrackerStatus};
 

@@ -173,25 +173,46 @@ impl Exchange<'_> {
                 Ok(Err(e)) if is_transient(&e) => continue,
                 Ok(result) => result?,
             };
-            if from != self.target || len < 8 {
+            if from != self.target {
                 continue;
             }
-            let got_action = be_u32(&self.buf[0..4]);
-            if be_u32(&self.buf[4..8]) != tid {
-                continue;
+            match classify_reply(&self.buf[..len], tid, action) {
+                Reply::Ignore => continue,
+                Reply::Refused(message) => return Err(TrackerError::Failure(message)),
+                Reply::Matches => return Ok(Some(len)),
             }
-            if got_action == ACTION_ERROR {
-                let message = String::from_utf8_lossy(&self.buf[8..len])
-                    .chars()
-                    .take(1024)
-                    .collect();
-                return Err(TrackerError::Failure(message));
-            }
-            if got_action != action {
-                continue;
-            }
-            return Ok(Some(len));
         }
+    }
+}
+
+/// What one datagram from the tracker's address means to an exchange waiting for `action`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// Too short, another transaction, or another action: keep waiting.
+    Ignore,
+    /// BEP 15 error action for our transaction, with the tracker's message (lossy, capped).
+    Refused(String),
+    /// The reply we wait for; its body is for the action's parser.
+    Matches,
+}
+
+/// Longest error message kept from a UDP tracker (characters).
+const MAX_ERROR_CHARS: usize = 1024;
+
+/// BEP 15: every reply starts with `action` and `transaction_id` (4 bytes each).
+pub(crate) fn classify_reply(datagram: &[u8], tid: u32, action: u32) -> Reply {
+    if datagram.len() < 8 || be_u32(&datagram[4..8]) != tid {
+        return Reply::Ignore;
+    }
+    match be_u32(&datagram[0..4]) {
+        ACTION_ERROR => Reply::Refused(
+            String::from_utf8_lossy(&datagram[8..])
+                .chars()
+                .take(MAX_ERROR_CHARS)
+                .collect(),
+        ),
+        got if got == action => Reply::Matches,
+        _ => Reply::Ignore,
     }
 }
 
@@ -216,7 +237,7 @@ pub(crate) fn connect_packet(tid: u32) -> [u8; 16] {
     p
 }
 
-fn parse_connect_reply(reply: &[u8]) -> Result<u64, TrackerError> {
+pub(crate) fn parse_connect_reply(reply: &[u8]) -> Result<u64, TrackerError> {
     let id = reply
         .get(8..16)
         .ok_or_else(|| TrackerError::Malformed("short UDP connect reply".into()))?;
@@ -260,7 +281,10 @@ pub(crate) fn announce_packet(connection_id: u64, tid: u32, r: &AnnounceRequest)
 
 /// BEP 15 announce reply: 20-byte header, then 6-byte (IPv4 tracker) or 18-byte (IPv6 tracker)
 /// peers.
-fn parse_announce_reply(reply: &[u8], ipv6: bool) -> Result<AnnounceResponse, TrackerError> {
+pub(crate) fn parse_announce_reply(
+    reply: &[u8],
+    ipv6: bool,
+) -> Result<AnnounceResponse, TrackerError> {
     if reply.len() < 20 {
         return Err(TrackerError::Malformed("short UDP announce reply".into()));
     }
@@ -341,6 +365,32 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn replies_are_classified_by_transaction_and_action() {
+        let reply = |action: u32, tid: u32, body: &[u8]| {
+            [&action.to_be_bytes()[..], &tid.to_be_bytes(), body].concat()
+        };
+        let connect = reply(ACTION_CONNECT, 7, &[0; 8]);
+        assert_eq!(classify_reply(&connect, 7, ACTION_CONNECT), Reply::Matches);
+        assert_eq!(classify_reply(&connect, 8, ACTION_CONNECT), Reply::Ignore);
+        assert_eq!(classify_reply(&connect, 7, ACTION_ANNOUNCE), Reply::Ignore);
+        assert_eq!(
+            classify_reply(&connect[..7], 7, ACTION_CONNECT),
+            Reply::Ignore
+        );
+        let error = reply(ACTION_ERROR, 7, b"go away \xff");
+        assert_eq!(
+            classify_reply(&error, 7, ACTION_ANNOUNCE),
+            Reply::Refused("go away \u{fffd}".into())
+        );
+        assert_eq!(classify_reply(&error, 6, ACTION_ANNOUNCE), Reply::Ignore);
+        let long = reply(ACTION_ERROR, 7, &[b'x'; 5000]);
+        assert!(matches!(
+            classify_reply(&long, 7, ACTION_CONNECT),
+            Reply::Refused(m) if m.len() == MAX_ERROR_CHARS
+        ));
     }
 
     #[test]

@@ -1,0 +1,331 @@
+//! The bodies of the fuzz targets, one plain function per decoder of untrusted bytes.
+//!
+//! Both the cargo-fuzz targets in `fuzz/` (nightly, libFuzzer) and the stable replay test
+//! (`tests/tests/fuzz_replay.rs`, which runs every file under `fuzz/corpus/<target>/` and
+//! `fuzz/regressions/<target>/`) call these same functions, so whatever the fuzzer learned keeps
+//! being checked by `cargo test` without nightly. Each body feeds the bytes to the decoder and
+//! then checks a cheap invariant where one exists; a violated invariant panics, which is what
+//! libFuzzer and the replay test both report. Errors from the decoder are expected results,
+//! never failures. Targets are listed in [`TARGETS`]; the directory names follow them.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::path::Component;
+
+use bytes::BytesMut;
+
+use crate::bencode::{self, Limits};
+use crate::metainfo::{
+    sanitize, Metainfo, MAX_FILES, MAX_PATH_BYTES, MAX_PATH_DEPTH, MAX_TORRENT_SIZE,
+};
+use crate::tracker::{http, udp, MAX_INTERVAL, MAX_PEERS};
+use crate::wire::{self, Handshake, Message, HANDSHAKE_LEN};
+
+/// The body of a fuzz target: panics when the decoder panics or an invariant breaks.
+pub type Body = fn(&[u8]);
+
+/// Every fuzz target: its name (the `fuzz/fuzz_targets/<name>.rs` file and the corpus folder)
+/// and its body.
+pub const TARGETS: &[(&str, Body)] = &[
+    ("bencode_scan", bencode_scan),
+    ("metainfo", metainfo),
+    ("wire_frames", wire_frames),
+    ("handshake", handshake),
+    ("extended_handshake", extended_handshake),
+    ("tracker_http", tracker_http),
+    ("tracker_udp", tracker_udp),
+];
+
+/// [`bencode::scan`] with the limits `.torrent` files get: a success means one well-formed
+/// value whose reported `info` span lies inside the input and is itself one value.
+pub fn bencode_scan(data: &[u8]) {
+    let Ok(scanned) = bencode::scan(data, Limits::with_max_size(MAX_TORRENT_SIZE)) else {
+        return;
+    };
+    // Every value takes at least one byte.
+    assert!(scanned.items >= 1 && scanned.items <= data.len());
+    if let Some(span) = scanned.info_span {
+        assert!(span.start < span.end && span.end <= data.len(), "{span:?}");
+        let inner = bencode::scan(&data[span], Limits::with_max_size(MAX_TORRENT_SIZE));
+        assert!(inner.is_ok(), "the info span is not one value: {inner:?}");
+    }
+    // serde_bencode may see checked bytes only; it must not panic on them.
+    let _ = serde_bencode::from_bytes::<serde_bencode::value::Value>(data);
+}
+
+/// [`Metainfo::from_bytes`]: a parsed torrent's paths are relative, non-empty, free of `..`
+/// and `.`, within the caps, pairwise distinct and never a folder of one another; its geometry
+/// adds up and its info-hash is over the raw `info` bytes.
+pub fn metainfo(data: &[u8]) {
+    let Ok(m) = Metainfo::from_bytes(data) else {
+        return;
+    };
+    let info = &m.info;
+    let files = info.files();
+    assert!(!files.is_empty() && files.len() <= MAX_FILES);
+    sanitize::check_component(&info.name).expect("name passed the sanitiser");
+    let mut paths = HashSet::with_capacity(files.len());
+    let mut folders = HashSet::new();
+    let mut total = 0u64;
+    for f in files {
+        assert!(f.path.is_relative(), "{:?}", f.path);
+        let text = f.path.to_str().expect("paths are built from strings");
+        assert!(!text.is_empty() && text.len() <= MAX_PATH_BYTES, "{text:?}");
+        let components: Vec<_> = f.path.components().collect();
+        assert!(components.len() <= MAX_PATH_DEPTH, "{text:?}");
+        assert_eq!(
+            components.first(),
+            Some(&Component::Normal(OsStr::new(&info.name))),
+            "{text:?} is not under the torrent's name"
+        );
+        for c in &components {
+            let Component::Normal(c) = c else {
+                panic!("{text:?} has a {c:?} component");
+            };
+            let c = c.to_str().expect("components are strings");
+            sanitize::check_component(c).expect("component passed the sanitiser");
+        }
+        // The joined string has exactly the components given (no hidden separators).
+        assert_eq!(text.split('/').count(), components.len(), "{text:?}");
+        assert!(paths.insert(f.path.clone()), "two files at {text:?}");
+        assert_eq!(f.offset, total);
+        total += f.length;
+    }
+    for f in files {
+        for dir in f.path.ancestors().skip(1) {
+            if !dir.as_os_str().is_empty() {
+                folders.insert(dir.to_path_buf());
+            }
+        }
+    }
+    for p in &paths {
+        assert!(!folders.contains(p), "{p:?} is a file and a folder");
+    }
+    assert_eq!(total, info.total_length());
+    assert_eq!(
+        info.pieces.len() as u64,
+        total.div_ceil(u64::from(info.piece_length()))
+    );
+    let span = bencode::scan(data, Limits::with_max_size(MAX_TORRENT_SIZE))
+        .expect("parsed input scans")
+        .info_span
+        .expect("a parsed torrent has info");
+    assert_eq!(m.info_hash.0, crate::hash::sha1(&data[span]));
+}
+
+/// [`wire::decode`] on a stream cut in two at a point chosen by the first byte, with a frame
+/// cap chosen by the second: the messages are the same as from the whole stream at once, each
+/// re-encodes to exactly the bytes it came from, an error or "need more" leaves the buffer's
+/// contents untouched, and the same error is reached either way.
+pub fn wire_frames(data: &[u8]) {
+    let [split, cap, stream @ ..] = data else {
+        return;
+    };
+    // Caps from tiny to above a 16 KiB block frame.
+    let max_len = usize::from(*cap) * 80;
+    let whole = decode_all(&mut BytesMut::from(stream), max_len);
+
+    let split = usize::from(*split).min(stream.len());
+    let mut buf = BytesMut::from(&stream[..split]);
+    let mut first = decode_all(&mut buf, max_len);
+    if first.error.is_none() {
+        buf.extend_from_slice(&stream[split..]);
+        let second = decode_all(&mut buf, max_len);
+        first.messages.extend(second.messages);
+        first.error = second.error;
+        first.rest = second.rest;
+    } else {
+        // Decoding stopped at a bad frame inside the first part; the rest was never offered.
+        first.rest.extend_from_slice(&stream[split..]);
+    }
+    assert_eq!(first.messages, whole.messages, "split at {split}");
+    assert_eq!(first.error, whole.error, "split at {split}");
+    assert_eq!(first.rest, whole.rest, "split at {split}");
+}
+
+/// What [`decode_all`] saw.
+struct Decoded {
+    messages: Vec<Message>,
+    error: Option<wire::WireError>,
+    /// Bytes left in the buffer at the end.
+    rest: Vec<u8>,
+}
+
+/// Decode messages until "need more" or an error, checking each step's effect on `buf`.
+fn decode_all(buf: &mut BytesMut, max_len: usize) -> Decoded {
+    let mut messages = Vec::new();
+    loop {
+        let before = buf.clone();
+        match wire::decode(buf, max_len) {
+            Ok(Some(m)) => {
+                let consumed = before.len() - buf.len();
+                assert!(consumed >= wire::LENGTH_PREFIX);
+                assert_eq!(
+                    &before[consumed..],
+                    &buf[..],
+                    "decode took bytes off the end"
+                );
+                let mut again = BytesMut::new();
+                m.encode(&mut again);
+                assert_eq!(
+                    &again[..],
+                    &before[..consumed],
+                    "{m:?} re-encodes differently"
+                );
+                assert_eq!(
+                    wire::decode(&mut again, max_len),
+                    Ok(Some(m.clone())),
+                    "re-encoded message decodes differently"
+                );
+                messages.push(m);
+            }
+            Ok(None) => {
+                assert_eq!(&before[..], &buf[..], "\"need more\" changed the buffer");
+                return Decoded {
+                    messages,
+                    error: None,
+                    rest: buf.to_vec(),
+                };
+            }
+            Err(e) => {
+                assert_eq!(&before[..], &buf[..], "{e} changed the buffer");
+                return Decoded {
+                    messages,
+                    error: Some(e),
+                    rest: buf.to_vec(),
+                };
+            }
+        }
+    }
+}
+
+/// [`Handshake::decode`] on the first 68 bytes: a success re-encodes to exactly those bytes,
+/// and only `\x13BitTorrent protocol` succeeds.
+pub fn handshake(data: &[u8]) {
+    let Some(bytes) = data.first_chunk::<HANDSHAKE_LEN>() else {
+        return;
+    };
+    match Handshake::decode(bytes) {
+        Ok(h) => {
+            assert_eq!(&h.encode(), bytes);
+            assert_eq!(Handshake::decode(&h.encode()), Ok(h));
+        }
+        Err(_) => assert!(bytes[0] != 19 || &bytes[1..20] != wire::PROTOCOL),
+    }
+}
+
+/// [`wire::parse_extended`]: a handshake is only ever read from a dictionary, a dictionary is
+/// refused only for a `reqq` that is not an integer, `reqq` is clamped into 1..=65535, and
+/// our own handshake carrying the same `reqq` reads back to it.
+pub fn extended_handshake(data: &[u8]) {
+    let result = wire::parse_extended(data);
+    let dict = data.get(1..).unwrap_or_default();
+    let is_dict = dict.first() == Some(&b'd')
+        && bencode::scan(
+            dict,
+            Limits {
+                max_depth: 8,
+                max_size: dict.len(),
+            },
+        )
+        .is_ok();
+    match result {
+        Ok(Some(h)) => {
+            assert!(is_dict, "a non-dictionary was read as a handshake");
+            if let Some(reqq) = h.reqq {
+                assert!((1..=65_535).contains(&reqq));
+                let Message::Unknown { payload, .. } =
+                    wire::extended_handshake(reqq as usize, "fuzz")
+                else {
+                    panic!("our extended handshake is an extension message");
+                };
+                assert_eq!(wire::parse_extended(&payload), Ok(Some(h)));
+            }
+        }
+        Ok(None) => assert_ne!(data.first(), Some(&0)),
+        Err(e) => assert!(
+            data.first() != Some(&0) || !is_dict || e.contains("reqq"),
+            "a dictionary was refused: {e}"
+        ),
+    }
+}
+
+/// The HTTP tracker reply parser (BEP 3, 23, 7): peers are capped, distinct and usable, the
+/// interval within bounds; compact peers re-encoded parse back to the same list.
+pub fn tracker_http(data: &[u8]) {
+    let Ok(reply) = http::parse_reply(data) else {
+        return;
+    };
+    let r = &reply.response;
+    check_peers(&r.peers);
+    assert!(r.interval <= MAX_INTERVAL);
+    assert!(r.min_interval.is_none_or(|m| m <= MAX_INTERVAL));
+    assert!(reply
+        .tracker_id
+        .as_ref()
+        .is_none_or(|id| !id.is_empty() && id.len() <= 256));
+
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for p in &r.peers {
+        match p {
+            std::net::SocketAddr::V4(a) => {
+                v4.extend_from_slice(&a.ip().octets());
+                v4.extend_from_slice(&a.port().to_be_bytes());
+            }
+            std::net::SocketAddr::V6(a) => {
+                v6.extend_from_slice(&a.ip().octets());
+                v6.extend_from_slice(&a.port().to_be_bytes());
+            }
+        }
+    }
+    let mut again = Vec::new();
+    http::parse_compact_v4(&v4, &mut again).expect("whole entries");
+    http::parse_compact_v6(&v6, &mut again).expect("whole entries");
+    let mut want = r.peers.clone();
+    want.sort_by_key(|a| a.is_ipv6());
+    assert_eq!(again, want);
+}
+
+/// A UDP tracker datagram (BEP 15) as both exchanges would take it: classified against the
+/// transaction and action given by the first five bytes, then parsed as a connect or announce
+/// reply (IPv4 or IPv6 by the fifth byte's low bit). Peers are capped, distinct and usable.
+pub fn tracker_udp(data: &[u8]) {
+    let [t0, t1, t2, t3, flags, datagram @ ..] = data else {
+        return;
+    };
+    let tid = u32::from_be_bytes([*t0, *t1, *t2, *t3]);
+    let action = if flags & 2 == 0 {
+        udp::ACTION_CONNECT
+    } else {
+        udp::ACTION_ANNOUNCE
+    };
+    match udp::classify_reply(datagram, tid, action) {
+        udp::Reply::Ignore => {}
+        udp::Reply::Refused(m) => assert!(m.chars().count() <= 1024),
+        udp::Reply::Matches => {
+            assert!(datagram.len() >= 8);
+            if action == udp::ACTION_CONNECT {
+                let _ = udp::parse_connect_reply(datagram);
+            } else if let Ok(r) = udp::parse_announce_reply(datagram, flags & 1 == 1) {
+                check_peers(&r.peers);
+                assert!(r.interval <= MAX_INTERVAL);
+            }
+        }
+    }
+    // The parsers alone, on any bytes (the exchange only calls them after a match).
+    let _ = udp::parse_connect_reply(datagram);
+    for ipv6 in [false, true] {
+        if let Ok(r) = udp::parse_announce_reply(datagram, ipv6) {
+            check_peers(&r.peers);
+        }
+    }
+}
+
+fn check_peers(peers: &[std::net::SocketAddr]) {
+    assert!(peers.len() <= MAX_PEERS);
+    let distinct: HashSet<_> = peers.iter().collect();
+    assert_eq!(distinct.len(), peers.len(), "duplicate peers");
+    assert!(peers
+        .iter()
+        .all(|p| p.port() != 0 && !p.ip().is_unspecified()));
+}
