@@ -359,6 +359,30 @@ mod tests {
         }
     }
 
+    /// The fuzz corpus's valid seeds really are resume files (so fuzzing starts from the format,
+    /// not from noise).
+    #[test]
+    fn corpus_seeds_parse() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/resume_file");
+        for (name, version) in [
+            ("single-final", 2),
+            ("multi-part", 2),
+            ("legacy-v1", 1),
+            ("empty-files", 2),
+        ] {
+            let bytes = fs::read(dir.join(name)).unwrap();
+            let loaded = parse(&bytes).unwrap_or_else(|| panic!("{name} does not parse"));
+            assert_eq!(loaded.version, version, "{name}");
+        }
+        for name in ["bad-location", "bad-checksum", "torn", "huge-length-field"] {
+            assert!(
+                parse(&fs::read(dir.join(name)).unwrap()).is_none(),
+                "{name} parsed"
+            );
+        }
+    }
+
     /// Fuzzing from outside found 15,000 nested lists with a valid checksum overflowing the
     /// stack on every start; the bounded scanner refuses them.
     #[test]

@@ -10,8 +10,15 @@ use std::path::{Path, PathBuf};
 use bytes::BytesMut;
 use zigtorrent_engine::bencode::{self, BencodeError, Limits};
 use zigtorrent_engine::metainfo::{Metainfo, MetainfoError, MAX_PATH_DEPTH};
-use zigtorrent_engine::testing::fuzz_bodies::TARGETS;
+use zigtorrent_engine::testing::fuzz_bodies::{Body, TARGETS};
 use zigtorrent_engine::wire;
+
+/// The engine's targets plus the storage crate's (the resume file), as the fuzz crate has them.
+fn all_targets() -> Vec<(&'static str, Body)> {
+    let mut all = TARGETS.to_vec();
+    all.push(("resume_file", zigtorrent_storage_fs::fuzz_resume_file));
+    all
+}
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -38,7 +45,8 @@ fn read(path: &Path) -> Vec<u8> {
 fn every_corpus_and_regression_input_passes_its_target() {
     let mut failures = Vec::new();
     let mut replayed = 0;
-    for (name, body) in TARGETS {
+    let targets = all_targets();
+    for (name, body) in &targets {
         let corpus = inputs(&fuzz_dir().join("corpus").join(name));
         // A handful at least, so a moved or emptied folder fails rather than passes silently.
         assert!(corpus.len() >= 5, "{name}: {} corpus files", corpus.len());
@@ -55,7 +63,7 @@ fn every_corpus_and_regression_input_passes_its_target() {
         failures.is_empty(),
         "inputs that fail their target: {failures:#?}"
     );
-    assert!(replayed >= TARGETS.len() * 5);
+    assert!(replayed >= targets.len() * 5);
 }
 
 #[test]
@@ -70,7 +78,7 @@ fn every_fuzz_target_has_a_body_and_a_corpus() {
             })
             .collect()
     };
-    let bodies: BTreeSet<String> = TARGETS.iter().map(|(n, _)| n.to_string()).collect();
+    let bodies: BTreeSet<String> = all_targets().iter().map(|(n, _)| n.to_string()).collect();
     assert_eq!(names("fuzz_targets", ".rs"), bodies);
     assert_eq!(names("corpus", ""), bodies);
     assert!(names("regressions", "").is_subset(&bodies));
