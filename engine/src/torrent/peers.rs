@@ -193,7 +193,7 @@ mod tests {
             cand(2, false, true, 100, 90),  // it wants ours
             cand(3, false, false, 100, 30), // idle, outgoing
             cand(4, false, false, 100, 50), // idle longest, incoming
-            cand(6, false, false, 5, 5),    // too new to judge
+            cand(6, false, false, 4, 4),    // too new to judge
         ];
         assert_eq!(choose_eviction(&peers, false), Some(4));
         assert_eq!(choose_eviction(&peers[..3], false), Some(3));
