@@ -24,9 +24,9 @@ pub fn rate(n: u64) -> String {
 /// `s` with control characters (escape sequences, newlines, …) replaced by `?`: text from
 /// torrents, trackers and file names must not move the cursor or split a status line.
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.chars().any(char::is_control) {
+    if s.chars().any(is_unsafe) {
         s.chars()
-            .map(|c| if c.is_control() { '?' } else { c })
+            .map(|c| if is_unsafe(c) { '?' } else { c })
             .collect::<String>()
             .into()
     } else {
@@ -34,8 +34,32 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Characters that must not reach a terminal from hostile text: controls (C0, DEL, C1: escape
+/// sequences, line breaks that forge lines) and the invisible format characters that reorder
+/// or hide text (bidi overrides and isolates, zero-width ones, line/paragraph separators).
+pub fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hostile_text_is_made_printable() {
+        assert_eq!(
+            super::printable("a\u{1b}[31mb\nc\u{202E}d\u{200B}e\u{9b}f"),
+            "a?[31mb?c?d?e?f"
+        );
+        assert_eq!(super::printable("plain ünïcode 名前"), "plain ünïcode 名前");
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(super::bytes(0), "0 B");

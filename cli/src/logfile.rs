@@ -120,19 +120,24 @@ mod tests {
 
 /// A log writer that lets no control character from logged text (tracker messages, peer names,
 /// file names: all hostile) reach a terminal, or a log file someone will `cat`. Each write
-/// (`tracing` writes one whole event per call) is decoded lossily and every control character
-/// but newline and tab becomes `?`, C1 controls (such as the one-byte CSI) included.
+/// (`tracing` writes one whole event per call) is decoded lossily and every unsafe character
+/// (`format::is_unsafe`: controls, C1 included, and invisible bidi/zero-width ones) becomes `?`,
+/// but tabs and the newline that ends the event: a newline inside one would forge a log line.
 pub struct Printable<W>(pub W);
 
 impl<W: Write> Write for Printable<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
         let text = String::from_utf8_lossy(buf);
-        if text.chars().any(unsafe_char) {
-            let clean: String = text
+        let body = text.strip_suffix('\n').unwrap_or(&text);
+        let unsafe_char = |c: char| c != '\t' && crate::format::is_unsafe(c);
+        if body.chars().any(unsafe_char) {
+            let mut clean: String = body
                 .chars()
                 .map(|c| if unsafe_char(c) { '?' } else { c })
                 .collect();
+            if body.len() < text.len() {
+                clean.push('\n');
+            }
             self.0.write_all(clean.as_bytes())?;
         } else {
             self.0.write_all(buf)?;
@@ -152,9 +157,14 @@ mod printable_tests {
     #[test]
     fn control_characters_never_pass() {
         let mut out = super::Printable(Vec::new());
-        out.write_all(b"tracker refused: \x1b]0;OWNED\x07\x1b[2J\xc2\x9b31m ok\tfine\n")
-            .unwrap();
+        out.write_all(
+            b"tracker refused: \x1b]0;OWNED\x07\x1b[2J\xc2\x9b31m ok\tfine\nFAKE ERROR line\n",
+        )
+        .unwrap();
         let s = String::from_utf8(out.0).unwrap();
-        assert_eq!(s, "tracker refused: ?]0;OWNED??[2J?31m ok\tfine\n");
+        assert_eq!(
+            s,
+            "tracker refused: ?]0;OWNED??[2J?31m ok\tfine?FAKE ERROR line\n"
+        );
     }
 }

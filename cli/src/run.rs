@@ -77,6 +77,20 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
             s.state.display()
         );
     }
+    let downloads_abs = std::fs::canonicalize(&s.downloads)
+        .or_else(|_| std::path::absolute(&s.downloads))
+        .unwrap_or_else(|_| s.downloads.clone());
+    if downloads_abs
+        .ancestors()
+        .skip(1)
+        .any(|a| same_folder(a, &s.state))
+    {
+        bail!(
+            "the downloads folder {} is inside the state folder {}: torrents could reach the client's own files",
+            s.downloads.display(),
+            s.state.display()
+        );
+    }
     // The state folder first: its lock must be held before anything looks inside the folders.
     create_folder("state", &s.state)?;
     let lock = crate::instance::acquire(&s.state)?;

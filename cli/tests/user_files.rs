@@ -180,3 +180,31 @@ fn the_state_folder_may_not_be_the_downloads_folder() {
         b"my notes"
     );
 }
+
+/// Nor may the downloads folder lie inside the state folder, where a torrent could name the
+/// client's incomplete data (`parts/<hash>/…`).
+#[test]
+fn the_downloads_folder_may_not_be_inside_the_state_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = bin()
+        .args(["run", "--headless", "--listen", "0"])
+        .arg("--torrents")
+        .arg(dir.path().join("torrents"))
+        .arg("--downloads")
+        .arg(state.join("parts"))
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .next()
+            .unwrap_or("")
+            .contains("is inside the state folder"),
+        "{err}"
+    );
+    assert!(!state.join("zigtorrent.lock").exists(), "nothing created");
+}

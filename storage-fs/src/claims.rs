@@ -111,11 +111,6 @@ impl Claims {
         let root = root.as_os_str();
         let root_key = key(root.as_bytes(), fold);
         let root_path = download_dir.join(root);
-        // The client's own names beside a user's files (temporary copies, the default state
-        // folder) are never a torrent's.
-        if root_key.starts_with(b".zigtorrent") {
-            return Err(conflict(root_path, PathConflict::StateFolder));
-        }
         if let Ok(state) = fs::canonicalize(state_dir) {
             if let Ok(rel) = state.strip_prefix(&dl) {
                 let reserved = match rel.components().next() {
@@ -128,6 +123,11 @@ impl Claims {
                     return Err(conflict(root_path, PathConflict::StateFolder));
                 }
             }
+        }
+        // The client's own names beside a user's files (temporary copies, the default state
+        // folder) are never a torrent's.
+        if root_key.starts_with(b".zigtorrent") {
+            return Err(conflict(root_path, PathConflict::Reserved));
         }
         let marker = marker_path(state_dir, &dl, &root_key);
         if let Some(owner) = marker_owner(&marker) {

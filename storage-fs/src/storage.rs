@@ -27,11 +27,13 @@
 //!
 //! - every piece touching it verified, and it has the torrent's length → ours, in place;
 //! - some verified, others failed (a partial download of another client's) → moved into the
-//!   incomplete area to be completed, but only when the evidence holds: no failed piece has data
-//!   of its own in the file (unwritten regions read as one value throughout: zeros, sparse) and
-//!   a verified piece is more than one value repeated (16 KiB of zeros matches any torrent that
-//!   has them). Otherwise [`PathConflict::ForeignData`]; also refused when it has other hard
-//!   links ([`PathConflict::HardLinked`]) or is longer than the torrent's file
+//!   incomplete area to be completed, but only when the evidence holds. Only pieces with real
+//!   data in the file count (unwritten regions read as one value throughout: zeros, sparse; and
+//!   16 KiB of zeros matches any torrent that has them): at least one must match, and no more
+//!   may differ than match (an interrupted download has a few half-written pieces; a user's own
+//!   file mostly differs). Otherwise [`PathConflict::ForeignData`] or
+//!   [`PathConflict::Differs`]; also refused when it has other hard links
+//!   ([`PathConflict::HardLinked`]) or is longer than the torrent's file
 //!   ([`PathConflict::Longer`]: the tail never verified). A file of ours changed in place (same
 //!   inode and size as recorded) may be repaired without that evidence;
 //! - some verified and the rest could not be checked (they also need a file not here yet), or
@@ -938,14 +940,21 @@ impl Inner {
                     Settle::Keep
                 } else if verified {
                     // Some pieces verified, others failed: another client's partial download, or
-                    // a user's file that happens to share some bytes with the torrent. Taken in
-                    // (and then written) only if no failed piece holds data of its own (they
-                    // are unwritten: one value throughout, as a sparse or preallocated file
-                    // reads) and a verified piece is more than one value repeated (a run of
-                    // zeros matches any torrent that has one).
-                    let repairable = self.repairable[file];
-                    if !repairable && (self.contradicts(file)? || !self.has_real_evidence(file)?) {
+                    // a user's file that happens to share some bytes with the torrent. Only
+                    // pieces with real data count (one value throughout is what unwritten,
+                    // sparse or preallocated regions read as, and a run of zeros matches any
+                    // torrent that has one): taken in (and then written) only if at least one
+                    // such piece matches and no more differ than match. An interrupted
+                    // download has a few half-written pieces; a user's own file mostly differs.
+                    let (real_matches, real_differences) = if self.repairable[file] {
+                        (1, 0)
+                    } else {
+                        self.evidence(file)?
+                    };
+                    if real_matches == 0 {
                         Settle::Conflict(in_use(path, PathConflict::ForeignData))
+                    } else if real_differences > real_matches {
+                        Settle::Conflict(in_use(path, PathConflict::Differs))
                     } else if nlink(path)? > 1 {
                         // Completing it would write into the user's other names for it.
                         Settle::Conflict(in_use(path, PathConflict::HardLinked))
@@ -981,45 +990,30 @@ impl Inner {
         }
     }
 
-    /// Whether a failed piece holds data of the file's own in it (not one value throughout).
-    fn contradicts(&self, file: usize) -> Result<bool, StorageError> {
-        let failed: Vec<PieceIndex> = {
+    /// Pieces of `file` with real data (more than one value repeated) in it: how many verified,
+    /// and how many failed although every file of theirs had data.
+    fn evidence(&self, file: usize) -> Result<(usize, usize), StorageError> {
+        let (verified, failed): (Vec<PieceIndex>, Vec<PieceIndex>) = {
             let st = lock(&self.state);
+            let hashable = |p: PieceIndex| {
+                self.layout
+                    .files_for_piece(p)
+                    .iter()
+                    .all(|&f| st.locations[f] != Location::Absent)
+            };
             self.layout
                 .pieces_for_file(file)
-                .filter(|&p| {
-                    !st.completed.get(p as usize)
-                        && self
-                            .layout
-                            .files_for_piece(p)
-                            .iter()
-                            .all(|&f| st.locations[f] != Location::Absent)
-                })
-                .collect()
+                .filter(|&p| st.completed.get(p as usize) || hashable(p))
+                .partition(|&p| st.completed.get(p as usize))
         };
-        for p in failed {
-            if !is_uniform(&self.segment_of(file, p)?) {
-                return Ok(true);
+        let real = |pieces: Vec<PieceIndex>| -> Result<usize, StorageError> {
+            let mut n = 0;
+            for p in pieces {
+                n += usize::from(!is_uniform(&self.segment_of(file, p)?));
             }
-        }
-        Ok(false)
-    }
-
-    /// Whether a verified piece's bytes in `file` are more than one value repeated.
-    fn has_real_evidence(&self, file: usize) -> Result<bool, StorageError> {
-        let verified: Vec<PieceIndex> = {
-            let st = lock(&self.state);
-            self.layout
-                .pieces_for_file(file)
-                .filter(|&p| st.completed.get(p as usize))
-                .collect()
+            Ok(n)
         };
-        for p in verified {
-            if !is_uniform(&self.segment_of(file, p)?) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok((real(verified)?, real(failed)?))
     }
 
     /// Move `file` from its final path into the incomplete area (its data, or some of it,

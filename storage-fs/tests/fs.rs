@@ -1248,3 +1248,49 @@ async fn the_first_owner_of_a_path_keeps_it_across_restarts() {
     assert!(matches!(s.resume(), Resume::Trusted(b) if b.is_full()));
     assert_eq!(fs::read(c.dl("proj.bin")).unwrap(), c.file_bytes(0));
 }
+
+/// Found from outside: an interrupted download (verified pieces, then one piece half written,
+/// then zeros) was refused because the half-written piece "contradicted" it. A few differing
+/// pieces among more matching ones are what an interrupted download looks like.
+#[tokio::test]
+async fn an_interrupted_download_with_a_half_written_piece_is_completed() {
+    let c = Case::new(&[("t/a", 6 * PL as u64)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    let mut theirs = c.file_bytes(0).to_vec();
+    // Pieces 0-2 done, piece 3 half written, the rest never written.
+    theirs[3 * PL as usize + PL as usize / 2..].fill(0);
+    fs::write(c.dl("t/a"), &theirs).unwrap();
+    let s = c.open().await;
+    assert_eq!(c.recheck(&*s).await, [0, 1, 2]);
+    for p in 3..6 {
+        c.complete(&*s, p).await;
+    }
+    assert_eq!(fs::read(c.dl("t/a")).unwrap(), c.file_bytes(0));
+}
+
+/// A user's file that matches in one place and differs in more is not taken.
+#[tokio::test]
+async fn a_file_that_differs_more_than_it_matches_is_left_alone() {
+    let c = Case::new(&[("t/a", 4 * PL as u64)]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    let mut mine = c.file_bytes(0).to_vec();
+    for (i, b) in mine[PL as usize..].iter_mut().enumerate() {
+        *b = (i % 13) as u8; // their own data after the first piece
+    }
+    fs::write(c.dl("t/a"), &mine).unwrap();
+    let s = c.open().await;
+    let (good, r) = c.try_recheck(&*s).await;
+    assert_eq!(good, [0]);
+    assert!(
+        matches!(
+            r,
+            Err(StorageError::PathInUse {
+                why: PathConflict::Differs,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    drop(s);
+    assert_eq!(fs::read(c.dl("t/a")).unwrap(), mine);
+}

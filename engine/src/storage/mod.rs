@@ -202,6 +202,13 @@ pub enum PathConflict {
     /// The file changed while it was being checked.
     #[error("changed while it was being checked; recheck")]
     Changed,
+    /// A file we did not write matches the torrent in places but differs in more places than it
+    /// matches: not taken for the torrent's data.
+    #[error("holds a file this client did not write, which differs from the torrent in more places than it matches; move it away, then recheck")]
+    Differs,
+    /// A name the client keeps for its own files (temporary copies, the state folder).
+    #[error("is a name this client keeps for its own files")]
+    Reserved,
     /// A non-empty file is where the torrent has an empty one.
     #[error(
         "holds a non-empty file where the torrent has an empty one; move it away, then recheck"
