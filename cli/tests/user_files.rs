@@ -146,6 +146,26 @@ fn two_torrents_with_one_name_never_share_it() {
     stop(c);
 }
 
+/// Start `run` with these folders; it must refuse: returns the first line on stderr.
+fn refused_start(root: &Path, downloads: &Path, state: &Path) -> String {
+    let out = bin()
+        .args(["run", "--headless", "--listen", "0"])
+        .arg("--torrents")
+        .arg(root.join("torrents"))
+        .arg("--downloads")
+        .arg(downloads)
+        .arg("--state")
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "started with {downloads:?} and {state:?}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines().next().unwrap_or("").to_string()
+}
+
 /// The state folder may not be the downloads folder: the client's lock, log and resume files
 /// would share names with the user's files there (a user's `zigtorrent.lock` was overwritten).
 #[test]
@@ -155,25 +175,8 @@ fn the_state_folder_may_not_be_the_downloads_folder() {
     std::fs::create_dir_all(&dl).unwrap();
     std::fs::write(dl.join("zigtorrent.lock"), b"my notes").unwrap();
     for state in [dl.clone(), dir.path().join("downloads/./sub/..")] {
-        let out = bin()
-            .args(["run", "--headless", "--listen", "0"])
-            .arg("--torrents")
-            .arg(dir.path().join("torrents"))
-            .arg("--downloads")
-            .arg(&dl)
-            .arg("--state")
-            .arg(&state)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.lines()
-                .next()
-                .unwrap_or("")
-                .contains("is the downloads folder"),
-            "{err}"
-        );
+        let err = refused_start(dir.path(), &dl, &state);
+        assert!(err.contains("is the downloads folder"), "{err}");
     }
     assert_eq!(
         std::fs::read(dl.join("zigtorrent.lock")).unwrap(),
@@ -187,24 +190,7 @@ fn the_state_folder_may_not_be_the_downloads_folder() {
 fn the_downloads_folder_may_not_be_inside_the_state_folder() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let out = bin()
-        .args(["run", "--headless", "--listen", "0"])
-        .arg("--torrents")
-        .arg(dir.path().join("torrents"))
-        .arg("--downloads")
-        .arg(state.join("parts"))
-        .arg("--state")
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.lines()
-            .next()
-            .unwrap_or("")
-            .contains("is inside the state folder"),
-        "{err}"
-    );
+    let err = refused_start(dir.path(), &state.join("parts"), &state);
+    assert!(err.contains("is inside the state folder"), "{err}");
     assert!(!state.join("zigtorrent.lock").exists(), "nothing created");
 }
