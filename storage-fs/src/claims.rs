@@ -190,7 +190,14 @@ fn marker_path(state_dir: &Path, dl: &Path, root_key: &[u8]) -> PathBuf {
 
 /// The info-hash a marker names; `None` if there is none or it is not one (damaged: ignored).
 fn marker_owner(marker: &Path) -> Option<InfoHash> {
-    let text = fs::read(marker).ok()?;
+    use std::io::Read;
+    // 40 hex digits; read no more than that, whatever the file holds.
+    let mut text = Vec::with_capacity(40);
+    fs::File::open(marker)
+        .ok()?
+        .take(40)
+        .read_to_end(&mut text)
+        .ok()?;
     let bytes = hex::decode(text.get(..40)?).ok()?;
     Some(InfoHash(bytes.try_into().ok()?))
 }

@@ -108,3 +108,92 @@ pub fn assert_same_files(expected: &Path, actual: &Path) {
         assert!(!part.exists(), "{} appeared", part.display());
     }
 }
+
+/// What a [`scripted_peer`] answers to a request `(index, begin, length)`: the block's bytes,
+/// or `None` to ignore it.
+pub type Answer = Arc<dyn Fn(u32, u32, u32) -> Option<Vec<u8>> + Send + Sync>;
+
+/// A fake peer on loopback that speaks just enough BEP 3 to misbehave: it reads the handshake,
+/// answers with its own (`peer_id`) followed by `prelude` (the bytes right after the handshake,
+/// e.g. a bitfield and unchoke, or a hostile frame), then answers requests with `answer`.
+/// Returns its address and a counter of the connections it accepted.
+pub async fn scripted_peer(
+    meta: &Metainfo,
+    peer_id: [u8; 20],
+    prelude: Vec<u8>,
+    answer: Answer,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use zigtorrent_engine::wire::{self, Handshake, Message};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    let info_hash = meta.info_hash;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let (prelude, answer) = (prelude.clone(), answer.clone());
+            tokio::spawn(async move {
+                let mut hs = [0u8; wire::HANDSHAKE_LEN];
+                if s.read_exact(&mut hs).await.is_err() {
+                    return;
+                }
+                let mut out = bytes::BytesMut::new();
+                out.extend_from_slice(
+                    &Handshake::new(info_hash, zigtorrent_engine::PeerId(peer_id)).encode(),
+                );
+                out.extend_from_slice(&prelude);
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+                let mut buf = bytes::BytesMut::new();
+                loop {
+                    match wire::decode(&mut buf, 1 << 20) {
+                        Ok(Some(Message::Request {
+                            index,
+                            begin,
+                            length,
+                        })) => {
+                            let Some(block) = answer(index, begin, length) else {
+                                continue;
+                            };
+                            let mut out = bytes::BytesMut::new();
+                            Message::Piece {
+                                index,
+                                begin,
+                                data: block.into(),
+                            }
+                            .encode(&mut out);
+                            if s.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => match s.read_buf(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        },
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// The bytes a seeder sends right after its handshake: a full bitfield and an unchoke.
+pub fn have_all_and_unchoke(meta: &Metainfo) -> Vec<u8> {
+    use zigtorrent_engine::wire::Message;
+    let bf = zigtorrent_engine::Bitfield::full(meta.info.layout.piece_count() as usize);
+    let mut out = bytes::BytesMut::new();
+    Message::Bitfield(bytes::Bytes::copy_from_slice(bf.as_bytes())).encode(&mut out);
+    Message::Unchoke.encode(&mut out);
+    out.to_vec()
+}

@@ -6,10 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use zigtorrent_engine::wire::{self, Handshake, Message};
-use zigtorrent_engine::{Bitfield, Metainfo, PeerId};
+use zigtorrent_engine::Metainfo;
 use zigtorrent_storage_fs::FsBackend;
 use zigtorrent_tests::*;
 
@@ -21,73 +18,17 @@ enum Behaviour {
     HugeFrame,
 }
 
-/// A fake seeder that speaks just enough BEP 3 to misbehave. Returns its address and a counter
-/// of connections it accepted.
+/// A fake seeder that misbehaves as told. Returns its address and a counter of connections.
 async fn fake_peer(meta: &Metainfo, behaviour: Behaviour) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let count = connections.clone();
-    let info_hash = meta.info_hash;
-    let pieces = meta.info.layout.piece_count() as usize;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut hs = [0u8; wire::HANDSHAKE_LEN];
-                if s.read_exact(&mut hs).await.is_err() {
-                    return;
-                }
-                let ours = Handshake::new(info_hash, PeerId(*b"-XX0001-evilevilevil"));
-                let mut out = bytes::BytesMut::new();
-                out.extend_from_slice(&ours.encode());
-                match behaviour {
-                    Behaviour::HugeFrame => out.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 7]),
-                    Behaviour::CorruptData => {
-                        let bf = Bitfield::full(pieces);
-                        Message::Bitfield(bytes::Bytes::copy_from_slice(bf.as_bytes()))
-                            .encode(&mut out);
-                        Message::Unchoke.encode(&mut out);
-                    }
-                }
-                if s.write_all(&out).await.is_err() {
-                    return;
-                }
-                let mut buf = bytes::BytesMut::new();
-                loop {
-                    match wire::decode(&mut buf, 1 << 20) {
-                        Ok(Some(Message::Request {
-                            index,
-                            begin,
-                            length,
-                        })) => {
-                            let junk: Vec<u8> = (0..length).map(|_| rand::random()).collect();
-                            let mut out = bytes::BytesMut::new();
-                            Message::Piece {
-                                index,
-                                begin,
-                                data: junk.into(),
-                            }
-                            .encode(&mut out);
-                            if s.write_all(&out).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(Some(_)) => {}
-                        Ok(None) => match s.read_buf(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
-                        },
-                        Err(_) => return,
-                    }
-                }
-            });
-        }
-    });
-    (addr, connections)
+    let (prelude, answer): (Vec<u8>, Answer) = match behaviour {
+        // A frame claiming 4 GiB right after the handshake.
+        Behaviour::HugeFrame => (vec![0xff, 0xff, 0xff, 0xff, 7], Arc::new(|_, _, _| None)),
+        Behaviour::CorruptData => (
+            have_all_and_unchoke(meta),
+            Arc::new(|_, _, length| Some((0..length).map(|_| rand::random()).collect())),
+        ),
+    };
+    scripted_peer(meta, *b"-XX0001-evilevilevil", prelude, answer).await
 }
 
 async fn download_with(behaviour: Behaviour) -> (usize, zigtorrent_engine::TorrentStatus) {

@@ -9,11 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use zigtorrent_engine::types::BLOCK_SIZE;
-use zigtorrent_engine::wire::{self, Handshake, Message};
-use zigtorrent_engine::{Bitfield, Metainfo, PeerId};
+use zigtorrent_engine::Metainfo;
 use zigtorrent_storage_fs::FsBackend;
 use zigtorrent_tests::*;
 
@@ -37,77 +34,22 @@ fn torrent_bytes(meta: &Metainfo, root: &Path) -> Vec<u8> {
 /// piece it touches has blocks from both peers: the sole-sender rule can never catch it, only
 /// smart ban can. Returns its address and a count of connections.
 async fn liar(meta: &Metainfo, data: Arc<Vec<u8>>) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let count = connections.clone();
-    let info_hash = meta.info_hash;
-    let pieces = meta.info.layout.piece_count() as usize;
     let piece_length = u64::from(meta.info.layout.piece_length);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            count.fetch_add(1, Ordering::SeqCst);
-            let data = data.clone();
-            tokio::spawn(async move {
-                let mut hs = [0u8; wire::HANDSHAKE_LEN];
-                if s.read_exact(&mut hs).await.is_err() {
-                    return;
-                }
-                let mut out = bytes::BytesMut::new();
-                out.extend_from_slice(
-                    &Handshake::new(info_hash, PeerId(*b"-XX0001-liarliarliar")).encode(),
-                );
-                let bf = Bitfield::full(pieces);
-                Message::Bitfield(bytes::Bytes::copy_from_slice(bf.as_bytes())).encode(&mut out);
-                Message::Unchoke.encode(&mut out);
-                if s.write_all(&out).await.is_err() {
-                    return;
-                }
-                let mut buf = bytes::BytesMut::new();
-                loop {
-                    match wire::decode(&mut buf, 1 << 20) {
-                        Ok(Some(Message::Request {
-                            index,
-                            begin,
-                            length,
-                        })) => {
-                            let start = u64::from(index) * piece_length + u64::from(begin);
-                            let Some(slice) = usize::try_from(start)
-                                .ok()
-                                .and_then(|st| data.get(st..st + length as usize))
-                            else {
-                                return;
-                            };
-                            if begin != 0 {
-                                continue;
-                            }
-                            let block: Vec<u8> = slice.iter().map(|b| !b).collect();
-                            let mut out = bytes::BytesMut::new();
-                            Message::Piece {
-                                index,
-                                begin,
-                                data: block.into(),
-                            }
-                            .encode(&mut out);
-                            if s.write_all(&out).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(Some(_)) => {}
-                        Ok(None) => match s.read_buf(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
-                        },
-                        Err(_) => return,
-                    }
-                }
-            });
+    let answer: Answer = Arc::new(move |index, begin, length| {
+        if begin != 0 {
+            return None;
         }
+        let start = usize::try_from(u64::from(index) * piece_length).ok()?;
+        let block = data.get(start..start + length as usize)?;
+        Some(block.iter().map(|b| !b).collect())
     });
-    (addr, connections)
+    scripted_peer(
+        meta,
+        *b"-XX0001-liarliarliar",
+        have_all_and_unchoke(meta),
+        answer,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
