@@ -598,7 +598,10 @@ impl Torrent {
                     }
                 });
             }
-            TorrentCommand::AddPeers(addrs) => self.add_known(addrs),
+            TorrentCommand::AddPeers(addrs) => {
+                self.add_known(addrs);
+                self.dial_new_now();
+            }
             TorrentCommand::Pause => {
                 self.paused = true;
                 self.close_all_peers();
@@ -651,6 +654,14 @@ impl Torrent {
                     ..Default::default()
                 },
             );
+        }
+    }
+
+    /// Dial addresses the moment a peer source hands them over: waiting for the next tick
+    /// cost up to a second before the first byte of every download.
+    fn dial_new_now(&mut self) {
+        if self.active() {
+            self.connect_more(Instant::now());
         }
     }
 
@@ -814,6 +825,7 @@ impl Torrent {
                         self.next_announce =
                             Some(Instant::now() + resp.interval.max(self.min_interval));
                         self.add_known(resp.peers);
+                        self.dial_new_now();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "announce failed");
