@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 use zigtorrent_engine::metainfo::MAX_TORRENT_SIZE;
 use zigtorrent_engine::session::{Session, SessionConfig};
 use zigtorrent_engine::tracker::TrackerClient;
-use zigtorrent_engine::{InfoHash, Metainfo, TorrentState, TorrentStatus, TransportOptions};
+use zigtorrent_engine::{
+    AddTorrent, InfoHash, Magnet, Metainfo, TorrentState, TorrentStatus, TransportOptions,
+};
 
 pub use crate::settings::RunArgs;
 use crate::settings::Settings;
@@ -32,6 +34,16 @@ const SESSION_RELEASE_TRIES: u32 = 50;
 const SESSION_RELEASE_DELAY: Duration = Duration::from_millis(10);
 /// Name of the log file in the state folder while the menu is up.
 pub const LOG_FILE: &str = "zigtorrent.log";
+
+/// A magnet link, or a .torrent file by path, given on the command line; errors name it.
+pub fn load_source(source: &str) -> anyhow::Result<AddTorrent> {
+    if source.len() >= 7 && source[..7].eq_ignore_ascii_case("magnet:") {
+        let magnet = Magnet::parse(source)
+            .map_err(|e| anyhow::anyhow!("bad magnet link {}: {e}", format::printable(source)))?;
+        return Ok(AddTorrent::Magnet(magnet));
+    }
+    Ok(AddTorrent::Metainfo(load_torrent(Path::new(source))?))
+}
 
 /// Parse a .torrent file, naming the file in every error.
 pub fn load_torrent(path: &Path) -> anyhow::Result<Metainfo> {
@@ -60,6 +72,11 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
     if signals.arrived() {
         return Ok(());
     }
+    let sources = args
+        .sources
+        .iter()
+        .map(|src| load_source(src))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let headless = s.headless || !std::io::stdout().is_terminal();
     let registry = crate::backends::registry_with_plugins(&s.plugins)?;
     let transport = registry
@@ -122,6 +139,12 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
             session = Session::start(config, transport, backend, TrackerClient::new()) => session?,
         };
         let (running, events) = Running::start(session, &s);
+        for source in sources {
+            let name = format::printable(&source.display_name()).into_owned();
+            if let Err(e) = running.session.add(source) {
+                tracing::warn!(%name, error = %e, "not added");
+            }
+        }
         if headless {
             emit(&[format!(
                 "listening on port {} ({})",

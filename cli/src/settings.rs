@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// Print the merged options (defaults, file, environment, flags) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Also run these for this session: magnet links or .torrent files (not remembered for
+    /// the next start: put a .torrent or .magnet file in the watch folder for that).
+    #[arg(value_name = "SOURCE")]
+    pub sources: Vec<String>,
 }
 
 /// The merged options of `zigtorrent run`.

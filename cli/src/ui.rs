@@ -89,7 +89,7 @@ fn state_text(s: &TorrentStatus) -> String {
 
 fn state_color(s: &TorrentState) -> Color {
     match s {
-        TorrentState::Checking { .. } => Color::Yellow,
+        TorrentState::FetchingMetadata | TorrentState::Checking { .. } => Color::Yellow,
         TorrentState::Downloading => Color::Cyan,
         TorrentState::Seeding => Color::Green,
         TorrentState::Paused => Color::DarkGray,
@@ -246,7 +246,7 @@ fn draw_footer(f: &mut Frame, area: Rect, app: &App, torrents: &[TorrentStatus])
     let mut counts = [0usize; 5];
     for t in torrents {
         let i = match t.state {
-            TorrentState::Checking { .. } => 0,
+            TorrentState::FetchingMetadata | TorrentState::Checking { .. } => 0,
             TorrentState::Downloading => 1,
             TorrentState::Seeding => 2,
             TorrentState::Paused => 3,

@@ -1,5 +1,5 @@
-//! The watch folder: every `.torrent` file in it is loaded into the session, including files
-//! that appear while the client runs.
+//! The watch folder: every `.torrent` file in it, and every `.magnet` file (one magnet link
+//! each), is loaded into the session, including files that appear while the client runs.
 //!
 //! Three triggers run the same scan: a scan at start, file-system events (`notify`) and a
 //! periodic rescan (for file systems that send no events, or when the watch limit is hit).
@@ -22,7 +22,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use zigtorrent_engine::bencode::BencodeError;
 use zigtorrent_engine::metainfo::{MetainfoError, MAX_TORRENT_SIZE};
-use zigtorrent_engine::{InfoHash, Metainfo, Session, SessionError};
+use zigtorrent_engine::{AddTorrent, InfoHash, Magnet, Metainfo, Session, SessionError};
+
+/// Largest `.magnet` file read (a magnet link is capped at 64 KiB; some slack for whitespace).
+const MAX_MAGNET_FILE: u64 = zigtorrent_engine::magnet::MAX_URI_LEN as u64 + 4096;
 
 /// Periodic rescan, whether or not events arrive.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
@@ -74,7 +77,7 @@ pub enum FolderEvent {
 pub trait TorrentSink {
     /// Add the torrent; `Err(Some(hash))` if it is already there, `Err(None)` with a reason
     /// otherwise.
-    fn add(&self, meta: Metainfo) -> Result<InfoHash, AddError>;
+    fn add(&self, torrent: AddTorrent) -> Result<InfoHash, AddError>;
 }
 
 /// Why a torrent could not be added.
@@ -87,8 +90,8 @@ pub enum AddError {
 }
 
 impl TorrentSink for Session {
-    fn add(&self, meta: Metainfo) -> Result<InfoHash, AddError> {
-        match Session::add(self, meta) {
+    fn add(&self, torrent: AddTorrent) -> Result<InfoHash, AddError> {
+        match Session::add(self, torrent) {
             Ok(h) => Ok(h.info_hash()),
             Err(SessionError::Duplicate(h)) => Err(AddError::Duplicate(h)),
             Err(e) => Err(AddError::Other(e.to_string())),
@@ -99,9 +102,9 @@ impl TorrentSink for Session {
 /// The watcher's scans hold the session only weakly: a scan stuck on the blocking pool must
 /// not keep the session from stopping. The strong reference lives for one `add`.
 impl TorrentSink for std::sync::Weak<Session> {
-    fn add(&self, meta: Metainfo) -> Result<InfoHash, AddError> {
+    fn add(&self, torrent: AddTorrent) -> Result<InfoHash, AddError> {
         match self.upgrade() {
-            Some(session) => TorrentSink::add(&*session, meta),
+            Some(session) => TorrentSink::add(&*session, torrent),
             None => Err(AddError::Other("the client is stopping".to_string())),
         }
     }
@@ -185,10 +188,7 @@ impl WatchFolder {
         let mut files: Vec<(PathBuf, Stamp)> = Vec::new();
         for entry in entries.filter_map(|e| e.ok()) {
             let path = entry.path();
-            if !path
-                .extension()
-                .is_some_and(|x| x.eq_ignore_ascii_case("torrent"))
-            {
+            if Kind::of(&path).is_none() {
                 continue;
             }
             // Follows symlinks: a link to a torrent elsewhere counts.
@@ -251,7 +251,7 @@ impl WatchFolder {
         sink: &dyn TorrentSink,
         events: &mut Vec<FolderEvent>,
     ) {
-        let meta = match read_torrent(&path) {
+        let meta = match read_source(&path) {
             Ok(m) => m,
             Err(LoadError::Incomplete) if age < TRUNCATED_GRACE => {
                 // Still being written, most likely: look again later.
@@ -282,8 +282,8 @@ impl WatchFolder {
                 return;
             }
         };
-        let name = meta.info.name.clone();
-        let hash = meta.info_hash;
+        let name = meta.display_name();
+        let hash = meta.info_hash();
         self.seen.insert(path.clone(), Seen::Loaded(stamp));
         match sink.add(meta) {
             Ok(info_hash) => {
@@ -331,6 +331,44 @@ enum LoadError {
     Io(String),
     /// Anything else, with the reason.
     Bad(String),
+}
+
+/// What a file of the watch folder holds, by its extension (any case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Torrent,
+    Magnet,
+}
+
+impl Kind {
+    fn of(path: &Path) -> Option<Kind> {
+        let ext = path.extension()?;
+        if ext.eq_ignore_ascii_case("torrent") {
+            Some(Kind::Torrent)
+        } else if ext.eq_ignore_ascii_case("magnet") {
+            Some(Kind::Magnet)
+        } else {
+            None
+        }
+    }
+}
+
+fn read_source(path: &Path) -> Result<AddTorrent, LoadError> {
+    match Kind::of(path) {
+        Some(Kind::Magnet) => read_magnet(path).map(AddTorrent::Magnet),
+        _ => read_torrent(path).map(AddTorrent::Metainfo),
+    }
+}
+
+/// A `.magnet` file: one magnet link (surrounding whitespace and blank lines allowed).
+fn read_magnet(path: &Path) -> Result<Magnet, LoadError> {
+    let bytes = read_watched(path, MAX_MAGNET_FILE)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(LoadError::Incomplete);
+    }
+    Magnet::parse(text).map_err(|e| LoadError::Bad(format!("bad magnet link: {e}")))
 }
 
 fn read_torrent(path: &Path) -> Result<Metainfo, LoadError> {
@@ -495,13 +533,14 @@ mod tests {
     struct Sink(Mutex<Vec<InfoHash>>);
 
     impl TorrentSink for Sink {
-        fn add(&self, meta: Metainfo) -> Result<InfoHash, AddError> {
+        fn add(&self, torrent: AddTorrent) -> Result<InfoHash, AddError> {
+            let hash = torrent.info_hash();
             let mut v = self.0.lock().unwrap();
-            if v.contains(&meta.info_hash) {
-                return Err(AddError::Duplicate(meta.info_hash));
+            if v.contains(&hash) {
+                return Err(AddError::Duplicate(hash));
             }
-            v.push(meta.info_hash);
-            Ok(meta.info_hash)
+            v.push(hash);
+            Ok(hash)
         }
     }
 
@@ -769,5 +808,51 @@ mod tests {
                 if path.ends_with("huge.torrent") && reason.contains("larger than"))),
             "{evs:?}"
         );
+    }
+
+    #[test]
+    fn magnet_files_are_taken_and_bad_ones_named() {
+        let (_tmp, watch, sink, mut w) = fixture();
+        let hash = "c12fe1c06bba254a9dc9f519b335aa7c1367a88a";
+        std::fs::write(
+            watch.join("m.MAGNET"),
+            format!("\n  magnet:?xt=urn:btih:{hash}&dn=Some+Name\n\n"),
+        )
+        .unwrap();
+        std::fs::write(watch.join("bad.magnet"), "magnet:?dn=no-hash\n").unwrap();
+        std::fs::write(watch.join("ignored.txt"), "magnet:?xt=urn:btih:{hash}").unwrap();
+        let evs = w.scan(&sink, true);
+        assert_eq!(evs.len(), 2, "{evs:?}");
+        assert!(
+            matches!(&evs[0], FolderEvent::Failed { path, reason }
+                if path.ends_with("bad.magnet") && reason.starts_with("bad magnet link")),
+            "{evs:?}"
+        );
+        assert!(
+            matches!(&evs[1], FolderEvent::Added { path, name, info_hash }
+                if path.ends_with("m.MAGNET") && name == "Some Name"
+                    && info_hash.to_hex() == hash),
+            "{evs:?}"
+        );
+        // The same link in a second file is a duplicate of the first.
+        std::fs::write(
+            watch.join("n.magnet"),
+            format!("magnet:?xt=urn:btih:{}", hash.to_uppercase()),
+        )
+        .unwrap();
+        let evs = w.scan(&sink, true);
+        assert!(
+            matches!(&evs[..], [FolderEvent::Duplicate { of, .. }] if of.ends_with("m.MAGNET")),
+            "{evs:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_magnet_file_waits_for_its_link() {
+        let (_tmp, watch, sink, mut w) = fixture();
+        let path = watch.join("e.magnet");
+        std::fs::write(&path, "").unwrap();
+        assert!(w.scan(&sink, true).is_empty());
+        assert!(w.settling());
     }
 }

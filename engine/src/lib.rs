@@ -33,10 +33,11 @@ pub mod transport_pair;
 pub mod types;
 pub mod wire;
 
+pub use magnet::Magnet;
 pub use metainfo::Metainfo;
 pub use ratelimit::RateLimiter;
 pub use registry::{Origin, Registry};
-pub use session::{Session, SessionConfig, SessionError, TorrentHandle};
+pub use session::{AddTorrent, Session, SessionConfig, SessionError, TorrentHandle};
 pub use status::{FileStatus, PeerStatus, TorrentState, TorrentStatus};
 pub use storage::memory::MemoryBackend;
 pub use storage::{

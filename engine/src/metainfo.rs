@@ -73,6 +73,9 @@ pub const MAX_PATH_BYTES: usize = 4096;
 /// 100,000 files at a few values each stay well inside it.
 pub const MAX_ITEMS: usize = 2_000_000;
 
+/// Most `nodes` entries kept (the rest are dropped, not fatal).
+pub const MAX_NODES: usize = 64;
+
 /// Most tracker URLs kept from `announce` / `announce-list` (the rest are dropped, not fatal).
 pub const MAX_TRACKERS: usize = 200;
 
@@ -91,6 +94,12 @@ pub struct Metainfo {
     pub created_by: Option<String>,
     /// `creation date` (Unix seconds).
     pub creation_date: Option<i64>,
+    /// The `info` dictionary exactly as in the file: served to peers that ask for metadata
+    /// (BEP 9) and saved for magnets, so its SHA-1 stays the info-hash.
+    pub info_bytes: bytes::Bytes,
+    /// BEP 5 `nodes`: DHT nodes (host, port) the torrent's creator suggests, at most
+    /// [`MAX_NODES`].
+    pub dht_nodes: Vec<(String, u16)>,
 }
 
 /// The validated `info` dictionary.
@@ -219,7 +228,7 @@ impl Metainfo {
         let span = scanned
             .info_span
             .ok_or_else(|| invalid("no `info` dictionary"))?;
-        let info_hash = InfoHash(crate::hash::sha1(&bytes[span]));
+        let info_hash = InfoHash(crate::hash::sha1(&bytes[span.clone()]));
 
         let root: Value = serde_bencode::from_bytes(bytes)
             .map_err(|e| MetainfoError::Bencode(bencode::BencodeError::Shape(e.to_string())))?;
@@ -233,6 +242,8 @@ impl Metainfo {
         Ok(Metainfo {
             info: parse_info(info, &info_hash)?,
             info_hash,
+            info_bytes: bytes::Bytes::copy_from_slice(&bytes[span]),
+            dht_nodes: dht_nodes(&root),
             announce_tiers: announce_tiers(&root),
             comment: text(&root, "comment"),
             created_by: text(&root, "created by"),
@@ -242,6 +253,74 @@ impl Metainfo {
             },
         })
     }
+}
+
+impl Metainfo {
+    /// A torrent from a bare `info` dictionary (metadata fetched from peers, BEP 9) and the
+    /// trackers a magnet named (each its own tier). Checked exactly like a `.torrent` file.
+    pub fn from_info_bytes(info: &[u8], trackers: &[String]) -> Result<Metainfo, MetainfoError> {
+        let mut mi = Metainfo::from_bytes(&Metainfo::wrap_info(info, &[]))?;
+        mi.announce_tiers = trackers
+            .iter()
+            .take(MAX_TRACKERS)
+            .map(|t| vec![t.clone()])
+            .collect();
+        Ok(mi)
+    }
+
+    /// A `.torrent` file of this torrent: the raw `info` bytes and the tracker tiers, so
+    /// parsing it again gives the same info-hash (used to keep fetched metadata).
+    pub fn to_torrent_bytes(&self) -> Vec<u8> {
+        Metainfo::wrap_info(&self.info_bytes, &self.announce_tiers)
+    }
+
+    fn wrap_info(info: &[u8], tiers: &[Vec<String>]) -> Vec<u8> {
+        fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+            out.extend_from_slice(s.len().to_string().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(s);
+        }
+        let mut out = Vec::with_capacity(info.len() + 64);
+        out.push(b'd');
+        // Keys in sorted order, as bencode requires.
+        if !tiers.is_empty() {
+            put_str(&mut out, b"announce-list");
+            out.push(b'l');
+            for tier in tiers {
+                out.push(b'l');
+                for url in tier {
+                    put_str(&mut out, url.as_bytes());
+                }
+                out.push(b'e');
+            }
+            out.push(b'e');
+        }
+        put_str(&mut out, b"info");
+        out.extend_from_slice(info);
+        out.push(b'e');
+        out
+    }
+}
+
+/// BEP 5: `nodes` is a list of `[host, port]` pairs; malformed entries are skipped.
+fn dht_nodes(root: &Dict) -> Vec<(String, u16)> {
+    let Some(Value::List(list)) = root.get(&b"nodes"[..]) else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|node| match node {
+            Value::List(pair) => match pair.as_slice() {
+                [Value::Bytes(host), Value::Int(port)] => {
+                    let host = std::str::from_utf8(host).ok()?;
+                    let port = u16::try_from(*port).ok().filter(|p| *p != 0)?;
+                    (!host.is_empty() && host.len() <= 253).then(|| (host.to_string(), port))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .take(MAX_NODES)
+        .collect()
 }
 
 fn parse_info(info: &Dict, info_hash: &InfoHash) -> Result<Info, MetainfoError> {

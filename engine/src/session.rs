@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
 use crate::peer;
 use crate::ratelimit::RateLimiter;
@@ -21,7 +22,9 @@ use crate::recheck::HashBudget;
 use crate::status::TorrentStatus;
 use crate::storage::StorageBackend;
 use crate::torrent::peers::{host_key, HostKey};
-use crate::torrent::{run_torrent, PeerLimits, PeerSlot, TorrentCommand, TorrentParams};
+use crate::torrent::{
+    initial_status, run_torrent, PeerLimits, PeerSlot, Source, TorrentCommand, TorrentParams,
+};
 use crate::tracker::TrackerClient;
 use crate::transport::{Listener, Transport, TransportError};
 use crate::types::{InfoHash, PeerId};
@@ -114,6 +117,46 @@ pub enum SessionError {
     Closed,
 }
 
+/// What a torrent is added from: a parsed `.torrent`, or a magnet link whose metadata the
+/// torrent fetches from peers (and keeps in the state folder, so it is fetched only once).
+#[derive(Clone, Debug)]
+pub enum AddTorrent {
+    /// A parsed `.torrent` file.
+    Metainfo(Metainfo),
+    /// A magnet link.
+    Magnet(Magnet),
+}
+
+impl AddTorrent {
+    /// The torrent's identity.
+    pub fn info_hash(&self) -> InfoHash {
+        match self {
+            AddTorrent::Metainfo(m) => m.info_hash,
+            AddTorrent::Magnet(m) => m.info_hash,
+        }
+    }
+
+    /// The name to show before anything else is known (a magnet's `dn`, or its hash).
+    pub fn display_name(&self) -> String {
+        match self {
+            AddTorrent::Metainfo(m) => m.info.name.clone(),
+            AddTorrent::Magnet(m) => m.display_name(),
+        }
+    }
+}
+
+impl From<Metainfo> for AddTorrent {
+    fn from(m: Metainfo) -> Self {
+        AddTorrent::Metainfo(m)
+    }
+}
+
+impl From<Magnet> for AddTorrent {
+    fn from(m: Magnet) -> Self {
+        AddTorrent::Magnet(m)
+    }
+}
+
 /// A handle on one torrent in the session.
 #[derive(Clone)]
 pub struct TorrentHandle {
@@ -150,7 +193,8 @@ impl TorrentHandle {
 }
 
 struct Entry {
-    metainfo: Arc<Metainfo>,
+    /// What it was added from (a recheck starts it again from the same).
+    source: Source,
     handle: TorrentHandle,
     task: JoinHandle<()>,
 }
@@ -234,9 +278,14 @@ impl Session {
         )
     }
 
-    /// Add a torrent; it starts checking, then downloading or seeding.
-    pub fn add(&self, metainfo: Metainfo) -> Result<TorrentHandle, SessionError> {
-        self.add_inner(Arc::new(metainfo), false)
+    /// Add a torrent; it starts checking (or, from a magnet, fetching its metadata), then
+    /// downloading or seeding.
+    pub fn add(&self, torrent: impl Into<AddTorrent>) -> Result<TorrentHandle, SessionError> {
+        let source = match torrent.into() {
+            AddTorrent::Metainfo(m) => Source::Metainfo(Arc::new(m)),
+            AddTorrent::Magnet(m) => Source::Magnet(m),
+        };
+        self.add_inner(source, false)
     }
 
     /// Stop one torrent gracefully and start it again, hashing all its data whatever the resume
@@ -248,14 +297,14 @@ impl Session {
             .lock()
             .expect("lock poisoned only by a panic")
             .remove(&info_hash)?;
-        let metainfo = entry.metainfo.clone();
+        let source = entry.source.clone();
         stop_torrent(entry, Duration::from_secs(4)).await;
-        self.add_inner(metainfo, true).ok()
+        self.add_inner(source, true).ok()
     }
 
     fn add_inner(
         &self,
-        metainfo: Arc<Metainfo>,
+        source: Source,
         force_recheck: bool,
     ) -> Result<TorrentHandle, SessionError> {
         let mut torrents = self
@@ -263,21 +312,16 @@ impl Session {
             .torrents
             .lock()
             .expect("lock poisoned only by a panic");
-        let info_hash = metainfo.info_hash;
+        let info_hash = source.info_hash();
         if torrents.contains_key(&info_hash) {
             return Err(SessionError::Duplicate(info_hash));
         }
-        let status = TorrentStatus::new(
-            metainfo.info.name.clone(),
-            info_hash,
-            metainfo.info.layout.total_length,
-            metainfo.info.layout.piece_count(),
-        );
+        let status = initial_status(&source);
         let (status_tx, status_rx) = watch::channel(status);
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let c = &self.shared.config;
         let params = TorrentParams {
-            metainfo: metainfo.clone(),
+            info_hash,
             force_recheck,
             backend: self.shared.backend.clone(),
             transport: self.shared.transport.clone(),
@@ -295,7 +339,7 @@ impl Session {
             upload_limit: self.shared.upload_limit.clone(),
             hash_budget: self.shared.hash_budget.clone(),
         };
-        let task = tokio::spawn(run_torrent(params, cmd_rx));
+        let task = tokio::spawn(run_torrent(params, source.clone(), cmd_rx));
         let handle = TorrentHandle {
             info_hash,
             status: status_rx,
@@ -304,7 +348,7 @@ impl Session {
         torrents.insert(
             info_hash,
             Entry {
-                metainfo,
+                source,
                 handle: handle.clone(),
                 task,
             },

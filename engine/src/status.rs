@@ -10,6 +10,9 @@ use crate::types::{Bitfield, InfoHash};
 /// Where a torrent is in its life.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TorrentState {
+    /// Added from a magnet link: asking peers for the metadata (BEP 9). Sizes, pieces and
+    /// files are unknown until it arrives.
+    FetchingMetadata,
     /// Opening storage and, if resume state could not be trusted, hashing existing data.
     Checking {
         /// Fraction of pieces checked, 0.0–1.0.
@@ -26,9 +29,10 @@ pub enum TorrentState {
 }
 
 impl TorrentState {
-    /// A short lower-case word: checking, downloading, seeding, paused, error.
+    /// A short lower-case word: metadata, checking, downloading, seeding, paused, error.
     pub fn label(&self) -> &'static str {
         match self {
+            TorrentState::FetchingMetadata => "metadata",
             TorrentState::Checking { .. } => "checking",
             TorrentState::Downloading => "downloading",
             TorrentState::Seeding => "seeding",
@@ -153,9 +157,11 @@ impl TorrentStatus {
         }
     }
 
-    /// Completion, 0.0–1.0, by bytes.
+    /// Completion, 0.0–1.0, by bytes (0 while the metadata is unknown).
     pub fn progress(&self) -> f64 {
-        if self.total_bytes == 0 {
+        if self.state == TorrentState::FetchingMetadata {
+            0.0
+        } else if self.total_bytes == 0 {
             1.0
         } else {
             self.have_bytes as f64 / self.total_bytes as f64

@@ -10,9 +10,6 @@
 //! Peer admission (per-host caps, eviction of idle peers, the bounded address book) is decided
 //! in `peers`; who to blame for a piece that failed its hash, in `smart_ban`.
 
-pub(crate) mod peers;
-mod smart_ban;
-
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,27 +18,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
+use super::announce::{self, AnnounceResult, Announcer};
+use super::peers::{self, ban_key, host_key, BookEntry, EvictCandidate, HostKey, MAX_KNOWN_PEERS};
+use super::smart_ban::{block_digest, BlockDigest, SmartBan};
+use super::{PeerSlot, TorrentCommand, TorrentParams};
 use crate::choker::{self, Choker, PeerSample};
 use crate::hash;
 use crate::metainfo::Metainfo;
 use crate::peer::{self, Connection, PeerCommand, PeerContext, PeerEvent, PeerKey, PeerShared};
 use crate::picker::{BlockOutcome, PiecePicker};
-use crate::recheck::{self, HashBudget};
-use crate::status::{FileStatus, PeerStatus, TorrentState, TorrentStatus};
-use crate::storage::{Layout, Resume, Storage, StorageBackend, StorageError, StorageSpec};
-use crate::tracker::{
-    AnnounceRequest, AnnounceResponse, Event, TrackerClient, TrackerError, TrackerTiers,
-};
-use crate::transport::{BoxStream, Transport};
+use crate::status::{FileStatus, PeerStatus, TorrentState};
+use crate::storage::{Layout, Storage, StorageError};
+use crate::tracker::{AnnounceRequest, Event, TrackerTiers};
 use crate::types::{Bitfield, BlockRef, PeerId, PieceIndex, BLOCK_SIZE};
 use crate::wire::{Handshake, Message};
-use peers::{ban_key, host_key, BookEntry, EvictCandidate, HostKey, MAX_KNOWN_PEERS};
-use smart_ban::{block_digest, BlockDigest, SmartBan};
 
 /// Requests in flight to one peer at first, before its rate is known.
 const INITIAL_DEPTH: usize = 64;
@@ -71,114 +65,14 @@ const GOOD_CONNECTION: Duration = Duration::from_secs(60);
 const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 /// Peers asked of trackers.
 const NUM_WANT: u32 = 100;
-/// Retry a failed announce after this long (doubling, capped at 5 minutes).
-const ANNOUNCE_RETRY: Duration = Duration::from_secs(15);
-/// Fewer connected peers than this while downloading counts as starving…
+/// Fewer connected peers than this while downloading counts as starving: we re-announce early.
 const STARVING_PEERS: usize = 5;
-/// …and then we re-announce early, but not more often than this.
-const STARVING_ANNOUNCE_GAP: Duration = Duration::from_secs(60);
-/// How long `stopped` may take at shutdown.
-const STOPPED_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long shutdown waits for in-flight pieces, a flush and an announce to finish.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
 /// Redial a peer that dropped or failed after this long, doubling with each failure…
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 /// …up to this.
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(120);
-
-/// Commands from the session.
-pub enum TorrentCommand {
-    /// An incoming connection whose handshake named this torrent.
-    Incoming {
-        /// Stream positioned after the peer's handshake.
-        stream: BoxStream,
-        /// Remote address.
-        addr: SocketAddr,
-        /// The peer's handshake.
-        handshake: Handshake,
-        /// Transport name.
-        transport: String,
-        /// Session-wide peer slot.
-        permit: PeerSlot,
-    },
-    /// Add peer addresses to try.
-    AddPeers(Vec<SocketAddr>),
-    /// Stop transferring (keep state).
-    Pause,
-    /// Resume after [`TorrentCommand::Pause`].
-    Resume,
-    /// Stop: flush, save resume state, announce `stopped`; reply when done.
-    Shutdown(oneshot::Sender<()>),
-}
-
-/// A connection's hold on the session's peer slots, given back when it is dropped.
-pub struct PeerSlot {
-    _session: OwnedSemaphorePermit,
-    /// Incoming connections also hold one of the slots incoming peers may use, so peers that
-    /// dial us can never take the slots our own dials need, session-wide.
-    _incoming: Option<OwnedSemaphorePermit>,
-}
-
-impl PeerSlot {
-    /// A slot for a connection we dial.
-    pub(crate) fn outgoing(session: OwnedSemaphorePermit) -> Self {
-        PeerSlot {
-            _session: session,
-            _incoming: None,
-        }
-    }
-
-    /// A slot for a connection that dialled us.
-    pub(crate) fn incoming(session: OwnedSemaphorePermit, incoming: OwnedSemaphorePermit) -> Self {
-        PeerSlot {
-            _session: session,
-            _incoming: Some(incoming),
-        }
-    }
-}
-
-/// Everything a torrent task needs from its session.
-pub(crate) struct TorrentParams {
-    pub metainfo: Arc<Metainfo>,
-    pub backend: Arc<dyn StorageBackend>,
-    pub transport: Arc<dyn Transport>,
-    pub tracker: TrackerClient,
-    pub peer_id: PeerId,
-    pub listen_port: u16,
-    pub download_dir: PathBuf,
-    pub state_dir: PathBuf,
-    pub extra_peers: Vec<SocketAddr>,
-    pub max_peers: usize,
-    pub limits: PeerLimits,
-    pub peer_slots: Arc<Semaphore>,
-    pub status: watch::Sender<TorrentStatus>,
-    /// Hash existing data even if the resume state is trusted (a user-asked recheck).
-    pub force_recheck: bool,
-    /// Session-wide limit on payload received.
-    pub download_limit: Arc<crate::ratelimit::RateLimiter>,
-    /// Session-wide limit on payload sent.
-    pub upload_limit: Arc<crate::ratelimit::RateLimiter>,
-    /// Session-wide bound on the bytes of pieces being rechecked.
-    pub hash_budget: HashBudget,
-}
-
-/// Per-host limits from the session configuration.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct PeerLimits {
-    /// Connections (and handshakes in progress) per host.
-    pub max_per_host: usize,
-    /// Loopback peers count by address like other hosts (see `SessionConfig`).
-    pub loopback_as_host: bool,
-}
-
-impl PeerLimits {
-    pub(crate) fn from_config(c: &crate::session::SessionConfig) -> Self {
-        PeerLimits {
-            max_per_host: c.max_peers_per_host.max(1),
-            loopback_as_host: c.loopback_as_host,
-        }
-    }
-}
 
 /// Results of helper tasks, fed back into the torrent task.
 enum Internal {
@@ -194,7 +88,7 @@ enum Internal {
     AnnounceDone {
         tiers: TrackerTiers,
         event: Event,
-        result: Result<(String, AnnounceResponse), TrackerError>,
+        result: AnnounceResult,
     },
     Connected {
         conn: Connection,
@@ -258,128 +152,8 @@ struct PieceBuf {
     blocks: Vec<Option<(Bytes, SocketAddr)>>,
 }
 
-/// Run one torrent until shut down.
-pub(crate) async fn run_torrent(
-    params: TorrentParams,
-    mut commands: mpsc::Receiver<TorrentCommand>,
-) {
-    let metainfo = params.metainfo.clone();
-    let layout = Arc::new(metainfo.info.layout.clone());
-    let spec = StorageSpec {
-        info_hash: metainfo.info_hash,
-        layout: layout.clone(),
-        download_dir: params.download_dir.clone(),
-        state_dir: params.state_dir.clone(),
-    };
-    let storage = match params.backend.open(spec).await {
-        Ok(s) => s,
-        Err(e) => {
-            params.status.send_modify(|s| {
-                s.state = TorrentState::Error(format!("cannot open storage: {e}"))
-            });
-            wait_for_shutdown(&mut commands).await;
-            return;
-        }
-    };
-    let count = layout.piece_count() as usize;
-    let (trusted, check) = match storage.resume() {
-        Resume::Trusted(bf) if !params.force_recheck && bf.len() == count => {
-            (bf, Bitfield::new(count))
-        }
-        Resume::Partial { complete, check }
-            if !params.force_recheck && complete.len() == count && check.len() == count =>
-        {
-            (complete, check)
-        }
-        _ => (Bitfield::new(count), Bitfield::full(count)),
-    };
-    let have = if check.count_ones() == 0 {
-        trusted
-    } else {
-        match recheck(&params, &layout, &storage, trusted, &check, &mut commands).await {
-            Some(Ok(bf)) => bf,
-            Some(Err(e)) => {
-                let message = match e {
-                    StorageError::PathInUse { .. } => e.to_string(),
-                    e => format!("recheck failed: {e}"),
-                };
-                params
-                    .status
-                    .send_modify(|s| s.state = TorrentState::Error(message));
-                wait_for_shutdown(&mut commands).await;
-                return;
-            }
-            None => {
-                let _ = storage.flush().await;
-                return; // shut down while checking
-            }
-        }
-    };
-    let mut torrent = Torrent::new(params, layout, storage, have);
-    torrent.run(commands).await;
-}
-
-async fn wait_for_shutdown(commands: &mut mpsc::Receiver<TorrentCommand>) {
-    while let Some(cmd) = commands.recv().await {
-        if let TorrentCommand::Shutdown(done) = cmd {
-            let _ = done.send(());
-            return;
-        }
-    }
-}
-
-/// Hash the pieces in `check` (the others in `have` are trusted), mark the good ones complete,
-/// let storage settle what it found, and flush. `None` if shut down meanwhile.
-async fn recheck(
-    params: &TorrentParams,
-    layout: &Layout,
-    storage: &Arc<dyn Storage>,
-    mut have: Bitfield,
-    check: &Bitfield,
-    commands: &mut mpsc::Receiver<TorrentCommand>,
-) -> Option<Result<Bitfield, StorageError>> {
-    let total = check.count_ones() as u32;
-    let mut checks = std::pin::pin!(recheck::check_pieces(
-        &params.metainfo.info.pieces,
-        layout,
-        storage,
-        &params.hash_budget,
-        check
-    ));
-    let mut done = 0u32;
-    loop {
-        tokio::select! {
-            next = checks.next() => match next {
-                None => break,
-                Some(Err(e)) => return Some(Err(e)),
-                Some(Ok((piece, ok))) => {
-                    done += 1;
-                    if ok {
-                        have.set(piece as usize);
-                    }
-                    if done.is_multiple_of(16) || done == total {
-                        let progress = done as f32 / total.max(1) as f32;
-                        params.status.send_modify(|s| s.state = TorrentState::Checking { progress });
-                    }
-                }
-            },
-            cmd = commands.recv() => match cmd {
-                Some(TorrentCommand::Shutdown(reply)) => { let _ = reply.send(()); return None; }
-                None => return None,
-                Some(_) => {} // peers and pauses wait until checking is over
-            },
-        }
-    }
-    if let Err(e) = storage.recheck_finished(&have).await {
-        return Some(Err(e));
-    }
-    if let Err(e) = storage.flush().await {
-        return Some(Err(e));
-    }
-    Some(Ok(have))
-}
-
-struct Torrent {
+pub(super) struct Torrent {
+    metainfo: Arc<Metainfo>,
     p: TorrentParams,
     layout: Arc<Layout>,
     storage: Arc<dyn Storage>,
@@ -406,10 +180,7 @@ struct Torrent {
     events_rx: mpsc::Receiver<(PeerKey, PeerEvent)>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
-    tiers: Option<TrackerTiers>,
-    next_announce: Option<Instant>,
-    announce_failures: u32,
-    min_interval: Duration,
+    announcer: Announcer,
     sent_completed: bool,
     paused: bool,
     error: Option<String>,
@@ -422,16 +193,13 @@ struct Torrent {
     download_rate: f64,
     upload_rate: f64,
     downloaded: u64,
-    announce_count: u32,
-    last_announce: Option<Instant>,
     wasted: u64,
-    tracker_error: Option<String>,
-    key: u32,
 }
 
 impl Torrent {
-    fn new(
+    pub(super) fn new(
         p: TorrentParams,
+        metainfo: Arc<Metainfo>,
         layout: Arc<Layout>,
         storage: Arc<dyn Storage>,
         have: Bitfield,
@@ -441,8 +209,11 @@ impl Torrent {
         // of a busy torrent task (8 MiB); a full channel pauses the readers, not the task.
         let (events_tx, events_rx) = mpsc::channel(PEER_EVENT_QUEUE);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
-        let tiers = (!p.metainfo.announce_tiers.is_empty())
-            .then(|| TrackerTiers::new(p.metainfo.announce_tiers.clone()));
+        let announcer = Announcer::new(
+            metainfo.announce_tiers.clone(),
+            Instant::now(),
+            rand::random(),
+        );
         let mut known = HashMap::new();
         for addr in &p.extra_peers {
             known.insert(*addr, KnownPeer::default());
@@ -470,10 +241,7 @@ impl Torrent {
             events_rx,
             internal_tx,
             internal_rx,
-            next_announce: tiers.as_ref().map(|_| Instant::now()),
-            tiers,
-            announce_failures: 0,
-            min_interval: Duration::ZERO,
+            announcer,
             sent_completed,
             paused: false,
             error: None,
@@ -486,11 +254,8 @@ impl Torrent {
             download_rate: 0.0,
             upload_rate: 0.0,
             downloaded: 0,
-            announce_count: 0,
-            last_announce: None,
             wasted: 0,
-            tracker_error: None,
-            key: rand::random(),
+            metainfo,
             p,
         }
     }
@@ -503,7 +268,7 @@ impl Torrent {
         !self.paused && self.error.is_none()
     }
 
-    async fn run(&mut self, mut commands: mpsc::Receiver<TorrentCommand>) {
+    pub(super) async fn run(&mut self, mut commands: mpsc::Receiver<TorrentCommand>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.publish();
@@ -572,7 +337,7 @@ impl Torrent {
                     ..Default::default()
                 });
                 known.connecting = true;
-                let ours = Handshake::new(self.p.metainfo.info_hash, self.p.peer_id);
+                let ours = Handshake::new(self.metainfo.info_hash, self.p.peer_id);
                 let tx = self.internal_tx.clone();
                 tokio::spawn(async move {
                     match peer::handshake_incoming(stream, ours, &handshake).await {
@@ -615,7 +380,7 @@ impl Torrent {
         }
     }
 
-    fn add_known(&mut self, addrs: Vec<SocketAddr>) {
+    pub(super) fn add_known(&mut self, addrs: Vec<SocketAddr>) {
         let own = self.p.listen_port;
         // More than the book holds would only evict each other.
         for addr in addrs.into_iter().take(MAX_KNOWN_PEERS) {
@@ -812,31 +577,9 @@ impl Torrent {
                 event,
                 result,
             } => {
-                self.tiers = Some(tiers);
-                match result {
-                    Ok((url, resp)) => {
-                        tracing::info!(%url, peers = resp.peers.len(), ?event, "announce ok");
-                        if let Some(w) = &resp.warning {
-                            tracing::warn!(%url, warning = %w, "tracker warning");
-                        }
-                        self.announce_failures = 0;
-                        self.tracker_error = None;
-                        self.min_interval = resp.min_interval.unwrap_or(Duration::ZERO);
-                        self.next_announce =
-                            Some(Instant::now() + resp.interval.max(self.min_interval));
-                        self.add_known(resp.peers);
-                        self.dial_new_now();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "announce failed");
-                        self.tracker_error = Some(e.to_string());
-                        self.announce_failures += 1;
-                        let wait =
-                            ANNOUNCE_RETRY * 2u32.saturating_pow(self.announce_failures.min(5));
-                        self.next_announce =
-                            Some(Instant::now() + wait.min(Duration::from_secs(300)));
-                    }
-                }
+                let peers = self.announcer.finish(tiers, event, result, Instant::now());
+                self.add_known(peers);
+                self.dial_new_now();
             }
             Internal::Connected {
                 conn,
@@ -953,7 +696,7 @@ impl Torrent {
             events: self.events_tx.clone(),
             shared: shared.clone(),
             initial_bitfield: Some(have),
-            info_hash: self.p.metainfo.info_hash,
+            info_hash: self.metainfo.info_hash,
             peer_id: self.p.peer_id,
             download_limit: self.p.download_limit.clone(),
             upload_limit: self.p.upload_limit.clone(),
@@ -1142,7 +885,7 @@ impl Torrent {
         self.verifying += 1;
         self.verify_backlog += bytes;
         let storage = self.storage.clone();
-        let expected = self.p.metainfo.info.pieces[piece as usize];
+        let expected = self.metainfo.info.pieces[piece as usize];
         let slots = self.verify_slots.clone();
         let tx = self.internal_tx.clone();
         // Smart ban waits for this piece's good version: digest its blocks too.
@@ -1307,13 +1050,8 @@ impl Torrent {
                 self.rechoke(now);
             }
             self.connect_more(now);
-            if self.next_announce.is_some_and(|t| now >= t) || self.starving(now) {
-                let event = if self.announce_count == 0 {
-                    Event::Started
-                } else {
-                    Event::None
-                };
-                self.announce(event);
+            if self.announcer.due(now) || self.starving(now) {
+                self.announce(self.announcer.regular_event());
             }
         }
         if self.dirty && now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
@@ -1396,7 +1134,7 @@ impl Torrent {
             let known = self.known.get_mut(&addr).expect("candidate from known");
             known.connecting = true;
             let transport = self.p.transport.clone();
-            let ours = Handshake::new(self.p.metainfo.info_hash, self.p.peer_id);
+            let ours = Handshake::new(self.metainfo.info_hash, self.p.peer_id);
             let tx = self.internal_tx.clone();
             tokio::spawn(async move {
                 let result = async {
@@ -1436,7 +1174,7 @@ impl Torrent {
             .map(|i| self.layout.piece_len(i) as u64)
             .sum();
         AnnounceRequest {
-            info_hash: self.p.metainfo.info_hash,
+            info_hash: self.metainfo.info_hash,
             peer_id: self.p.peer_id,
             port: self.p.listen_port,
             uploaded: self.uploaded,
@@ -1444,17 +1182,14 @@ impl Torrent {
             left,
             event,
             num_want: Some(if event == Event::Stopped { 0 } else { NUM_WANT }),
-            key: self.key,
+            key: self.announcer.key(),
         }
     }
 
     /// Few peers and nobody left to dial while downloading: ask the tracker early (BEP 3 lets
     /// us, within its `min interval`; we also wait at least [`STARVING_ANNOUNCE_GAP`]).
     fn starving(&self, now: Instant) -> bool {
-        let due = self
-            .last_announce
-            .is_some_and(|t| now.duration_since(t) >= self.min_interval.max(STARVING_ANNOUNCE_GAP));
-        due && self.next_announce.is_some()
+        self.announcer.early_allowed(now)
             && !self.is_seed()
             && self.peers.len() < STARVING_PEERS
             && !self
@@ -1464,27 +1199,27 @@ impl Torrent {
     }
 
     fn announce(&mut self, event: Event) {
-        let Some(mut tiers) = self.tiers.take() else {
+        let Some(tiers) = self.announcer.begin(Instant::now()) else {
             return;
         };
-        self.last_announce = Some(Instant::now());
-        self.announce_count += 1;
-        self.next_announce = None;
         let req = self.announce_request(event);
-        let client = self.p.tracker.clone();
         let tx = self.internal_tx.clone();
-        tokio::spawn(async move {
-            let result = tiers.announce(&client, &req).await;
-            let _ = tx.send(Internal::AnnounceDone {
-                tiers,
-                event,
-                result,
-            });
-        });
+        announce::spawn_announce(
+            self.p.tracker.clone(),
+            tiers,
+            req,
+            move |tiers, event, result| {
+                let _ = tx.send(Internal::AnnounceDone {
+                    tiers,
+                    event,
+                    result,
+                });
+            },
+        );
     }
 
     async fn on_complete(&mut self) {
-        tracing::info!(name = %self.p.metainfo.info.name, "download complete");
+        tracing::info!(name = %self.metainfo.info.name, "download complete");
         self.start_flush();
         self.publish();
         let mut seeds = Vec::new();
@@ -1508,9 +1243,7 @@ impl Torrent {
         }
         if !self.sent_completed {
             self.sent_completed = true;
-            if self.tiers.is_some() {
-                self.announce(Event::Completed);
-            }
+            self.announce(Event::Completed);
         }
     }
 
@@ -1545,11 +1278,10 @@ impl Torrent {
         // Let pieces being hashed and written, a running flush and a running announce finish,
         // briefly: the whole stop must fit the session's budget.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
-        let has_trackers = !self.p.metainfo.announce_tiers.is_empty();
-        while self.verifying > 0 || self.flushing || (has_trackers && self.tiers.is_none()) {
+        while self.verifying > 0 || self.flushing || self.announcer.in_flight() {
             match tokio::time::timeout_at(deadline, self.internal_rx.recv()).await {
                 Ok(Some(Internal::Flushed(result))) => self.on_flushed(result),
-                Ok(Some(Internal::AnnounceDone { tiers, .. })) => self.tiers = Some(tiers),
+                Ok(Some(Internal::AnnounceDone { tiers, .. })) => self.announcer.restore(tiers),
                 Ok(Some(Internal::PieceDone {
                     piece,
                     bytes,
@@ -1573,13 +1305,9 @@ impl Torrent {
             self.on_flushed(result);
         }
         self.publish();
-        if let Some(mut tiers) = self.tiers.take() {
-            if self.announce_count > 0 {
-                let req = self.announce_request(Event::Stopped);
-                let _ =
-                    tokio::time::timeout(STOPPED_TIMEOUT, tiers.announce(&self.p.tracker, &req))
-                        .await;
-            }
+        if let Some(tiers) = self.announcer.take_for_stop() {
+            let req = self.announce_request(Event::Stopped);
+            announce::announce_stopped(&self.p.tracker, tiers, req).await;
         }
     }
 
@@ -1636,7 +1364,7 @@ impl Torrent {
             })
             .collect();
         let files = self.file_progress();
-        let trackers = self.tiers.as_ref().map(|t| t.status()).unwrap_or_default();
+        let trackers = self.announcer.status();
         self.p.status.send_modify(|s| {
             s.state = state;
             s.have_bytes = have_bytes;
@@ -1648,14 +1376,11 @@ impl Torrent {
             s.wasted = self.wasted;
             s.peers_connected = self.peers.len();
             s.peers_known = self.known.len();
-            s.tracker_error = self.tracker_error.clone();
+            s.tracker_error = self.announcer.error().cloned();
             s.peers = peers;
             s.files = files;
-            if !trackers.is_empty() {
-                // While an announce runs the tiers are away; keep the last list.
-                s.trackers = trackers;
-            }
-            s.next_announce = self.next_announce;
+            s.trackers = trackers;
+            s.next_announce = self.announcer.next();
             s.peers_banned = self.banned.len();
             s.pieces = have.clone();
         });

@@ -1,0 +1,251 @@
+//! Trackers as one source of peer addresses: when to announce, with which event, and what a
+//! reply or a failure changes. The [`Announcer`] decides and keeps the schedule; it never reads
+//! the clock or spawns (the phase driving it passes `now` and runs the request), so the
+//! metadata phase and the live phase share it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::tracker::{
+    AnnounceRequest, AnnounceResponse, Event, TrackerClient, TrackerError, TrackerStatus,
+    TrackerTiers,
+};
+
+/// Retry a failed announce after this long (doubling, capped at [`MAX_RETRY`]).
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(15);
+/// Longest wait between retries of a failing tracker.
+const MAX_RETRY: Duration = Duration::from_secs(300);
+/// An early announce (few peers, nobody left to dial) never comes sooner than this after the
+/// last one, whatever the tracker's `min interval` allows.
+const EARLY_ANNOUNCE_GAP: Duration = Duration::from_secs(60);
+/// How long `stopped` may take at shutdown.
+pub(super) const STOPPED_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The outcome of one announce, as the spawned request hands it back.
+pub(super) type AnnounceResult = Result<(String, AnnounceResponse), TrackerError>;
+
+/// One torrent's trackers and their schedule.
+pub(super) struct Announcer {
+    /// `None` while a request runs (the tiers travel with it), or if there are no trackers.
+    tiers: Option<TrackerTiers>,
+    has_trackers: bool,
+    next: Option<Instant>,
+    failures: u32,
+    min_interval: Duration,
+    last: Option<Instant>,
+    count: u32,
+    error: Option<String>,
+    /// The last tracker list shown (kept while the tiers are away).
+    shown: Vec<TrackerStatus>,
+    /// BEP 3 `key`: identifies us to trackers across address changes.
+    key: u32,
+}
+
+impl Announcer {
+    /// Trackers of `tiers` (BEP 12), the first announce due at `now`.
+    pub(super) fn new(tiers: Vec<Vec<String>>, now: Instant, key: u32) -> Self {
+        let has_trackers = !tiers.is_empty();
+        let tiers = has_trackers.then(|| TrackerTiers::new(tiers));
+        Announcer {
+            shown: tiers.as_ref().map(|t| t.status()).unwrap_or_default(),
+            tiers,
+            has_trackers,
+            next: has_trackers.then_some(now),
+            failures: 0,
+            min_interval: Duration::ZERO,
+            last: None,
+            count: 0,
+            error: None,
+            key,
+        }
+    }
+
+    /// The `key` to put in requests.
+    pub(super) fn key(&self) -> u32 {
+        self.key
+    }
+
+    /// Whether a request is running.
+    pub(super) fn in_flight(&self) -> bool {
+        self.has_trackers && self.tiers.is_none()
+    }
+
+    /// The regular announce is due.
+    pub(super) fn due(&self, now: Instant) -> bool {
+        self.next.is_some_and(|t| now >= t)
+    }
+
+    /// An early announce is allowed (the tracker's `min interval` and our own gap have passed,
+    /// and no request is running or failing).
+    pub(super) fn early_allowed(&self, now: Instant) -> bool {
+        self.next.is_some()
+            && self
+                .last
+                .is_some_and(|t| now.duration_since(t) >= self.min_interval.max(EARLY_ANNOUNCE_GAP))
+    }
+
+    /// The event of the next regular announce: `started` first, then none.
+    pub(super) fn regular_event(&self) -> Event {
+        if self.count == 0 {
+            Event::Started
+        } else {
+            Event::None
+        }
+    }
+
+    /// Take the tiers for a request now; `None` if one is running or there are no trackers.
+    pub(super) fn begin(&mut self, now: Instant) -> Option<TrackerTiers> {
+        let tiers = self.tiers.take()?;
+        self.last = Some(now);
+        self.count += 1;
+        self.next = None;
+        Some(tiers)
+    }
+
+    /// A request came back: schedule the next one, and return the peers it gave.
+    pub(super) fn finish(
+        &mut self,
+        tiers: TrackerTiers,
+        event: Event,
+        result: AnnounceResult,
+        now: Instant,
+    ) -> Vec<SocketAddr> {
+        self.shown = tiers.status();
+        self.tiers = Some(tiers);
+        match result {
+            Ok((url, resp)) => {
+                tracing::info!(%url, peers = resp.peers.len(), ?event, "announce ok");
+                if let Some(w) = &resp.warning {
+                    tracing::warn!(%url, warning = %w, "tracker warning");
+                }
+                self.failures = 0;
+                self.error = None;
+                self.min_interval = resp.min_interval.unwrap_or(Duration::ZERO);
+                self.next = Some(now + resp.interval.max(self.min_interval));
+                resp.peers
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "announce failed");
+                self.error = Some(e.to_string());
+                self.failures += 1;
+                let wait = ANNOUNCE_RETRY * 2u32.saturating_pow(self.failures.min(5));
+                self.next = Some(now + wait.min(MAX_RETRY));
+                Vec::new()
+            }
+        }
+    }
+
+    /// A request was cut short at shutdown: only the tiers come back.
+    pub(super) fn restore(&mut self, tiers: TrackerTiers) {
+        self.tiers = Some(tiers);
+    }
+
+    /// The tiers for the final `stopped`, if `started` was ever sent.
+    pub(super) fn take_for_stop(&mut self) -> Option<TrackerTiers> {
+        if self.count == 0 {
+            return None;
+        }
+        self.tiers.take()
+    }
+
+    /// The last tracker problem, if the last announce failed.
+    pub(super) fn error(&self) -> Option<&String> {
+        self.error.as_ref()
+    }
+
+    /// Every tracker with its last result.
+    pub(super) fn status(&self) -> Vec<TrackerStatus> {
+        match &self.tiers {
+            Some(t) => t.status(),
+            None => self.shown.clone(),
+        }
+    }
+
+    /// When the next regular announce is due.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.next
+    }
+}
+
+/// Run one announce off the torrent task; `done` gets the tiers back with the result.
+pub(super) fn spawn_announce(
+    client: TrackerClient,
+    mut tiers: TrackerTiers,
+    req: AnnounceRequest,
+    done: impl FnOnce(TrackerTiers, Event, AnnounceResult) + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let event = req.event;
+        let result = tiers.announce(&client, &req).await;
+        done(tiers, event, result);
+    });
+}
+
+/// Send `stopped`, bounded by [`STOPPED_TIMEOUT`].
+pub(super) async fn announce_stopped(
+    client: &TrackerClient,
+    mut tiers: TrackerTiers,
+    req: AnnounceRequest,
+) {
+    let _ = tokio::time::timeout(STOPPED_TIMEOUT, tiers.announce(client, &req)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(interval: u64, peers: Vec<SocketAddr>) -> AnnounceResult {
+        Ok((
+            "http://t/announce".into(),
+            AnnounceResponse {
+                interval: Duration::from_secs(interval),
+                peers,
+                ..Default::default()
+            },
+        ))
+    }
+
+    #[test]
+    fn schedule_follows_the_tracker_and_backs_off_on_failure() {
+        let t0 = Instant::now();
+        let mut a = Announcer::new(vec![vec!["http://t/announce".into()]], t0, 7);
+        assert!(a.due(t0));
+        assert_eq!(a.regular_event(), Event::Started);
+        let tiers = a.begin(t0).expect("tiers available");
+        assert!(a.in_flight() && !a.due(t0) && a.begin(t0).is_none());
+        let peer: SocketAddr = "10.0.0.1:6881".parse().unwrap();
+        let got = a.finish(tiers, Event::Started, ok(1800, vec![peer]), t0);
+        assert_eq!(got, vec![peer]);
+        assert_eq!(a.regular_event(), Event::None);
+        assert!(!a.due(t0 + Duration::from_secs(1799)));
+        assert!(a.due(t0 + Duration::from_secs(1800)));
+        assert!(!a.early_allowed(t0 + Duration::from_secs(59)));
+        assert!(a.early_allowed(t0 + Duration::from_secs(60)));
+
+        let tiers = a.begin(t0).unwrap();
+        let err = Err(TrackerError::Failure("down".into()));
+        assert!(a.finish(tiers, Event::None, err, t0).is_empty());
+        assert_eq!(a.error().map(String::as_str), Some("tracker refused: down"));
+        // First retry after 30 s (15 s doubled once), never more than 5 minutes later.
+        assert!(!a.due(t0 + Duration::from_secs(29)));
+        assert!(a.due(t0 + Duration::from_secs(30)));
+        for _ in 0..10 {
+            let tiers = a.begin(t0).unwrap();
+            a.finish(
+                tiers,
+                Event::None,
+                Err(TrackerError::Failure("x".into())),
+                t0,
+            );
+        }
+        assert!(a.due(t0 + MAX_RETRY));
+    }
+
+    #[test]
+    fn without_trackers_nothing_is_ever_due() {
+        let t0 = Instant::now();
+        let mut a = Announcer::new(Vec::new(), t0, 1);
+        assert!(!a.due(t0) && !a.in_flight());
+        assert!(a.begin(t0).is_none() && a.take_for_stop().is_none());
+    }
+}

@@ -1,0 +1,837 @@
+//! The `FetchingMetadata` phase of a torrent added from a magnet link: find peers (the magnet's
+//! `x.pe` and trackers, `--peer`, incoming connections), ask those that speak BEP 9 for the
+//! `info` dictionary piece by piece, check it against the info-hash, keep it in the state
+//! folder, and hand over to `Checking`. A restart finds the kept copy and never asks again.
+//!
+//! Connections here only exchange extended handshakes and `ut_metadata` messages; everything
+//! else a peer sends is skipped unread (nothing can be checked before the piece count is
+//! known). They are closed when the metadata is in, and the addresses handed to the live
+//! phase, which dials them at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::announce::{self, AnnounceResult, Announcer};
+use super::check::Checking;
+use super::peers::{host_key, HostKey};
+use super::{PeerSlot, Phase, TorrentCommand, TorrentParams};
+use crate::extension::{ExtendedHandshake, Extension, HANDSHAKE_ID};
+use crate::magnet::Magnet;
+use crate::metadata::{MetadataFetch, MetadataMessage, Progress};
+use crate::metainfo::{Metainfo, MAX_TORRENT_SIZE};
+use crate::peer;
+use crate::status::TorrentState;
+use crate::tracker::{AnnounceRequest, Event, TrackerTiers};
+use crate::transport::BoxStream;
+use crate::types::InfoHash;
+use crate::wire::{self, Handshake, Message};
+
+/// Connections (and dials in progress) while fetching metadata: a handful of peers gives
+/// parallel pieces and spares; more would only cost handshakes we close again.
+const MAX_FETCH_PEERS: usize = 16;
+/// Largest frame read while fetching: a metadata piece (16 KiB plus its dictionary) or a
+/// bitfield of a torrent with up to two million pieces. Anything longer ends the connection.
+const MAX_FRAME: usize = 256 * 1024;
+/// A connection that sends nothing for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection that has not finished its extended handshake after this long is useless here.
+const EXTENDED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Addresses kept while fetching (the live phase has its own, larger, book).
+const MAX_KNOWN: usize = 500;
+/// Commands queued to one connection (a few requests at a time).
+const CONNECTION_QUEUE: usize = 16;
+/// `left` in announces before the size is known: non-zero, so trackers count us as a leecher
+/// and hand out seeds.
+const UNKNOWN_LEFT: u64 = 16 * 1024;
+/// Redial a failed address after this long, doubling with each failure.
+const REDIAL: Duration = Duration::from_secs(2);
+/// Our name in the extended handshake (`v`).
+const CLIENT_NAME: &str = concat!("ZigTorrent ", env!("CARGO_PKG_VERSION"));
+
+/// Where fetched metadata is kept: `<state>/metadata/<info-hash hex>.torrent`.
+pub(crate) fn saved_path(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
+    state_dir
+        .join("metadata")
+        .join(format!("{}.torrent", info_hash.to_hex()))
+}
+
+/// A magnet whose metadata is not known yet.
+pub(super) struct FetchingMetadata {
+    magnet: Magnet,
+}
+
+impl FetchingMetadata {
+    pub(super) fn new(magnet: Magnet) -> Self {
+        FetchingMetadata { magnet }
+    }
+
+    /// Fetch (or load) the metadata; `None` if shut down meanwhile.
+    pub(super) async fn run(
+        self,
+        params: &TorrentParams,
+        commands: &mut mpsc::Receiver<TorrentCommand>,
+    ) -> Option<Phase> {
+        let path = saved_path(&params.state_dir, &params.info_hash);
+        match load_saved(path.clone(), params.info_hash).await {
+            Ok(Some(metainfo)) => {
+                tracing::info!(name = %metainfo.info.name, "metadata loaded from the state folder");
+                return Some(known(params, metainfo, Vec::new()));
+            }
+            Ok(None) => {}
+            // A damaged copy is fetched again (and replaced).
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "saved metadata ignored"),
+        }
+        let mut fetcher = Fetcher::new(params, self.magnet);
+        let (info, peers) = fetcher.run(commands).await?;
+        let metainfo = match Metainfo::from_info_bytes(&info, &fetcher.magnet.trackers) {
+            Ok(m) => m,
+            Err(e) => {
+                return Some(Phase::Failed(format!(
+                    "the metadata peers sent matches the info-hash but is not a usable torrent: {e}"
+                )))
+            }
+        };
+        if let Err(e) = save(path.clone(), metainfo.to_torrent_bytes()).await {
+            // Not fatal: the torrent runs, and a restart fetches the metadata again.
+            tracing::warn!(path = %path.display(), error = %e, "could not keep the metadata");
+        }
+        tracing::info!(name = %metainfo.info.name, bytes = info.len(), "metadata fetched");
+        Some(known(params, metainfo, peers))
+    }
+}
+
+/// The metadata is known: show its name and size, and go on to checking.
+fn known(params: &TorrentParams, metainfo: Metainfo, peers: Vec<SocketAddr>) -> Phase {
+    params.status.send_modify(|s| {
+        s.name = metainfo.info.name.clone();
+        s.total_bytes = metainfo.info.layout.total_length;
+        s.pieces_total = metainfo.info.layout.piece_count();
+        s.pieces = crate::types::Bitfield::new(s.pieces_total as usize);
+        s.state = TorrentState::Checking { progress: 0.0 };
+        s.peers.clear();
+        s.peers_connected = 0;
+    });
+    Phase::Checking(Checking::new(Arc::new(metainfo)).with_peers(peers))
+}
+
+async fn load_saved(path: PathBuf, info_hash: InfoHash) -> std::io::Result<Option<Metainfo>> {
+    tokio::task::spawn_blocking(move || {
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if bytes.len() > MAX_TORRENT_SIZE {
+            return Err(std::io::Error::other("larger than any torrent we accept"));
+        }
+        let metainfo = Metainfo::from_bytes(&bytes).map_err(std::io::Error::other)?;
+        if metainfo.info_hash != info_hash {
+            return Err(std::io::Error::other("holds another torrent"));
+        }
+        Ok(Some(metainfo))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Write `bytes` to `path` durably: a temporary file in the same folder, fsynced, renamed over
+/// the old one, and the folder fsynced.
+async fn save(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let dir = path
+            .parent()
+            .ok_or_else(|| std::io::Error::other("no folder"))?;
+        std::fs::create_dir_all(dir)?;
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let result = (|| {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// What connection tasks tell the fetcher.
+enum FetchEvent {
+    Connected {
+        stream: BoxStream,
+        addr: SocketAddr,
+        remote: Handshake,
+        slot: PeerSlot,
+    },
+    DialFailed(SocketAddr),
+    /// The peer's extended handshake.
+    Handshaken {
+        key: u64,
+        ut_metadata: Option<u8>,
+        size: Option<u32>,
+    },
+    Metadata {
+        key: u64,
+        msg: MetadataMessage,
+    },
+    Closed {
+        key: u64,
+        reason: String,
+    },
+    Resolved(Vec<SocketAddr>),
+    Announced {
+        tiers: TrackerTiers,
+        event: Event,
+        result: AnnounceResult,
+    },
+}
+
+#[derive(Default)]
+struct Known {
+    busy: bool,
+    failures: u32,
+    next_try: Option<Instant>,
+}
+
+struct Conn {
+    addr: SocketAddr,
+    tx: mpsc::Sender<Bytes>,
+    /// The peer's id for `ut_metadata` once its extended handshake said it has one.
+    ut_metadata: Option<u8>,
+    opened: Instant,
+    task: tokio::task::JoinHandle<()>,
+    _slot: PeerSlot,
+}
+
+struct Fetcher<'a> {
+    p: &'a TorrentParams,
+    magnet: Magnet,
+    assembler: MetadataFetch,
+    known: HashMap<SocketAddr, Known>,
+    conns: HashMap<u64, Conn>,
+    dialing: usize,
+    next_key: u64,
+    events_tx: mpsc::UnboundedSender<FetchEvent>,
+    events_rx: mpsc::UnboundedReceiver<FetchEvent>,
+    announcer: Announcer,
+    paused: bool,
+}
+
+impl<'a> Fetcher<'a> {
+    fn new(p: &'a TorrentParams, magnet: Magnet) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let tiers = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
+        let mut f = Fetcher {
+            p,
+            assembler: MetadataFetch::new(magnet.info_hash),
+            known: HashMap::new(),
+            conns: HashMap::new(),
+            dialing: 0,
+            next_key: 1,
+            events_tx,
+            events_rx,
+            announcer: Announcer::new(tiers, Instant::now(), rand::random()),
+            paused: false,
+            magnet,
+        };
+        let initial: Vec<SocketAddr> = f
+            .magnet
+            .peers
+            .iter()
+            .chain(&p.extra_peers)
+            .copied()
+            .collect();
+        f.add_known(initial);
+        if !f.magnet.peer_names.is_empty() {
+            let names = f.magnet.peer_names.clone();
+            let tx = f.events_tx.clone();
+            tokio::spawn(async move {
+                let mut found = Vec::new();
+                for (host, port) in names {
+                    if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await {
+                        found.extend(addrs.take(4));
+                    }
+                }
+                let _ = tx.send(FetchEvent::Resolved(found));
+            });
+        }
+        f
+    }
+
+    /// Until the metadata is in: its bytes and the addresses worth dialling afterwards.
+    async fn run(
+        &mut self,
+        commands: &mut mpsc::Receiver<TorrentCommand>,
+    ) -> Option<(Bytes, Vec<SocketAddr>)> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    Some(TorrentCommand::Shutdown(reply)) => {
+                        self.stop().await;
+                        let _ = reply.send(());
+                        return None;
+                    }
+                    None => { self.stop().await; return None; }
+                    Some(cmd) => self.on_command(cmd),
+                },
+                _ = tick.tick() => self.on_tick(),
+                Some(event) = self.events_rx.recv() => {
+                    if let Some(info) = self.on_event(event) {
+                        let peers = self.handover();
+                        return Some((info, peers));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: TorrentCommand) {
+        match cmd {
+            TorrentCommand::Incoming {
+                stream,
+                addr,
+                handshake,
+                permit,
+                ..
+            } => {
+                if self.paused || self.conns.len() + self.dialing >= MAX_FETCH_PEERS {
+                    return;
+                }
+                if self.host_count(addr) >= self.p.limits.max_per_host {
+                    return;
+                }
+                self.known.entry(addr).or_default().busy = true;
+                self.dialing += 1;
+                let ours = Handshake::new(self.p.info_hash, self.p.peer_id);
+                let tx = self.events_tx.clone();
+                tokio::spawn(async move {
+                    let event = match peer::handshake_incoming(stream, ours, &handshake).await {
+                        Ok(stream) => FetchEvent::Connected {
+                            stream,
+                            addr,
+                            remote: handshake,
+                            slot: permit,
+                        },
+                        Err(_) => FetchEvent::DialFailed(addr),
+                    };
+                    let _ = tx.send(event);
+                });
+            }
+            TorrentCommand::AddPeers(addrs) => {
+                self.add_known(addrs);
+                self.dial(Instant::now());
+            }
+            TorrentCommand::Pause => {
+                self.paused = true;
+                self.close_all();
+                self.publish();
+            }
+            TorrentCommand::Resume => {
+                self.paused = false;
+                self.dial(Instant::now());
+                self.publish();
+            }
+            TorrentCommand::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if !self.paused {
+            // Requests that timed out go to other peers; idle handshakes make room.
+            let stale: Vec<u64> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| {
+                    c.ut_metadata.is_none()
+                        && now.duration_since(c.opened) > EXTENDED_HANDSHAKE_TIMEOUT
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for key in stale {
+                self.close(key, "no extended handshake");
+            }
+            let keys: Vec<u64> = self.conns.keys().copied().collect();
+            for key in keys {
+                self.pump(key, now);
+            }
+            self.dial(now);
+            let starving = self.conns.is_empty()
+                && !self.known.values().any(|k| !k.busy)
+                && self.announcer.early_allowed(now);
+            if self.announcer.due(now) || starving {
+                self.announce(now);
+            }
+        }
+        self.publish();
+    }
+
+    /// Returns the metadata once it is complete and verified.
+    fn on_event(&mut self, event: FetchEvent) -> Option<Bytes> {
+        let now = Instant::now();
+        match event {
+            FetchEvent::Connected {
+                stream,
+                addr,
+                remote,
+                slot,
+            } => {
+                self.dialing = self.dialing.saturating_sub(1);
+                if self.paused {
+                    self.release(addr, false);
+                    return None;
+                }
+                if !remote.supports_extensions() {
+                    // Cannot send metadata; it may still be a fine peer for the data.
+                    self.release(addr, false);
+                    return None;
+                }
+                let key = self.next_key;
+                self.next_key += 1;
+                let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+                let task = tokio::spawn(metadata_connection(
+                    key,
+                    stream,
+                    self.p.listen_port,
+                    self.events_tx.clone(),
+                    rx,
+                ));
+                self.conns.insert(
+                    key,
+                    Conn {
+                        addr,
+                        tx,
+                        ut_metadata: None,
+                        opened: now,
+                        task,
+                        _slot: slot,
+                    },
+                );
+                self.publish();
+            }
+            FetchEvent::DialFailed(addr) => {
+                self.dialing = self.dialing.saturating_sub(1);
+                self.release(addr, true);
+                self.dial(now);
+            }
+            FetchEvent::Handshaken {
+                key,
+                ut_metadata,
+                size,
+            } => {
+                let conn = self.conns.get_mut(&key)?;
+                match (ut_metadata, size) {
+                    (Some(id), Some(size)) => match self.assembler.add_peer(key, size) {
+                        Ok(()) => {
+                            conn.ut_metadata = Some(id);
+                            self.pump(key, now);
+                        }
+                        Err(e) => self.close(key, &e.to_string()),
+                    },
+                    _ => self.close(key, "peer cannot send metadata"),
+                }
+            }
+            FetchEvent::Metadata { key, msg } => {
+                if !self.conns.contains_key(&key) {
+                    return None;
+                }
+                match msg {
+                    MetadataMessage::Data { piece, data, .. } => {
+                        match self.assembler.on_data(key, piece, data, now) {
+                            Ok(Progress::Pending) => self.pump(key, now),
+                            Ok(Progress::Complete(info)) => return Some(info),
+                            Ok(Progress::HashMismatch { contributors }) => {
+                                tracing::warn!(
+                                    peers = contributors.len(),
+                                    "metadata failed its hash check; fetching again"
+                                );
+                                // One sender alone is to blame; with several, nobody can be
+                                // told apart, so all stay and the fetch starts over.
+                                if let [only] = contributors[..] {
+                                    self.close(only, "sent metadata that failed its hash");
+                                }
+                                let keys: Vec<u64> = self.conns.keys().copied().collect();
+                                for k in keys {
+                                    self.pump(k, now);
+                                }
+                            }
+                            Err(e) => self.close(key, &e.to_string()),
+                        }
+                    }
+                    MetadataMessage::Reject { piece } => {
+                        self.assembler.on_reject(key, piece);
+                        self.pump_others(key, now);
+                    }
+                    // Answered with a reject by the connection itself.
+                    MetadataMessage::Request { .. } => {}
+                }
+            }
+            FetchEvent::Closed { key, reason } => {
+                if let Some(conn) = self.conns.remove(&key) {
+                    tracing::debug!(addr = %conn.addr, %reason, "metadata peer closed");
+                    self.assembler.remove_peer(key);
+                    self.release(conn.addr, false);
+                    self.pump_others(key, now);
+                    self.dial(now);
+                    self.publish();
+                }
+            }
+            FetchEvent::Resolved(addrs) => {
+                self.add_known(addrs);
+                self.dial(now);
+            }
+            FetchEvent::Announced {
+                tiers,
+                event,
+                result,
+            } => {
+                let peers = self.announcer.finish(tiers, event, result, now);
+                self.add_known(peers);
+                self.dial(now);
+            }
+        }
+        None
+    }
+
+    /// Send `key` the requests the assembler gives it.
+    fn pump(&mut self, key: u64, now: Instant) {
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
+        let Some(id) = conn.ut_metadata else {
+            return;
+        };
+        while let Some(piece) = self.assembler.next_request(key, now) {
+            let msg = extended(id, MetadataMessage::Request { piece }.encode());
+            if conn.tx.try_send(msg).is_err() {
+                // Full: the assembler times the request out and gives it to someone else.
+                break;
+            }
+        }
+    }
+
+    fn pump_others(&mut self, except: u64, now: Instant) {
+        let keys: Vec<u64> = self
+            .conns
+            .keys()
+            .copied()
+            .filter(|k| *k != except)
+            .collect();
+        for k in keys {
+            self.pump(k, now);
+        }
+    }
+
+    fn close(&mut self, key: u64, reason: &str) {
+        if let Some(conn) = self.conns.remove(&key) {
+            tracing::debug!(addr = %conn.addr, %reason, "metadata peer dropped");
+            conn.task.abort();
+            self.assembler.remove_peer(key);
+            self.release(conn.addr, false);
+        }
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<u64> = self.conns.keys().copied().collect();
+        for k in keys {
+            self.close(k, "paused");
+        }
+    }
+
+    /// `addr` is free to dial again (after a delay if it failed).
+    fn release(&mut self, addr: SocketAddr, failed: bool) {
+        if let Some(k) = self.known.get_mut(&addr) {
+            k.busy = false;
+            if failed {
+                k.failures += 1;
+                k.next_try = Some(Instant::now() + REDIAL * 2u32.pow(k.failures.min(6)));
+            }
+        }
+    }
+
+    fn add_known(&mut self, addrs: Vec<SocketAddr>) {
+        for addr in addrs {
+            if addr.port() == 0
+                || (addr.ip().is_loopback() && addr.port() == self.p.listen_port)
+                || self.known.len() >= MAX_KNOWN
+            {
+                continue;
+            }
+            self.known.entry(addr).or_default();
+        }
+    }
+
+    fn host_count(&self, addr: SocketAddr) -> usize {
+        let loopback = self.p.limits.loopback_as_host;
+        let host = host_key(addr, loopback);
+        self.conns
+            .values()
+            .map(|c| c.addr)
+            .chain(self.known.iter().filter(|(_, k)| k.busy).map(|(a, _)| *a))
+            .filter(|a| host_key(*a, loopback) == host)
+            .count()
+    }
+
+    /// Dial known addresses until [`MAX_FETCH_PEERS`] connections are open or being opened.
+    fn dial(&mut self, now: Instant) {
+        if self.paused {
+            return;
+        }
+        let loopback = self.p.limits.loopback_as_host;
+        let mut per_host: HashMap<HostKey, usize> = HashMap::new();
+        for a in self
+            .conns
+            .values()
+            .map(|c| c.addr)
+            .chain(self.known.iter().filter(|(_, k)| k.busy).map(|(a, _)| *a))
+        {
+            *per_host.entry(host_key(a, loopback)).or_default() += 1;
+        }
+        let candidates: Vec<SocketAddr> = self
+            .known
+            .iter()
+            .filter(|(_, k)| !k.busy && k.next_try.is_none_or(|t| now >= t))
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in candidates {
+            if self.conns.len() + self.dialing >= MAX_FETCH_PEERS {
+                break;
+            }
+            let host = per_host.entry(host_key(addr, loopback)).or_default();
+            if *host >= self.p.limits.max_per_host {
+                continue;
+            }
+            let Ok(permit) = self.p.peer_slots.clone().try_acquire_owned() else {
+                break;
+            };
+            *host += 1;
+            let slot = PeerSlot::outgoing(permit);
+            if let Some(k) = self.known.get_mut(&addr) {
+                k.busy = true;
+            }
+            self.dialing += 1;
+            let transport = self.p.transport.clone();
+            let ours = Handshake::new(self.p.info_hash, self.p.peer_id);
+            let tx = self.events_tx.clone();
+            tokio::spawn(async move {
+                let result = async {
+                    let (stream, _) = transport.connect_labeled(addr).await.ok()?;
+                    peer::handshake_outgoing(stream, ours).await.ok()
+                }
+                .await;
+                let event = match result {
+                    Some((stream, remote)) => FetchEvent::Connected {
+                        stream,
+                        addr,
+                        remote,
+                        slot,
+                    },
+                    None => FetchEvent::DialFailed(addr),
+                };
+                let _ = tx.send(event);
+            });
+        }
+    }
+
+    fn announce(&mut self, now: Instant) {
+        let event = self.announcer.regular_event();
+        let Some(tiers) = self.announcer.begin(now) else {
+            return;
+        };
+        let req = self.announce_request(event);
+        let tx = self.events_tx.clone();
+        announce::spawn_announce(
+            self.p.tracker.clone(),
+            tiers,
+            req,
+            move |tiers, event, result| {
+                let _ = tx.send(FetchEvent::Announced {
+                    tiers,
+                    event,
+                    result,
+                });
+            },
+        );
+    }
+
+    fn announce_request(&self, event: Event) -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: self.p.info_hash,
+            peer_id: self.p.peer_id,
+            port: self.p.listen_port,
+            uploaded: 0,
+            downloaded: 0,
+            left: UNKNOWN_LEFT,
+            event,
+            num_want: Some(if event == Event::Stopped { 0 } else { 100 }),
+            key: self.announcer.key(),
+        }
+    }
+
+    /// Close every connection and give back the addresses worth dialling: every address
+    /// known, those that were connected first.
+    fn handover(&mut self) -> Vec<SocketAddr> {
+        let mut peers: Vec<SocketAddr> = self.conns.values().map(|c| c.addr).collect();
+        for conn in self.conns.values() {
+            conn.task.abort();
+        }
+        self.conns.clear();
+        peers.extend(
+            self.known
+                .keys()
+                .filter(|a| !peers.contains(a))
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        peers
+    }
+
+    async fn stop(&mut self) {
+        self.close_all();
+        if self.announcer.in_flight() {
+            let deadline = tokio::time::Instant::now() + announce::STOPPED_TIMEOUT;
+            while let Ok(Some(event)) =
+                tokio::time::timeout_at(deadline, self.events_rx.recv()).await
+            {
+                if let FetchEvent::Announced { tiers, .. } = event {
+                    self.announcer.restore(tiers);
+                    break;
+                }
+            }
+        }
+        if let Some(tiers) = self.announcer.take_for_stop() {
+            let req = self.announce_request(Event::Stopped);
+            announce::announce_stopped(&self.p.tracker, tiers, req).await;
+        }
+    }
+
+    fn publish(&self) {
+        let connected = self.conns.len();
+        let known = self.known.len();
+        let paused = self.paused;
+        let trackers = self.announcer.status();
+        let error = self.announcer.error().cloned();
+        let next = self.announcer.next();
+        self.p.status.send_modify(|s| {
+            s.state = if paused {
+                TorrentState::Paused
+            } else {
+                TorrentState::FetchingMetadata
+            };
+            s.peers_connected = connected;
+            s.peers_known = known;
+            s.trackers = trackers;
+            s.tracker_error = error;
+            s.next_announce = next;
+        });
+    }
+}
+
+/// An extension message with the peer's id for it.
+fn extended(id: u8, payload: Bytes) -> Bytes {
+    let msg = Message::Unknown {
+        id: wire::EXTENDED,
+        payload: {
+            let mut p = BytesMut::with_capacity(1 + payload.len());
+            p.extend_from_slice(&[id]);
+            p.extend_from_slice(&payload);
+            p.freeze()
+        },
+    };
+    let mut out = BytesMut::new();
+    msg.encode(&mut out);
+    out.freeze()
+}
+
+/// One connection while fetching metadata: send our extended handshake, report theirs, pass
+/// `ut_metadata` messages both ways, skip everything else. Ends on error, silence, or abort.
+async fn metadata_connection(
+    key: u64,
+    stream: BoxStream,
+    listen_port: u16,
+    events: mpsc::UnboundedSender<FetchEvent>,
+    mut outgoing: mpsc::Receiver<Bytes>,
+) {
+    let reason: Result<(), String> = async {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        // Ours carries no `metadata_size`: we have none to give.
+        let ours = ExtendedHandshake::ours(None, 250, Some(listen_port), CLIENT_NAME);
+        let mut first = BytesMut::new();
+        ours.to_message().encode(&mut first);
+        wr.write_all(&first).await.map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::with_capacity(32 * 1024);
+        let mut their_metadata_id: Option<u8> = None;
+        loop {
+            tokio::select! {
+                out = outgoing.recv() => match out {
+                    Some(bytes) => wr.write_all(&bytes).await.map_err(|e| e.to_string())?,
+                    None => return Err("closed".to_string()),
+                },
+                read = tokio::time::timeout(IDLE_TIMEOUT, rd.read_buf(&mut buf)) => {
+                    match read {
+                        Err(_) => return Err("idle".into()),
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Ok(Ok(0)) => return Err("connection closed by peer".into()),
+                        Ok(Ok(_)) => {}
+                    }
+                    while let Some(msg) = wire::decode(&mut buf, MAX_FRAME).map_err(|e| e.to_string())? {
+                        let Message::Unknown { id: wire::EXTENDED, payload } = msg else {
+                            continue;
+                        };
+                        let Some((&ext, body)) = payload.split_first() else {
+                            return Err("empty extension message".into());
+                        };
+                        if ext == HANDSHAKE_ID {
+                            let hs = ExtendedHandshake::parse(body).map_err(|e| e.to_string())?;
+                            their_metadata_id = hs.ids.ut_metadata;
+                            let _ = events.send(FetchEvent::Handshaken {
+                                key,
+                                ut_metadata: hs.ids.ut_metadata,
+                                size: hs.metadata_size,
+                            });
+                        } else if Extension::from_local_id(ext) == Some(Extension::Metadata) {
+                            let mut body = payload.clone();
+                            body.advance(1);
+                            let Some(msg) = MetadataMessage::decode(body).map_err(|e| e.to_string())? else {
+                                continue; // a msg_type BEP 9 does not define: ignored
+                            };
+                            if let MetadataMessage::Request { piece } = msg {
+                                // We have nothing yet: BEP 9 says reject.
+                                if let Some(id) = their_metadata_id {
+                                    let reject = MetadataMessage::Reject { piece }.encode();
+                                    wr.write_all(&extended(id, reject)).await.map_err(|e| e.to_string())?;
+                                }
+                                continue;
+                            }
+                            let _ = events.send(FetchEvent::Metadata { key, msg });
+                        }
+                    }
+                    if buf.capacity() - buf.len() < 16 * 1024 {
+                        buf.reserve(32 * 1024);
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    let reason = match reason {
+        Ok(()) => "done".to_string(),
+        Err(r) => r,
+    };
+    let _ = events.send(FetchEvent::Closed { key, reason });
+}

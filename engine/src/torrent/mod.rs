@@ -1,0 +1,223 @@
+//! One torrent's task and its lifecycle. The task is the single owner of the torrent's state;
+//! the session, peer drivers and helper tasks talk to it only through channels, and it
+//! publishes a [`TorrentStatus`] snapshot for readers.
+//!
+//! The lifecycle is an enum of per-state structs ([`Phase`]): a torrent added from a magnet
+//! starts in `FetchingMetadata` (no piece count, no storage: only the info-hash), one added
+//! from a `.torrent` (or whose metadata was fetched before) in `Checking`; both go on to `Live`
+//! (downloading, seeding or paused) or `Failed`. Each phase runs until it hands over to the
+//! next one, or until the session shuts the torrent down.
+//!
+//! Modules: `fetch` (metadata from peers, BEP 9), `check` (storage opened, resume state
+//! trusted or data hashed), `live` (peers, requests, pieces, choking), `announce` (trackers, one
+//! source of peer addresses), `peers` (address book and admission), `smart_ban` (who sent bad
+//! data).
+
+mod announce;
+mod check;
+mod fetch;
+mod live;
+pub(crate) mod peers;
+mod smart_ban;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::magnet::Magnet;
+use crate::metainfo::Metainfo;
+use crate::recheck::HashBudget;
+use crate::status::{TorrentState, TorrentStatus};
+use crate::storage::StorageBackend;
+use crate::tracker::TrackerClient;
+use crate::transport::{BoxStream, Transport};
+use crate::types::{InfoHash, PeerId};
+use crate::wire::Handshake;
+
+/// Commands from the session.
+pub enum TorrentCommand {
+    /// An incoming connection whose handshake named this torrent.
+    Incoming {
+        /// Stream positioned after the peer's handshake.
+        stream: BoxStream,
+        /// Remote address.
+        addr: SocketAddr,
+        /// The peer's handshake.
+        handshake: Handshake,
+        /// Transport name.
+        transport: String,
+        /// Session-wide peer slot.
+        permit: PeerSlot,
+    },
+    /// Add peer addresses to try.
+    AddPeers(Vec<SocketAddr>),
+    /// Stop transferring (keep state).
+    Pause,
+    /// Resume after [`TorrentCommand::Pause`].
+    Resume,
+    /// Stop: flush, save resume state, announce `stopped`; reply when done.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A connection's hold on the session's peer slots, given back when it is dropped.
+pub struct PeerSlot {
+    _session: OwnedSemaphorePermit,
+    /// Incoming connections also hold one of the slots incoming peers may use, so peers that
+    /// dial us can never take the slots our own dials need, session-wide.
+    _incoming: Option<OwnedSemaphorePermit>,
+}
+
+impl PeerSlot {
+    /// A slot for a connection we dial.
+    pub(crate) fn outgoing(session: OwnedSemaphorePermit) -> Self {
+        PeerSlot {
+            _session: session,
+            _incoming: None,
+        }
+    }
+
+    /// A slot for a connection that dialled us.
+    pub(crate) fn incoming(session: OwnedSemaphorePermit, incoming: OwnedSemaphorePermit) -> Self {
+        PeerSlot {
+            _session: session,
+            _incoming: Some(incoming),
+        }
+    }
+}
+
+/// Everything a torrent task needs from its session.
+pub(crate) struct TorrentParams {
+    pub info_hash: InfoHash,
+    pub backend: Arc<dyn StorageBackend>,
+    pub transport: Arc<dyn Transport>,
+    pub tracker: TrackerClient,
+    pub peer_id: PeerId,
+    pub listen_port: u16,
+    pub download_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub extra_peers: Vec<SocketAddr>,
+    pub max_peers: usize,
+    pub limits: PeerLimits,
+    pub peer_slots: Arc<Semaphore>,
+    pub status: watch::Sender<TorrentStatus>,
+    /// Hash existing data even if the resume state is trusted (a user-asked recheck).
+    pub force_recheck: bool,
+    /// Session-wide limit on payload received.
+    pub download_limit: Arc<crate::ratelimit::RateLimiter>,
+    /// Session-wide limit on payload sent.
+    pub upload_limit: Arc<crate::ratelimit::RateLimiter>,
+    /// Session-wide bound on the bytes of pieces being rechecked.
+    pub hash_budget: HashBudget,
+}
+
+/// Per-host limits from the session configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerLimits {
+    /// Connections (and handshakes in progress) per host.
+    pub max_per_host: usize,
+    /// Loopback peers count by address like other hosts (see `SessionConfig`).
+    pub loopback_as_host: bool,
+}
+
+impl PeerLimits {
+    pub(crate) fn from_config(c: &crate::session::SessionConfig) -> Self {
+        PeerLimits {
+            max_per_host: c.max_peers_per_host.max(1),
+            loopback_as_host: c.loopback_as_host,
+        }
+    }
+}
+
+/// What a torrent is added from.
+#[derive(Clone)]
+pub(crate) enum Source {
+    /// A parsed `.torrent` (or metadata fetched earlier).
+    Metainfo(Arc<Metainfo>),
+    /// A magnet link: only the info-hash is certain until peers send the metadata.
+    Magnet(Magnet),
+}
+
+impl Source {
+    pub(crate) fn info_hash(&self) -> InfoHash {
+        match self {
+            Source::Metainfo(m) => m.info_hash,
+            Source::Magnet(m) => m.info_hash,
+        }
+    }
+}
+
+/// Where a torrent is in its life; each state owns what exists in it and nothing more.
+enum Phase {
+    /// A magnet without its metadata: peers are found and asked for the `info` dictionary.
+    FetchingMetadata(fetch::FetchingMetadata),
+    /// Metadata known: storage is opened and existing data checked.
+    Checking(check::Checking),
+    /// Transferring (downloading, seeding, or paused by the user), from what checking found.
+    Live(check::Checked),
+    /// Could not start (storage refused, metadata unusable); verified data is kept.
+    Failed(String),
+}
+
+/// Run one torrent until shut down.
+pub(crate) async fn run_torrent(
+    params: TorrentParams,
+    source: Source,
+    mut commands: mpsc::Receiver<TorrentCommand>,
+) {
+    let mut phase = match source {
+        Source::Metainfo(metainfo) => Phase::Checking(check::Checking::new(metainfo)),
+        Source::Magnet(magnet) => Phase::FetchingMetadata(fetch::FetchingMetadata::new(magnet)),
+    };
+    loop {
+        let next = match phase {
+            Phase::FetchingMetadata(fetch) => fetch.run(&params, &mut commands).await,
+            Phase::Checking(check) => check.run(&params, &mut commands).await,
+            Phase::Live(c) => {
+                let mut torrent =
+                    live::Torrent::new(params, c.metainfo, c.layout, c.storage, c.have);
+                torrent.add_known(c.peers);
+                torrent.run(commands).await;
+                return;
+            }
+            Phase::Failed(message) => {
+                params
+                    .status
+                    .send_modify(|s| s.state = TorrentState::Error(message));
+                wait_for_shutdown(&mut commands).await;
+                return;
+            }
+        };
+        match next {
+            Some(next) => phase = next,
+            None => return, // shut down
+        }
+    }
+}
+
+async fn wait_for_shutdown(commands: &mut mpsc::Receiver<TorrentCommand>) {
+    while let Some(cmd) = commands.recv().await {
+        if let TorrentCommand::Shutdown(done) = cmd {
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// A status for a torrent that has just been added.
+pub(crate) fn initial_status(source: &Source) -> TorrentStatus {
+    match source {
+        Source::Metainfo(m) => TorrentStatus::new(
+            m.info.name.clone(),
+            m.info_hash,
+            m.info.layout.total_length,
+            m.info.layout.piece_count(),
+        ),
+        Source::Magnet(m) => {
+            let mut s = TorrentStatus::new(m.display_name(), m.info_hash, 0, 0);
+            s.state = TorrentState::FetchingMetadata;
+            s
+        }
+    }
+}
