@@ -10,6 +10,7 @@
 
 pub mod bencode;
 pub mod choker;
+pub mod dht;
 pub mod hash;
 pub mod metainfo;
 pub mod peer;
