@@ -1,0 +1,175 @@
+//! Loopback-only tests: every node binds a distinct 127.0.0.x address and is bootstrapped
+//! explicitly, never from the public routers.
+
+use super::*;
+use std::net::{Ipv4Addr, UdpSocket};
+
+fn on(n: u8) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(127, 0, 0, n), 0))
+}
+
+async fn node(n: u8, bootstrap: Bootstrap, state_file: Option<PathBuf>) -> Dht {
+    let mut cfg = DhtConfig::new(on(n));
+    cfg.bootstrap = bootstrap;
+    cfg.state_file = state_file;
+    Dht::start(cfg)
+        .await
+        .expect("a DHT node starts on loopback")
+}
+
+fn from(dht: &Dht) -> Bootstrap {
+    Bootstrap::Nodes(vec![dht.local_addr().to_string()])
+}
+
+async fn collect(mut rx: mpsc::Receiver<SocketAddr>) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    while let Some(a) = rx.recv().await {
+        out.push(a);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_announced_through_one_node_is_found_from_another() {
+    let b = node(2, Bootstrap::Nobody, None).await;
+    let a = node(3, from(&b), None).await;
+    let c = node(4, from(&b), None).await;
+    assert!(a.bootstrapped().await, "A joins through B");
+    assert!(c.bootstrapped().await, "C joins through B");
+
+    let hash = InfoHash([0x5a; 20]);
+    let before = collect(a.get_peers(hash, Some(6000))).await;
+    assert!(before.is_empty(), "nobody announced yet: {before:?}");
+
+    let found = collect(c.get_peers(hash, None)).await;
+    assert_eq!(found, vec![SocketAddr::from(([127, 0, 0, 3], 6000))]);
+
+    for n in [a, b, c] {
+        n.shutdown().await.expect("no state file to write");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_bootstraps_from_the_saved_nodes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state").join("dht.nodes");
+    let b = node(5, Bootstrap::Nobody, None).await;
+    let a = node(6, from(&b), Some(state.clone())).await;
+    assert!(a.bootstrapped().await);
+    let extra: SocketAddr = "127.0.0.9:7000".parse().expect("literal");
+    a.add_node(extra);
+    a.shutdown().await.expect("state file written");
+
+    let text = std::fs::read_to_string(&state).expect("state file exists");
+    let saved = parse_state(&text);
+    let b_addr = match b.local_addr() {
+        SocketAddr::V4(v4) => v4,
+        SocketAddr::V6(_) => unreachable!("the DHT is IPv4 only"),
+    };
+    assert!(saved.contains(&b_addr), "{saved:?}");
+    assert!(saved.contains(&"127.0.0.9:7000".parse().expect("literal")));
+    let leftovers: Vec<_> = std::fs::read_dir(state.parent().expect("has a parent"))
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name() != "dht.nodes")
+        .collect();
+    assert!(leftovers.is_empty(), "temp file left: {leftovers:?}");
+
+    // No bootstrap given: only the saved nodes can bring it back into the network.
+    let again = node(6, Bootstrap::Nobody, Some(state)).await;
+    assert!(again.bootstrapped().await);
+    assert!(again.node_count().await >= 1);
+    again.shutdown().await.expect("state file written");
+    b.shutdown().await.expect("no state file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_the_port() {
+    let a = node(7, Bootstrap::Nobody, None).await;
+    let addr = a.local_addr();
+    assert!(UdpSocket::bind(addr).is_err(), "the node holds {addr}");
+    a.shutdown().await.expect("no state file");
+    UdpSocket::bind(addr).expect("the port is free once shutdown returns");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_falls_back_to_an_ephemeral_one() {
+    let taken = UdpSocket::bind(on(8)).expect("bind");
+    let want = taken.local_addr().expect("addr");
+    let mut cfg = DhtConfig::new(want);
+    cfg.bootstrap = Bootstrap::Nobody;
+    let a = Dht::start(cfg).await.expect("starts on another port");
+    assert_eq!(a.local_addr().ip(), want.ip());
+    assert_ne!(a.local_addr().port(), want.port());
+    a.shutdown().await.expect("no state file");
+}
+
+#[tokio::test]
+async fn ipv6_is_refused() {
+    let cfg = DhtConfig::new("[::1]:0".parse().expect("literal"));
+    assert!(matches!(
+        Dht::start(cfg).await,
+        Err(DhtError::Ipv6NotSupported(_))
+    ));
+}
+
+#[test]
+fn state_text_round_trips_and_skips_bad_lines() {
+    let nodes: Vec<SocketAddrV4> = vec![
+        "10.0.0.1:6881".parse().expect("literal"),
+        "127.0.0.2:4000".parse().expect("literal"),
+    ];
+    assert_eq!(parse_state(&format_state(&nodes)), nodes);
+
+    let text = format!(
+        "{STATE_FILE_HEADER}\nnot an address\n0.0.0.0:1\n10.0.0.1:0\n[::1]:5\n\
+         10.0.0.1:6881\n10.0.0.1:6881\n 127.0.0.2:4000 \n"
+    );
+    assert_eq!(parse_state(&text), nodes);
+    assert!(parse_state("other-format 2\n10.0.0.1:6881\n").is_empty());
+    assert!(parse_state("").is_empty());
+}
+
+#[test]
+fn state_is_capped() {
+    let many: Vec<SocketAddrV4> = (0..MAX_SAVED_NODES as u32 + 50)
+        .map(|i| SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 6881))
+        .collect();
+    let text = format_state(&many);
+    assert!(text.len() as u64 <= MAX_STATE_FILE_BYTES);
+    assert_eq!(parse_state(&text), many[..MAX_SAVED_NODES].to_vec());
+    let long = format!(
+        "{STATE_FILE_HEADER}\n{}",
+        many.iter().map(|a| format!("{a}\n")).collect::<String>()
+    );
+    assert_eq!(parse_state(&long).len(), MAX_SAVED_NODES);
+}
+
+#[test]
+fn add_node_keeps_the_newest_distinct_ipv4_nodes() {
+    // add_node touches no socket; the bookkeeping is checked on the queue directly.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut cfg = DhtConfig::new(on(10));
+        cfg.bootstrap = Bootstrap::Nobody;
+        let a = Dht::start(cfg).await.expect("start");
+        a.add_node("[::1]:6881".parse().expect("literal"));
+        a.add_node("10.0.0.1:0".parse().expect("literal"));
+        for i in 0..MAX_SAVED_NODES as u32 + 3 {
+            a.add_node(SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i), 6881)));
+        }
+        a.add_node(SocketAddr::from((Ipv4Addr::from(0x0a00_0005), 6881)));
+        {
+            let added = lock(&a.added);
+            assert_eq!(added.len(), MAX_SAVED_NODES);
+            assert_eq!(
+                added.front(),
+                Some(&SocketAddrV4::new(Ipv4Addr::from(0x0a00_0003), 6881))
+            );
+        }
+        a.shutdown().await.expect("no state file");
+    });
+}
