@@ -12,6 +12,7 @@ pub mod bencode;
 pub mod choker;
 pub mod dht;
 pub mod hash;
+pub mod lsd;
 pub mod metainfo;
 pub mod peer;
 pub mod picker;
