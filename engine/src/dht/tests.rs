@@ -50,6 +50,39 @@ async fn a_peer_announced_through_one_node_is_found_from_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_yields_distinct_addresses_up_to_its_limit() {
+    let b = node(11, Bootstrap::Nobody, None).await;
+    let hash = InfoHash([0x77; 20]);
+    let mut announcers = Vec::new();
+    for (n, port) in [(12, 6001), (13, 6002), (14, 6003)] {
+        let a = node(n, from(&b), None).await;
+        assert!(a.bootstrapped().await);
+        collect(a.get_peers(hash, Some(port))).await;
+        announcers.push(a);
+    }
+
+    let c = node(15, from(&b), None).await;
+    assert!(c.bootstrapped().await);
+    let all = collect(c.get_peers(hash, None)).await;
+    let distinct: HashSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "duplicates in {all:?}");
+    assert_eq!(distinct.len(), 3, "{all:?}");
+
+    let mut cfg = DhtConfig::new(on(16));
+    cfg.bootstrap = from(&b);
+    cfg.max_peers_per_search = 2;
+    let limited = Dht::start(cfg).await.expect("start");
+    assert!(limited.bootstrapped().await);
+    let some = collect(limited.get_peers(hash, None)).await;
+    assert_eq!(some.len(), 2, "{some:?}");
+    assert!(some.iter().all(|a| all.contains(a)));
+
+    for n in announcers.into_iter().chain([b, c, limited]) {
+        n.shutdown().await.expect("no state file");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_bootstraps_from_the_saved_nodes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state").join("dht.nodes");
