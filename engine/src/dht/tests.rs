@@ -206,3 +206,33 @@ fn add_node_keeps_the_newest_distinct_ipv4_nodes() {
         a.shutdown().await.expect("no state file");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_datagrams_do_not_stop_the_node() {
+    let b = node(17, Bootstrap::Nobody, None).await;
+    let attacker = UdpSocket::bind(on(18)).expect("bind");
+    let deep = |open: &str| {
+        let mut d = String::from("d1:ad2:id20:aaaaaaaaaaaaaaaaaaaa1:x");
+        d.push_str(&open.repeat(2000));
+        d.into_bytes()
+    };
+    let datagrams: Vec<Vec<u8>> = vec![
+        deep("l"),
+        deep("d1:k"),
+        b"d1:t9999999999:aaaaaaaaaaaaaaaaaaaaaaaa".to_vec(),
+        b"d1:t2:aa1:y1:q1:q4:ping1:ad2:id3:abcee".to_vec(),
+        b"d1:t2:aa1:y1:r1:rd2:id20:aaaaaaaaaaaaaaaaaaaa5:nodes7:garbageee".to_vec(),
+        b"d1:t2:aa1:y1:q1:q9:get_peers1:ad2:id20:aaaaaaaaaaaaaaaaaaaa9:info_hash3:abcee".to_vec(),
+        vec![b'd'; 2048],
+        vec![0xff; 3000],
+    ];
+    for d in &datagrams {
+        attacker.send_to(d, b.local_addr()).expect("send");
+    }
+    // Still a working node: a newcomer joins through it.
+    let a = node(19, from(&b), None).await;
+    assert!(a.bootstrapped().await);
+    for n in [a, b] {
+        n.shutdown().await.expect("no state file");
+    }
+}
