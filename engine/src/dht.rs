@@ -117,9 +117,9 @@ pub enum DhtError {
         /// What went wrong.
         source: std::io::Error,
     },
-    /// The blocking start-up task died (a panic inside the crate).
-    #[error("the DHT start-up task failed: {0}")]
-    Startup(String),
+    /// A blocking task (writing the state file) died.
+    #[error("a DHT file task failed: {0}")]
+    Blocking(String),
 }
 
 /// A running DHT node. Dropping it stops the node too, but only [`Dht::shutdown`] saves the state
@@ -167,24 +167,7 @@ impl Dht {
         };
         bootstrap.extend(saved.iter().map(|a| a.to_string()));
 
-        // The crate binds and resolves bootstrap names synchronously.
-        let node = tokio::task::spawn_blocking(move || {
-            build_node(listen, &bootstrap).or_else(|first| {
-                if first.kind() == std::io::ErrorKind::AddrInUse && listen.port() != 0 {
-                    tracing::info!(%listen, "DHT port taken (uTP holds it); using an ephemeral port");
-                    build_node(SocketAddrV4::new(*listen.ip(), 0), &bootstrap)
-                } else {
-                    Err(first)
-                }
-            })
-        })
-        .await
-        .map_err(|e| DhtError::Startup(e.to_string()))?
-        .map_err(|source| DhtError::Bind {
-            addr: cfg.listen,
-            source,
-        })?
-        .as_async();
+        let node = start_node(listen, bootstrap).await?;
         let local_addr = SocketAddr::V4(node.info().await.local_addr());
         tracing::info!(%local_addr, saved = saved.len(), "DHT started");
         Ok(Dht {
@@ -301,7 +284,7 @@ impl Dht {
             let path = path.clone();
             tokio::task::spawn_blocking(move || write_state_file(&path, &nodes))
                 .await
-                .map_err(|e| DhtError::Startup(e.to_string()))?
+                .map_err(|e| DhtError::Blocking(e.to_string()))?
         } else {
             Ok(())
         };
@@ -309,6 +292,59 @@ impl Dht {
         drop(self.node);
         wait_until_released(local).await;
         saved
+    }
+}
+
+/// Binds `listen` (or, when its port is taken, an ephemeral port on the same IP) and starts the
+/// node there.
+///
+/// The crate's own bind failure is racy (its start-up can panic instead of returning the error
+/// when its thread exits first), so the port is checked here first, and a failed start is retried
+/// on a fresh ephemeral port a few times before giving up.
+async fn start_node(listen: SocketAddrV4, bootstrap: Vec<String>) -> Result<AsyncDht, DhtError> {
+    let bootstrap = Arc::new(bootstrap);
+    let mut last = None;
+    for attempt in 0..START_ATTEMPTS {
+        let want = if attempt == 0 {
+            listen
+        } else {
+            SocketAddrV4::new(*listen.ip(), 0)
+        };
+        let port = match free_port(want) {
+            Ok(p) => p,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let at = SocketAddrV4::new(*listen.ip(), port);
+        let boot = Arc::clone(&bootstrap);
+        // The crate binds and resolves bootstrap names synchronously.
+        match tokio::task::spawn_blocking(move || build_node(at, &boot)).await {
+            Ok(Ok(node)) => return Ok(node.as_async()),
+            Ok(Err(e)) => last = Some(e),
+            Err(panic) => last = Some(std::io::Error::other(panic.to_string())),
+        }
+    }
+    Err(DhtError::Bind {
+        addr: SocketAddr::V4(listen),
+        source: last.unwrap_or_else(|| std::io::Error::other("no attempt made")),
+    })
+}
+
+/// Tries of [`start_node`]: the asked port, then fresh ephemeral ports.
+const START_ATTEMPTS: usize = 3;
+
+/// The port of `want` if it is free, else an ephemeral port on the same IP (found by binding and
+/// releasing it: another program could take it in between, which [`start_node`] retries).
+fn free_port(want: SocketAddrV4) -> std::io::Result<u16> {
+    match std::net::UdpSocket::bind(want) {
+        Ok(s) => Ok(s.local_addr()?.port()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && want.port() != 0 => {
+            tracing::info!(%want, "DHT port taken (uTP holds it); using an ephemeral port");
+            free_port(SocketAddrV4::new(*want.ip(), 0))
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod choker;
 pub mod dht;
 pub mod extension;
 pub mod hash;
+pub mod lsd;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;

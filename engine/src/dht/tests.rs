@@ -50,6 +50,39 @@ async fn a_peer_announced_through_one_node_is_found_from_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_yields_distinct_addresses_up_to_its_limit() {
+    let b = node(11, Bootstrap::Nobody, None).await;
+    let hash = InfoHash([0x77; 20]);
+    let mut announcers = Vec::new();
+    for (n, port) in [(12, 6001), (13, 6002), (14, 6003)] {
+        let a = node(n, from(&b), None).await;
+        assert!(a.bootstrapped().await);
+        collect(a.get_peers(hash, Some(port))).await;
+        announcers.push(a);
+    }
+
+    let c = node(15, from(&b), None).await;
+    assert!(c.bootstrapped().await);
+    let all = collect(c.get_peers(hash, None)).await;
+    let distinct: HashSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "duplicates in {all:?}");
+    assert_eq!(distinct.len(), 3, "{all:?}");
+
+    let mut cfg = DhtConfig::new(on(16));
+    cfg.bootstrap = from(&b);
+    cfg.max_peers_per_search = 2;
+    let limited = Dht::start(cfg).await.expect("start");
+    assert!(limited.bootstrapped().await);
+    let some = collect(limited.get_peers(hash, None)).await;
+    assert_eq!(some.len(), 2, "{some:?}");
+    assert!(some.iter().all(|a| all.contains(a)));
+
+    for n in announcers.into_iter().chain([b, c, limited]) {
+        n.shutdown().await.expect("no state file");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_bootstraps_from_the_saved_nodes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state").join("dht.nodes");
@@ -172,4 +205,34 @@ fn add_node_keeps_the_newest_distinct_ipv4_nodes() {
         }
         a.shutdown().await.expect("no state file");
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_datagrams_do_not_stop_the_node() {
+    let b = node(17, Bootstrap::Nobody, None).await;
+    let attacker = UdpSocket::bind(on(18)).expect("bind");
+    let deep = |open: &str| {
+        let mut d = String::from("d1:ad2:id20:aaaaaaaaaaaaaaaaaaaa1:x");
+        d.push_str(&open.repeat(2000));
+        d.into_bytes()
+    };
+    let datagrams: Vec<Vec<u8>> = vec![
+        deep("l"),
+        deep("d1:k"),
+        b"d1:t9999999999:aaaaaaaaaaaaaaaaaaaaaaaa".to_vec(),
+        b"d1:t2:aa1:y1:q1:q4:ping1:ad2:id3:abcee".to_vec(),
+        b"d1:t2:aa1:y1:r1:rd2:id20:aaaaaaaaaaaaaaaaaaaa5:nodes7:garbageee".to_vec(),
+        b"d1:t2:aa1:y1:q1:q9:get_peers1:ad2:id20:aaaaaaaaaaaaaaaaaaaa9:info_hash3:abcee".to_vec(),
+        vec![b'd'; 2048],
+        vec![0xff; 3000],
+    ];
+    for d in &datagrams {
+        attacker.send_to(d, b.local_addr()).expect("send");
+    }
+    // Still a working node: a newcomer joins through it.
+    let a = node(19, from(&b), None).await;
+    assert!(a.bootstrapped().await);
+    for n in [a, b] {
+        n.shutdown().await.expect("no state file");
+    }
 }
