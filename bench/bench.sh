@@ -6,6 +6,8 @@
 # The binary defaults to $ZIGTORRENT_BIN, else ${CARGO_TARGET_DIR:-<repo>/target}/release/zigtorrent;
 # build it first with `cargo build --release -p zigtorrent`. Payloads are cached in /tmp/zt-bench.
 set -euo pipefail
+# Loopback only: no public DHT routers, no LAN multicast.
+export ZIGTORRENT_DHT=false ZIGTORRENT_LSD=false
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"

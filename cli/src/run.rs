@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use zigtorrent_engine::dht::Bootstrap;
 use zigtorrent_engine::metainfo::MAX_TORRENT_SIZE;
 use zigtorrent_engine::session::{Session, SessionConfig};
 use zigtorrent_engine::tracker::TrackerClient;
@@ -130,6 +131,14 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
         config.max_peers_total = s.max_peers_total;
         config.download_limit = s.download_limit;
         config.upload_limit = s.upload_limit;
+        config.lsd = s.lsd;
+        config.dht = s.dht.then(|| {
+            if s.dht_bootstrap.is_empty() {
+                Bootstrap::PublicRouters
+            } else {
+                Bootstrap::Nodes(s.dht_bootstrap.clone())
+            }
+        });
         let session = tokio::select! {
             biased;
             sig = signals.recv() => {

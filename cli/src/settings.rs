@@ -60,6 +60,16 @@ pub struct RunArgs {
     /// Also print `bytes <name>: have N downloaded N wasted N` lines in headless mode.
     #[arg(long)]
     status_bytes: bool,
+    /// Run no DHT node (BEP 5): peers come from trackers, peer exchange and `--peer` only.
+    #[arg(long)]
+    no_dht: bool,
+    /// No local service discovery (BEP 14 multicast on the LAN).
+    #[arg(long)]
+    no_lsd: bool,
+    /// A DHT node to bootstrap from, HOST:PORT (repeatable); replaces the public routers and
+    /// turns the DHT on (unless --no-dht).
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = parse_host_port)]
+    dht_bootstrap: Vec<String>,
     /// Peer connections per torrent [default: 50].
     #[arg(long, value_name = "N")]
     max_peers: Option<usize>,
@@ -118,6 +128,13 @@ pub struct Settings {
     pub status_interval: f64,
     /// Extra byte-count lines in headless mode.
     pub status_bytes: bool,
+    /// Run a DHT node.
+    pub dht: bool,
+    /// DHT bootstrap nodes (HOST:PORT); empty: the public routers.
+    #[serde(default)]
+    pub dht_bootstrap: Vec<String>,
+    /// Local service discovery.
+    pub lsd: bool,
     /// Connections per torrent.
     pub max_peers: usize,
     /// Connections in all.
@@ -168,6 +185,9 @@ impl RunArgs {
             .set_default("headless", false)?
             .set_default("status_interval", 2.0)?
             .set_default("status_bytes", false)?
+            .set_default("dht", true)?
+            .set_default("dht_bootstrap", Vec::<String>::new())?
+            .set_default("lsd", true)?
             .set_default("max_peers", 50)?
             .set_default("max_peers_total", 300)?
             .set_default("download_limit", 0)?
@@ -215,7 +235,8 @@ impl RunArgs {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("peers")
-                .with_list_parse_key("plugins"),
+                .with_list_parse_key("plugins")
+                .with_list_parse_key("dht_bootstrap"),
         );
         builder = builder
             .set_override_option("torrents", path_flag("--torrents", &self.torrents)?)?
@@ -226,6 +247,8 @@ impl RunArgs {
             .set_override_option("listen", self.listen)?
             .set_override_option("bind", self.bind.map(|b| b.to_string()))?
             .set_override_option("headless", self.headless.then_some(true))?
+            .set_override_option("dht", self.no_dht.then_some(false))?
+            .set_override_option("lsd", self.no_lsd.then_some(false))?
             .set_override_option("status_interval", self.status_interval)?
             .set_override_option("status_bytes", self.status_bytes.then_some(true))?
             .set_override_option("max_peers", self.max_peers.map(|n| n as u64))?
@@ -233,6 +256,12 @@ impl RunArgs {
             .set_override_option("download_limit", self.download_limit)?
             .set_override_option("upload_limit", self.upload_limit)?
             .set_override_option("log_level", self.log_level.clone())?;
+        if !self.dht_bootstrap.is_empty() {
+            // Naming bootstrap nodes on the command line asks for a DHT.
+            builder = builder
+                .set_override("dht_bootstrap", self.dht_bootstrap.clone())?
+                .set_override("dht", !self.no_dht)?;
+        }
         if !self.peers.is_empty() {
             let peers: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
             builder = builder.set_override("peers", peers)?;
@@ -247,11 +276,46 @@ impl RunArgs {
         if settings.state.as_os_str().is_empty() {
             settings.state = settings.downloads.join(".zigtorrent");
         }
+        for node in &settings.dht_bootstrap {
+            parse_host_port(node).map_err(|e| anyhow::anyhow!("dht_bootstrap: {e}"))?;
+        }
         if !settings.status_interval.is_finite() || settings.status_interval < 0.05 {
             bail!("status_interval must be at least 0.05 seconds");
         }
         Ok(Loaded { settings, files })
     }
+}
+
+/// `HOST:PORT` (IPv6 literals in brackets), a port from 1 to 65535.
+fn parse_host_port(s: &str) -> Result<String, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{s:?}: the port must be a number from 1 to 65535"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.len() > 253 || host.contains(char::is_whitespace) {
+        return Err(format!("{s:?}: no usable host"));
+    }
+    if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(format!(
+            "{s:?}: an IPv6 address must be in brackets, e.g. [::1]:6881"
+        ));
+    }
+    Ok(format!(
+        "{}:{port}",
+        if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        }
+    ))
 }
 
 /// The keys of [`Settings`]: what `zigtorrent.toml` may hold, and (upper-cased, after
@@ -269,6 +333,9 @@ const KEYS: &[&str] = &[
     "headless",
     "status_interval",
     "status_bytes",
+    "dht",
+    "dht_bootstrap",
+    "lsd",
     "max_peers",
     "max_peers_total",
     "download_limit",

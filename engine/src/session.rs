@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::dht::{Bootstrap, Dht, DhtConfig};
+use crate::lsd::Lsd;
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
 use crate::peer;
@@ -22,6 +24,7 @@ use crate::recheck::HashBudget;
 use crate::status::TorrentStatus;
 use crate::storage::StorageBackend;
 use crate::torrent::peers::{host_key, HostKey};
+use crate::torrent::sources::{Discovery, DiscoverySlot};
 use crate::torrent::{
     initial_status, run_torrent, PeerLimits, PeerSlot, Source, TorrentCommand, TorrentParams,
 };
@@ -43,6 +46,11 @@ pub const DEFAULT_MAX_PEERS_PER_HOST: usize = 3;
 /// One in this many session-wide peer slots is kept for our own dials: incoming peers (which
 /// anyone can open) may not take them all. The same share as per torrent.
 const DIAL_RESERVE_DIVISOR: usize = crate::torrent::peers::DIAL_RESERVE_DIVISOR;
+
+/// The DHT routing table in the state folder.
+pub const DHT_STATE_FILE: &str = "dht.nodes";
+/// How long saving the DHT routing table and closing its socket may take at shutdown.
+const DHT_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How many following ports are tried when the asked one is taken.
 const PORT_ATTEMPTS: u16 = 50;
@@ -76,6 +84,11 @@ pub struct SessionConfig {
     /// Count loopback peers by address like any other host. Off by default: distinct local
     /// peers on 127.0.0.1 (local setups, tests) then count per address and port, as for bans.
     pub loopback_as_host: bool,
+    /// Run a DHT node (BEP 5) bootstrapping from these; `None` (the default) runs none. Its
+    /// routing table is kept in `<state>/dht.nodes`.
+    pub dht: Option<Bootstrap>,
+    /// Local service discovery (BEP 14) on the LAN's multicast group; off by default.
+    pub lsd: bool,
 }
 
 impl SessionConfig {
@@ -94,6 +107,8 @@ impl SessionConfig {
             recheck_memory: HashBudget::DEFAULT_BYTES,
             max_peers_per_host: DEFAULT_MAX_PEERS_PER_HOST,
             loopback_as_host: false,
+            dht: None,
+            lsd: false,
         }
     }
 }
@@ -215,6 +230,10 @@ struct Shared {
     download_limit: Arc<RateLimiter>,
     upload_limit: Arc<RateLimiter>,
     hash_budget: HashBudget,
+    /// DHT and LSD, once started (taken at shutdown).
+    discovery: DiscoverySlot,
+    /// The task starting them (and routing what LSD hears).
+    discovery_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A running BitTorrent session.
@@ -238,6 +257,7 @@ impl Session {
             transport = transport.name(),
             "listening"
         );
+
         let shared = Arc::new(Shared {
             peer_slots: Arc::new(Semaphore::new(config.max_peers_total)),
             incoming_slots: Arc::new(Semaphore::new(
@@ -254,7 +274,14 @@ impl Session {
             tracker,
             torrents: Mutex::new(HashMap::new()),
             listen_port,
+            discovery: DiscoverySlot::default(),
+            discovery_task: Mutex::new(None),
         });
+        let task = tokio::spawn(start_discovery(shared.clone()));
+        *shared
+            .discovery_task
+            .lock()
+            .expect("lock poisoned only by a panic") = Some(task);
         let listener = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Session { shared, listener })
     }
@@ -262,6 +289,11 @@ impl Session {
     /// The port actually listened on.
     pub fn listen_port(&self) -> u16 {
         self.shared.listen_port
+    }
+
+    /// The DHT node's UDP address, if one runs.
+    pub fn dht_addr(&self) -> Option<SocketAddr> {
+        self.shared.discovery.dht().map(|d| d.local_addr())
     }
 
     /// Change the session-wide rate limits in bytes/s (0: unlimited).
@@ -317,6 +349,8 @@ impl Session {
             return Err(SessionError::Duplicate(info_hash));
         }
         let status = initial_status(&source);
+        // BEP 27: a private torrent finds peers through its trackers only.
+        let discovery = (!source.is_private()).then(|| self.shared.discovery.clone());
         let (status_tx, status_rx) = watch::channel(status);
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let c = &self.shared.config;
@@ -338,6 +372,7 @@ impl Session {
             download_limit: self.shared.download_limit.clone(),
             upload_limit: self.shared.upload_limit.clone(),
             hash_budget: self.shared.hash_budget.clone(),
+            discovery,
         };
         let task = tokio::spawn(run_torrent(params, source.clone(), cmd_rx));
         let handle = TorrentHandle {
@@ -395,7 +430,94 @@ impl Session {
             .map(|(_, e)| e)
             .collect();
         futures::future::join_all(entries.into_iter().map(|e| stop_torrent(e, timeout))).await;
+        let task = self
+            .shared
+            .discovery_task
+            .lock()
+            .expect("lock poisoned only by a panic")
+            .take();
+        if let Some(task) = task {
+            task.abort();
+        }
+        stop_discovery(self.shared.discovery.take()).await;
     }
+}
+
+/// Start the DHT node (on the listening port number, or where uTP holds that UDP port, on
+/// another one: the adapter says which) and LSD, in the background: a DHT bootstrap may wait on
+/// name resolution, and nothing else should. A service that cannot start is logged, not fatal.
+/// Peers LSD hears of go to the torrent they name, unless it is private.
+async fn start_discovery(shared: Arc<Shared>) {
+    let config = &shared.config;
+    if let Some(bootstrap) = &config.dht {
+        let ip = match config.listen.ip() {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        let mut c = DhtConfig::new(SocketAddr::new(IpAddr::V4(ip), shared.listen_port));
+        c.bootstrap = bootstrap.clone();
+        c.state_file = Some(config.state_dir.join(DHT_STATE_FILE));
+        match Dht::start(c).await {
+            Ok(dht) => {
+                tracing::info!(addr = %dht.local_addr(), "DHT node running");
+                shared.discovery.set_dht(Arc::new(dht));
+            }
+            Err(e) => tracing::warn!(error = %e, "DHT off: the node could not start"),
+        }
+    }
+    if config.lsd {
+        match Lsd::start(shared.listen_port).await {
+            Ok((lsd, mut heard)) => {
+                shared.discovery.set_lsd(Arc::new(lsd));
+                while let Some(peer) = heard.recv().await {
+                    let target = {
+                        let torrents = shared
+                            .torrents
+                            .lock()
+                            .expect("lock poisoned only by a panic");
+                        torrents
+                            .get(&peer.0)
+                            .filter(|e| !e.source.is_private())
+                            .map(|e| e.handle.commands.clone())
+                    };
+                    if let Some(commands) = target {
+                        let _ = commands.try_send(TorrentCommand::AddPeers(vec![peer.1]));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "local service discovery off"),
+        }
+    }
+}
+
+/// Save the DHT routing table and close the socket, once the torrents let go of the node;
+/// stop LSD.
+async fn stop_discovery(discovery: Discovery) {
+    if let Some(lsd) = discovery.lsd {
+        if let Ok(lsd) = Arc::try_unwrap(lsd) {
+            lsd.shutdown().await;
+        }
+    }
+    let Some(mut dht) = discovery.dht else {
+        return;
+    };
+    for _ in 0..50 {
+        match Arc::try_unwrap(dht) {
+            Ok(d) => {
+                match tokio::time::timeout(DHT_STOP_TIMEOUT, d.shutdown()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "DHT state not saved"),
+                    Err(_) => tracing::warn!("DHT did not stop in time"),
+                }
+                return;
+            }
+            Err(still_shared) => {
+                dht = still_shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    tracing::warn!("DHT still in use at shutdown; its routing table is not saved");
 }
 
 async fn stop_torrent(entry: Entry, timeout: Duration) {

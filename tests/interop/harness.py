@@ -20,6 +20,11 @@ import traceback
 import urllib.error
 import urllib.request
 
+# Every zigtorrent these scripts start talks to loopback only: no public DHT routers, no LAN
+# multicast (`--dht-bootstrap` turns the DHT on for a scenario that wants it).
+os.environ.setdefault("ZIGTORRENT_DHT", "false")
+os.environ.setdefault("ZIGTORRENT_LSD", "false")
+
 _PROCS = []  # (Popen, label, persistent) still to be reaped
 
 

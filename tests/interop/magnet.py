@@ -7,6 +7,8 @@ Scenarios (each prints PASS/FAIL with a reason; exit status 1 if any failed):
               zigtorrent fetches the metadata and the data
   m_xpe       a magnet with only `x.pe` (no tracker) given on the command line
   m_serve     a libtorrent magnet leecher gets metadata and data from zigtorrent alone
+  m_dht       a magnet with nothing but the info-hash: zigtorrent finds a libtorrent seeder
+              through a small loopback DHT of libtorrent nodes (`--dht-bootstrap`)
   m_restart   after the metadata was fetched, a restart with no other peer seeds to a
               libtorrent leecher (the metadata came from the state folder)
 
@@ -26,6 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import dht_interop as D  # noqa: E402
 import harness as H  # noqa: E402
 import lt as L  # noqa: E402
 
@@ -118,6 +121,36 @@ def m_xpe(ctx):
     return f"{secs:.1f}s from start with x.pe only; SIGINT exit 0 in {stop_secs:.1f}s"
 
 
+def m_dht(ctx):
+    ctx.zig.check_exists()
+    src = ctx.payloads["single"]
+    name = os.path.basename(src)
+    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
+    nodes = D.start_network(3)
+    seeder, seeder_port = nodes[1]
+    t = os.path.join(ctx.dir, f"{name}.torrent")
+    ih = L.make_torrent(src, t, piece_length=32 * 1024, source=f"zt-interop {ctx.name}")
+    h = L.add(seeder, t, os.path.dirname(src))
+    if not L.wait_checked(h).is_seeding:
+        raise H.CheckFailed("libtorrent seeder: data does not match")
+    h.force_dht_announce()
+    with open(os.path.join(torrents, "hash-only.magnet"), "w") as f:
+        f.write(f"magnet:?xt=urn:btih:{ih}\n")
+    logp = os.path.join(ctx.dir, "zigtorrent.log")
+    boot = f"127.0.0.1:{nodes[0][1]}"
+    z = ctx.zig.run(torrents, downloads, state, logp, listen=H.free_port(),
+                    extra=["--dht-bootstrap", boot])
+    secs = _wait_download(z, downloads, src, name, logp)
+    sent = h.status().total_payload_upload
+    if sent < os.path.getsize(src):
+        raise H.CheckFailed(f"the DHT-found seeder sent only {sent} bytes")
+    stop_secs, _ = H.graceful_stop(z, signal.SIGINT)
+    if not os.path.isfile(os.path.join(state, "dht.nodes")):
+        raise H.CheckFailed("the DHT routing table was not kept in the state folder")
+    return (f"{secs:.1f}s from start, seeder 127.0.0.1:{seeder_port} found through the DHT "
+            f"(bootstrap {boot}); SIGINT exit 0 in {stop_secs:.1f}s")
+
+
 def _lt_magnet_leech(uri, dst, zport, what):
     ses = L.session(H.free_port())
     p = L.lt.parse_magnet_uri(uri)
@@ -192,7 +225,7 @@ def m_restart(ctx):
     return f"restart seeded from kept metadata; SIGINT exit 0 in {stop_secs:.1f}s"
 
 
-SCENARIOS = [m_tracker, m_xpe, m_serve, m_restart]
+SCENARIOS = [m_tracker, m_xpe, m_dht, m_serve, m_restart]
 
 
 def main():

@@ -10,6 +10,8 @@
 # Everything it starts is stopped by PID (and its own tmux server by socket name).
 # Set KEEP_SCREEN=FILE to keep screen captures (FILE, FILE.downloading, FILE.detail).
 set -euo pipefail
+# Loopback only: no public DHT routers, no LAN multicast.
+export ZIGTORRENT_DHT=false ZIGTORRENT_LSD=false
 
 BIN=${1:-${ZIGTORRENT_BIN:-}}
 if [[ -z "$BIN" || ! -x "$BIN" ]]; then

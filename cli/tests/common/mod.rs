@@ -13,8 +13,13 @@ use zigtorrent_storage_fs::FsBackend;
 use zigtorrent_tests::*;
 
 /// The binary under test.
+/// The binary under test. Tests talk to loopback only: no DHT node (it would contact the public
+/// routers) and no local service discovery (multicast on the LAN).
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_zigtorrent"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_zigtorrent"));
+    c.env("ZIGTORRENT_DHT", "false")
+        .env("ZIGTORRENT_LSD", "false");
+    c
 }
 
 /// Sent by a reader thread when its stream ends.

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::announce::{self, AnnounceResult, Announcer};
 use super::check::Checking;
 use super::peers::{host_key, HostKey};
+use super::sources::{self, DhtSchedule};
 use super::{PeerSlot, Phase, TorrentCommand, TorrentParams};
 use crate::extension::{ExtendedHandshake, Extension, HANDSHAKE_ID};
 use crate::magnet::Magnet;
@@ -190,7 +191,10 @@ enum FetchEvent {
         key: u64,
         reason: String,
     },
+    /// Addresses from a peer source (host names of `x.pe`, a DHT search).
     Resolved(Vec<SocketAddr>),
+    /// A DHT search ended, having found this many addresses.
+    DhtDone(usize),
     Announced {
         tiers: TrackerTiers,
         event: Event,
@@ -226,6 +230,7 @@ struct Fetcher<'a> {
     events_tx: mpsc::UnboundedSender<FetchEvent>,
     events_rx: mpsc::UnboundedReceiver<FetchEvent>,
     announcer: Announcer,
+    dht_schedule: DhtSchedule,
     paused: bool,
 }
 
@@ -243,6 +248,7 @@ impl<'a> Fetcher<'a> {
             events_tx,
             events_rx,
             announcer: Announcer::new(tiers, Instant::now(), rand::random()),
+            dht_schedule: DhtSchedule::new(Instant::now()),
             paused: false,
             magnet,
         };
@@ -377,6 +383,8 @@ impl<'a> Fetcher<'a> {
             if self.announcer.due(now) || starving {
                 self.announce(now);
             }
+            self.search_dht(now, self.conns.is_empty());
+            sources::announce_lsd(&self.p.discovery, self.p.info_hash);
         }
         self.publish();
     }
@@ -495,6 +503,7 @@ impl<'a> Fetcher<'a> {
                 self.add_known(addrs);
                 self.dial(now);
             }
+            FetchEvent::DhtDone(found) => self.dht_schedule.finish(now, found, false),
             FetchEvent::Announced {
                 tiers,
                 event,
@@ -646,6 +655,26 @@ impl<'a> Fetcher<'a> {
                 let _ = tx.send(event);
             });
         }
+    }
+
+    fn search_dht(&mut self, now: Instant, early: bool) {
+        let Some(dht) = self.p.discovery.as_ref().and_then(|d| d.dht()) else {
+            return;
+        };
+        if !self.dht_schedule.begin(now, early) {
+            return;
+        }
+        let peers_tx = self.events_tx.clone();
+        let done_tx = self.events_tx.clone();
+        sources::spawn_dht_search(
+            dht,
+            self.p.info_hash,
+            self.p.listen_port,
+            move |peers| peers_tx.send(FetchEvent::Resolved(peers)).is_ok(),
+            move |found| {
+                let _ = done_tx.send(FetchEvent::DhtDone(found));
+            },
+        );
     }
 
     fn announce(&mut self, now: Instant) {

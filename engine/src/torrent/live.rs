@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::announce::{self, AnnounceResult, Announcer};
 use super::peers::{self, ban_key, host_key, BookEntry, EvictCandidate, HostKey, MAX_KNOWN_PEERS};
 use super::smart_ban::{block_digest, BlockDigest, SmartBan};
+use super::sources::{self, DhtSchedule};
 use super::{PeerSlot, TorrentCommand, TorrentParams};
 use crate::choker::{self, Choker, PeerSample};
 use crate::hash;
@@ -96,6 +97,10 @@ enum Internal {
         outgoing: bool,
     },
     Flushed(Result<(), StorageError>),
+    /// Addresses a DHT search found (more may follow).
+    DhtPeers(Vec<SocketAddr>),
+    /// A DHT search ended, having found this many addresses.
+    DhtDone(usize),
     ConnectFailed {
         addr: SocketAddr,
         reason: String,
@@ -181,6 +186,7 @@ pub(super) struct Torrent {
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     announcer: Announcer,
+    dht_schedule: DhtSchedule,
     sent_completed: bool,
     paused: bool,
     error: Option<String>,
@@ -204,6 +210,11 @@ impl Torrent {
         storage: Arc<dyn Storage>,
         have: Bitfield,
     ) -> Self {
+        let mut p = p;
+        if metainfo.info.private {
+            // BEP 27: a magnet's metadata may turn out private; from now on trackers only.
+            p.discovery = None;
+        }
         let picker = PiecePicker::new(&layout, &have);
         // Bounded tightly: mostly blocks (16 KiB each), so this caps what readers can queue ahead
         // of a busy torrent task (8 MiB); a full channel pauses the readers, not the task.
@@ -242,6 +253,7 @@ impl Torrent {
             internal_tx,
             internal_rx,
             announcer,
+            dht_schedule: DhtSchedule::new(Instant::now()),
             sent_completed,
             paused: false,
             error: None,
@@ -587,6 +599,14 @@ impl Torrent {
                 outgoing,
             } => self.on_connected(conn, permit, outgoing),
             Internal::Flushed(result) => self.on_flushed(result),
+            Internal::DhtPeers(peers) => {
+                self.add_known(peers);
+                self.dial_new_now();
+            }
+            Internal::DhtDone(found) => {
+                let seeding = self.is_seed();
+                self.dht_schedule.finish(Instant::now(), found, seeding);
+            }
             Internal::ConnectFailed { addr, reason } => {
                 tracing::debug!(%addr, %reason, "connection failed");
                 if let Some(k) = self.known.get_mut(&addr) {
@@ -1050,9 +1070,12 @@ impl Torrent {
                 self.rechoke(now);
             }
             self.connect_more(now);
-            if self.announcer.due(now) || self.starving(now) {
+            let starving = self.starving(now);
+            if self.announcer.due(now) || starving {
                 self.announce(self.announcer.regular_event());
             }
+            self.search_dht(now, starving);
+            sources::announce_lsd(&self.p.discovery, self.metainfo.info_hash);
         }
         if self.dirty && now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
             self.start_flush();
@@ -1196,6 +1219,27 @@ impl Torrent {
                 .known
                 .values()
                 .any(|k| !k.connected && !k.connecting && !k.incoming_only)
+    }
+
+    /// Ask the DHT for peers (and announce us) when due.
+    fn search_dht(&mut self, now: Instant, early: bool) {
+        let Some(dht) = self.p.discovery.as_ref().and_then(|d| d.dht()) else {
+            return;
+        };
+        if !self.dht_schedule.begin(now, early) {
+            return;
+        }
+        let peers_tx = self.internal_tx.clone();
+        let done_tx = self.internal_tx.clone();
+        sources::spawn_dht_search(
+            dht,
+            self.metainfo.info_hash,
+            self.p.listen_port,
+            move |peers| peers_tx.send(Internal::DhtPeers(peers)).is_ok(),
+            move |found| {
+                let _ = done_tx.send(Internal::DhtDone(found));
+            },
+        );
     }
 
     fn announce(&mut self, event: Event) {

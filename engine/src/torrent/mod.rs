@@ -19,6 +19,7 @@ mod fetch;
 mod live;
 pub(crate) mod peers;
 mod smart_ban;
+pub(crate) mod sources;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -110,6 +111,8 @@ pub(crate) struct TorrentParams {
     pub upload_limit: Arc<crate::ratelimit::RateLimiter>,
     /// Session-wide bound on the bytes of pieces being rechecked.
     pub hash_budget: HashBudget,
+    /// The session's DHT and LSD, if the torrent may use them (not private, BEP 27).
+    pub discovery: Option<sources::DiscoverySlot>,
 }
 
 /// Per-host limits from the session configuration.
@@ -140,6 +143,11 @@ pub(crate) enum Source {
 }
 
 impl Source {
+    /// BEP 27 `private` (a magnet's is unknown until its metadata arrives).
+    pub(crate) fn is_private(&self) -> bool {
+        matches!(self, Source::Metainfo(m) if m.info.private)
+    }
+
     pub(crate) fn info_hash(&self) -> InfoHash {
         match self {
             Source::Metainfo(m) => m.info_hash,
