@@ -146,6 +146,30 @@ pub fn scan(input: &[u8], limits: Limits) -> Result<Scanned, BencodeError> {
             max: limits.max_size,
         });
     }
+    scan_value(input, limits, false).map(|(scanned, _)| scanned)
+}
+
+/// [`scan`] for one value at the front of `input` with other bytes after it (BEP 9 `data`
+/// messages put the metadata piece right after their dictionary). Returns the scan and the
+/// value's length; `limits.max_size` bounds the value, and the bytes after it are not read.
+pub fn scan_prefix(input: &[u8], limits: Limits) -> Result<(Scanned, usize), BencodeError> {
+    let (scanned, end) = scan_value(input, limits, true)?;
+    if end > limits.max_size {
+        return Err(BencodeError::TooLarge {
+            size: end,
+            max: limits.max_size,
+        });
+    }
+    Ok((scanned, end))
+}
+
+/// The scanner behind [`scan`] and [`scan_prefix`]: one value from the start of `input`, and
+/// where it ends; bytes after it are an error unless `trailing_ok`.
+fn scan_value(
+    input: &[u8],
+    limits: Limits,
+    trailing_ok: bool,
+) -> Result<(Scanned, usize), BencodeError> {
     let mut stack: Vec<Frame> = Vec::new();
     let mut pos = 0usize;
     let mut keys_sorted = true;
@@ -254,14 +278,15 @@ pub fn scan(input: &[u8], limits: Limits) -> Result<Scanned, BencodeError> {
         // A value ended at `pos`: a scalar just read or a container just closed.
         match stack.last_mut() {
             None => {
-                if pos != input.len() {
+                if pos != input.len() && !trailing_ok {
                     return Err(BencodeError::TrailingBytes { offset: pos });
                 }
-                return Ok(Scanned {
+                let scanned = Scanned {
                     info_span,
                     keys_sorted,
                     items,
-                });
+                };
+                return Ok((scanned, pos));
             }
             Some(Frame::List) => {}
             Some(Frame::Dict(d)) => {
@@ -619,6 +644,34 @@ mod tests {
             decode::<T>(b"d1:ai5e1:b9999999999:e", L),
             Err(BencodeError::BadLength { .. })
         ));
+    }
+
+    #[test]
+    fn scan_prefix_stops_at_the_end_of_the_value() {
+        // A BEP 9 data message: the dictionary, then raw bytes that are not bencode.
+        let msg = b"d8:msg_typei1e5:piecei0ee\xff\x00garbage";
+        let (s, end) = scan_prefix(msg, L).unwrap();
+        assert_eq!(end, 25);
+        assert_eq!(s.items, 5);
+        assert_eq!(scan_prefix(b"i5e", L).unwrap().1, 3);
+        // The cap bounds the value, not what follows it.
+        let small = Limits {
+            max_depth: 4,
+            max_size: 25,
+        };
+        assert_eq!(scan_prefix(msg, small).unwrap().1, 25);
+        let tiny = Limits {
+            max_depth: 4,
+            max_size: 24,
+        };
+        assert!(matches!(
+            scan_prefix(msg, tiny),
+            Err(BencodeError::TooLarge { size: 25, max: 24 })
+        ));
+        // Still a well-formed value: an unfinished one or a bad length is an error.
+        assert!(scan_prefix(b"d8:msg_typei1e", L).is_err());
+        assert!(scan_prefix(b"d5:piece99:xe", L).is_err());
+        assert!(scan_prefix(b"", L).is_err());
     }
 
     #[test]

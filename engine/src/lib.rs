@@ -11,6 +11,7 @@
 pub mod bencode;
 pub mod choker;
 pub mod hash;
+pub mod magnet;
 pub mod metainfo;
 pub mod peer;
 pub mod picker;
