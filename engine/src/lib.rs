@@ -10,6 +10,7 @@
 
 pub mod bencode;
 pub mod choker;
+pub mod extension;
 pub mod hash;
 pub mod magnet;
 pub mod metainfo;
