@@ -13,6 +13,7 @@ pub mod choker;
 pub mod extension;
 pub mod hash;
 pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
 pub mod peer;
 pub mod picker;
