@@ -16,6 +16,7 @@ pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
 pub mod peer;
+pub mod pex;
 pub mod picker;
 pub mod plugin;
 pub mod ratelimit;
