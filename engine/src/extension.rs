@@ -195,14 +195,7 @@ impl ExtendedHandshake {
 
     /// The whole BEP 10 message: id 20, extension id 0, then [`ExtendedHandshake::encode`].
     pub fn to_message(&self) -> Message {
-        let dict = self.encode();
-        let mut p = BytesMut::with_capacity(1 + dict.len());
-        p.put_u8(HANDSHAKE_ID);
-        p.put_slice(&dict);
-        Message::Unknown {
-            id: EXTENDED,
-            payload: p.freeze(),
-        }
+        message(HANDSHAKE_ID, &self.encode())
     }
 
     /// Our handshake: every extension we speak under our ids, `metadata_size` once we have the
@@ -291,6 +284,18 @@ impl ExtendedHandshake {
             return Ok(None);
         }
         Self::parse(dict).map(Some)
+    }
+}
+
+/// An extension message for the wire: id 20, then `id` (the *peer's* id for the extension, from
+/// its [`ExtensionIds`]; 0 for the handshake), then `payload`.
+pub fn message(id: u8, payload: &[u8]) -> Message {
+    let mut p = BytesMut::with_capacity(1 + payload.len());
+    p.put_u8(id);
+    p.put_slice(payload);
+    Message::Unknown {
+        id: EXTENDED,
+        payload: p.freeze(),
     }
 }
 
@@ -480,6 +485,12 @@ mod tests {
             assert_ne!(ext.local_id(), HANDSHAKE_ID);
             assert_eq!(ExtensionIds::ours().get(ext), Some(ext.local_id()));
         }
+        // Messages to a peer carry its id.
+        let Message::Unknown { id, payload } = message(7, b"d8:msg_typei0e5:piecei0ee") else {
+            panic!("an extension message");
+        };
+        assert_eq!(id, EXTENDED);
+        assert_eq!(&payload[..], b"\x07d8:msg_typei0e5:piecei0ee");
         // What a peer announced is what we send with, not our own ids.
         let theirs = ExtendedHandshake::parse(b"d1:md11:ut_metadatai7eee").unwrap();
         assert_eq!(theirs.ids.get(Extension::Metadata), Some(7));

@@ -241,8 +241,9 @@ fn put_compact(out: &mut Vec<u8>, addr: &SocketAddr) {
 ///
 /// The first [`PexState::poll`] after the handshake sends the peers we are connected to; later
 /// polls send what changed since, at most once per [`PEX_INTERVAL`] and at most
-/// [`MAX_PER_MESSAGE`] added and dropped each (the rest waits for the next minute). Memory is
-/// bounded by the caller's connected set, which is what `told` mirrors.
+/// [`MAX_PER_MESSAGE`] added and dropped each (the rest waits for the next minute). A peer
+/// whose flags change while it stays connected is not announced again.
+/// Memory is bounded by the caller's connected set, which is what `told` mirrors.
 #[derive(Clone, Debug, Default)]
 pub struct PexState {
     /// Peers the other side has learned from us (and not seen dropped).
