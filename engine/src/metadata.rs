@@ -31,8 +31,9 @@ pub const PIECE_SIZE: u32 = 16 * 1024;
 /// Largest `metadata_size` we fetch: our `.torrent` cap ([`MAX_TORRENT_SIZE`], 16 MiB) less
 /// 128 KiB, so the fetched `info` wrapped into a `.torrent` with a magnet's trackers (at most
 /// 64 KiB of URI) still parses under that cap. libtorrent's default `max_metadata_size` is
-/// 30 MiB (3 × 10 MiB); a 16 MiB info dictionary already describes ~800,000 pieces, so nothing
-/// real is refused. At most 1016 pieces of 16 KiB.
+/// `3 * 1024 * 10240` bytes (30 MiB, `settings_pack.cpp`); we stay at our own `.torrent` cap,
+/// since a fetched torrent must load like a file one. 16 MiB of info already holds ~800,000
+/// piece hashes. At most 1016 pieces of 16 KiB.
 pub const MAX_METADATA_SIZE: u32 = (MAX_TORRENT_SIZE - 128 * 1024) as u32;
 
 /// Requests outstanding per peer. BEP 9 pieces are small and peers answer from memory; two
