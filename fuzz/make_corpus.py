@@ -176,6 +176,12 @@ def extended_seeds():
 HEX = "c12fe1c06bba254a9dc9f519b335aa7c1367a88a"
 
 
+def captured(name):
+    """A message captured from libtorrent (engine/testdata/capture_libtorrent*.py)."""
+    with open(os.path.join(HERE, "..", "engine", "testdata", "libtorrent-%s.bin" % name), "rb") as f:
+        return f.read()
+
+
 def magnet_seeds():
     yield "hex", ("magnet:?xt=urn:btih:%s" % HEX).encode()
     yield "base32", b"magnet:?xt=urn:btih:YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK&dn=b32"
@@ -201,6 +207,8 @@ def ut_metadata_seeds():
     yield "no-total-size", b"d8:msg_typei1e5:piecei0eedata"
     yield "negative-piece", b"d8:msg_typei0e5:piecei-1ee"
     yield "not-a-dict", b"li0ee"
+    yield "libtorrent-data-last", captured("data-last")
+    yield "libtorrent-reject", captured("reject")
 
 
 def ut_pex_seeds():
@@ -216,6 +224,7 @@ def ut_pex_seeds():
     yield "many", ben((("added", b"".join(struct.pack(">IH", 0x0a000000 + i, 1000 + i)
                                          for i in range(80))),))
     yield "wrong-types", ben((("added", 5), ("dropped", ["x"])))
+    yield "libtorrent", captured("pex")
 
 
 def bep10_seeds():
@@ -229,6 +238,7 @@ def bep10_seeds():
     yield "control-client", b"\0d1:v16:\x1b[31mred\x07\xff\nname!e"
     yield "yourip6", b"\0d6:yourip16:" + bytes(range(16)) + b"e"
     yield "other-id", b"\x02d1:ai1ee"
+    yield "libtorrent", b"\0" + captured("handshake")
 
 
 def tracker_http_seeds():

@@ -399,6 +399,35 @@ mod tests {
         assert_eq!(h.metadata_size, None);
     }
 
+    /// Captured from python3-libtorrent 2.0.8 seeding on loopback
+    /// (`engine/testdata/capture_libtorrent.py`).
+    #[test]
+    fn captured_libtorrent_handshake() {
+        let dict = include_bytes!("../testdata/libtorrent-handshake.bin");
+        let h = ExtendedHandshake::parse(dict).unwrap();
+        assert_eq!(
+            h,
+            ExtendedHandshake {
+                ids: ExtensionIds {
+                    ut_metadata: Some(2),
+                    ut_pex: Some(1)
+                },
+                metadata_size: Some(18_096),
+                reqq: Some(2000),
+                port: None,
+                client: Some("libtorrent/2.0.8.0".into()),
+                yourip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            }
+        );
+        // The old parser agrees on what it reads.
+        let mut payload = vec![0u8];
+        payload.extend_from_slice(dict);
+        assert_eq!(
+            crate::wire::parse_extended(&payload).unwrap().unwrap().reqq,
+            Some(2000)
+        );
+    }
+
     #[test]
     fn wrong_types_and_values_are_ignored() {
         let odd = b"d1:ml6:ut_pexe13:metadata_size3:abc1:pi0e4:reqq2:xx1:vi5e6:yourip3:abce";

@@ -365,6 +365,22 @@ mod tests {
         Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n).octets()
     }
 
+    /// A message captured from python3-libtorrent 2.0.8 on loopback
+    /// (`engine/testdata/capture_libtorrent_pex.py`): we read it, and write the same bytes.
+    #[test]
+    fn captured_libtorrent_message() {
+        let raw = include_bytes!("../testdata/libtorrent-pex.bin");
+        let m = PexMessage::decode(raw).unwrap();
+        assert_eq!(
+            m,
+            PexMessage {
+                added: vec![(SocketAddr::from(([127, 0, 0, 2], 40001)), PexFlags(0))],
+                dropped: vec![],
+            }
+        );
+        assert_eq!(&m.encode()[..], &raw[..]);
+    }
+
     #[test]
     fn flags() {
         let f = PexFlags::ENCRYPTION | PexFlags::HOLEPUNCH;
