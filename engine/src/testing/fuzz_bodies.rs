@@ -45,9 +45,23 @@ pub const TARGETS: &[(&str, Body)] = &[
 ];
 
 /// [`bencode::scan`] with the limits `.torrent` files get: a success means one well-formed
-/// value whose reported `info` span lies inside the input and is itself one value.
+/// value whose reported `info` span lies inside the input and is itself one value. And
+/// [`bencode::scan_prefix`]: the value it finds at the front scans alone to the same result,
+/// and it agrees with `scan` on an input that is exactly one value.
 pub fn bencode_scan(data: &[u8]) {
-    let Ok(scanned) = bencode::scan(data, Limits::with_max_size(MAX_TORRENT_SIZE)) else {
+    let limits = Limits::with_max_size(MAX_TORRENT_SIZE);
+    let whole = bencode::scan(data, limits);
+    match bencode::scan_prefix(data, limits) {
+        Ok((prefix, end)) => {
+            assert!(end >= 1 && end <= data.len());
+            assert_eq!(bencode::scan(&data[..end], limits), Ok(prefix.clone()));
+            if let Ok(w) = &whole {
+                assert_eq!((w, end), (&prefix, data.len()));
+            }
+        }
+        Err(e) => assert!(whole.is_err(), "scan_prefix refused a whole value: {e}"),
+    }
+    let Ok(scanned) = whole else {
         return;
     };
     // Every value takes at least one byte.
