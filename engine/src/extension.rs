@@ -419,6 +419,13 @@ mod tests {
                 yourip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             }
         );
+        // The capture script sent exactly our handshake (as a magnet leecher without the
+        // metadata would) and our requests, and libtorrent answered them.
+        let ours = ExtendedHandshake::ours(None, 500, None, "capture");
+        assert_eq!(
+            &ours.encode()[..],
+            b"d1:md11:ut_metadatai1e6:ut_pexi2ee4:reqqi500e1:v7:capturee"
+        );
         // The old parser agrees on what it reads.
         let mut payload = vec![0u8];
         payload.extend_from_slice(dict);

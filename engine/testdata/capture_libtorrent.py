@@ -68,6 +68,7 @@ def main():
         s.sendall(b"\x13BitTorrent protocol" + reserved + ti.info_hash().to_bytes()
                   + b"-ZT0100-capturecaptu")
         recv_exact(s, 68)
+        # ExtendedHandshake::ours(None, 500, None, "capture"), byte for byte (checked there).
         ours = b"d1:md11:ut_metadatai1e6:ut_pexi2ee4:reqqi500e1:v7:capturee"
         s.sendall(struct.pack(">IBB", 2 + len(ours), 20, 0) + ours)
         wanted = {}
