@@ -173,6 +173,74 @@ def extended_seeds():
     yield "yourip", b"\0d6:yourip4:\x7f\0\0\x014:reqqi16ee"
 
 
+HEX = "c12fe1c06bba254a9dc9f519b335aa7c1367a88a"
+
+
+def captured(name):
+    """A message captured from libtorrent (engine/testdata/capture_libtorrent*.py)."""
+    with open(os.path.join(HERE, "..", "engine", "testdata", "libtorrent-%s.bin" % name), "rb") as f:
+        return f.read()
+
+
+def magnet_seeds():
+    yield "hex", ("magnet:?xt=urn:btih:%s" % HEX).encode()
+    yield "base32", b"magnet:?xt=urn:btih:YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK&dn=b32"
+    yield "full", ("magnet:?xt=urn:btih:%s&dn=Big+Buck%%20Bunny&tr=udp%%3A%%2F%%2Ft.example%%3A1337"
+                   "&tr.1=http://t2.example/announce?a=1&x.pe=10.0.0.1:6881&x.pe=[::1]:6881"
+                   "&x.pe=peer.example:7000\n" % HEX).encode()
+    yield "hybrid", ("magnet:?xt=urn:btmh:1220%s&xt=urn:btih:%s" % ("ab" * 32, HEX)).encode()
+    yield "only-v2", ("magnet:?xt=urn:btmh:1220%s&dn=v2" % ("ab" * 32)).encode()
+    yield "bad-hash", b"magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a8"
+    yield "two-hashes", ("magnet:?xt=urn:btih:%s&xt=urn:btih:%s" % (HEX, "0" * 40)).encode()
+    yield "control-name", ("magnet:?xt=urn:btih:%s&dn=%%1B%%5B2J%%07x%%C3%%28" % HEX).encode()
+    yield "skipped", ("magnet:?xt=urn:btih:%s&tr=wss://x&tr=%%FF&x.pe=1.2.3.4:0&x.pe=bad_host:1"
+                      "&x.pe=::1:5&junk&=&&" % HEX).encode()
+    yield "not-magnet", b"http://example.com/?xt=urn:btih:" + HEX.encode()
+
+
+def ut_metadata_seeds():
+    yield "request", b"d8:msg_typei0e5:piecei0ee"
+    yield "reject", b"d8:msg_typei2e5:piecei3ee"
+    yield "data", b"d8:msg_typei1e5:piecei0e10:total_sizei5ee\x00\xffabc"
+    yield "unsorted-extra", b"d5:piecei2e8:msg_typei2e4:xtrali1eee"
+    yield "unknown-type", b"d8:msg_typei7e5:piecei0ee"
+    yield "no-total-size", b"d8:msg_typei1e5:piecei0eedata"
+    yield "negative-piece", b"d8:msg_typei0e5:piecei-1ee"
+    yield "not-a-dict", b"li0ee"
+    yield "libtorrent-data-last", captured("data-last")
+    yield "libtorrent-reject", captured("reject")
+
+
+def ut_pex_seeds():
+    v6 = bytes(range(16))
+    yield "ipv4", ben((("added", b"\x0a\0\0\x01\x1a\xe1\x7f\0\0\x01\0\x50"), ("added.f", b"\x06\x10"),
+                       ("dropped", b"\x0a\0\0\x02\x1a\xe2")))
+    yield "ipv6", ben((("added6", v6 + b"\xc8\xd5"), ("added6.f", b"\x04"),
+                       ("dropped6", v6[::-1] + b"\0\x01")))
+    yield "all-keys-empty", ben((("added", b""), ("added.f", b""), ("added6", b""),
+                                 ("added6.f", b""), ("dropped", b""), ("dropped6", b"")))
+    yield "port-zero-and-repeats", ben((("added", b"\x01\x01\x01\x01\0\0" + b"\x02\x02\x02\x02\0\x02" * 2),))
+    yield "bad-length", ben((("added", b"abcde"),))
+    yield "many", ben((("added", b"".join(struct.pack(">IH", 0x0a000000 + i, 1000 + i)
+                                         for i in range(80))),))
+    yield "wrong-types", ben((("added", 5), ("dropped", ["x"])))
+    yield "libtorrent", captured("pex")
+
+
+def bep10_seeds():
+    yield "qbittorrent", (b"\0d1:md11:ut_metadatai2e6:ut_pexi1ee13:metadata_sizei31235e1:pi6881e"
+                          b"4:reqqi500e1:v13:qBittorrent/46:yourip4:\x7f\0\0\x01e")
+    yield "ours", (b"\0d1:md11:ut_metadatai1e6:ut_pexi2ee13:metadata_sizei31235e1:pi6881e"
+                   b"4:reqqi500e1:v16:ZigTorrent 0.1.0e")
+    yield "disabled", b"\0d1:md11:ut_metadatai3e6:ut_pexi0ee1:pi51413e4:reqqi512ee"
+    yield "odd-types", b"\0d1:ml6:ut_pexe13:metadata_size3:abc1:pi0e4:reqq2:xx1:vi5ee"
+    yield "ranges", b"\0d1:md11:ut_metadatai256ee13:metadata_sizei99999999999e1:pi65536ee"
+    yield "control-client", b"\0d1:v16:\x1b[31mred\x07\xff\nname!e"
+    yield "yourip6", b"\0d6:yourip16:" + bytes(range(16)) + b"e"
+    yield "other-id", b"\x02d1:ai1ee"
+    yield "libtorrent", b"\0" + captured("handshake")
+
+
 def tracker_http_seeds():
     def peers4(*addrs):
         return b"".join(bytes(a) + struct.pack(">H", p) for a, p in addrs)
@@ -251,6 +319,10 @@ def main():
         "extended_handshake": extended_seeds(),
         "tracker_http": tracker_http_seeds(),
         "tracker_udp": tracker_udp_seeds(),
+        "magnet": magnet_seeds(),
+        "ut_metadata": ut_metadata_seeds(),
+        "ut_pex": ut_pex_seeds(),
+        "bep10_handshake": bep10_seeds(),
     }
     for target, seeds in groups.items():
         for name, data in seeds:

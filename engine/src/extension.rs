@@ -195,14 +195,7 @@ impl ExtendedHandshake {
 
     /// The whole BEP 10 message: id 20, extension id 0, then [`ExtendedHandshake::encode`].
     pub fn to_message(&self) -> Message {
-        let dict = self.encode();
-        let mut p = BytesMut::with_capacity(1 + dict.len());
-        p.put_u8(HANDSHAKE_ID);
-        p.put_slice(&dict);
-        Message::Unknown {
-            id: EXTENDED,
-            payload: p.freeze(),
-        }
+        message(HANDSHAKE_ID, &self.encode())
     }
 
     /// Our handshake: every extension we speak under our ids, `metadata_size` once we have the
@@ -291,6 +284,18 @@ impl ExtendedHandshake {
             return Ok(None);
         }
         Self::parse(dict).map(Some)
+    }
+}
+
+/// An extension message for the wire: id 20, then `id` (the *peer's* id for the extension, from
+/// its [`ExtensionIds`]; 0 for the handshake), then `payload`.
+pub fn message(id: u8, payload: &[u8]) -> Message {
+    let mut p = BytesMut::with_capacity(1 + payload.len());
+    p.put_u8(id);
+    p.put_slice(payload);
+    Message::Unknown {
+        id: EXTENDED,
+        payload: p.freeze(),
     }
 }
 
@@ -394,6 +399,42 @@ mod tests {
         assert_eq!(h.metadata_size, None);
     }
 
+    /// Captured from python3-libtorrent 2.0.8 seeding on loopback
+    /// (`engine/testdata/capture_libtorrent.py`).
+    #[test]
+    fn captured_libtorrent_handshake() {
+        let dict = include_bytes!("../testdata/libtorrent-handshake.bin");
+        let h = ExtendedHandshake::parse(dict).unwrap();
+        assert_eq!(
+            h,
+            ExtendedHandshake {
+                ids: ExtensionIds {
+                    ut_metadata: Some(2),
+                    ut_pex: Some(1)
+                },
+                metadata_size: Some(18_096),
+                reqq: Some(2000),
+                port: None,
+                client: Some("libtorrent/2.0.8.0".into()),
+                yourip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            }
+        );
+        // The capture script sent exactly our handshake (as a magnet leecher without the
+        // metadata would) and our requests, and libtorrent answered them.
+        let ours = ExtendedHandshake::ours(None, 500, None, "capture");
+        assert_eq!(
+            &ours.encode()[..],
+            b"d1:md11:ut_metadatai1e6:ut_pexi2ee4:reqqi500e1:v7:capturee"
+        );
+        // The old parser agrees on what it reads.
+        let mut payload = vec![0u8];
+        payload.extend_from_slice(dict);
+        assert_eq!(
+            crate::wire::parse_extended(&payload).unwrap().unwrap().reqq,
+            Some(2000)
+        );
+    }
+
     #[test]
     fn wrong_types_and_values_are_ignored() {
         let odd = b"d1:ml6:ut_pexe13:metadata_size3:abc1:pi0e4:reqq2:xx1:vi5e6:yourip3:abce";
@@ -480,6 +521,12 @@ mod tests {
             assert_ne!(ext.local_id(), HANDSHAKE_ID);
             assert_eq!(ExtensionIds::ours().get(ext), Some(ext.local_id()));
         }
+        // Messages to a peer carry its id.
+        let Message::Unknown { id, payload } = message(7, b"d8:msg_typei0e5:piecei0ee") else {
+            panic!("an extension message");
+        };
+        assert_eq!(id, EXTENDED);
+        assert_eq!(&payload[..], b"\x07d8:msg_typei0e5:piecei0ee");
         // What a peer announced is what we send with, not our own ids.
         let theirs = ExtendedHandshake::parse(b"d1:md11:ut_metadatai7eee").unwrap();
         assert_eq!(theirs.ids.get(Extension::Metadata), Some(7));

@@ -6,7 +6,9 @@
 //!
 //! Module map: [`bencode`] (bounded scanner) → [`metainfo`] (`.torrent` files) →
 //! [`tracker`] (peer discovery) → [`wire`] (BEP 3 codec) → [`picker`] / [`choker`] (decisions)
-//! → [`session`] (tasks that tie them to transports and storage).
+//! → [`session`] (tasks that tie them to transports and storage). Magnets and extensions,
+//! sans-IO: [`magnet`] (URIs) · [`extension`] (BEP 10 handshake, ids) · [`metadata`] (BEP 9
+//! fetch and serve) · [`pex`] (BEP 11).
 
 pub mod bencode;
 pub mod choker;
@@ -18,6 +20,7 @@ pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
 pub mod peer;
+pub mod pex;
 pub mod picker;
 pub mod plugin;
 pub mod ratelimit;

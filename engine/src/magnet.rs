@@ -163,8 +163,9 @@ impl Magnet {
         })
     }
 
-    /// A magnet URI saying the same: [`Magnet::parse`] of it gives back an equal `Magnet`.
-    /// The hash is written in hex; every other value is percent-encoded.
+    /// A magnet URI saying the same: [`Magnet::parse`] of it gives back an equal `Magnet`, as
+    /// long as it stays within [`MAX_URI_LEN`] (escaping can lengthen a link near the limit).
+    /// The hash is written in hex; every other value is percent-encoded where needed.
     pub fn to_uri(&self) -> String {
         let mut uri = format!("magnet:?xt=urn:btih:{}", self.info_hash.to_hex());
         if let Some(name) = &self.name {
@@ -288,10 +289,31 @@ fn percent_decode(s: &str, plus_is_space: bool) -> Vec<u8> {
     out
 }
 
-/// Unreserved characters (RFC 3986) stay; every other byte is written `%XX`.
+/// Unreserved characters (RFC 3986) and the delimiters a query value may hold as they are
+/// (`:/?@!$'()*,;`, so URLs stay readable) stay; every other byte is written `%XX`, including
+/// `&`, `=`, `+`, `#`, `%`, spaces and non-ASCII.
 fn percent_encode(s: &str, out: &mut String) {
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+        if b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b':'
+                    | b'/'
+                    | b'?'
+                    | b'@'
+                    | b'!'
+                    | b'$'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b','
+                    | b';'
+            )
+        {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -579,7 +601,10 @@ mod tests {
         assert_eq!(percent_decode("%2B", true), b"+");
         let mut s = String::new();
         percent_encode("a b/é~", &mut s);
-        assert_eq!(s, "a%20b%2F%C3%A9~");
+        assert_eq!(s, "a%20b/%C3%A9~");
+        let mut s = String::new();
+        percent_encode("udp://t.example:1/a?b=c&d+e#f%", &mut s);
+        assert_eq!(s, "udp://t.example:1/a?b%3Dc%26d%2Be%23f%25");
         // The hash itself may be percent-encoded.
         let m = parse(&format!("magnet:?xt=urn%3Abtih%3A{HEX}"));
         assert_eq!(m.info_hash, hash());

@@ -31,8 +31,9 @@ pub const PIECE_SIZE: u32 = 16 * 1024;
 /// Largest `metadata_size` we fetch: our `.torrent` cap ([`MAX_TORRENT_SIZE`], 16 MiB) less
 /// 128 KiB, so the fetched `info` wrapped into a `.torrent` with a magnet's trackers (at most
 /// 64 KiB of URI) still parses under that cap. libtorrent's default `max_metadata_size` is
-/// 30 MiB (3 × 10 MiB); a 16 MiB info dictionary already describes ~800,000 pieces, so nothing
-/// real is refused. At most 1016 pieces of 16 KiB.
+/// `3 * 1024 * 10240` bytes (30 MiB, `settings_pack.cpp`); we stay at our own `.torrent` cap,
+/// since a fetched torrent must load like a file one. 16 MiB of info already holds ~800,000
+/// piece hashes. At most 1016 pieces of 16 KiB.
 pub const MAX_METADATA_SIZE: u32 = (MAX_TORRENT_SIZE - 128 * 1024) as u32;
 
 /// Requests outstanding per peer. BEP 9 pieces are small and peers answer from memory; two
@@ -243,7 +244,7 @@ impl ServeBudget {
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FetchError {
     /// The peer claims a metadata size of 0.
-    #[error("peer claims an empty info dictionary (metadata_size 0)")]
+    #[error("peer claims an empty info dictionary (metadata_size 0; the limit is 1 to {MAX_METADATA_SIZE} bytes)")]
     EmptyMetadata,
     /// The peer claims a size over our cap.
     #[error("peer claims an info dictionary of {size} bytes; the limit is {max} bytes")]
@@ -302,6 +303,15 @@ struct Peer {
     requested: Vec<(u32, Instant)>,
     /// Pieces it refused (not asked again until a new round).
     rejected: Vec<u32>,
+    /// Pieces asked of it before the current round (a size change, a failed hash, or
+    /// completion): an answer to one is ignored rather than taken for garbage.
+    stale: Vec<u32>,
+}
+
+impl Peer {
+    fn retire_requests(&mut self) {
+        self.stale = self.requested.drain(..).map(|(p, _)| p).collect();
+    }
 }
 
 /// Fetches one torrent's info dictionary from peers (BEP 9). See the module doc.
@@ -371,6 +381,7 @@ impl MetadataFetch {
                 size: metadata_size,
                 requested: Vec::new(),
                 rejected: Vec::new(),
+                stale: Vec::new(),
             },
         ));
         self.choose_size();
@@ -446,7 +457,9 @@ impl MetadataFetch {
 
     /// Piece `piece` arrived from `key`. An error means the peer sent garbage (a piece not
     /// asked of it, or of the wrong length): drop it. A late answer to a timed-out request is
-    /// accepted if the piece is still needed, ignored if another peer already sent it.
+    /// accepted if the piece is still needed, ignored if another peer already sent it; an
+    /// answer to a request from before a restart (or after completion) is ignored. After
+    /// completion the result is `Pending` for such answers; check [`Self::is_complete`].
     pub fn on_data(
         &mut self,
         key: u64,
@@ -463,6 +476,10 @@ impl MetadataFetch {
             return Err(FetchError::Unrequested { piece });
         };
         let Some(pos) = peer.requested.iter().position(|(p, _)| *p == piece) else {
+            if let Some(i) = peer.stale.iter().position(|p| *p == piece) {
+                peer.stale.swap_remove(i);
+                return Ok(Progress::Pending);
+            }
             return Err(FetchError::Unrequested { piece });
         };
         // A peer is only asked for pieces of the current size, and requests are forgotten when
@@ -521,7 +538,7 @@ impl MetadataFetch {
             self.done = true;
             self.slots.clear();
             for (_, p) in &mut self.peers {
-                p.requested.clear();
+                p.retire_requests();
             }
             return Progress::Complete(info);
         }
@@ -543,10 +560,11 @@ impl MetadataFetch {
         if self.done {
             return;
         }
+        // Keep the current size while someone connected can finish it; pieces of a size
+        // nobody claims any more are dropped (at most the metadata size, re-fetched if a peer
+        // claiming it comes back).
         if let Some(size) = self.size {
-            let claimed = self.peers.iter().any(|(_, p)| p.size == size);
-            let started = self.slots.iter().any(|s| matches!(s, Slot::Have { .. }));
-            if claimed || started {
+            if self.peers.iter().any(|(_, p)| p.size == size) {
                 return;
             }
         }
@@ -570,9 +588,10 @@ impl MetadataFetch {
             Some(size) => vec![Slot::Missing; piece_count(size) as usize],
             None => Vec::new(),
         };
-        // A new round: old requests and refusals no longer mean anything.
+        // A new round: refusals no longer mean anything, and answers to old requests are
+        // tolerated and ignored.
         for (_, p) in &mut self.peers {
-            p.requested.clear();
+            p.retire_requests();
             p.rejected.clear();
         }
     }
@@ -723,6 +742,49 @@ mod tests {
         assert_eq!(piece_count(PIECE_SIZE), 1);
         assert_eq!(piece_of(&one, 0).len(), PIECE_SIZE as usize);
         assert_eq!(serve(&one, 1), MetadataMessage::Reject { piece: 1 });
+    }
+
+    /// Messages captured from python3-libtorrent 2.0.8 seeding on loopback
+    /// (`engine/testdata/capture_libtorrent.py`): an 18,096-byte info dictionary in two pieces,
+    /// and its reply to a request for piece 7.
+    #[test]
+    fn captured_libtorrent_messages() {
+        let info = Bytes::from_static(include_bytes!("../testdata/libtorrent-info.bin"));
+        let first = Bytes::from_static(include_bytes!("../testdata/libtorrent-data-first.bin"));
+        let last = Bytes::from_static(include_bytes!("../testdata/libtorrent-data-last.bin"));
+        let reject = Bytes::from_static(include_bytes!("../testdata/libtorrent-reject.bin"));
+        let hash = InfoHash(crate::hash::sha1(&info));
+        assert_eq!(hash.to_hex(), "bde9335b7358af6066db05a375ff5745295e4b20");
+        // Our data messages are byte for byte libtorrent's.
+        assert_eq!(serve(&info, 0).encode(), first);
+        assert_eq!(serve(&info, 1).encode(), last);
+        // libtorrent adds total_size to a reject; we read it all the same.
+        assert_eq!(
+            MetadataMessage::decode(reject),
+            Ok(Some(MetadataMessage::Reject { piece: 7 }))
+        );
+        // Assemble from the captured messages, last piece first.
+        let t = Instant::now();
+        let mut f = MetadataFetch::new(hash);
+        f.add_peer(1, 18_096).unwrap();
+        assert_eq!(f.next_request(1, t), Some(0));
+        assert_eq!(f.next_request(1, t), Some(1));
+        let mut done = None;
+        for msg in [last, first] {
+            let Ok(Some(MetadataMessage::Data {
+                piece,
+                total_size,
+                data,
+            })) = MetadataMessage::decode(msg)
+            else {
+                panic!("not a data message");
+            };
+            assert_eq!(total_size, 18_096);
+            if let Progress::Complete(bytes) = f.on_data(1, piece, data, t).unwrap() {
+                done = Some(bytes);
+            }
+        }
+        assert_eq!(done, Some(info));
     }
 
     #[test]
@@ -921,12 +983,53 @@ mod tests {
         f.add_peer(1, 100).unwrap();
         f.add_peer(2, 200).unwrap();
         assert_eq!(f.size(), Some(100));
-        // Nobody left claims 100 and nothing of it arrived: switch.
+        // Nobody left claims 100: switch.
         f.remove_peer(1);
         assert_eq!(f.size(), Some(200));
         f.remove_peer(2);
         assert_eq!(f.size(), None);
         assert_eq!(f.progress(), (0, 0));
+        // Pieces already in do not pin a size nobody connected can finish.
+        let (info, hash) = info_of(2 * PIECE_SIZE as usize);
+        let t = Instant::now();
+        let mut f = MetadataFetch::new(hash);
+        f.add_peer(1, info.len() as u32).unwrap();
+        f.add_peer(2, 777).unwrap();
+        assert_eq!(f.next_request(1, t), Some(0));
+        f.on_data(1, 0, piece_of(&info, 0), t).unwrap();
+        assert_eq!(f.progress(), (1, 2));
+        f.remove_peer(1);
+        assert_eq!(f.size(), Some(777));
+        assert_eq!(f.progress(), (0, 1));
+        assert_eq!(f.next_request(2, t), Some(0));
+    }
+
+    #[test]
+    fn answers_from_before_a_restart_are_ignored() {
+        let (info, hash) = info_of(20_000);
+        let t0 = Instant::now();
+        let late = t0 + REQUEST_TIMEOUT;
+        let mut f = MetadataFetch::new(hash);
+        f.add_peer(1, 100).unwrap();
+        f.add_peer(3, 100).unwrap();
+        f.add_peer(2, info.len() as u32).unwrap();
+        assert_eq!(f.next_request(1, t0), Some(0));
+        assert_eq!(f.next_request(3, late), Some(0));
+        assert!(matches!(
+            f.on_data(3, 0, Bytes::from(vec![0u8; 100]), late),
+            Ok(Progress::HashMismatch { .. })
+        ));
+        assert_eq!(f.size(), Some(20_000));
+        // Peer 1 answers its old request: ignored once, then garbage.
+        assert_eq!(
+            f.on_data(1, 0, Bytes::from(vec![0u8; 100]), late),
+            Ok(Progress::Pending)
+        );
+        assert_eq!(
+            f.on_data(1, 0, Bytes::from(vec![0u8; 100]), late),
+            Err(FetchError::Unrequested { piece: 0 })
+        );
+        assert_eq!(f.progress(), (0, 2));
     }
 
     #[test]
@@ -950,6 +1053,12 @@ mod tests {
             f.on_data(1, 0, piece_of(&info, 0), late),
             Ok(Progress::Complete(info.clone()))
         );
+        // Peer 2's answer to its duplicate request comes after completion: ignored, not garbage.
+        assert_eq!(
+            f.on_data(2, 0, piece_of(&info, 0), late),
+            Ok(Progress::Pending)
+        );
+        assert!(f.is_complete());
         // Only peer left: its own timed-out piece is asked of it again.
         let mut g = MetadataFetch::new(hash);
         g.add_peer(5, info.len() as u32).unwrap();

@@ -12,12 +12,16 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::path::Component;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::bencode::{self, Limits};
+use crate::extension::{ExtendedHandshake, MAX_CLIENT_LEN};
+use crate::magnet::{self, Magnet};
+use crate::metadata::MetadataMessage;
 use crate::metainfo::{
     sanitize, Metainfo, MAX_FILES, MAX_PATH_BYTES, MAX_PATH_DEPTH, MAX_TORRENT_SIZE,
 };
+use crate::pex::{PexMessage, MAX_PER_MESSAGE};
 use crate::tracker::{http, udp, MAX_INTERVAL, MAX_PEERS};
 use crate::wire::{self, Handshake, Message, HANDSHAKE_LEN};
 
@@ -34,12 +38,30 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("extended_handshake", extended_handshake),
     ("tracker_http", tracker_http),
     ("tracker_udp", tracker_udp),
+    ("magnet", magnet),
+    ("ut_metadata", ut_metadata),
+    ("ut_pex", ut_pex),
+    ("bep10_handshake", bep10_handshake),
 ];
 
 /// [`bencode::scan`] with the limits `.torrent` files get: a success means one well-formed
-/// value whose reported `info` span lies inside the input and is itself one value.
+/// value whose reported `info` span lies inside the input and is itself one value. And
+/// [`bencode::scan_prefix`]: the value it finds at the front scans alone to the same result,
+/// and it agrees with `scan` on an input that is exactly one value.
 pub fn bencode_scan(data: &[u8]) {
-    let Ok(scanned) = bencode::scan(data, Limits::with_max_size(MAX_TORRENT_SIZE)) else {
+    let limits = Limits::with_max_size(MAX_TORRENT_SIZE);
+    let whole = bencode::scan(data, limits);
+    match bencode::scan_prefix(data, limits) {
+        Ok((prefix, end)) => {
+            assert!(end >= 1 && end <= data.len());
+            assert_eq!(bencode::scan(&data[..end], limits), Ok(prefix.clone()));
+            if let Ok(w) = &whole {
+                assert_eq!((w, end), (&prefix, data.len()));
+            }
+        }
+        Err(e) => assert!(whole.is_err(), "scan_prefix refused a whole value: {e}"),
+    }
+    let Ok(scanned) = whole else {
         return;
     };
     // Every value takes at least one byte.
@@ -323,6 +345,100 @@ pub fn tracker_udp(data: &[u8]) {
 
 fn check_peers(peers: &[std::net::SocketAddr]) {
     assert!(peers.len() <= MAX_PEERS);
+    let distinct: HashSet<_> = peers.iter().collect();
+    assert_eq!(distinct.len(), peers.len(), "duplicate peers");
+    assert!(peers
+        .iter()
+        .all(|p| p.port() != 0 && !p.ip().is_unspecified()));
+}
+
+/// [`Magnet::parse`] on the input as text (invalid UTF-8 replaced): a parsed link keeps within
+/// the caps, its name is printable, its trackers are http/https/udp, its peers usable; and
+/// [`Magnet::to_uri`] parses back to the same link whenever it fits the URI cap.
+pub fn magnet(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(m) = Magnet::parse(&text) else {
+        return;
+    };
+    assert!(m.trackers.len() <= magnet::MAX_TRACKERS);
+    assert!(m.peers.len() + m.peer_names.len() <= magnet::MAX_PEERS);
+    if let Some(name) = &m.name {
+        assert!(!name.is_empty() && name.len() <= magnet::MAX_NAME_LEN);
+        assert!(!name.chars().any(char::is_control), "{name:?}");
+    }
+    for tr in &m.trackers {
+        let lower = tr.to_ascii_lowercase();
+        assert!(
+            ["http://", "https://", "udp://"]
+                .iter()
+                .any(|s| lower.starts_with(s)),
+            "{tr:?}"
+        );
+        assert!(!tr.chars().any(|c| c.is_control() || c.is_whitespace()));
+    }
+    assert!(m
+        .peers
+        .iter()
+        .all(|p| p.port() != 0 && !p.ip().is_unspecified()));
+    assert!(m.peer_names.iter().all(|(h, p)| !h.is_empty() && *p != 0));
+    let uri = m.to_uri();
+    if uri.len() <= magnet::MAX_URI_LEN {
+        assert_eq!(Magnet::parse(&uri), Ok(m), "{uri}");
+    }
+}
+
+/// [`MetadataMessage::decode`] (BEP 9): a decoded message re-encodes to bytes that decode to
+/// the same message, and a data message's bytes are exactly what followed the dictionary.
+pub fn ut_metadata(data: &[u8]) {
+    let payload = Bytes::copy_from_slice(data);
+    let Ok(Some(m)) = MetadataMessage::decode(payload) else {
+        return;
+    };
+    if let MetadataMessage::Data { data: piece, .. } = &m {
+        assert!(data.ends_with(piece));
+    }
+    assert_eq!(MetadataMessage::decode(m.encode()), Ok(Some(m)));
+}
+
+/// [`PexMessage::decode`] (BEP 11): at most 50 added and 50 dropped per address family, no
+/// port 0, no unspecified address, no repeats; encoding what was kept decodes to the same.
+pub fn ut_pex(data: &[u8]) {
+    let Ok(m) = PexMessage::decode(data) else {
+        return;
+    };
+    for v6 in [false, true] {
+        let added = m.added.iter().filter(|(a, _)| a.is_ipv6() == v6).count();
+        let dropped = m.dropped.iter().filter(|a| a.is_ipv6() == v6).count();
+        assert!(added <= MAX_PER_MESSAGE && dropped <= MAX_PER_MESSAGE);
+    }
+    let added: Vec<_> = m.added.iter().map(|(a, _)| *a).collect();
+    check_usable_distinct(&added);
+    check_usable_distinct(&m.dropped);
+    assert_eq!(PexMessage::decode(&m.encode()), Ok(m));
+}
+
+/// [`ExtendedHandshake::parse_payload`] (BEP 10, both directions): only id 0 is a handshake;
+/// every field is within its range, the client name printable and short; encoding what was
+/// read parses back to the same.
+pub fn bep10_handshake(data: &[u8]) {
+    let result = ExtendedHandshake::parse_payload(data);
+    if data.first().is_some_and(|&id| id != 0) {
+        assert_eq!(result, Ok(None));
+    }
+    let Ok(Some(h)) = result else {
+        return;
+    };
+    assert!(h.ids.ut_metadata != Some(0) && h.ids.ut_pex != Some(0));
+    assert!(h.reqq.is_none_or(|r| (1..=65_535).contains(&r)));
+    assert!(h.port != Some(0));
+    if let Some(v) = &h.client {
+        assert!(!v.is_empty() && v.chars().count() <= MAX_CLIENT_LEN);
+        assert!(!v.chars().any(char::is_control), "{v:?}");
+    }
+    assert_eq!(ExtendedHandshake::parse(&h.encode()), Ok(h));
+}
+
+fn check_usable_distinct(peers: &[std::net::SocketAddr]) {
     let distinct: HashSet<_> = peers.iter().collect();
     assert_eq!(distinct.len(), peers.len(), "duplicate peers");
     assert!(peers
