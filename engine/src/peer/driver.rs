@@ -353,3 +353,95 @@ async fn write_chunks<W: AsyncWrite + Unpin>(
     chunks.clear();
     wr.flush().await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::storage::memory::MemoryBackend;
+    use crate::storage::{Layout, StorageBackend, StorageSpec};
+    use crate::types::{InfoHash, PeerId};
+    use crate::wire::{self, Handshake, Message};
+
+    /// The driver runs the protocol's timers on tokio's clock: a peer that never speaks gets
+    /// our keep-alive at 90 s and is dropped at 180 s, with the typed reason.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_gets_keep_alives_then_times_out() {
+        let info_hash = InfoHash([1; 20]);
+        let layout = Arc::new(Layout::new(32 * 1024, [(PathBuf::from("f"), 100_000)]));
+        let storage = MemoryBackend::new()
+            .open(StorageSpec {
+                info_hash,
+                layout: layout.clone(),
+                download_dir: PathBuf::from("unused"),
+                state_dir: PathBuf::from("unused"),
+            })
+            .await
+            .unwrap();
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let (events_tx, mut events) = mpsc::channel(16);
+        let (_commands, commands_rx) = mpsc::channel(16);
+        let conn = Connection {
+            stream: Box::new(ours),
+            addr: "127.0.0.1:6881".parse().unwrap(),
+            // A peer without BEP 10: nothing is sent until the first keep-alive.
+            remote: Handshake {
+                reserved: [0; 8],
+                info_hash,
+                peer_id: PeerId([2; 20]),
+            },
+            transport: "duplex".into(),
+        };
+        let ctx = PeerContext {
+            key: 7,
+            layout,
+            storage,
+            events: events_tx,
+            shared: Arc::new(PeerShared::default()),
+            initial_bitfield: None,
+            info_hash,
+            peer_id: PeerId([3; 20]),
+            download_limit: Arc::new(RateLimiter::new(0)),
+            upload_limit: Arc::new(RateLimiter::new(0)),
+        };
+        let start = Instant::now();
+        let peer = tokio::spawn(run_peer(conn, ctx, commands_rx));
+        let mut received = Vec::new();
+        let mut keepalive_at = None;
+        let mut buf = [0u8; 64];
+        loop {
+            let n = theirs.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buf[..n]);
+            keepalive_at.get_or_insert(start.elapsed());
+        }
+        let mut received = BytesMut::from(&received[..]);
+        assert_eq!(
+            wire::decode(&mut received, 16).unwrap(),
+            Some(Message::KeepAlive)
+        );
+        assert!(received.is_empty(), "only one keep-alive: {received:?}");
+        let at = keepalive_at.expect("a keep-alive");
+        assert!(
+            at >= Duration::from_secs(90) && at < Duration::from_secs(91),
+            "{at:?}"
+        );
+        let (key, event) = events.recv().await.expect("a close event");
+        assert_eq!(key, 7);
+        assert!(
+            matches!(event, PeerEvent::Closed(CloseReason::IdleTimeout)),
+            "{event:?}"
+        );
+        let closed = start.elapsed();
+        assert!(
+            closed >= Duration::from_secs(180) && closed < Duration::from_secs(181),
+            "{closed:?}"
+        );
+        peer.await.unwrap();
+    }
+}
