@@ -137,6 +137,9 @@ async fn drive<R: AsyncRead + Unpin>(mut rd: R, mut proto: PeerProto, mut l: Lin
     // The download limit is paid after each read; reading waits until it is paid off, while
     // commands and uploads go on.
     let mut read_after: Option<Instant> = None;
+    // A stopped upload server or writer ends the connection through its own task's result in
+    // `run_peer` (with its reason); here the branch only goes quiet.
+    let (mut server_gone, mut writer_gone) = (false, false);
     loop {
         while let Some(event) = proto.poll_event() {
             if l.events.send((l.key, event)).await.is_err() {
@@ -149,12 +152,7 @@ async fn drive<R: AsyncRead + Unpin>(mut rd: R, mut proto: PeerProto, mut l: Lin
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::debug!(peer = l.key, "upload queue full, request dropped");
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    return CloseReason::TaskStopped {
-                        task: "upload server",
-                        detail: "stopped".into(),
-                    };
-                }
+                Err(mpsc::error::TrySendError::Closed(_)) => server_gone = true,
             }
         }
         l.shared.uploaded.store(proto.uploaded(), Ordering::Relaxed);
@@ -190,9 +188,10 @@ async fn drive<R: AsyncRead + Unpin>(mut rd: R, mut proto: PeerProto, mut l: Lin
                     }
                 }
             }
-            up = l.uploads.recv(), if room => {
+            up = l.uploads.recv(), if room && !server_gone => {
                 let Some(up) = up else {
-                    return CloseReason::TaskStopped { task: "upload server", detail: "stopped".into() };
+                    server_gone = true;
+                    continue;
                 };
                 proto.handle_upload(up.block, up.data);
                 while proto.pending_transmit() < WRITE_BATCH {
@@ -202,9 +201,10 @@ async fn drive<R: AsyncRead + Unpin>(mut rd: R, mut proto: PeerProto, mut l: Lin
                     }
                 }
             }
-            permit = l.transmit.reserve(), if to_send => {
+            permit = l.transmit.reserve(), if to_send && !writer_gone => {
                 let Ok(permit) = permit else {
-                    return CloseReason::TaskStopped { task: "writer", detail: "stopped".into() };
+                    writer_gone = true;
+                    continue;
                 };
                 if let Some(t) = proto.poll_transmit(now()) {
                     permit.send(t);
