@@ -65,6 +65,15 @@ impl RateLimiter {
         }
     }
 
+    /// Pay for `bytes` just moved without sleeping: the instant before which the caller should
+    /// move no more, or `None` to go on at once. For drivers that wait inside a `select!`
+    /// beside other work (a connection keeps writing while its reads are held back).
+    pub fn pay(&self, bytes: usize) -> Option<Instant> {
+        let now = Instant::now();
+        let wait = self.charge(bytes, now);
+        (wait >= MIN_SLEEP).then(|| now + wait)
+    }
+
     /// Pay for `bytes` just moved, sleeping while the bucket is in debt.
     pub async fn acquire(&self, bytes: usize) {
         let wait = self.charge(bytes, Instant::now());

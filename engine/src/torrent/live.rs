@@ -760,7 +760,7 @@ impl Torrent {
         }
         match event {
             PeerEvent::Closed(reason) => {
-                self.remove_peer(key, &reason);
+                self.remove_peer(key, &reason.to_string());
                 self.refill_all();
             }
             PeerEvent::Bitfield(bf) => {
@@ -824,6 +824,8 @@ impl Torrent {
             }
             PeerEvent::Block(block, data) => self.on_block(key, block, data),
             PeerEvent::ReadFailed(block, error) => self.on_read_failed(block, error),
+            // No extension is advertised yet, so none arrive; the torrent will route them.
+            PeerEvent::Extended { .. } => {}
         }
     }
 

@@ -1,0 +1,447 @@
+//! The tokio side of one connection: three tasks joining a [`PeerProto`] to a transport stream
+//! and to storage. They move bytes and run effects; every decision is the protocol's.
+//!
+//! - the **driver** owns the protocol and the read half: it reads into one buffer the protocol
+//!   decodes in place (block data is split off without copying), passes commands, blocks read
+//!   for uploads and the time in, and hands events to the torrent, checked requests to the
+//!   upload server and bytes to the writer;
+//! - the **upload server** reads requested blocks from storage, [`READS_IN_FLIGHT`] at a time,
+//!   handing them back in request order;
+//! - the **writer** writes what the driver hands it with vectored writes, batched up to
+//!   [`WRITE_BATCH`], paying the upload limit first, bounded by [`WRITE_TIMEOUT`].
+//!
+//! Writing in its own task keeps a slow reader on the other side from stalling what we
+//! receive; the driver takes no more commands or uploads while [`WRITE_BATCH`] bytes wait, so
+//! such a peer cannot make us buffer more.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{Duration, Instant};
+
+use super::proto::{PeerProto, ProtoConfig, Transmit, MAX_QUEUED_UPLOADS};
+use super::{CloseReason, Connection, PeerCommand, PeerContext, PeerEvent, PeerKey, PeerShared};
+use crate::ratelimit::RateLimiter;
+use crate::storage::Storage;
+use crate::types::{BlockRef, BLOCK_SIZE};
+
+/// Disk reads for one peer's requests running at once (and blocks read but not yet handed to
+/// the driver): bounds what a peer that requests but never reads can make us hold.
+const READS_IN_FLIGHT: usize = 16;
+/// Read buffer per connection. Blocks are split off it without copying, so each buffered
+/// block keeps its buffer alive: a small buffer bounds how much junk between blocks a peer
+/// can make us hold (at most 4× the block data).
+const READ_BUFFER: usize = 64 * 1024;
+/// A write that makes no progress for this long ends the connection (a peer that never
+/// reads must not hold our upload queue and its slot forever).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes the writer gathers before one write call, and bytes the driver lets wait for it.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Batches handed to the writer and not yet taken: one, so the driver gathers the next batch
+/// while the writer writes this one.
+const TRANSMITS_QUEUED: usize = 1;
+/// Vectored write slices per call (Linux's `IOV_MAX` is 1024; 64 covers a batch of blocks).
+const IO_SLICES: usize = 64;
+
+/// Run a connection until it ends; spawns the driver, the writer and the upload server and
+/// returns when the first of them stops. The final [`PeerEvent::Closed`] is always sent.
+pub async fn run_peer(conn: Connection, ctx: PeerContext, commands: mpsc::Receiver<PeerCommand>) {
+    let (rd, wr) = tokio::io::split(conn.stream);
+    let (request_tx, request_rx) = mpsc::channel::<BlockRef>(MAX_QUEUED_UPLOADS);
+    let (upload_tx, upload_rx) = mpsc::channel::<Upload>(READS_IN_FLIGHT);
+    let (transmit_tx, transmit_rx) = mpsc::channel::<Transmit>(TRANSMITS_QUEUED);
+    let PeerContext {
+        key,
+        layout,
+        storage,
+        events,
+        shared,
+        initial_bitfield,
+        download_limit,
+        upload_limit,
+        ..
+    } = ctx;
+    let pieces = storage.clone();
+    let proto = PeerProto::new(
+        ProtoConfig {
+            layout,
+            initial_bitfield,
+            peer_extensions: conn.remote.supports_extensions(),
+            local_extension_ids: Vec::new(),
+            has_piece: Box::new(move |piece| pieces.has_piece(piece)),
+        },
+        Instant::now().into_std(),
+    );
+    let mut writer = tokio::spawn(write_loop(wr, transmit_rx, upload_limit));
+    let mut server = tokio::spawn(serve_uploads(
+        request_rx,
+        storage,
+        upload_tx,
+        (key, events.clone()),
+    ));
+    let mut driver = tokio::spawn(drive(
+        rd,
+        proto,
+        Links {
+            key,
+            events: events.clone(),
+            shared,
+            commands,
+            uploads: upload_rx,
+            requests: request_tx,
+            transmit: transmit_tx,
+            download_limit,
+        },
+    ));
+    let stopped = |task: &'static str, e: tokio::task::JoinError| CloseReason::TaskStopped {
+        task,
+        detail: e.to_string(),
+    };
+    // Whichever ends first ends the connection. The driver goes first: when it stops (a
+    // protocol error, our close) the others stop because of it and must not take the blame.
+    let reason = tokio::select! {
+        biased;
+        r = &mut driver => r.unwrap_or_else(|e| stopped("driver", e)),
+        w = &mut writer => w.unwrap_or_else(|e| stopped("writer", e)),
+        u = &mut server => u.unwrap_or_else(|e| stopped("upload server", e)),
+    };
+    driver.abort();
+    writer.abort();
+    server.abort();
+    let _ = events.send((key, PeerEvent::Closed(reason))).await;
+}
+
+/// The driver's channels and shared counters.
+struct Links {
+    key: PeerKey,
+    events: mpsc::Sender<(PeerKey, PeerEvent)>,
+    shared: Arc<PeerShared>,
+    commands: mpsc::Receiver<PeerCommand>,
+    uploads: mpsc::Receiver<Upload>,
+    requests: mpsc::Sender<BlockRef>,
+    transmit: mpsc::Sender<Transmit>,
+    download_limit: Arc<RateLimiter>,
+}
+
+fn now() -> std::time::Instant {
+    // tokio's clock, so tests with a paused clock drive the protocol's timers too.
+    Instant::now().into_std()
+}
+
+async fn drive<R: AsyncRead + Unpin>(mut rd: R, mut proto: PeerProto, mut l: Links) -> CloseReason {
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    // The download limit is paid after each read; reading waits until it is paid off, while
+    // commands and uploads go on.
+    let mut read_after: Option<Instant> = None;
+    // A stopped upload server or writer ends the connection through its own task's result in
+    // `run_peer` (with its reason); here the branch only goes quiet.
+    let (mut server_gone, mut writer_gone) = (false, false);
+    loop {
+        while let Some(event) = proto.poll_event() {
+            if l.events.send((l.key, event)).await.is_err() {
+                return CloseReason::TorrentStopped;
+            }
+        }
+        while let Some(block) = proto.poll_upload_request() {
+            match l.requests.try_send(block) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::debug!(peer = l.key, "upload queue full, request dropped");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => server_gone = true,
+            }
+        }
+        l.shared.uploaded.store(proto.uploaded(), Ordering::Relaxed);
+        l.shared
+            .am_choking
+            .store(proto.am_choking(), Ordering::Relaxed);
+        if let Some(reason) = proto.poll_close() {
+            return reason;
+        }
+        if buf.capacity() - buf.len() < BLOCK_SIZE as usize {
+            buf.reserve(READ_BUFFER);
+        }
+        let room = proto.pending_transmit() < WRITE_BATCH;
+        let to_send = proto.pending_transmit() > 0;
+        let timeout = proto.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            r = read_some(&mut rd, &mut buf, read_after) => match r {
+                Ok(0) => return CloseReason::ClosedByPeer,
+                Ok(n) => {
+                    read_after = l.download_limit.pay(n);
+                    proto.handle_input(&mut buf, now());
+                }
+                Err(e) => return CloseReason::Read(e),
+            },
+            cmd = l.commands.recv(), if room => {
+                let Some(cmd) = cmd else { return CloseReason::TorrentStopped };
+                proto.handle_command(cmd);
+                // Gather whatever else is already queued into the same write.
+                while proto.pending_transmit() < WRITE_BATCH {
+                    match l.commands.try_recv() {
+                        Ok(cmd) => proto.handle_command(cmd),
+                        Err(_) => break,
+                    }
+                }
+            }
+            up = l.uploads.recv(), if room && !server_gone => {
+                let Some(up) = up else {
+                    server_gone = true;
+                    continue;
+                };
+                proto.handle_upload(up.block, up.data);
+                while proto.pending_transmit() < WRITE_BATCH {
+                    match l.uploads.try_recv() {
+                        Ok(up) => proto.handle_upload(up.block, up.data),
+                        Err(_) => break,
+                    }
+                }
+            }
+            permit = l.transmit.reserve(), if to_send && !writer_gone => {
+                let Ok(permit) = permit else {
+                    writer_gone = true;
+                    continue;
+                };
+                if let Some(t) = proto.poll_transmit(now()) {
+                    permit.send(t);
+                }
+            }
+            _ = sleep_until(timeout), if timeout.is_some() => proto.handle_timeout(now()),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Wait out the download limit, then read what the stream has. Cancel-safe: the wait restarts
+/// with the same deadline, and `read_buf` either read bytes or did not.
+async fn read_some<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    after: Option<Instant>,
+) -> std::io::Result<usize> {
+    if let Some(at) = after {
+        tokio::time::sleep_until(at).await;
+    }
+    rd.read_buf(buf).await
+}
+
+/// A block to upload, read by the upload server and handed to the driver in request order.
+struct Upload {
+    block: BlockRef,
+    data: Bytes,
+}
+
+/// Read the blocks a peer requested, several at a time but handed back in request order.
+/// Reading here rather than in the driver keeps disk latency out of the receive path and lets
+/// reads overlap.
+async fn serve_uploads(
+    requests: mpsc::Receiver<BlockRef>,
+    storage: Arc<dyn Storage>,
+    out: mpsc::Sender<Upload>,
+    (key, events): (PeerKey, mpsc::Sender<(PeerKey, PeerEvent)>),
+) -> CloseReason {
+    let requests = futures::stream::unfold(requests, |mut rx| async move {
+        rx.recv().await.map(|block| (block, rx))
+    });
+    let reads = requests
+        .map(|block| {
+            let storage = storage.clone();
+            async move {
+                let data = storage.read(block.piece, block.begin, block.length).await;
+                (block, data)
+            }
+        })
+        .buffered(READS_IN_FLIGHT);
+    let mut reads = std::pin::pin!(reads);
+    let stopped = |task| CloseReason::TaskStopped {
+        task,
+        detail: "stopped".into(),
+    };
+    while let Some((block, data)) = reads.next().await {
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                // The torrent must learn that data it advertised is gone (it stops seeding);
+                // the close reason alone would lose what failed.
+                let _ = events.send((key, PeerEvent::ReadFailed(block, e))).await;
+                return CloseReason::StorageReadFailed(block);
+            }
+        };
+        if out.send(Upload { block, data }).await.is_err() {
+            return stopped("driver");
+        }
+    }
+    stopped("driver")
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut transmits: mpsc::Receiver<Transmit>,
+    upload_limit: Arc<RateLimiter>,
+) -> CloseReason {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    loop {
+        let Some(t) = transmits.recv().await else {
+            let _ = wr.shutdown().await;
+            return CloseReason::TaskStopped {
+                task: "driver",
+                detail: "stopped".into(),
+            };
+        };
+        let mut len = t.len();
+        // Block data gathered for this write, paid to the upload limiter before it goes out.
+        let mut payload = t.payload;
+        chunks.extend(t.chunks);
+        while len < WRITE_BATCH {
+            match transmits.try_recv() {
+                Ok(t) => {
+                    len += t.len();
+                    payload += t.payload;
+                    chunks.extend(t.chunks);
+                }
+                Err(_) => break,
+            }
+        }
+        if payload > 0 {
+            upload_limit.acquire(payload).await;
+        }
+        if let Err(e) = write_chunks(&mut wr, &mut chunks).await {
+            return CloseReason::Write(e);
+        }
+    }
+}
+
+/// Write every chunk with vectored writes, so block data goes out without being copied.
+async fn write_chunks<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    chunks: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
+    let mut start = 0;
+    while start < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[start..]
+            .iter()
+            .take(IO_SLICES)
+            .map(|c| std::io::IoSlice::new(c))
+            .collect();
+        let mut n = tokio::time::timeout(WRITE_TIMEOUT, wr.write_vectored(&slices))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write stalled"))??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let c = &mut chunks[start];
+            if n >= c.len() {
+                n -= c.len();
+                start += 1;
+            } else {
+                let _ = c.split_to(n);
+                n = 0;
+            }
+        }
+    }
+    chunks.clear();
+    wr.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::storage::memory::MemoryBackend;
+    use crate::storage::{Layout, StorageBackend, StorageSpec};
+    use crate::types::{InfoHash, PeerId};
+    use crate::wire::{self, Handshake, Message};
+
+    /// The driver runs the protocol's timers on tokio's clock: a peer that never speaks gets
+    /// our keep-alive at 90 s and is dropped at 180 s, with the typed reason.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_gets_keep_alives_then_times_out() {
+        let info_hash = InfoHash([1; 20]);
+        let layout = Arc::new(Layout::new(32 * 1024, [(PathBuf::from("f"), 100_000)]));
+        let storage = MemoryBackend::new()
+            .open(StorageSpec {
+                info_hash,
+                layout: layout.clone(),
+                download_dir: PathBuf::from("unused"),
+                state_dir: PathBuf::from("unused"),
+            })
+            .await
+            .unwrap();
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let (events_tx, mut events) = mpsc::channel(16);
+        let (_commands, commands_rx) = mpsc::channel(16);
+        let conn = Connection {
+            stream: Box::new(ours),
+            addr: "127.0.0.1:6881".parse().unwrap(),
+            // A peer without BEP 10: nothing is sent until the first keep-alive.
+            remote: Handshake {
+                reserved: [0; 8],
+                info_hash,
+                peer_id: PeerId([2; 20]),
+            },
+            transport: "duplex".into(),
+        };
+        let ctx = PeerContext {
+            key: 7,
+            layout,
+            storage,
+            events: events_tx,
+            shared: Arc::new(PeerShared::default()),
+            initial_bitfield: None,
+            info_hash,
+            peer_id: PeerId([3; 20]),
+            download_limit: Arc::new(RateLimiter::new(0)),
+            upload_limit: Arc::new(RateLimiter::new(0)),
+        };
+        let start = Instant::now();
+        let peer = tokio::spawn(run_peer(conn, ctx, commands_rx));
+        let mut received = Vec::new();
+        let mut keepalive_at = None;
+        let mut buf = [0u8; 64];
+        loop {
+            let n = theirs.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buf[..n]);
+            keepalive_at.get_or_insert(start.elapsed());
+        }
+        let mut received = BytesMut::from(&received[..]);
+        assert_eq!(
+            wire::decode(&mut received, 16).unwrap(),
+            Some(Message::KeepAlive)
+        );
+        assert!(received.is_empty(), "only one keep-alive: {received:?}");
+        let at = keepalive_at.expect("a keep-alive");
+        assert!(
+            at >= Duration::from_secs(90) && at < Duration::from_secs(91),
+            "{at:?}"
+        );
+        let (key, event) = events.recv().await.expect("a close event");
+        assert_eq!(key, 7);
+        assert!(
+            matches!(event, PeerEvent::Closed(CloseReason::IdleTimeout)),
+            "{event:?}"
+        );
+        let closed = start.elapsed();
+        assert!(
+            closed >= Duration::from_secs(180) && closed < Duration::from_secs(181),
+            "{closed:?}"
+        );
+        peer.await.unwrap();
+    }
+}
