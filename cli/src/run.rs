@@ -132,6 +132,7 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
         config.download_limit = s.download_limit;
         config.upload_limit = s.upload_limit;
         config.lsd = s.lsd;
+        config.pex = s.pex;
         config.dht = s.dht.then(|| {
             if s.dht_bootstrap.is_empty() {
                 Bootstrap::PublicRouters

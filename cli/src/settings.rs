@@ -63,6 +63,9 @@ pub struct RunArgs {
     /// Run no DHT node (BEP 5): peers come from trackers, peer exchange and `--peer` only.
     #[arg(long)]
     no_dht: bool,
+    /// No peer exchange (BEP 11) with connected peers.
+    #[arg(long)]
+    no_pex: bool,
     /// No local service discovery (BEP 14 multicast on the LAN).
     #[arg(long)]
     no_lsd: bool,
@@ -135,6 +138,8 @@ pub struct Settings {
     pub dht_bootstrap: Vec<String>,
     /// Local service discovery.
     pub lsd: bool,
+    /// Peer exchange.
+    pub pex: bool,
     /// Connections per torrent.
     pub max_peers: usize,
     /// Connections in all.
@@ -188,6 +193,7 @@ impl RunArgs {
             .set_default("dht", true)?
             .set_default("dht_bootstrap", Vec::<String>::new())?
             .set_default("lsd", true)?
+            .set_default("pex", true)?
             .set_default("max_peers", 50)?
             .set_default("max_peers_total", 300)?
             .set_default("download_limit", 0)?
@@ -249,6 +255,7 @@ impl RunArgs {
             .set_override_option("headless", self.headless.then_some(true))?
             .set_override_option("dht", self.no_dht.then_some(false))?
             .set_override_option("lsd", self.no_lsd.then_some(false))?
+            .set_override_option("pex", self.no_pex.then_some(false))?
             .set_override_option("status_interval", self.status_interval)?
             .set_override_option("status_bytes", self.status_bytes.then_some(true))?
             .set_override_option("max_peers", self.max_peers.map(|n| n as u64))?
@@ -336,6 +343,7 @@ const KEYS: &[&str] = &[
     "dht",
     "dht_bootstrap",
     "lsd",
+    "pex",
     "max_peers",
     "max_peers_total",
     "download_limit",

@@ -89,6 +89,8 @@ pub struct SessionConfig {
     pub dht: Option<Bootstrap>,
     /// Local service discovery (BEP 14) on the LAN's multicast group; off by default.
     pub lsd: bool,
+    /// Peer exchange (BEP 11) with connected peers; on by default.
+    pub pex: bool,
 }
 
 impl SessionConfig {
@@ -109,6 +111,7 @@ impl SessionConfig {
             loopback_as_host: false,
             dht: None,
             lsd: false,
+            pex: true,
         }
     }
 }
@@ -372,6 +375,7 @@ impl Session {
             download_limit: self.shared.download_limit.clone(),
             upload_limit: self.shared.upload_limit.clone(),
             hash_budget: self.shared.hash_budget.clone(),
+            pex: c.pex,
             discovery,
         };
         let task = tokio::spawn(run_torrent(params, source.clone(), cmd_rx));

@@ -9,7 +9,7 @@ use rand::{RngCore, SeedableRng};
 use zigtorrent_engine::metainfo::{create_torrent, CreateOptions};
 use zigtorrent_engine::storage::{StorageBackend, StorageSpec};
 use zigtorrent_engine::testing::sim::{SimNet, SimPeer};
-use zigtorrent_engine::{Metainfo, TorrentHandle, TorrentState};
+use zigtorrent_engine::{Magnet, Metainfo, TorrentHandle, TorrentState};
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
@@ -102,4 +102,132 @@ async fn a_leecher_gets_every_byte_from_two_seeders() {
     }
     // Nobody sent bad data (`wasted` also counts endgame duplicates, so it is not asserted).
     assert_eq!(h.status().peers_banned, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_magnet_leecher_gets_metadata_and_data_from_two_seeders() {
+    let net = SimNet::new();
+    let (meta, data) = torrent(2 * 1024 * 1024 + 5, 32 * 1024);
+    let mut seeders = Vec::new();
+    for n in 1..=2 {
+        let s = SimPeer::start(&net, ip(n), n, Vec::new()).await;
+        s.preload(&meta, &data).await;
+        let h = s.session.add(meta.clone()).unwrap();
+        until_seeding(&h).await;
+        seeders.push((s, h));
+    }
+    let leecher = SimPeer::start(
+        &net,
+        ip(9),
+        9,
+        seeders.iter().map(|(s, _)| s.addr).collect(),
+    )
+    .await;
+    let magnet = Magnet::parse(&format!(
+        "magnet:?xt=urn:btih:{}&dn=from+a+link",
+        meta.info_hash.to_hex()
+    ))
+    .unwrap();
+    let h = leecher.session.add(magnet).unwrap();
+    assert_eq!(h.status().state, TorrentState::FetchingMetadata);
+    assert_eq!(h.status().name, "from a link");
+    until_seeding(&h).await;
+    assert_eq!(
+        h.status().name,
+        meta.info.name,
+        "the name comes from the metadata"
+    );
+    assert_eq!(h.status().total_bytes, data.len() as u64);
+    assert!(
+        stored(&leecher, &meta).await == data,
+        "the leecher's bytes differ"
+    );
+    // The metadata was kept, byte for byte the torrent's `info`.
+    let kept = std::fs::read(
+        leecher
+            .dir
+            .path()
+            .join("state/metadata")
+            .join(format!("{}.torrent", meta.info_hash.to_hex())),
+    )
+    .unwrap();
+    assert_eq!(
+        Metainfo::from_bytes(&kept).unwrap().info_bytes,
+        meta.info_bytes
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (s, sh) in &seeders {
+        assert!(sh.status().uploaded > 0, "seeder {} sent nothing", s.addr);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn peer_exchange_introduces_a_peer_nobody_else_named() {
+    let net = SimNet::new();
+    let (meta, data) = torrent(4 * 1024 * 1024, 64 * 1024);
+    // The seeder knows nobody; B knows only the seeder; C knows only B.
+    let seeder = SimPeer::start(&net, ip(1), 1, Vec::new()).await;
+    seeder.preload(&meta, &data).await;
+    let sh = seeder.session.add(meta.clone()).unwrap();
+    until_seeding(&sh).await;
+    // Slow leechers (simulated time), so B is still downloading from the seeder when C asks.
+    let slow = |c: &mut zigtorrent_engine::SessionConfig| c.download_limit = 256 * 1024;
+    let b = SimPeer::start_with(&net, ip(2), 2, vec![seeder.addr], slow).await;
+    let bh = b.session.add(meta.clone()).unwrap();
+    let c = SimPeer::start_with(&net, ip(3), 3, vec![b.addr], slow).await;
+    let ch = c.session.add(meta.clone()).unwrap();
+    let mut rx = ch.subscribe();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            // Either side may have dialled (the seeder hears of C through PEX too).
+            let met =
+                (rx.borrow_and_update().peers.iter()).any(|p| p.addr.ip() == seeder.addr.ip());
+            if met {
+                return;
+            }
+            rx.changed().await.expect("torrent task alive");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "C never connected to the seeder: {:?} / B: {:?}",
+            ch.status(),
+            bh.status()
+        )
+    });
+    until_seeding(&ch).await;
+    assert!(stored(&c, &meta).await == data);
+    drop(bh);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_pex_the_introduction_never_happens() {
+    let net = SimNet::new();
+    let (meta, data) = torrent(4 * 1024 * 1024, 64 * 1024);
+    let seeder = SimPeer::start(&net, ip(1), 1, Vec::new()).await;
+    seeder.preload(&meta, &data).await;
+    let sh = seeder.session.add(meta.clone()).unwrap();
+    until_seeding(&sh).await;
+    let slow_no_pex = |c: &mut zigtorrent_engine::SessionConfig| {
+        c.download_limit = 256 * 1024;
+        c.pex = false;
+    };
+    let b = SimPeer::start_with(&net, ip(2), 2, vec![seeder.addr], slow_no_pex).await;
+    let _bh = b.session.add(meta.clone()).unwrap();
+    let c = SimPeer::start_with(&net, ip(3), 3, vec![b.addr], slow_no_pex).await;
+    let ch = c.session.add(meta.clone()).unwrap();
+    // Ten simulated seconds: plenty for the first PEX message (sent within a second or two).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let s = ch.status();
+    assert!(
+        s.peers.iter().all(|p| p.addr.ip() != seeder.addr.ip()),
+        "{:?}",
+        s.peers
+    );
+    assert_eq!(
+        s.peers_known, 1,
+        "C learnt an address without PEX: {:?}",
+        s.peers
+    );
 }

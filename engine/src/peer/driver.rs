@@ -63,6 +63,7 @@ pub async fn run_peer(conn: Connection, ctx: PeerContext, commands: mpsc::Receiv
         initial_bitfield,
         download_limit,
         upload_limit,
+        extended_handshake,
         ..
     } = ctx;
     let pieces = storage.clone();
@@ -71,7 +72,7 @@ pub async fn run_peer(conn: Connection, ctx: PeerContext, commands: mpsc::Receiv
             layout,
             initial_bitfield,
             peer_extensions: conn.remote.supports_extensions(),
-            local_extension_ids: Vec::new(),
+            extended_handshake,
             has_piece: Box::new(move |piece| pieces.has_piece(piece)),
         },
         Instant::now().into_std(),
@@ -406,6 +407,7 @@ mod tests {
             peer_id: PeerId([3; 20]),
             download_limit: Arc::new(RateLimiter::new(0)),
             upload_limit: Arc::new(RateLimiter::new(0)),
+            extended_handshake: super::super::proto::basic_extended_handshake(),
         };
         let start = Instant::now();
         let peer = tokio::spawn(run_peer(conn, ctx, commands_rx));

@@ -184,4 +184,6 @@ pub struct PeerContext {
     pub download_limit: Arc<RateLimiter>,
     /// Session-wide limit on block data sent (paid before each write).
     pub upload_limit: Arc<RateLimiter>,
+    /// Our BEP 10 extended handshake (which extensions we speak with this torrent's peers).
+    pub extended_handshake: crate::extension::ExtendedHandshake,
 }

@@ -12,6 +12,7 @@
 //! so tests drive it with scripted bytes and a hand-moved [`Instant`]. The first protocol error
 //! ends the connection with a typed [`CloseReason`]; nothing is processed after it.
 
+use crate::extension::{ExtendedHandshake, ExtensionIds};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +41,15 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(90);
 /// blocks at a time.
 pub const MAX_QUEUED_UPLOADS: usize = 1024;
 /// Our name in the extended handshake (`v`).
-const CLIENT_NAME: &str = concat!("ZigTorrent ", env!("CARGO_PKG_VERSION"));
+pub const CLIENT_NAME: &str = concat!("ZigTorrent ", env!("CARGO_PKG_VERSION"));
+
+/// Our extended handshake without extension messages: `reqq` and our name only.
+pub fn basic_extended_handshake() -> ExtendedHandshake {
+    ExtendedHandshake {
+        ids: ExtensionIds::default(),
+        ..ExtendedHandshake::ours(None, MAX_QUEUED_UPLOADS as u32, None, CLIENT_NAME)
+    }
+}
 
 /// What a [`PeerProto`] needs to know about its torrent and the remote peer.
 pub struct ProtoConfig {
@@ -50,10 +59,10 @@ pub struct ProtoConfig {
     pub initial_bitfield: Option<Bitfield>,
     /// Whether the peer's handshake says it speaks BEP 10 (we then send our extended handshake).
     pub peer_extensions: bool,
-    /// BEP 10 message ids we advertised in our extended handshake: messages under these ids come
-    /// out as [`PeerEvent::Extended`]. Empty today (we advertise no extension), so every
-    /// extension message but the handshake is dropped as before.
-    pub local_extension_ids: Vec<u8>,
+    /// Our BEP 10 extended handshake, sent to a peer that speaks BEP 10. Messages under the ids
+    /// it advertises come out as [`PeerEvent::Extended`]; with none advertised
+    /// ([`basic_extended_handshake`]) every extension message but the handshake is dropped.
+    pub extended_handshake: ExtendedHandshake,
     /// Whether we have a piece (asked for each request: storage knows, and can lose it).
     pub has_piece: Box<dyn Fn(u32) -> bool + Send>,
 }
@@ -124,14 +133,19 @@ impl PeerProto {
         }
         // BEP 10: the extended handshake goes right after the handshake (and our bitfield).
         if config.peer_extensions {
-            wire::extended_handshake(MAX_QUEUED_UPLOADS, CLIENT_NAME).encode(&mut out);
+            config.extended_handshake.to_message().encode(&mut out);
         }
+        let ids = config.extended_handshake.ids;
+        let local_extension_ids = [ids.ut_metadata, ids.ut_pex]
+            .into_iter()
+            .flatten()
+            .collect();
         PeerProto {
             layout: config.layout,
             piece_count,
             max_frame: (BLOCK_SIZE as usize + 13).max(piece_count.div_ceil(8) + 1),
             has_piece: config.has_piece,
-            local_extension_ids: config.local_extension_ids,
+            local_extension_ids,
             states: StateCoalescer::new(now),
             peer_has: Bitfield::new(piece_count),
             peer_reqq: None,

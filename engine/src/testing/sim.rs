@@ -146,6 +146,8 @@ pub struct SimPeer {
     pub backend: Arc<MemoryBackend>,
     /// Its listening address.
     pub addr: SocketAddr,
+    /// Its downloads and state folders (empty but for metadata fetched from magnets).
+    pub dir: tempfile::TempDir,
 }
 
 impl SimPeer {
@@ -163,9 +165,9 @@ impl SimPeer {
         peers: Vec<SocketAddr>,
         configure: impl FnOnce(&mut SessionConfig),
     ) -> SimPeer {
-        // The folders are never touched: storage is in memory and no metadata is written
-        // unless a test fetches some (then under this name, which nothing else uses).
-        let root = PathBuf::from(format!("/nonexistent/zigtorrent-sim/{ip}"));
+        // Storage is in memory; the state folder receives metadata fetched from magnets.
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let root = dir.path();
         let mut config = SessionConfig::new(root.join("downloads"), root.join("state"));
         config.listen = SocketAddr::new(ip, 6881);
         config.extra_peers = peers;
@@ -186,6 +188,7 @@ impl SimPeer {
             session,
             backend,
             addr,
+            dir,
         }
     }
 

@@ -22,6 +22,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, Semaphore};
 
+mod extensions;
+
 use super::announce::{self, AnnounceResult, Announcer};
 use super::peers::{self, ban_key, host_key, BookEntry, EvictCandidate, HostKey, MAX_KNOWN_PEERS};
 use super::smart_ban::{block_digest, BlockDigest, SmartBan};
@@ -135,6 +137,8 @@ struct Peer {
     /// Last payload either way, or interest change: eviction takes the longest idle.
     last_active: Instant,
     snubbed: bool,
+    /// BEP 10 extensions it speaks, and their per-peer state.
+    ext: extensions::PeerExtensions,
     _permit: PeerSlot,
 }
 
@@ -685,10 +689,32 @@ impl Torrent {
 
     fn on_connected(&mut self, conn: Connection, permit: PeerSlot, outgoing: bool) {
         let addr = conn.addr;
-        let duplicate = self
+        // Two peers that dial each other at once (both learnt the other, e.g. through PEX) each
+        // see two connections. Both must keep the same one, or each drops the one the other
+        // kept and they redial forever: keep the connection dialled by the lower peer id.
+        let mut replaces = None;
+        let duplicate = match self
             .peers
-            .values()
-            .any(|p| p.peer_id == conn.remote.peer_id);
+            .iter()
+            .find(|(_, p)| p.peer_id == conn.remote.peer_id)
+        {
+            None => false,
+            Some((key, existing)) => {
+                let dialer = |dialled_by_us: bool| {
+                    if dialled_by_us {
+                        self.p.peer_id.0
+                    } else {
+                        conn.remote.peer_id.0
+                    }
+                };
+                if existing.outgoing != outgoing && dialer(outgoing) < dialer(existing.outgoing) {
+                    replaces = Some(*key);
+                    false
+                } else {
+                    true
+                }
+            }
+        };
         let refuse = !self.active()
             || duplicate
             || self.peers.len() >= self.p.max_peers
@@ -698,9 +724,17 @@ impl Torrent {
         if refuse {
             if known.incoming_only {
                 self.known.remove(&addr);
+            } else if outgoing {
+                // Refused after dialling (full, or a duplicate): back off like a failed dial.
+                known.failures += 1;
+                known.next_try = Some(Instant::now() + reconnect_delay(known.failures));
             }
             return; // dropping the stream closes it
         }
+        if let Some(old) = replaces {
+            self.remove_peer(old, "duplicate connection (both dialled)");
+        }
+        let known = self.known.entry(addr).or_default();
         known.connected = true;
         let key = self.next_key;
         self.next_key += 1;
@@ -720,6 +754,7 @@ impl Torrent {
             peer_id: self.p.peer_id,
             download_limit: self.p.download_limit.clone(),
             upload_limit: self.p.upload_limit.clone(),
+            extended_handshake: self.our_extended_handshake(),
         };
         tracing::info!(%addr, outgoing, transport = %conn.transport, client = %String::from_utf8_lossy(&conn.remote.peer_id.0[..8]), "peer connected");
         self.peers.insert(
@@ -748,6 +783,7 @@ impl Torrent {
                 last_block: Instant::now(),
                 last_active: Instant::now(),
                 snubbed: false,
+                ext: extensions::PeerExtensions::default(),
                 _permit: permit,
             },
         );
@@ -824,8 +860,7 @@ impl Torrent {
             }
             PeerEvent::Block(block, data) => self.on_block(key, block, data),
             PeerEvent::ReadFailed(block, error) => self.on_read_failed(block, error),
-            // No extension is advertised yet, so none arrive; the torrent will route them.
-            PeerEvent::Extended { .. } => {}
+            PeerEvent::Extended { id, payload } => self.on_extended(key, id, payload),
         }
     }
 
@@ -1077,6 +1112,7 @@ impl Torrent {
                 self.announce(self.announcer.regular_event());
             }
             self.search_dht(now, starving);
+            self.send_pex(now);
             sources::announce_lsd(&self.p.discovery, self.metainfo.info_hash);
         }
         if self.dirty && now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
@@ -1126,11 +1162,19 @@ impl Torrent {
         ) {
             *per_host.entry(host_key(a, loopback)).or_default() += 1;
         }
+        // Peers that dialled us and told us their listening port (BEP 10 `p`): that address
+        // is already connected, however we learnt it (PEX, a tracker).
+        let listening: HashSet<SocketAddr> = self
+            .peers
+            .values()
+            .filter_map(|p| p.listen_addr())
+            .collect();
         let candidates: Vec<SocketAddr> = self
             .known
             .iter()
             .filter(|(a, k)| {
                 !k.connected
+                    && !listening.contains(*a)
                     && !k.connecting
                     && !k.incoming_only
                     && !self.banned.contains(&ban_key(**a))

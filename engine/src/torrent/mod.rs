@@ -111,6 +111,8 @@ pub(crate) struct TorrentParams {
     pub upload_limit: Arc<crate::ratelimit::RateLimiter>,
     /// Session-wide bound on the bytes of pieces being rechecked.
     pub hash_budget: HashBudget,
+    /// Peer exchange (BEP 11) with peers that speak it (never for private torrents).
+    pub pex: bool,
     /// The session's DHT and LSD, if the torrent may use them (not private, BEP 27).
     pub discovery: Option<sources::DiscoverySlot>,
 }

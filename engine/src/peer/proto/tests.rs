@@ -23,7 +23,7 @@ fn config(have: &[u32]) -> ProtoConfig {
         layout,
         initial_bitfield: Some(bf),
         peer_extensions: false,
-        local_extension_ids: Vec::new(),
+        extended_handshake: basic_extended_handshake(),
         has_piece: Box::new(move |p| have.contains(&p)),
     }
 }
@@ -492,7 +492,13 @@ fn two_protocols_talk_to_each_other() {
     let mut leecher = PeerProto::new(
         ProtoConfig {
             peer_extensions: true,
-            local_extension_ids: vec![3],
+            extended_handshake: crate::extension::ExtendedHandshake {
+                ids: crate::extension::ExtensionIds {
+                    ut_metadata: None,
+                    ut_pex: Some(2),
+                },
+                ..basic_extended_handshake()
+            },
             ..config(&[])
         },
         now,
@@ -527,20 +533,20 @@ fn two_protocols_talk_to_each_other() {
     // Extension messages: under an id the leecher advertised they reach its torrent; others
     // are dropped.
     seeder.handle_command(PeerCommand::SendExtended {
-        id: 3,
+        id: 2,
         payload: Bytes::from_static(b"d8:msg_typei0ee"),
     });
     seeder.handle_command(PeerCommand::SendExtended {
-        id: 4,
+        id: 1,
         payload: Bytes::from_static(b"de"),
     });
     let ev = pump(&mut seeder, &mut leecher, now);
     assert_eq!(ev.len(), 1, "{ev:?}");
-    assert!(ev[0].starts_with("Extended { id: 3"), "{ev:?}");
+    assert!(ev[0].starts_with("Extended { id: 2"), "{ev:?}");
     assert!(ev[0].contains("d8:msg_typei0ee"), "{ev:?}");
     // …and a peer that advertises none drops them all.
     leecher.handle_command(PeerCommand::SendExtended {
-        id: 3,
+        id: 2,
         payload: Bytes::from_static(b"de"),
     });
     assert!(pump(&mut leecher, &mut seeder, now).is_empty());
