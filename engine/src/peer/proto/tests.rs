@@ -558,3 +558,62 @@ fn two_protocols_talk_to_each_other() {
     ));
     assert!(!seeder.is_closed());
 }
+
+#[test]
+fn events_before_a_protocol_error_still_reach_the_torrent() {
+    let now = Instant::now();
+    let mut p = proto(&[], now);
+    feed(
+        &mut p,
+        &[Message::Have(1), Message::Have(9), Message::Have(2)],
+        now,
+    );
+    assert_eq!(events(&mut p), ["Have(1)"]);
+    assert!(matches!(
+        p.poll_close(),
+        Some(CloseReason::HaveOutOfRange(9))
+    ));
+    assert!(p.poll_close().is_none(), "the reason is given once");
+}
+
+fn extended(payload: &'static [u8]) -> Message {
+    Message::Unknown {
+        id: wire::EXTENDED,
+        payload: Bytes::from_static(payload),
+    }
+}
+
+#[test]
+fn the_peers_reqq_is_told_once_per_change_and_extension_quirks_are_ignored() {
+    let now = Instant::now();
+    let mut p = proto(&[], now);
+    feed(
+        &mut p,
+        &[
+            extended(b"\0d4:reqqi250ee"),
+            extended(b"\0d4:reqqi250ee"),
+            extended(b""),
+            extended(b"\0not bencode"),
+            extended(b"\x05d1:xi1ee"), // an id we never advertised
+            extended(b"\0d4:reqqi500ee"),
+        ],
+        now,
+    );
+    assert_eq!(events(&mut p), ["RequestLimit(250)", "RequestLimit(500)"]);
+    assert!(!p.is_closed());
+}
+
+#[test]
+fn queued_requests_are_bounded() {
+    let now = Instant::now();
+    let mut p = proto(&[0, 1, 2], now);
+    p.handle_command(PeerCommand::SetChoking(false));
+    // 2 pieces of 2 blocks, asked for again and again: past the bound they are dropped.
+    let asks: Vec<Message> = (0..MAX_QUEUED_UPLOADS + 100)
+        .map(|i| request((i % 2) as u32, (i / 2 % 2) as u32 * BLOCK_SIZE, BLOCK_SIZE))
+        .collect();
+    feed(&mut p, &asks, now);
+    let queued = std::iter::from_fn(|| p.poll_upload_request()).count();
+    assert_eq!(queued, MAX_QUEUED_UPLOADS);
+    assert!(!p.is_closed());
+}
