@@ -14,6 +14,9 @@ Scenarios (each prints PASS/FAIL with a reason; exit status 1 if any failed):
   m_tr_seed   Transmission seeds; zigtorrent joins from a magnet naming it in `x.pe`
   m_tr_leech  zigtorrent seeds; Transmission adds only the magnet and gets metadata and data from
               us (we dial it: Transmission 3.00 ignores 127.x peers from trackers)
+  m_qbt_seed  qBittorrent seeds; zigtorrent joins from a magnet naming it in `x.pe`
+  m_qbt_leech zigtorrent seeds; qBittorrent adds only the magnet (and our address) and gets
+              metadata and data from us
   m_restart   after the metadata was fetched, a restart with no other peer seeds to a
               libtorrent leecher (the metadata came from the state folder)
 
@@ -36,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dht_interop as D  # noqa: E402
 import harness as H  # noqa: E402
 import lt as L  # noqa: E402
+import qbt as Q  # noqa: E402
 
 TIMEOUT = 90  # seconds for a ~6 MiB payload over loopback: generous, CI machines are slow
 
@@ -242,6 +246,57 @@ def m_tr_leech(ctx):
     return f"Transmission got metadata and data from us alone; SIGINT exit 0 in {stop_secs:.1f}s"
 
 
+def m_qbt_seed(ctx):
+    ctx.zig.check_exists()
+    src = ctx.payloads["single"]
+    name = os.path.basename(src)
+    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
+    t = os.path.join(ctx.dir, f"{name}.torrent")
+    ih = L.make_torrent(src, t, piece_length=32 * 1024, source=f"zt-interop {ctx.name}")
+    q = Q.QBittorrent(ctx.sub("qbt"))
+    q.add_torrent_file(t, os.path.dirname(src))
+    q.wait_complete(ih, 60)
+    logp = os.path.join(ctx.dir, "zigtorrent.log")
+    uri = _magnet(ih, name, peers=[f"127.0.0.1:{q.peer_port}"])
+    z = ctx.zig.run(torrents, downloads, state, logp, listen=H.free_port(), extra=[uri])
+    secs = _wait_download(z, downloads, src, name, logp)
+    # qBittorrent refreshes its counters every second or two.
+    deadline = time.time() + 10
+    while (sent := q.info(ih)["uploaded"]) < os.path.getsize(src) and time.time() < deadline:
+        time.sleep(0.3)
+    if sent < os.path.getsize(src):
+        raise H.CheckFailed(f"qBittorrent counted only {sent} bytes sent")
+    stop_secs, _ = H.graceful_stop(z, signal.SIGINT)
+    q.stop()
+    return (f"qBittorrent {q.version}: {secs:.1f}s from start, it sent {sent} B; "
+            f"SIGINT exit 0 in {stop_secs:.1f}s")
+
+
+def m_qbt_leech(ctx):
+    ctx.zig.check_exists()
+    src = ctx.payloads["multi"]
+    name = os.path.basename(src)
+    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
+    t = os.path.join(torrents, f"{name}.torrent")
+    ih = L.make_torrent(src, t, piece_length=64 * 1024, source=f"zt-interop {ctx.name}")
+    shutil.copytree(src, os.path.join(downloads, name))
+    zport = H.free_port()
+    logp = os.path.join(ctx.dir, "zigtorrent.log")
+    z = ctx.zig.run(torrents, downloads, state, logp, listen=zport)
+    q = Q.QBittorrent(ctx.sub("qbt"))
+    dst = ctx.sub("qbt-downloads")
+    q.add_magnet(_magnet(ih, name), dst)
+    try:
+        q.wait_complete(ih, TIMEOUT, poke=lambda: q.add_peer(ih, f"127.0.0.1:{zport}"))
+    except H.CheckFailed as e:
+        raise H.CheckFailed(f"{e}\n{H.tail(logp)}")
+    _compare(src, os.path.join(dst, name), "qBittorrent's copy")
+    stop_secs, _ = H.graceful_stop(z, signal.SIGINT)
+    q.stop()
+    return (f"qBittorrent {q.version} got metadata and data from us alone; "
+            f"SIGINT exit 0 in {stop_secs:.1f}s")
+
+
 def _lt_magnet_leech(uri, dst, zport, what):
     ses = L.session(H.free_port())
     p = L.lt.parse_magnet_uri(uri)
@@ -316,7 +371,8 @@ def m_restart(ctx):
     return f"restart seeded from kept metadata; SIGINT exit 0 in {stop_secs:.1f}s"
 
 
-SCENARIOS = [m_tracker, m_xpe, m_dht, m_serve, m_pex, m_tr_seed, m_tr_leech, m_restart]
+SCENARIOS = [m_tracker, m_xpe, m_dht, m_serve, m_pex, m_tr_seed, m_tr_leech, m_qbt_seed, m_qbt_leech,
+             m_restart]
 
 
 def main():
