@@ -207,6 +207,20 @@ struct Known {
     busy: bool,
     failures: u32,
     next_try: Option<Instant>,
+    /// It cannot send metadata (no BEP 10, no `ut_metadata`): not dialled again in this
+    /// phase, but handed to the live phase for the data.
+    useless: bool,
+}
+
+/// How a connection (or a dial) ended, for when to dial the address again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Failed or closed: again after a growing delay.
+    Failed,
+    /// It cannot give metadata: not again in this phase.
+    Useless,
+    /// We paused: again when resumed.
+    Paused,
 }
 
 struct Conn {
@@ -321,7 +335,7 @@ impl<'a> Fetcher<'a> {
                 if self.host_count(addr) >= self.p.limits.max_per_host {
                     return;
                 }
-                self.known.entry(addr).or_default().busy = true;
+                // Its address (an ephemeral port) is not one to dial: it stays out of `known`.
                 self.dialing += 1;
                 let ours = Handshake::new(self.p.info_hash, self.p.peer_id);
                 let tx = self.events_tx.clone();
@@ -370,7 +384,7 @@ impl<'a> Fetcher<'a> {
                 .map(|(k, _)| *k)
                 .collect();
             for key in stale {
-                self.close(key, "no extended handshake");
+                self.close(key, "no extended handshake", Ended::Useless);
             }
             let keys: Vec<u64> = self.conns.keys().copied().collect();
             for key in keys {
@@ -401,12 +415,12 @@ impl<'a> Fetcher<'a> {
             } => {
                 self.dialing = self.dialing.saturating_sub(1);
                 if self.paused {
-                    self.release(addr, false);
+                    self.release(addr, Ended::Paused);
                     return None;
                 }
                 if !remote.supports_extensions() {
                     // Cannot send metadata; it may still be a fine peer for the data.
-                    self.release(addr, false);
+                    self.release(addr, Ended::Useless);
                     return None;
                 }
                 let key = self.next_key;
@@ -434,7 +448,7 @@ impl<'a> Fetcher<'a> {
             }
             FetchEvent::DialFailed(addr) => {
                 self.dialing = self.dialing.saturating_sub(1);
-                self.release(addr, true);
+                self.release(addr, Ended::Failed);
                 self.dial(now);
             }
             FetchEvent::Handshaken {
@@ -449,9 +463,12 @@ impl<'a> Fetcher<'a> {
                             conn.ut_metadata = Some(id);
                             self.pump(key, now);
                         }
-                        Err(e) => self.close(key, &e.to_string()),
+                        Err(e) => {
+                            tracing::warn!(addr = %conn.addr, error = %e, "metadata peer refused");
+                            self.close(key, &e.to_string(), Ended::Useless);
+                        }
                     },
-                    _ => self.close(key, "peer cannot send metadata"),
+                    _ => self.close(key, "peer cannot send metadata", Ended::Useless),
                 }
             }
             FetchEvent::Metadata { key, msg } => {
@@ -471,14 +488,18 @@ impl<'a> Fetcher<'a> {
                                 // One sender alone is to blame; with several, nobody can be
                                 // told apart, so all stay and the fetch starts over.
                                 if let [only] = contributors[..] {
-                                    self.close(only, "sent metadata that failed its hash");
+                                    self.close(
+                                        only,
+                                        "sent metadata that failed its hash",
+                                        Ended::Useless,
+                                    );
                                 }
                                 let keys: Vec<u64> = self.conns.keys().copied().collect();
                                 for k in keys {
                                     self.pump(k, now);
                                 }
                             }
-                            Err(e) => self.close(key, &e.to_string()),
+                            Err(e) => self.close(key, &e.to_string(), Ended::Useless),
                         }
                     }
                     MetadataMessage::Reject { piece } => {
@@ -493,7 +514,7 @@ impl<'a> Fetcher<'a> {
                 if let Some(conn) = self.conns.remove(&key) {
                     tracing::debug!(addr = %conn.addr, %reason, "metadata peer closed");
                     self.assembler.remove_peer(key);
-                    self.release(conn.addr, false);
+                    self.release(conn.addr, Ended::Failed);
                     self.pump_others(key, now);
                     self.dial(now);
                     self.publish();
@@ -546,29 +567,33 @@ impl<'a> Fetcher<'a> {
         }
     }
 
-    fn close(&mut self, key: u64, reason: &str) {
+    fn close(&mut self, key: u64, reason: &str, ended: Ended) {
         if let Some(conn) = self.conns.remove(&key) {
             tracing::debug!(addr = %conn.addr, %reason, "metadata peer dropped");
             conn.task.abort();
             self.assembler.remove_peer(key);
-            self.release(conn.addr, false);
+            self.release(conn.addr, ended);
         }
     }
 
     fn close_all(&mut self) {
         let keys: Vec<u64> = self.conns.keys().copied().collect();
         for k in keys {
-            self.close(k, "paused");
+            self.close(k, "paused", Ended::Paused);
         }
     }
 
-    /// `addr` is free to dial again (after a delay if it failed).
-    fn release(&mut self, addr: SocketAddr, failed: bool) {
+    /// `addr` is no longer in use; when to dial it again depends on how it ended.
+    fn release(&mut self, addr: SocketAddr, ended: Ended) {
         if let Some(k) = self.known.get_mut(&addr) {
             k.busy = false;
-            if failed {
-                k.failures += 1;
-                k.next_try = Some(Instant::now() + REDIAL * 2u32.pow(k.failures.min(6)));
+            match ended {
+                Ended::Failed => {
+                    k.failures += 1;
+                    k.next_try = Some(Instant::now() + REDIAL * 2u32.pow(k.failures.min(6)));
+                }
+                Ended::Useless => k.useless = true,
+                Ended::Paused => {}
             }
         }
     }
@@ -614,7 +639,7 @@ impl<'a> Fetcher<'a> {
         let candidates: Vec<SocketAddr> = self
             .known
             .iter()
-            .filter(|(_, k)| !k.busy && k.next_try.is_none_or(|t| now >= t))
+            .filter(|(_, k)| !k.busy && !k.useless && k.next_try.is_none_or(|t| now >= t))
             .map(|(a, _)| *a)
             .collect();
         for addr in candidates {
@@ -712,22 +737,25 @@ impl<'a> Fetcher<'a> {
         }
     }
 
-    /// Close every connection and give back the addresses worth dialling: every address
-    /// known, those that were connected first.
+    /// Close every connection and give back the addresses worth dialling: every address a
+    /// source gave, those we were connected to first (peers that dialled us will again).
     fn handover(&mut self) -> Vec<SocketAddr> {
-        let mut peers: Vec<SocketAddr> = self.conns.values().map(|c| c.addr).collect();
+        let connected: Vec<SocketAddr> = self
+            .conns
+            .values()
+            .map(|c| c.addr)
+            .filter(|a| self.known.contains_key(a))
+            .collect();
         for conn in self.conns.values() {
             conn.task.abort();
         }
         self.conns.clear();
-        peers.extend(
-            self.known
-                .keys()
-                .filter(|a| !peers.contains(a))
-                .copied()
-                .collect::<Vec<_>>(),
-        );
-        peers
+        let rest = self
+            .known
+            .keys()
+            .filter(|a| !connected.contains(a))
+            .copied();
+        connected.iter().copied().chain(rest).collect()
     }
 
     async fn stop(&mut self) {
