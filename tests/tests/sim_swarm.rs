@@ -231,3 +231,153 @@ async fn without_pex_the_introduction_never_happens() {
         s.peers
     );
 }
+
+/// How a [`metadata_liar`] misbehaves.
+#[derive(Clone, Copy)]
+enum Lie {
+    /// Claims a metadata size far over any cap.
+    Oversize,
+    /// Answers every metadata request with junk of the right length.
+    Junk,
+    /// Sends a metadata piece nobody asked for, right after its handshake.
+    Unsolicited,
+}
+
+/// A fake peer at `ip` on the simulated network that offers metadata (BEP 9) and lies about it.
+async fn metadata_liar(
+    net: &SimNet,
+    ip: IpAddr,
+    meta: &Metainfo,
+    lie: Lie,
+) -> std::net::SocketAddr {
+    use bytes::{Buf, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use zigtorrent_engine::extension::{ExtendedHandshake, ExtensionIds};
+    use zigtorrent_engine::metadata::{piece_len, MetadataMessage};
+    use zigtorrent_engine::wire::{self, Handshake, Message, EXTENDED};
+
+    let mut listener = net
+        .transport(ip)
+        .listen(std::net::SocketAddr::new(ip, 6881))
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    let info_hash = meta.info_hash;
+    let real_size = meta.info_bytes.len() as u32;
+    let size = match lie {
+        Lie::Oversize => 200 << 20,
+        _ => real_size,
+    };
+    // The ids are ours to choose (BEP 10); the leecher's are its fixed ones (ut_metadata 1).
+    const OUR_METADATA_ID: u8 = 3;
+    const THEIR_METADATA_ID: u8 = 1;
+    let message = |payload: bytes::Bytes| {
+        let mut p = BytesMut::new();
+        p.extend_from_slice(&[THEIR_METADATA_ID]);
+        p.extend_from_slice(&payload);
+        let mut out = BytesMut::new();
+        Message::Unknown {
+            id: EXTENDED,
+            payload: p.freeze(),
+        }
+        .encode(&mut out);
+        out
+    };
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let message = message;
+            tokio::spawn(async move {
+                let mut hs = [0u8; wire::HANDSHAKE_LEN];
+                if s.read_exact(&mut hs).await.is_err() {
+                    return;
+                }
+                let mut out = BytesMut::new();
+                out.extend_from_slice(
+                    &Handshake::new(info_hash, zigtorrent_engine::PeerId([0xee; 20])).encode(),
+                );
+                ExtendedHandshake {
+                    ids: ExtensionIds {
+                        ut_metadata: Some(OUR_METADATA_ID),
+                        ut_pex: None,
+                    },
+                    metadata_size: Some(size),
+                    ..Default::default()
+                }
+                .to_message()
+                .encode(&mut out);
+                if let Lie::Unsolicited = lie {
+                    let junk = vec![0xab; piece_len(size, 0) as usize];
+                    let data = MetadataMessage::Data {
+                        piece: 0,
+                        total_size: size,
+                        data: junk.into(),
+                    };
+                    out.extend_from_slice(&message(data.encode()));
+                }
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+                let mut buf = BytesMut::new();
+                loop {
+                    match wire::decode(&mut buf, 1 << 20) {
+                        Ok(Some(Message::Unknown {
+                            id: EXTENDED,
+                            mut payload,
+                        })) => {
+                            if payload.first() != Some(&OUR_METADATA_ID) {
+                                continue;
+                            }
+                            payload.advance(1);
+                            if let Ok(Some(MetadataMessage::Request { piece })) =
+                                MetadataMessage::decode(payload)
+                            {
+                                // Slower than the honest seeder, so both send parts of it.
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                let junk = vec![0x5a; piece_len(size, piece) as usize];
+                                let data = MetadataMessage::Data {
+                                    piece,
+                                    total_size: size,
+                                    data: junk.into(),
+                                };
+                                if s.write_all(&message(data.encode())).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => match s.read_buf(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        },
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(start_paused = true)]
+async fn lying_peers_cannot_keep_a_magnet_from_its_metadata() {
+    let net = SimNet::new();
+    // 2,560 pieces: the info dictionary spans four metadata pieces, more than one peer is
+    // asked for at once (two), so the liar and the honest seeder each send some of it.
+    let (meta, data) = torrent(40 * 1024 * 1024, 16 * 1024);
+    assert!(meta.info_bytes.len() > 3 * 16 * 1024);
+    let seeder = SimPeer::start(&net, ip(1), 1, Vec::new()).await;
+    seeder.preload(&meta, &data).await;
+    let sh = seeder.session.add(meta.clone()).unwrap();
+    until_seeding(&sh).await;
+    let mut peers = Vec::new();
+    for (n, lie) in [(5, Lie::Oversize), (6, Lie::Junk), (7, Lie::Unsolicited)] {
+        peers.push(metadata_liar(&net, ip(n), &meta, lie).await);
+    }
+    peers.push(seeder.addr);
+    let leecher = SimPeer::start(&net, ip(9), 9, peers).await;
+    let magnet =
+        Magnet::parse(&format!("magnet:?xt=urn:btih:{}", meta.info_hash.to_hex())).unwrap();
+    let h = leecher.session.add(magnet).unwrap();
+    until_seeding(&h).await;
+    assert!(stored(&leecher, &meta).await == data);
+}

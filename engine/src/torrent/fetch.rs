@@ -44,6 +44,8 @@ const MAX_FRAME: usize = 256 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A connection that has not finished its extended handshake after this long is useless here.
 const EXTENDED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// In one-peer-at-a-time mode, a peer that sends no metadata piece for this long loses its turn.
+const SOLO_STALL: Duration = Duration::from_secs(30);
 /// Addresses kept while fetching (the live phase has its own, larger, book).
 const MAX_KNOWN: usize = 500;
 /// Commands queued to one connection (a few requests at a time).
@@ -246,6 +248,11 @@ struct Fetcher<'a> {
     announcer: Announcer,
     dht_schedule: DhtSchedule,
     paused: bool,
+    /// After a hash failure shared by several senders: one peer at a time sends the whole
+    /// dictionary, so a liar is found (and dropped) at its next failure.
+    one_at_a_time: bool,
+    /// The peer asked in that mode, and when it last sent a piece (or was chosen).
+    solo: Option<(u64, Instant)>,
 }
 
 impl<'a> Fetcher<'a> {
@@ -264,6 +271,8 @@ impl<'a> Fetcher<'a> {
             announcer: Announcer::new(tiers, Instant::now(), rand::random()),
             dht_schedule: DhtSchedule::new(Instant::now()),
             paused: false,
+            one_at_a_time: false,
+            solo: None,
             magnet,
         };
         let initial: Vec<SocketAddr> = f
@@ -386,6 +395,13 @@ impl<'a> Fetcher<'a> {
             for key in stale {
                 self.close(key, "no extended handshake", Ended::Useless);
             }
+            // One peer at a time: one that stalls gives its turn to the next.
+            if let Some((key, since)) = self.solo {
+                if self.one_at_a_time && now.duration_since(since) > SOLO_STALL {
+                    self.solo = None;
+                    self.close(key, "stalled sending the metadata", Ended::Failed);
+                }
+            }
             let keys: Vec<u64> = self.conns.keys().copied().collect();
             for key in keys {
                 self.pump(key, now);
@@ -477,6 +493,11 @@ impl<'a> Fetcher<'a> {
                 }
                 match msg {
                     MetadataMessage::Data { piece, data, .. } => {
+                        if let Some((k, t)) = self.solo.as_mut() {
+                            if *k == key {
+                                *t = now;
+                            }
+                        }
                         match self.assembler.on_data(key, piece, data, now) {
                             Ok(Progress::Pending) => self.pump(key, now),
                             Ok(Progress::Complete(info)) => return Some(info),
@@ -485,14 +506,17 @@ impl<'a> Fetcher<'a> {
                                     peers = contributors.len(),
                                     "metadata failed its hash check; fetching again"
                                 );
-                                // One sender alone is to blame; with several, nobody can be
-                                // told apart, so all stay and the fetch starts over.
+                                // One sender alone is to blame. With several, nobody can be
+                                // told apart: from now on one peer at a time sends the whole
+                                // dictionary, so the next failure names its sender.
                                 if let [only] = contributors[..] {
                                     self.close(
                                         only,
                                         "sent metadata that failed its hash",
                                         Ended::Useless,
                                     );
+                                } else {
+                                    self.one_at_a_time = true;
                                 }
                                 let keys: Vec<u64> = self.conns.keys().copied().collect();
                                 for k in keys {
@@ -546,6 +570,21 @@ impl<'a> Fetcher<'a> {
         let Some(id) = conn.ut_metadata else {
             return;
         };
+        if self.one_at_a_time {
+            // The lowest key among the peers that can send metadata is the one asked.
+            let first = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.ut_metadata.is_some())
+                .map(|(k, _)| *k)
+                .min();
+            if first != Some(key) {
+                return;
+            }
+            if self.solo.is_none_or(|(k, _)| k != key) {
+                self.solo = Some((key, now));
+            }
+        }
         while let Some(piece) = self.assembler.next_request(key, now) {
             let msg = extended(id, MetadataMessage::Request { piece }.encode());
             if conn.tx.try_send(msg).is_err() {
