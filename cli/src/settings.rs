@@ -85,7 +85,7 @@ pub struct RunArgs {
     /// Upload limit for the whole session in bytes/s, K/M/G suffixes allowed; 0: none [default: 0].
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     upload_limit: Option<u64>,
-    /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: warn,librqbit_utp=error].
+    /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: warn,librqbit_utp=error,mainline=off].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
     /// Read options from this file instead of ./zigtorrent.toml and the XDG config folder.
@@ -199,7 +199,9 @@ impl RunArgs {
             .set_default("download_limit", 0)?
             .set_default("upload_limit", 0)?
             // librqbit-utp warns at every start when the kernel caps its UDP buffer: noise.
-            .set_default("log_level", "warn,librqbit_utp=error")?;
+            // mainline logs an error every few seconds while the DHT cannot bootstrap (offline):
+            // the session says it once instead.
+            .set_default("log_level", "warn,librqbit_utp=error,mainline=off")?;
         let mut files = Vec::new();
         let explicit = self
             .config
@@ -580,7 +582,7 @@ mod tests {
         assert_eq!(s.transport, "both");
         assert_eq!(s.download_limit, 0);
         assert!(!s.headless);
-        assert_eq!(s.log_level, "warn,librqbit_utp=error");
+        assert_eq!(s.log_level, "warn,librqbit_utp=error,mainline=off");
     }
 
     #[test]

@@ -114,8 +114,20 @@ pub fn progress_bar(fraction: f64, width: usize) -> String {
     )
 }
 
+/// The torrent's size, `?` while a magnet's metadata is still being fetched.
+fn size_text(t: &TorrentStatus) -> String {
+    if t.state == TorrentState::FetchingMetadata {
+        "?".into()
+    } else {
+        format::bytes(t.total_bytes)
+    }
+}
+
 /// Time left at the current rate: `1h02m`, `3m05s`, `12s`, `∞`, `-` when done.
 pub fn eta(s: &TorrentStatus) -> String {
+    if s.state == TorrentState::FetchingMetadata {
+        return "?".into();
+    }
     let left = s.total_bytes.saturating_sub(s.have_bytes);
     if left == 0 {
         return "-".into();
@@ -163,7 +175,7 @@ fn draw_list(f: &mut Frame, area: Rect, app: &App, torrents: &[TorrentStatus]) {
     let rows = torrents.iter().map(|t| {
         Row::new(vec![
             Cell::from(printable(&t.name).into_owned()),
-            Cell::from(format::bytes(t.total_bytes)),
+            Cell::from(size_text(t)),
             Cell::from(progress_bar(t.progress(), 10)),
             Cell::from(state_text(t)).fg(state_color(&t.state)),
             Cell::from(format::rate(t.download_rate)),
@@ -312,7 +324,7 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App, t: &TorrentStatus) {
             Span::raw(format!(
                 "   {} / {}   pieces {}/{}",
                 format::bytes(t.have_bytes),
-                format::bytes(t.total_bytes),
+                size_text(t),
                 t.pieces_have,
                 t.pieces_total
             )),
@@ -732,6 +744,23 @@ mod tests {
         });
         let s = screen(&render(&mut app, &mut ts, 120, 16));
         assert!(!s.contains("bad.torrent"), "{s}");
+    }
+
+    #[test]
+    fn a_magnet_without_metadata_shows_by_name_with_unknown_size() {
+        let mut app = App::new(6881, "tcp".into());
+        let mut t = TorrentStatus::new("Some Show".into(), InfoHash([7; 20]), 0, 0);
+        t.state = TorrentState::FetchingMetadata;
+        t.peers_connected = 2;
+        t.peers_known = 5;
+        let mut ts = vec![t];
+        let s = screen(&render(&mut app, &mut ts, 120, 12));
+        for want in ["Some Show", "metadata", "2/5", "0.0%"] {
+            assert!(s.contains(want), "missing {want:?} in\n{s}");
+        }
+        assert!(!s.contains("100.0%"), "{s}");
+        let row = s.lines().find(|l| l.contains("Some Show")).unwrap();
+        assert!(row.contains(" ? "), "size and ETA unknown: {row}");
     }
 
     #[test]

@@ -184,3 +184,51 @@ fn two_hundred_files_dropped_at_once_all_start() {
     assert_eq!(c.count("err: error:"), 0);
     stop(c);
 }
+
+#[test]
+fn magnet_files_show_in_the_metadata_state_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = client(dir.path());
+    let hash = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::write(
+        dir.path().join("torrents/wanted.magnet"),
+        format!("magnet:?xt=urn:btih:{hash}&dn=Some%20Show&tr=udp%3A%2F%2F127.0.0.1%3A9\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("torrents/broken.magnet"),
+        "magnet:?xt=urn:btih:nothex\n",
+    )
+    .unwrap();
+    c.wait_line("out: added Some Show", Duration::from_secs(10));
+    // Shown by its `dn`, in the metadata state, with its peer count, until peers send it.
+    let (_, line) = c.wait_line("out: Some Show: ", Duration::from_secs(5));
+    assert!(line.ends_with(" metadata"), "{line}");
+    assert!(line.contains("peers 0/0"), "{line}");
+    let (_, line) = c.wait_line("err: error:", Duration::from_secs(5));
+    assert!(
+        line.contains("broken.magnet") && line.contains("bad magnet link"),
+        "{line}"
+    );
+    stop(c);
+}
+
+#[test]
+fn a_bad_magnet_on_the_command_line_is_refused_before_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = folder_args(dir.path());
+    args.push("magnet:?dn=no-hash".into());
+    let o = bin()
+        .arg("run")
+        .arg("--headless")
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let first = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(first.contains("bad magnet link"), "{first}");
+}

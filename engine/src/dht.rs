@@ -170,13 +170,25 @@ impl Dht {
         let node = start_node(listen, bootstrap).await?;
         let local_addr = SocketAddr::V4(node.info().await.local_addr());
         tracing::info!(%local_addr, saved = saved.len(), "DHT started");
+        let mut tasks = JoinSet::new();
+        let watch = node.clone();
+        // Said once: the crate itself logs every few seconds while it cannot bootstrap (the
+        // cli filters that out).
+        tasks.spawn(async move {
+            if !watch.bootstrapped().await {
+                tracing::warn!(
+                    "DHT: no bootstrap node answered (offline, or the bootstrap nodes are down); \
+                     it keeps trying"
+                );
+            }
+        });
         Ok(Dht {
             node,
             local_addr,
             state_file: cfg.state_file,
             max_peers_per_search: cfg.max_peers_per_search.max(1),
             searches: Arc::new(Semaphore::new(MAX_CONCURRENT_SEARCHES)),
-            tasks: Mutex::new(JoinSet::new()),
+            tasks: Mutex::new(tasks),
             added: Mutex::new(VecDeque::new()),
         })
     }
