@@ -433,7 +433,6 @@ impl Session {
             .drain()
             .map(|(_, e)| e)
             .collect();
-        futures::future::join_all(entries.into_iter().map(|e| stop_torrent(e, timeout))).await;
         let task = self
             .shared
             .discovery_task
@@ -443,7 +442,14 @@ impl Session {
         if let Some(task) = task {
             task.abort();
         }
-        stop_discovery(self.shared.discovery.take()).await;
+        // The DHT and LSD stop alongside the torrents (nothing a stopping torrent does needs
+        // them), so the whole stop stays within `timeout` plus the DHT's own short bound.
+        let discovery = self.shared.discovery.take();
+        futures::future::join(
+            futures::future::join_all(entries.into_iter().map(|e| stop_torrent(e, timeout))),
+            stop_discovery(discovery),
+        )
+        .await;
     }
 }
 

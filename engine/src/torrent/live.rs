@@ -22,7 +22,12 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, Semaphore};
 
+mod connections;
+mod discovery;
 mod extensions;
+mod pieces;
+mod requests;
+mod stats;
 
 use super::announce::{self, AnnounceResult, Announcer};
 use super::peers::{self, ban_key, host_key, BookEntry, EvictCandidate, HostKey, MAX_KNOWN_PEERS};
@@ -287,6 +292,7 @@ impl Torrent {
     pub(super) async fn run(&mut self, mut commands: mpsc::Receiver<TorrentCommand>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sources::learn_dht_nodes(&self.p.discovery, &self.metainfo.dht_nodes);
         self.publish();
         loop {
             tokio::select! {
@@ -393,100 +399,6 @@ impl Torrent {
                 self.publish();
             }
             TorrentCommand::Shutdown(_) => unreachable!("handled in run"),
-        }
-    }
-
-    pub(super) fn add_known(&mut self, addrs: Vec<SocketAddr>) {
-        let own = self.p.listen_port;
-        // More than the book holds would only evict each other.
-        for addr in addrs.into_iter().take(MAX_KNOWN_PEERS) {
-            if addr.port() == 0
-                || (addr.ip().is_loopback() && addr.port() == own)
-                    && !self.p.extra_peers.contains(&addr)
-            {
-                continue;
-            }
-            // A tracker handing back an address we only knew from an incoming connection makes
-            // it dialable.
-            if let Some(k) = self.known.get_mut(&addr) {
-                k.incoming_only = false;
-                continue;
-            }
-            if self.known.len() >= MAX_KNOWN_PEERS {
-                let extra = &self.p.extra_peers;
-                let victim = peers::choose_book_victim(self.known.iter().map(|(a, k)| BookEntry {
-                    addr: *a,
-                    failures: k.failures,
-                    added: k.added,
-                    pinned: k.connected || k.connecting || extra.contains(a),
-                }));
-                match victim {
-                    Some(v) => {
-                        self.known.remove(&v);
-                    }
-                    None => continue,
-                }
-            }
-            self.known_seq += 1;
-            self.known.insert(
-                addr,
-                KnownPeer {
-                    added: self.known_seq,
-                    ..Default::default()
-                },
-            );
-        }
-    }
-
-    /// Dial addresses the moment a peer source hands them over: waiting for the next tick
-    /// cost up to a second before the first byte of every download.
-    fn dial_new_now(&mut self) {
-        if self.active() {
-            self.connect_more(Instant::now());
-        }
-    }
-
-    /// Connections to `addr`'s host, counting handshakes in progress.
-    fn host_connections(&self, addr: SocketAddr) -> usize {
-        let loopback = self.p.limits.loopback_as_host;
-        let host = host_key(addr, loopback);
-        self.peers
-            .values()
-            .filter(|p| host_key(p.addr, loopback) == host)
-            .count()
-            + self
-                .known
-                .iter()
-                .filter(|(a, k)| k.connecting && host_key(**a, loopback) == host)
-                .count()
-    }
-
-    /// Whether an incoming peer may take a slot, evicting an idle peer if that makes one.
-    /// Incoming peers never take the slots kept for our dials.
-    fn make_room_for_incoming(&mut self, now: Instant) -> bool {
-        let incoming = self.peers.values().filter(|p| !p.outgoing).count();
-        let incoming_full = incoming >= peers::max_incoming(self.p.max_peers);
-        if self.peers.len() < self.p.max_peers && !incoming_full {
-            return true;
-        }
-        let candidates: Vec<EvictCandidate> = self
-            .peers
-            .iter()
-            .map(|(k, p)| EvictCandidate {
-                key: *k,
-                interesting: p.am_interested,
-                interested: p.peer_interested,
-                incoming: !p.outgoing,
-                age: now.saturating_duration_since(p.connected_at),
-                idle: now.saturating_duration_since(p.last_active),
-            })
-            .collect();
-        match peers::choose_eviction(&candidates, incoming_full) {
-            Some(key) => {
-                self.remove_peer(key, "evicted (idle) for a new peer");
-                true
-            }
-            None => false,
         }
     }
 
@@ -625,68 +537,6 @@ impl Torrent {
         }
     }
 
-    /// Smart ban: a piece from one host alone is that host's fault; a shared one is recorded
-    /// until the piece verifies and shows whose blocks were wrong.
-    fn on_piece_failed(
-        &mut self,
-        piece: PieceIndex,
-        senders: Vec<SocketAddr>,
-        digests: Option<Vec<BlockDigest>>,
-    ) {
-        let hosts: HashSet<HostKey> = senders.iter().map(|a| ban_key(*a)).collect();
-        if hosts.len() == 1 {
-            let addr = senders[0];
-            tracing::warn!(%addr, piece, "banning peer: sole source of a piece that failed its hash");
-            self.ban(addr);
-            return;
-        }
-        if let Some(digests) = digests {
-            let blocks: Vec<(SocketAddr, BlockDigest)> = senders.into_iter().zip(digests).collect();
-            self.smart_ban.record_failure(piece, &blocks);
-        }
-    }
-
-    /// Storage could not read data we advertised: the file was deleted, truncated or became
-    /// unreadable while we served it. Stop serving and stop claiming those pieces; the user
-    /// restores the data and rechecks.
-    fn on_read_failed(&mut self, block: BlockRef, error: StorageError) {
-        if self.error.is_some() {
-            return;
-        }
-        let start = self.layout.piece_range(block.piece).start + block.begin as u64;
-        let end = start + block.length as u64;
-        let files: Vec<usize> = self
-            .layout
-            .files_for_piece(block.piece)
-            .into_iter()
-            .filter(|&f| {
-                let file = &self.layout.files[f];
-                file.offset < end && start < file.offset + file.length
-            })
-            .collect();
-        for &f in &files {
-            for p in self.layout.pieces_for_file(f) {
-                self.lost.set(p as usize);
-            }
-        }
-        let names: Vec<String> = files
-            .iter()
-            .map(|&f| self.layout.files[f].path.display().to_string())
-            .collect();
-        let what = match &error {
-            StorageError::Missing => "missing or truncated".to_string(),
-            e => e.to_string(),
-        };
-        let msg = format!(
-            "data lost while seeding: {} {what}; restore it and recheck",
-            names.join(", ")
-        );
-        tracing::error!(piece = block.piece, error = %error, "{msg}");
-        self.error = Some(msg);
-        self.close_all_peers();
-        self.publish();
-    }
-
     fn on_connected(&mut self, conn: Connection, permit: PeerSlot, outgoing: bool) {
         let addr = conn.addr;
         // Two peers that dial each other at once (both learnt the other, e.g. through PEX) each
@@ -762,7 +612,7 @@ impl Torrent {
             Peer {
                 addr,
                 transport: conn.transport.clone(),
-                client: client_name(&conn.remote.peer_id),
+                client: stats::client_name(&conn.remote.peer_id),
                 outgoing,
                 tx,
                 shared,
@@ -861,185 +711,6 @@ impl Torrent {
             PeerEvent::Block(block, data) => self.on_block(key, block, data),
             PeerEvent::ReadFailed(block, error) => self.on_read_failed(block, error),
             PeerEvent::Extended { id, payload } => self.on_extended(key, id, payload),
-        }
-    }
-
-    fn update_interest(&mut self, key: PeerKey) {
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
-        let interesting = self.picker.is_interesting(&peer.bitfield);
-        if interesting != peer.am_interested {
-            peer.am_interested = interesting;
-            let msg = if interesting {
-                Message::Interested
-            } else {
-                Message::NotInterested
-            };
-            let _ = peer.tx.try_send(PeerCommand::Send(vec![msg]));
-        }
-        if interesting {
-            self.fill_requests(key);
-        }
-    }
-
-    fn on_block(&mut self, key: PeerKey, block: BlockRef, data: Bytes) {
-        let peer = self.peers.get_mut(&key).expect("caller checked");
-        let addr = peer.addr;
-        // Only blocks we asked this peer for count: a peer must not be able to slip data into
-        // pieces others are filling (that would get honest peers blamed for bad hashes).
-        let outcome = if peer.requests.remove(&block).is_some() {
-            self.picker.on_block(key, block)
-        } else {
-            BlockOutcome::Unexpected
-        };
-        match outcome {
-            BlockOutcome::Unexpected => {
-                self.wasted += data.len() as u64;
-            }
-            BlockOutcome::Accepted {
-                cancel,
-                piece_complete,
-            } => {
-                peer.last_block = Instant::now();
-                peer.last_active = peer.last_block;
-                peer.snubbed = false;
-                peer.window_down += data.len() as u64;
-                self.window_down += data.len() as u64;
-                self.downloaded += data.len() as u64;
-                for other in cancel {
-                    if let Some(p) = self.peers.get_mut(&other) {
-                        if p.requests.remove(&block).is_some() {
-                            let _ = p.tx.try_send(PeerCommand::Send(vec![Message::Cancel {
-                                index: block.piece,
-                                begin: block.begin,
-                                length: block.length,
-                            }]));
-                        }
-                    }
-                }
-                let piece_len = self.layout.piece_len(block.piece);
-                let buf = self.pieces.entry(block.piece).or_insert_with(|| PieceBuf {
-                    blocks: vec![None; piece_len.div_ceil(BLOCK_SIZE) as usize],
-                });
-                let slot = (block.begin / BLOCK_SIZE) as usize;
-                if let Some(s) = buf.blocks.get_mut(slot) {
-                    *s = Some((data, addr));
-                }
-                if piece_complete {
-                    if let Some(buf) = self.pieces.remove(&block.piece) {
-                        self.verify(block.piece, buf);
-                    }
-                }
-            }
-        }
-        self.fill_requests(key);
-    }
-
-    /// Hash the piece off the runtime, write it, mark it complete; report back.
-    fn verify(&mut self, piece: PieceIndex, buf: PieceBuf) {
-        let bytes = self.layout.piece_len(piece) as u64;
-        self.verifying += 1;
-        self.verify_backlog += bytes;
-        let storage = self.storage.clone();
-        let expected = self.metainfo.info.pieces[piece as usize];
-        let slots = self.verify_slots.clone();
-        let tx = self.internal_tx.clone();
-        // Smart ban waits for this piece's good version: digest its blocks too.
-        let digest_if_good = self.smart_ban.is_tracked(piece);
-        tokio::spawn(async move {
-            let blocks: Option<Vec<(Bytes, SocketAddr)>> = buf.blocks.into_iter().collect();
-            let (blocks, senders): (Vec<Bytes>, Vec<SocketAddr>) =
-                blocks.map(|b| b.into_iter().unzip()).unwrap_or_default();
-            let mut digests = None;
-            let result = async {
-                // Blocks missing here would be a picker bug; treat the piece as bad, not fatal.
-                if blocks.is_empty() {
-                    return Ok(false);
-                }
-                // The permit bounds hashing (CPU) only; writes and fsyncs overlap freely, bounded
-                // by the verify backlog cap.
-                let permit = slots.acquire_owned().await;
-                let (ok, blocks, block_digests) = tokio::task::spawn_blocking(move || {
-                    let ok = hash::sha1_chunks(&blocks) == expected;
-                    let d = (!ok || digest_if_good)
-                        .then(|| blocks.iter().map(|b| block_digest(b)).collect::<Vec<_>>());
-                    (ok, blocks, d)
-                })
-                .await
-                .map_err(|e| StorageError::Io {
-                    path: PathBuf::new(),
-                    source: std::io::Error::other(e),
-                })?;
-                drop(permit);
-                digests = block_digests;
-                if !ok {
-                    return Ok(false);
-                }
-                storage.write(piece, 0, blocks).await?;
-                storage.mark_complete(piece).await?;
-                Ok(true)
-            }
-            .await;
-            let _ = tx.send(Internal::PieceDone {
-                piece,
-                bytes,
-                senders,
-                digests,
-                result,
-            });
-        });
-    }
-
-    fn refill_all(&mut self) {
-        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
-        for key in keys {
-            self.fill_requests(key);
-        }
-    }
-
-    fn fill_requests(&mut self, key: PeerKey) {
-        if !self.active() || self.is_seed() || self.verify_backlog > VERIFY_BACKLOG_CAP {
-            return;
-        }
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
-        if peer.peer_choking || !peer.am_interested {
-            return;
-        }
-        let depth = if peer.snubbed {
-            1
-        } else {
-            peer.depth.min(peer.request_limit)
-        };
-        let free = depth.saturating_sub(peer.requests.len());
-        if free == 0 || (free < REFILL_BATCH.min(depth) && !peer.requests.is_empty()) {
-            return;
-        }
-        let now = Instant::now();
-        let mut picked = Vec::with_capacity(free);
-        self.picker.pick(key, &peer.bitfield, free, &mut picked);
-        if picked.is_empty() {
-            return;
-        }
-        let msgs = picked
-            .iter()
-            .map(|b| {
-                peer.requests.insert(*b, now);
-                Message::Request {
-                    index: b.piece,
-                    begin: b.begin,
-                    length: b.length,
-                }
-            })
-            .collect();
-        if peer.tx.try_send(PeerCommand::Send(msgs)).is_err() {
-            // Writer backed up or gone: give the blocks back.
-            for b in picked {
-                peer.requests.remove(&b);
-                self.picker.release(key, b);
-            }
         }
     }
 
@@ -1144,170 +815,6 @@ impl Torrent {
         }
     }
 
-    fn connect_more(&mut self, now: Instant) {
-        let mut budget = self.p.max_peers.saturating_sub(
-            self.peers.len() + self.known.values().filter(|k| k.connecting).count(),
-        );
-        if budget == 0 {
-            return;
-        }
-        let seed = self.is_seed();
-        let loopback = self.p.limits.loopback_as_host;
-        let mut per_host: HashMap<HostKey, usize> = HashMap::new();
-        for a in self.peers.values().map(|p| p.addr).chain(
-            self.known
-                .iter()
-                .filter(|(_, k)| k.connecting)
-                .map(|(a, _)| *a),
-        ) {
-            *per_host.entry(host_key(a, loopback)).or_default() += 1;
-        }
-        // Peers that dialled us and told us their listening port (BEP 10 `p`): that address
-        // is already connected, however we learnt it (PEX, a tracker).
-        let listening: HashSet<SocketAddr> = self
-            .peers
-            .values()
-            .filter_map(|p| p.listen_addr())
-            .collect();
-        let candidates: Vec<SocketAddr> = self
-            .known
-            .iter()
-            .filter(|(a, k)| {
-                !k.connected
-                    && !listening.contains(*a)
-                    && !k.connecting
-                    && !k.incoming_only
-                    && !self.banned.contains(&ban_key(**a))
-                    && k.next_try.is_none_or(|t| now >= t)
-            })
-            .map(|(a, _)| *a)
-            .collect();
-        for addr in candidates {
-            if budget == 0 {
-                break;
-            }
-            // Seeding, another seed has nothing for us and wants nothing from us.
-            if seed && self.known.get(&addr).is_some_and(|k| k.seed) {
-                continue;
-            }
-            let host = per_host.entry(host_key(addr, loopback)).or_default();
-            if *host >= self.p.limits.max_per_host {
-                continue;
-            }
-            *host += 1;
-            let Ok(permit) = self.p.peer_slots.clone().try_acquire_owned() else {
-                break;
-            };
-            let permit = PeerSlot::outgoing(permit);
-            budget -= 1;
-            let known = self.known.get_mut(&addr).expect("candidate from known");
-            known.connecting = true;
-            let transport = self.p.transport.clone();
-            let ours = Handshake::new(self.metainfo.info_hash, self.p.peer_id);
-            let tx = self.internal_tx.clone();
-            tokio::spawn(async move {
-                let result = async {
-                    let (stream, via) = transport
-                        .connect_labeled(addr)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let (stream, remote) = peer::handshake_outgoing(stream, ours)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    Ok::<_, String>((stream, remote, via))
-                }
-                .await;
-                let msg = match result {
-                    Ok((stream, remote, via)) => Internal::Connected {
-                        conn: Connection {
-                            stream,
-                            addr,
-                            remote,
-                            transport: via,
-                        },
-                        permit,
-                        outgoing: true,
-                    },
-                    Err(reason) => Internal::ConnectFailed { addr, reason },
-                };
-                let _ = tx.send(msg);
-            });
-        }
-    }
-
-    fn announce_request(&self, event: Event) -> AnnounceRequest {
-        let have = self.picker.have();
-        // Pieces whose data vanished while seeding are left to download again, not claimed.
-        let left: u64 = (0..self.layout.piece_count())
-            .filter(|i| !have.get(*i as usize) || self.lost.get(*i as usize))
-            .map(|i| self.layout.piece_len(i) as u64)
-            .sum();
-        AnnounceRequest {
-            info_hash: self.metainfo.info_hash,
-            peer_id: self.p.peer_id,
-            port: self.p.listen_port,
-            uploaded: self.uploaded,
-            downloaded: self.downloaded,
-            left,
-            event,
-            num_want: Some(if event == Event::Stopped { 0 } else { NUM_WANT }),
-            key: self.announcer.key(),
-        }
-    }
-
-    /// Few peers and nobody left to dial while downloading: ask the tracker early (BEP 3 lets
-    /// us, within its `min interval`; we also wait at least [`STARVING_ANNOUNCE_GAP`]).
-    fn starving(&self, now: Instant) -> bool {
-        self.announcer.early_allowed(now)
-            && !self.is_seed()
-            && self.peers.len() < STARVING_PEERS
-            && !self
-                .known
-                .values()
-                .any(|k| !k.connected && !k.connecting && !k.incoming_only)
-    }
-
-    /// Ask the DHT for peers (and announce us) when due.
-    fn search_dht(&mut self, now: Instant, early: bool) {
-        let Some(dht) = self.p.discovery.as_ref().and_then(|d| d.dht()) else {
-            return;
-        };
-        if !self.dht_schedule.begin(now, early) {
-            return;
-        }
-        let peers_tx = self.internal_tx.clone();
-        let done_tx = self.internal_tx.clone();
-        sources::spawn_dht_search(
-            dht,
-            self.metainfo.info_hash,
-            self.p.listen_port,
-            move |peers| peers_tx.send(Internal::DhtPeers(peers)).is_ok(),
-            move |found| {
-                let _ = done_tx.send(Internal::DhtDone(found));
-            },
-        );
-    }
-
-    fn announce(&mut self, event: Event) {
-        let Some(tiers) = self.announcer.begin(Instant::now()) else {
-            return;
-        };
-        let req = self.announce_request(event);
-        let tx = self.internal_tx.clone();
-        announce::spawn_announce(
-            self.p.tracker.clone(),
-            tiers,
-            req,
-            move |tiers, event, result| {
-                let _ = tx.send(Internal::AnnounceDone {
-                    tiers,
-                    event,
-                    result,
-                });
-            },
-        );
-    }
-
     async fn on_complete(&mut self) {
         tracing::info!(name = %self.metainfo.info.name, "download complete");
         self.start_flush();
@@ -1334,32 +841,6 @@ impl Torrent {
         if !self.sent_completed {
             self.sent_completed = true;
             self.announce(Event::Completed);
-        }
-    }
-
-    /// Flush in a spawned task (fsyncs must not stall the torrent task); one at a time. What
-    /// completes meanwhile stays `dirty` and goes into the next flush.
-    fn start_flush(&mut self) {
-        if self.flushing {
-            return;
-        }
-        self.flushing = true;
-        self.dirty = false;
-        self.last_flush = Instant::now();
-        let storage = self.storage.clone();
-        let tx = self.internal_tx.clone();
-        tokio::spawn(async move {
-            let result = storage.flush().await;
-            let _ = tx.send(Internal::Flushed(result));
-        });
-    }
-
-    fn on_flushed(&mut self, result: Result<(), StorageError>) {
-        self.flushing = false;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "flush failed; pausing torrent");
-            self.error = Some(format!("storage error: {e}"));
-            self.close_all_peers();
         }
     }
 
@@ -1400,115 +881,6 @@ impl Torrent {
             announce::announce_stopped(&self.p.tracker, tiers, req).await;
         }
     }
-
-    /// Verified pieces we can still read: the picker's minus any lost while seeding.
-    fn readable_pieces(&self) -> std::borrow::Cow<'_, Bitfield> {
-        let have = self.picker.have();
-        if self.lost.count_ones() == 0 {
-            return std::borrow::Cow::Borrowed(have);
-        }
-        let mut readable = have.clone();
-        for p in self.lost.iter_ones() {
-            readable.clear(p);
-        }
-        std::borrow::Cow::Owned(readable)
-    }
-
-    fn publish(&self) {
-        let have = self.readable_pieces();
-        let have = have.as_ref();
-        let have_bytes: u64 = if have.is_full() {
-            self.layout.total_length
-        } else {
-            have.iter_ones()
-                .map(|i| self.layout.piece_len(i as u32) as u64)
-                .sum()
-        };
-        let state = if let Some(e) = &self.error {
-            TorrentState::Error(e.clone())
-        } else if self.paused {
-            TorrentState::Paused
-        } else if have.is_full() {
-            TorrentState::Seeding
-        } else {
-            TorrentState::Downloading
-        };
-        let uploaded = self.uploaded;
-        let total = self.layout.piece_count().max(1) as f32;
-        let peers = self
-            .peers
-            .values()
-            .map(|p| PeerStatus {
-                addr: p.addr,
-                transport: p.transport.clone(),
-                client: p.client.clone(),
-                outgoing: p.outgoing,
-                download_rate: p.download_rate as u64,
-                upload_rate: p.upload_rate as u64,
-                am_choking: p.am_choking,
-                am_interested: p.am_interested,
-                peer_choking: p.peer_choking,
-                peer_interested: p.peer_interested,
-                snubbed: p.snubbed,
-                progress: p.bitfield.count_ones() as f32 / total,
-            })
-            .collect();
-        let files = self.file_progress();
-        let trackers = self.announcer.status();
-        self.p.status.send_modify(|s| {
-            s.state = state;
-            s.have_bytes = have_bytes;
-            s.pieces_have = have.count_ones() as u32;
-            s.download_rate = self.download_rate as u64;
-            s.upload_rate = self.upload_rate as u64;
-            s.downloaded = self.downloaded;
-            s.uploaded = uploaded;
-            s.wasted = self.wasted;
-            s.peers_connected = self.peers.len();
-            s.peers_known = self.known.len();
-            s.tracker_error = self.announcer.error().cloned();
-            s.peers = peers;
-            s.files = files;
-            s.trackers = trackers;
-            s.next_announce = self.announcer.next();
-            s.peers_banned = self.banned.len();
-            s.pieces = have.clone();
-        });
-    }
-}
-
-impl Torrent {
-    /// Verified bytes per file.
-    fn file_progress(&self) -> Vec<FileStatus> {
-        let have = self.readable_pieces();
-        let have = have.as_ref();
-        let pl = self.layout.piece_length as u64;
-        self.layout
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let have_bytes = if have.is_full() {
-                    f.length
-                } else {
-                    self.layout
-                        .pieces_for_file(i)
-                        .filter(|p| have.get(*p as usize))
-                        .map(|p| {
-                            let start = (p as u64 * pl).max(f.offset);
-                            let end = ((p as u64 + 1) * pl).min(f.offset + f.length);
-                            end.saturating_sub(start)
-                        })
-                        .sum()
-                };
-                FileStatus {
-                    path: f.path.clone(),
-                    length: f.length,
-                    have_bytes,
-                }
-            })
-            .collect()
-    }
 }
 
 /// Exponential backoff: 0.5 s, 1 s, 2 s, … capped at two minutes.
@@ -1517,36 +889,9 @@ fn reconnect_delay(failures: u32) -> Duration {
         .min(MAX_RECONNECT_BACKOFF)
 }
 
-/// A readable client name from a peer id: Azureus style `-XX1234-` becomes `XX 1234`.
-fn client_name(id: &PeerId) -> String {
-    let b = &id.0;
-    if b[0] == b'-' && b[7] == b'-' && b[1..7].iter().all(|c| c.is_ascii_alphanumeric()) {
-        let code = String::from_utf8_lossy(&b[1..3]);
-        let version = String::from_utf8_lossy(&b[3..7]);
-        return format!("{code} {version}");
-    }
-    let printable: String = b
-        .iter()
-        .take(8)
-        .map(|&c| if c.is_ascii_graphic() { c as char } else { '.' })
-        .collect();
-    printable
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn client_names() {
-        let mut id = [b'x'; 20];
-        id[..8].copy_from_slice(b"-lt2080-");
-        assert_eq!(client_name(&PeerId(id)), "lt 2080");
-        id[..8].copy_from_slice(b"M7-2-2--");
-        assert_eq!(client_name(&PeerId(id)), "M7-2-2--");
-        id[0] = 0;
-        assert_eq!(client_name(&PeerId(id)), ".7-2-2--");
-    }
 
     #[test]
     fn reconnect_backoff_doubles_then_caps() {

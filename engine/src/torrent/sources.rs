@@ -53,6 +53,28 @@ impl DiscoverySlot {
     }
 }
 
+/// Give the DHT the nodes a `.torrent` names (BEP 5 `nodes`), resolved off the torrent task.
+/// The DHT crate cannot add a bare node to a running table, so they join the routing table kept
+/// for the next start (see `dht::Dht::add_node`).
+pub(super) fn learn_dht_nodes(discovery: &Option<DiscoverySlot>, nodes: &[(String, u16)]) {
+    let Some(dht) = discovery.as_ref().and_then(|d| d.dht()) else {
+        return;
+    };
+    if nodes.is_empty() {
+        return;
+    }
+    let nodes = nodes.to_vec();
+    tokio::spawn(async move {
+        for (host, port) in nodes {
+            if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await {
+                for addr in addrs.take(2) {
+                    dht.add_node(addr);
+                }
+            }
+        }
+    });
+}
+
 /// Announce `info_hash` on the local network (LSD limits each torrent to once a minute).
 pub(super) fn announce_lsd(discovery: &Option<DiscoverySlot>, info_hash: InfoHash) {
     if let Some(lsd) = discovery.as_ref().and_then(|d| d.lsd()) {

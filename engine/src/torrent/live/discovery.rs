@@ -1,0 +1,80 @@
+//! Peer sources seen from the live phase: tracker announces (scheduled by `Announcer`), DHT
+//! searches and the early announce when starving.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Torrent {
+    pub(super) fn announce_request(&self, event: Event) -> AnnounceRequest {
+        let have = self.picker.have();
+        // Pieces whose data vanished while seeding are left to download again, not claimed.
+        let left: u64 = (0..self.layout.piece_count())
+            .filter(|i| !have.get(*i as usize) || self.lost.get(*i as usize))
+            .map(|i| self.layout.piece_len(i) as u64)
+            .sum();
+        AnnounceRequest {
+            info_hash: self.metainfo.info_hash,
+            peer_id: self.p.peer_id,
+            port: self.p.listen_port,
+            uploaded: self.uploaded,
+            downloaded: self.downloaded,
+            left,
+            event,
+            num_want: Some(if event == Event::Stopped { 0 } else { NUM_WANT }),
+            key: self.announcer.key(),
+        }
+    }
+
+    /// Few peers and nobody left to dial while downloading: ask the tracker early (BEP 3 lets
+    /// us, within its `min interval`; we also wait at least [`STARVING_ANNOUNCE_GAP`]).
+    pub(super) fn starving(&self, now: Instant) -> bool {
+        self.announcer.early_allowed(now)
+            && !self.is_seed()
+            && self.peers.len() < STARVING_PEERS
+            && !self
+                .known
+                .values()
+                .any(|k| !k.connected && !k.connecting && !k.incoming_only)
+    }
+
+    /// Ask the DHT for peers (and announce us) when due.
+    pub(super) fn search_dht(&mut self, now: Instant, early: bool) {
+        let Some(dht) = self.p.discovery.as_ref().and_then(|d| d.dht()) else {
+            return;
+        };
+        if !self.dht_schedule.begin(now, early) {
+            return;
+        }
+        let peers_tx = self.internal_tx.clone();
+        let done_tx = self.internal_tx.clone();
+        sources::spawn_dht_search(
+            dht,
+            self.metainfo.info_hash,
+            self.p.listen_port,
+            move |peers| peers_tx.send(Internal::DhtPeers(peers)).is_ok(),
+            move |found| {
+                let _ = done_tx.send(Internal::DhtDone(found));
+            },
+        );
+    }
+
+    pub(super) fn announce(&mut self, event: Event) {
+        let Some(tiers) = self.announcer.begin(Instant::now()) else {
+            return;
+        };
+        let req = self.announce_request(event);
+        let tx = self.internal_tx.clone();
+        announce::spawn_announce(
+            self.p.tracker.clone(),
+            tiers,
+            req,
+            move |tiers, event, result| {
+                let _ = tx.send(Internal::AnnounceDone {
+                    tiers,
+                    event,
+                    result,
+                });
+            },
+        );
+    }
+}
