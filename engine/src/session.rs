@@ -213,6 +213,8 @@ impl TorrentHandle {
 struct Entry {
     /// What it was added from (a recheck starts it again from the same).
     source: Source,
+    /// Known to be private (BEP 27), from its `.torrent` or once a magnet's metadata came.
+    private: Arc<std::sync::atomic::AtomicBool>,
     handle: TorrentHandle,
     task: JoinHandle<()>,
 }
@@ -354,6 +356,7 @@ impl Session {
         let status = initial_status(&source);
         // BEP 27: a private torrent finds peers through its trackers only.
         let discovery = (!source.is_private()).then(|| self.shared.discovery.clone());
+        let private = Arc::new(std::sync::atomic::AtomicBool::new(source.is_private()));
         let (status_tx, status_rx) = watch::channel(status);
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let c = &self.shared.config;
@@ -376,6 +379,7 @@ impl Session {
             upload_limit: self.shared.upload_limit.clone(),
             hash_budget: self.shared.hash_budget.clone(),
             pex: c.pex,
+            private: private.clone(),
             discovery,
         };
         let task = tokio::spawn(run_torrent(params, source.clone(), cmd_rx));
@@ -388,6 +392,7 @@ impl Session {
             info_hash,
             Entry {
                 source,
+                private,
                 handle: handle.clone(),
                 task,
             },
@@ -487,11 +492,11 @@ async fn start_discovery(shared: Arc<Shared>) {
                             .expect("lock poisoned only by a panic");
                         torrents
                             .get(&peer.0)
-                            .filter(|e| !e.source.is_private())
+                            .filter(|e| !e.private.load(std::sync::atomic::Ordering::Relaxed))
                             .map(|e| e.handle.commands.clone())
                     };
                     if let Some(commands) = target {
-                        let _ = commands.try_send(TorrentCommand::AddPeers(vec![peer.1]));
+                        let _ = commands.try_send(TorrentCommand::LocalPeers(vec![peer.1]));
                     }
                 }
             }

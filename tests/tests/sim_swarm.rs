@@ -241,6 +241,10 @@ enum Lie {
     Junk,
     /// Sends a metadata piece nobody asked for, right after its handshake.
     Unsolicited,
+    /// Claims a plausible but wrong size, rejects every request, and keeps the connection up.
+    WrongSizeRejects,
+    /// Claims a plausible but wrong size and never answers anything.
+    WrongSizeMute,
 }
 
 /// A fake peer at `ip` on the simulated network that offers metadata (BEP 9) and lies about it.
@@ -266,6 +270,7 @@ async fn metadata_liar(
     let real_size = meta.info_bytes.len() as u32;
     let size = match lie {
         Lie::Oversize => 200 << 20,
+        Lie::WrongSizeRejects | Lie::WrongSizeMute => real_size + 1,
         _ => real_size,
     };
     // The ids are ours to choose (BEP 10); the leecher's are its fixed ones (ut_metadata 1).
@@ -331,6 +336,17 @@ async fn metadata_liar(
                             if let Ok(Some(MetadataMessage::Request { piece })) =
                                 MetadataMessage::decode(payload)
                             {
+                                match lie {
+                                    Lie::WrongSizeMute => continue,
+                                    Lie::WrongSizeRejects => {
+                                        let reject = MetadataMessage::Reject { piece };
+                                        if s.write_all(&message(reject.encode())).await.is_err() {
+                                            return;
+                                        }
+                                        continue;
+                                    }
+                                    _ => {}
+                                }
                                 // Slower than the honest seeder, so both send parts of it.
                                 tokio::time::sleep(Duration::from_millis(200)).await;
                                 let junk = vec![0x5a; piece_len(size, piece) as usize];
@@ -345,10 +361,19 @@ async fn metadata_liar(
                             }
                         }
                         Ok(Some(_)) => {}
-                        Ok(None) => match s.read_buf(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
-                        },
+                        Ok(None) => {
+                            // Keep-alives every 30 s: it never looks idle.
+                            let read = s.read_buf(&mut buf);
+                            match tokio::time::timeout(Duration::from_secs(30), read).await {
+                                Err(_) => {
+                                    if s.write_all(&[0, 0, 0, 0]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(Ok(0)) | Ok(Err(_)) => return,
+                                Ok(Ok(_)) => {}
+                            }
+                        }
                         Err(_) => return,
                     }
                 }
@@ -378,6 +403,38 @@ async fn lying_peers_cannot_keep_a_magnet_from_its_metadata() {
     let magnet =
         Magnet::parse(&format!("magnet:?xt=urn:btih:{}", meta.info_hash.to_hex())).unwrap();
     let h = leecher.session.add(magnet).unwrap();
+    until_seeding(&h).await;
+    assert!(stored(&leecher, &meta).await == data);
+}
+
+#[tokio::test(start_paused = true)]
+async fn peers_that_claim_a_wrong_size_first_cannot_stall_the_fetch() {
+    let net = SimNet::new();
+    let (meta, data) = torrent(40 * 1024 * 1024, 16 * 1024);
+    let seeder = SimPeer::start(&net, ip(1), 1, Vec::new()).await;
+    seeder.preload(&meta, &data).await;
+    let sh = seeder.session.add(meta.clone()).unwrap();
+    until_seeding(&sh).await;
+    let liars = vec![
+        metadata_liar(&net, ip(5), &meta, Lie::WrongSizeRejects).await,
+        metadata_liar(&net, ip(6), &meta, Lie::WrongSizeMute).await,
+    ];
+    let leecher = SimPeer::start(&net, ip(9), 9, liars).await;
+    let magnet =
+        Magnet::parse(&format!("magnet:?xt=urn:btih:{}", meta.info_hash.to_hex())).unwrap();
+    let h = leecher.session.add(magnet).unwrap();
+    // The liars' size is the one being fetched when the honest seeder turns up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.status().state, TorrentState::FetchingMetadata);
+    h.add_peers(vec![seeder.addr]).await;
+    let mut rx = h.subscribe();
+    tokio::time::timeout(Duration::from_secs(300), async {
+        while rx.borrow_and_update().state == TorrentState::FetchingMetadata {
+            rx.changed().await.expect("torrent task alive");
+        }
+    })
+    .await
+    .expect("still fetching metadata five simulated minutes after an honest seeder came");
     until_seeding(&h).await;
     assert!(stored(&leecher, &meta).await == data);
 }

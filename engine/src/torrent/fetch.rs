@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Now, from tokio's clock (which the simulator pauses and advances), as a std `Instant`.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -46,6 +51,22 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const EXTENDED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// In one-peer-at-a-time mode, a peer that sends no metadata piece for this long loses its turn.
 const SOLO_STALL: Duration = Duration::from_secs(30);
+/// …and one turn lasts at most this long (a liar trickling pieces cannot hold it for ever).
+const SOLO_TURN: Duration = Duration::from_secs(120);
+/// A peer that claims the size being fetched and sends no piece of it for this long is
+/// dropped (it may come back after a backoff): silence or rejects must not hold the fetch on a
+/// size only it claims.
+const PEER_STALL: Duration = Duration::from_secs(30);
+/// A peer that cannot give metadata now (no BEP 10, no `ut_metadata` or size yet, a liar) is
+/// not redialled in this phase for this long.
+const USELESS_BACKOFF: Duration = Duration::from_secs(300);
+/// Events from connection tasks queued for the fetcher; a full queue holds back that peer's
+/// reads, so a flood of messages costs memory nowhere.
+const CONNECTION_EVENTS: usize = 256;
+/// We send a keep-alive after this much silence on our side (BEP 3: about two minutes).
+const KEEPALIVE: Duration = Duration::from_secs(60);
+/// How long resolving the host names of a magnet's `x.pe` may take, each.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Addresses kept while fetching (the live phase has its own, larger, book).
 const MAX_KNOWN: usize = 500;
 /// Commands queued to one connection (a few requests at a time).
@@ -83,9 +104,18 @@ impl FetchingMetadata {
     ) -> Option<Phase> {
         let path = saved_path(&params.state_dir, &params.info_hash);
         match load_saved(path.clone(), params.info_hash).await {
-            Ok(Some(metainfo)) => {
+            Ok(Some(mut metainfo)) => {
                 tracing::info!(name = %metainfo.info.name, "metadata loaded from the state folder");
-                return Some(known(params, metainfo, Vec::new()));
+                // The link's own trackers and peers still count: a restart of an `x.pe`-only
+                // magnet must find its peers again.
+                for tr in &self.magnet.trackers {
+                    if !metainfo.announce_tiers.iter().flatten().any(|t| t == tr) {
+                        metainfo.announce_tiers.push(vec![tr.clone()]);
+                    }
+                }
+                let mut peers = self.magnet.peers.clone();
+                peers.extend(resolve_all(self.magnet.peer_names.clone()).await);
+                return Some(known(params, metainfo, peers));
             }
             Ok(None) => {}
             // A damaged copy is fetched again (and replaced).
@@ -106,12 +136,24 @@ impl FetchingMetadata {
             tracing::warn!(path = %path.display(), error = %e, "could not keep the metadata");
         }
         tracing::info!(name = %metainfo.info.name, bytes = info.len(), "metadata fetched");
+        // BEP 27: a private torrent keeps only what its trackers and the link gave.
+        let private = metainfo.info.private;
+        let peers = peers
+            .into_iter()
+            .filter(|(_, public)| !(private && *public))
+            .map(|(a, _)| a)
+            .collect();
         Some(known(params, metainfo, peers))
     }
 }
 
 /// The metadata is known: show its name and size, and go on to checking.
 fn known(params: &TorrentParams, metainfo: Metainfo, peers: Vec<SocketAddr>) -> Phase {
+    if metainfo.info.private {
+        params
+            .private
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     params.status.send_modify(|s| {
         s.name = metainfo.info.name.clone();
         s.total_bytes = metainfo.info.layout.total_length;
@@ -193,8 +235,12 @@ enum FetchEvent {
         key: u64,
         reason: String,
     },
-    /// Addresses from a peer source (host names of `x.pe`, a DHT search).
-    Resolved(Vec<SocketAddr>),
+    /// Addresses from a peer source: `public` for the DHT and LSD (never used by a private
+    /// torrent), not for a magnet's `x.pe` host names.
+    Found {
+        addrs: Vec<SocketAddr>,
+        public: bool,
+    },
     /// A DHT search ended, having found this many addresses.
     DhtDone(usize),
     Announced {
@@ -209,9 +255,9 @@ struct Known {
     busy: bool,
     failures: u32,
     next_try: Option<Instant>,
-    /// It cannot send metadata (no BEP 10, no `ut_metadata`): not dialled again in this
-    /// phase, but handed to the live phase for the data.
-    useless: bool,
+    /// Learnt from the DHT or LSD: not handed to the live phase if the torrent turns out
+    /// private (BEP 27).
+    public: bool,
 }
 
 /// How a connection (or a dial) ended, for when to dial the address again.
@@ -219,7 +265,7 @@ struct Known {
 enum Ended {
     /// Failed or closed: again after a growing delay.
     Failed,
-    /// It cannot give metadata: not again in this phase.
+    /// It cannot give metadata (now): not again for [`USELESS_BACKOFF`].
     Useless,
     /// We paused: again when resumed.
     Paused,
@@ -230,6 +276,10 @@ struct Conn {
     tx: mpsc::Sender<Bytes>,
     /// The peer's id for `ut_metadata` once its extended handshake said it has one.
     ut_metadata: Option<u8>,
+    /// The `metadata_size` it claimed.
+    size: Option<u32>,
+    /// When it last sent a piece we kept (or became able to).
+    progress: Instant,
     opened: Instant,
     task: tokio::task::JoinHandle<()>,
     _slot: PeerSlot,
@@ -245,19 +295,24 @@ struct Fetcher<'a> {
     next_key: u64,
     events_tx: mpsc::UnboundedSender<FetchEvent>,
     events_rx: mpsc::UnboundedReceiver<FetchEvent>,
+    /// Connection tasks' events: bounded, so a peer's flood waits on its own reads.
+    conn_tx: mpsc::Sender<FetchEvent>,
+    conn_rx: mpsc::Receiver<FetchEvent>,
     announcer: Announcer,
     dht_schedule: DhtSchedule,
     paused: bool,
     /// After a hash failure shared by several senders: one peer at a time sends the whole
     /// dictionary, so a liar is found (and dropped) at its next failure.
     one_at_a_time: bool,
-    /// The peer asked in that mode, and when it last sent a piece (or was chosen).
-    solo: Option<(u64, Instant)>,
+    /// The peer asked in that mode, when it last sent a piece (or was chosen), and when its
+    /// turn began.
+    solo: Option<(u64, Instant, Instant)>,
 }
 
 impl<'a> Fetcher<'a> {
     fn new(p: &'a TorrentParams, magnet: Magnet) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (conn_tx, conn_rx) = mpsc::channel(CONNECTION_EVENTS);
         let tiers = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
         let mut f = Fetcher {
             p,
@@ -268,8 +323,10 @@ impl<'a> Fetcher<'a> {
             next_key: 1,
             events_tx,
             events_rx,
-            announcer: Announcer::new(tiers, Instant::now(), rand::random()),
-            dht_schedule: DhtSchedule::new(Instant::now()),
+            conn_tx,
+            conn_rx,
+            announcer: Announcer::new(tiers, now(), rand::random()),
+            dht_schedule: DhtSchedule::new(now()),
             paused: false,
             one_at_a_time: false,
             solo: None,
@@ -287,13 +344,11 @@ impl<'a> Fetcher<'a> {
             let names = f.magnet.peer_names.clone();
             let tx = f.events_tx.clone();
             tokio::spawn(async move {
-                let mut found = Vec::new();
-                for (host, port) in names {
-                    if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await {
-                        found.extend(addrs.take(4));
-                    }
-                }
-                let _ = tx.send(FetchEvent::Resolved(found));
+                let found = resolve_all(names).await;
+                let _ = tx.send(FetchEvent::Found {
+                    addrs: found,
+                    public: false,
+                });
             });
         }
         f
@@ -303,7 +358,7 @@ impl<'a> Fetcher<'a> {
     async fn run(
         &mut self,
         commands: &mut mpsc::Receiver<TorrentCommand>,
-    ) -> Option<(Bytes, Vec<SocketAddr>)> {
+    ) -> Option<(Bytes, Vec<(SocketAddr, bool)>)> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -321,8 +376,12 @@ impl<'a> Fetcher<'a> {
                 _ = tick.tick() => self.on_tick(),
                 Some(event) = self.events_rx.recv() => {
                     if let Some(info) = self.on_event(event) {
-                        let peers = self.handover();
-                        return Some((info, peers));
+                        return Some((info, self.handover()));
+                    }
+                }
+                Some(event) = self.conn_rx.recv() => {
+                    if let Some(info) = self.on_event(event) {
+                        return Some((info, self.handover()));
                     }
                 }
             }
@@ -363,7 +422,11 @@ impl<'a> Fetcher<'a> {
             }
             TorrentCommand::AddPeers(addrs) => {
                 self.add_known(addrs);
-                self.dial(Instant::now());
+                self.dial(now());
+            }
+            TorrentCommand::LocalPeers(addrs) => {
+                self.add_known_from(addrs, true);
+                self.dial(now());
             }
             TorrentCommand::Pause => {
                 self.paused = true;
@@ -372,7 +435,7 @@ impl<'a> Fetcher<'a> {
             }
             TorrentCommand::Resume => {
                 self.paused = false;
-                self.dial(Instant::now());
+                self.dial(now());
                 self.publish();
             }
             TorrentCommand::Shutdown(_) => unreachable!("handled in run"),
@@ -380,7 +443,7 @@ impl<'a> Fetcher<'a> {
     }
 
     fn on_tick(&mut self) {
-        let now = Instant::now();
+        let now = now();
         if !self.paused {
             // Requests that timed out go to other peers; idle handshakes make room.
             let stale: Vec<u64> = self
@@ -396,11 +459,31 @@ impl<'a> Fetcher<'a> {
                 self.close(key, "no extended handshake", Ended::Useless);
             }
             // One peer at a time: one that stalls gives its turn to the next.
-            if let Some((key, since)) = self.solo {
-                if self.one_at_a_time && now.duration_since(since) > SOLO_STALL {
+            if let Some((key, since, began)) = self.solo {
+                if self.one_at_a_time
+                    && (now.duration_since(since) > SOLO_STALL
+                        || now.duration_since(began) > SOLO_TURN)
+                {
                     self.solo = None;
-                    self.close(key, "stalled sending the metadata", Ended::Failed);
+                    self.close(key, "too slow sending the metadata", Ended::Useless);
                 }
+            }
+            // A peer holding the size being fetched without sending any of it goes, so the
+            // fetch can move on (to the size others claim, or to other peers).
+            let current = self.assembler.size();
+            let stalled: Vec<u64> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| {
+                    !self.one_at_a_time
+                        && c.size.is_some()
+                        && c.size == current
+                        && now.duration_since(c.progress) > PEER_STALL
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for key in stalled {
+                self.close(key, "sent no metadata for 30 s", Ended::Useless);
             }
             let keys: Vec<u64> = self.conns.keys().copied().collect();
             for key in keys {
@@ -421,7 +504,7 @@ impl<'a> Fetcher<'a> {
 
     /// Returns the metadata once it is complete and verified.
     fn on_event(&mut self, event: FetchEvent) -> Option<Bytes> {
-        let now = Instant::now();
+        let now = now();
         match event {
             FetchEvent::Connected {
                 stream,
@@ -446,7 +529,7 @@ impl<'a> Fetcher<'a> {
                     key,
                     stream,
                     self.p.listen_port,
-                    self.events_tx.clone(),
+                    self.conn_tx.clone(),
                     rx,
                 ));
                 self.conns.insert(
@@ -455,6 +538,8 @@ impl<'a> Fetcher<'a> {
                         addr,
                         tx,
                         ut_metadata: None,
+                        size: None,
+                        progress: now,
                         opened: now,
                         task,
                         _slot: slot,
@@ -473,10 +558,17 @@ impl<'a> Fetcher<'a> {
                 size,
             } => {
                 let conn = self.conns.get_mut(&key)?;
+                if conn.size.is_some() {
+                    // A later extended handshake changes nothing here (re-adding the peer would
+                    // forget its requests, and their answers would look unrequested).
+                    return None;
+                }
                 match (ut_metadata, size) {
                     (Some(id), Some(size)) => match self.assembler.add_peer(key, size) {
                         Ok(()) => {
                             conn.ut_metadata = Some(id);
+                            conn.size = Some(size);
+                            conn.progress = now;
                             self.pump(key, now);
                         }
                         Err(e) => {
@@ -493,10 +585,13 @@ impl<'a> Fetcher<'a> {
                 }
                 match msg {
                     MetadataMessage::Data { piece, data, .. } => {
-                        if let Some((k, t)) = self.solo.as_mut() {
+                        if let Some((k, t, _)) = self.solo.as_mut() {
                             if *k == key {
                                 *t = now;
                             }
+                        }
+                        if let Some(conn) = self.conns.get_mut(&key) {
+                            conn.progress = now;
                         }
                         match self.assembler.on_data(key, piece, data, now) {
                             Ok(Progress::Pending) => self.pump(key, now),
@@ -544,8 +639,8 @@ impl<'a> Fetcher<'a> {
                     self.publish();
                 }
             }
-            FetchEvent::Resolved(addrs) => {
-                self.add_known(addrs);
+            FetchEvent::Found { addrs, public } => {
+                self.add_known_from(addrs, public);
                 self.dial(now);
             }
             FetchEvent::DhtDone(found) => self.dht_schedule.finish(now, found, false),
@@ -581,8 +676,8 @@ impl<'a> Fetcher<'a> {
             if first != Some(key) {
                 return;
             }
-            if self.solo.is_none_or(|(k, _)| k != key) {
-                self.solo = Some((key, now));
+            if self.solo.is_none_or(|(k, _, _)| k != key) {
+                self.solo = Some((key, now, now));
             }
         }
         while let Some(piece) = self.assembler.next_request(key, now) {
@@ -629,23 +724,51 @@ impl<'a> Fetcher<'a> {
             match ended {
                 Ended::Failed => {
                     k.failures += 1;
-                    k.next_try = Some(Instant::now() + REDIAL * 2u32.pow(k.failures.min(6)));
+                    k.next_try = Some(now() + REDIAL * 2u32.pow(k.failures.min(6)));
                 }
-                Ended::Useless => k.useless = true,
+                Ended::Useless => k.next_try = Some(now() + USELESS_BACKOFF),
                 Ended::Paused => {}
             }
         }
     }
 
     fn add_known(&mut self, addrs: Vec<SocketAddr>) {
-        for addr in addrs {
-            if addr.port() == 0
-                || (addr.ip().is_loopback() && addr.port() == self.p.listen_port)
-                || self.known.len() >= MAX_KNOWN
-            {
+        self.add_known_from(addrs, false);
+    }
+
+    /// Take addresses into the book; when it is full, an entry not in use that failed most
+    /// makes room (dead addresses from one source must not lock out the others).
+    fn add_known_from(&mut self, addrs: Vec<SocketAddr>, public: bool) {
+        for addr in addrs.into_iter().take(MAX_KNOWN) {
+            if addr.port() == 0 || (addr.ip().is_loopback() && addr.port() == self.p.listen_port) {
                 continue;
             }
-            self.known.entry(addr).or_default();
+            if let Some(k) = self.known.get_mut(&addr) {
+                // Also named by a source a private torrent may use.
+                k.public &= public;
+                continue;
+            }
+            if self.known.len() >= MAX_KNOWN {
+                let victim = self
+                    .known
+                    .iter()
+                    .filter(|(_, k)| !k.busy && k.failures > 0)
+                    .max_by_key(|(_, k)| k.failures)
+                    .map(|(a, _)| *a);
+                match victim {
+                    Some(v) => {
+                        self.known.remove(&v);
+                    }
+                    None => continue,
+                }
+            }
+            self.known.insert(
+                addr,
+                Known {
+                    public,
+                    ..Known::default()
+                },
+            );
         }
     }
 
@@ -678,7 +801,7 @@ impl<'a> Fetcher<'a> {
         let candidates: Vec<SocketAddr> = self
             .known
             .iter()
-            .filter(|(_, k)| !k.busy && !k.useless && k.next_try.is_none_or(|t| now >= t))
+            .filter(|(_, k)| !k.busy && k.next_try.is_none_or(|t| now >= t))
             .map(|(a, _)| *a)
             .collect();
         for addr in candidates {
@@ -734,7 +857,14 @@ impl<'a> Fetcher<'a> {
             dht,
             self.p.info_hash,
             self.p.listen_port,
-            move |peers| peers_tx.send(FetchEvent::Resolved(peers)).is_ok(),
+            move |addrs| {
+                peers_tx
+                    .send(FetchEvent::Found {
+                        addrs,
+                        public: true,
+                    })
+                    .is_ok()
+            },
             move |found| {
                 let _ = done_tx.send(FetchEvent::DhtDone(found));
             },
@@ -778,7 +908,7 @@ impl<'a> Fetcher<'a> {
 
     /// Close every connection and give back the addresses worth dialling: every address a
     /// source gave, those we were connected to first (peers that dialled us will again).
-    fn handover(&mut self) -> Vec<SocketAddr> {
+    fn handover(&mut self) -> Vec<(SocketAddr, bool)> {
         let connected: Vec<SocketAddr> = self
             .conns
             .values()
@@ -794,7 +924,12 @@ impl<'a> Fetcher<'a> {
             .keys()
             .filter(|a| !connected.contains(a))
             .copied();
-        connected.iter().copied().chain(rest).collect()
+        connected
+            .iter()
+            .copied()
+            .chain(rest)
+            .map(|a| (a, self.known.get(&a).is_some_and(|k| k.public)))
+            .collect()
     }
 
     async fn stop(&mut self) {
@@ -838,6 +973,27 @@ impl<'a> Fetcher<'a> {
     }
 }
 
+/// Resolve `x.pe` host names, all at once, each within [`RESOLVE_TIMEOUT`] (at most a few
+/// addresses per name).
+async fn resolve_all(names: Vec<(String, u16)>) -> Vec<SocketAddr> {
+    let lookups = names.into_iter().map(|(host, port)| async move {
+        match tokio::time::timeout(
+            RESOLVE_TIMEOUT,
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await
+        {
+            Ok(Ok(addrs)) => addrs.take(4).collect(),
+            _ => Vec::new(),
+        }
+    });
+    futures::future::join_all(lookups)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// An extension message with the peer's id for it.
 fn extended(id: u8, payload: Bytes) -> Bytes {
     let msg = Message::Unknown {
@@ -860,7 +1016,7 @@ async fn metadata_connection(
     key: u64,
     stream: BoxStream,
     listen_port: u16,
-    events: mpsc::UnboundedSender<FetchEvent>,
+    events: mpsc::Sender<FetchEvent>,
     mut outgoing: mpsc::Receiver<Bytes>,
 ) {
     let reason: Result<(), String> = async {
@@ -872,18 +1028,30 @@ async fn metadata_connection(
         wr.write_all(&first).await.map_err(|e| e.to_string())?;
         let mut buf = BytesMut::with_capacity(32 * 1024);
         let mut their_metadata_id: Option<u8> = None;
+        // Silence is measured on what the peer sends; our own writes do not keep it alive.
+        let mut last_received = tokio::time::Instant::now();
+        let mut last_sent = tokio::time::Instant::now();
         loop {
+            let idle_at = last_received + IDLE_TIMEOUT;
+            let keepalive_at = last_sent + KEEPALIVE;
             tokio::select! {
                 out = outgoing.recv() => match out {
-                    Some(bytes) => wr.write_all(&bytes).await.map_err(|e| e.to_string())?,
+                    Some(bytes) => {
+                        wr.write_all(&bytes).await.map_err(|e| e.to_string())?;
+                        last_sent = tokio::time::Instant::now();
+                    }
                     None => return Err("closed".to_string()),
                 },
-                read = tokio::time::timeout(IDLE_TIMEOUT, rd.read_buf(&mut buf)) => {
+                _ = tokio::time::sleep_until(idle_at) => return Err("idle".into()),
+                _ = tokio::time::sleep_until(keepalive_at) => {
+                    wr.write_all(&[0, 0, 0, 0]).await.map_err(|e| e.to_string())?;
+                    last_sent = tokio::time::Instant::now();
+                }
+                read = rd.read_buf(&mut buf) => {
                     match read {
-                        Err(_) => return Err("idle".into()),
-                        Ok(Err(e)) => return Err(e.to_string()),
-                        Ok(Ok(0)) => return Err("connection closed by peer".into()),
-                        Ok(Ok(_)) => {}
+                        Err(e) => return Err(e.to_string()),
+                        Ok(0) => return Err("connection closed by peer".into()),
+                        Ok(_) => last_received = tokio::time::Instant::now(),
                     }
                     while let Some(msg) = wire::decode(&mut buf, MAX_FRAME).map_err(|e| e.to_string())? {
                         let Message::Unknown { id: wire::EXTENDED, payload } = msg else {
@@ -895,11 +1063,13 @@ async fn metadata_connection(
                         if ext == HANDSHAKE_ID {
                             let hs = ExtendedHandshake::parse(body).map_err(|e| e.to_string())?;
                             their_metadata_id = hs.ids.ut_metadata;
-                            let _ = events.send(FetchEvent::Handshaken {
-                                key,
-                                ut_metadata: hs.ids.ut_metadata,
-                                size: hs.metadata_size,
-                            });
+                            let _ = events
+                                .send(FetchEvent::Handshaken {
+                                    key,
+                                    ut_metadata: hs.ids.ut_metadata,
+                                    size: hs.metadata_size,
+                                })
+                                .await;
                         } else if Extension::from_local_id(ext) == Some(Extension::Metadata) {
                             let mut body = payload.clone();
                             body.advance(1);
@@ -914,7 +1084,9 @@ async fn metadata_connection(
                                 }
                                 continue;
                             }
-                            let _ = events.send(FetchEvent::Metadata { key, msg });
+                            if events.send(FetchEvent::Metadata { key, msg }).await.is_err() {
+                                return Err("fetch over".into());
+                            }
                         }
                     }
                     if buf.capacity() - buf.len() < 16 * 1024 {
@@ -929,5 +1101,5 @@ async fn metadata_connection(
         Ok(()) => "done".to_string(),
         Err(r) => r,
     };
-    let _ = events.send(FetchEvent::Closed { key, reason });
+    let _ = events.send(FetchEvent::Closed { key, reason }).await;
 }

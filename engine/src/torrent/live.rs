@@ -389,6 +389,12 @@ impl Torrent {
                 self.add_known(addrs);
                 self.dial_new_now();
             }
+            // BEP 27: a private torrent takes peers from its trackers only.
+            TorrentCommand::LocalPeers(addrs) if !self.metainfo.info.private => {
+                self.add_known(addrs);
+                self.dial_new_now();
+            }
+            TorrentCommand::LocalPeers(_) => {}
             TorrentCommand::Pause => {
                 self.paused = true;
                 self.close_all_peers();
@@ -557,7 +563,11 @@ impl Torrent {
                         conn.remote.peer_id.0
                     }
                 };
-                if existing.outgoing != outgoing && dialer(outgoing) < dialer(existing.outgoing) {
+                // The same host only: a peer id alone is easy to claim.
+                if existing.addr.ip() == addr.ip()
+                    && existing.outgoing != outgoing
+                    && dialer(outgoing) < dialer(existing.outgoing)
+                {
                     replaces = Some(*key);
                     false
                 } else {
@@ -567,7 +577,7 @@ impl Torrent {
         };
         let refuse = !self.active()
             || duplicate
-            || self.peers.len() >= self.p.max_peers
+            || (self.peers.len() >= self.p.max_peers && replaces.is_none())
             || self.banned.contains(&ban_key(addr));
         let known = self.known.entry(addr).or_default();
         known.connecting = false;

@@ -54,6 +54,8 @@ pub enum TorrentCommand {
     },
     /// Add peer addresses to try.
     AddPeers(Vec<SocketAddr>),
+    /// Addresses local service discovery heard of (never used by a private torrent).
+    LocalPeers(Vec<SocketAddr>),
     /// Stop transferring (keep state).
     Pause,
     /// Resume after [`TorrentCommand::Pause`].
@@ -113,6 +115,9 @@ pub(crate) struct TorrentParams {
     pub hash_budget: HashBudget,
     /// Peer exchange (BEP 11) with peers that speak it (never for private torrents).
     pub pex: bool,
+    /// Set once the torrent is known to be private (BEP 27): a magnet learns it with its
+    /// metadata. The session reads it to keep LSD peers away.
+    pub private: Arc<std::sync::atomic::AtomicBool>,
     /// The session's DHT and LSD, if the torrent may use them (not private, BEP 27).
     pub discovery: Option<sources::DiscoverySlot>,
 }

@@ -64,9 +64,13 @@ pub(super) fn learn_dht_nodes(discovery: &Option<DiscoverySlot>, nodes: &[(Strin
         return;
     }
     let nodes = nodes.to_vec();
+    // Held weakly: a slow resolver must not keep the node from saving its table at shutdown.
+    let dht = Arc::downgrade(&dht);
     tokio::spawn(async move {
         for (host, port) in nodes {
-            if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await {
+            let lookup = tokio::net::lookup_host((host.as_str(), port));
+            if let Ok(Ok(addrs)) = tokio::time::timeout(Duration::from_secs(10), lookup).await {
+                let Some(dht) = dht.upgrade() else { return };
                 for addr in addrs.take(2) {
                     dht.add_node(addr);
                 }
@@ -97,6 +101,8 @@ const BATCH: usize = 16;
 pub(super) struct DhtSchedule {
     next: Option<Instant>,
     running: bool,
+    /// When the last search ended: an early search still waits [`DHT_RETRY_EMPTY`] after it.
+    last_end: Option<Instant>,
 }
 
 impl DhtSchedule {
@@ -105,12 +111,17 @@ impl DhtSchedule {
         DhtSchedule {
             next: Some(now),
             running: false,
+            last_end: None,
         }
     }
 
     /// Start a search now if one is due (or `early`, e.g. starving) and none runs.
     pub(super) fn begin(&mut self, now: Instant, early: bool) -> bool {
-        if self.running || !(early || self.next.is_some_and(|t| now >= t)) {
+        let early_ok = early
+            && self
+                .last_end
+                .is_none_or(|t| now.duration_since(t) >= DHT_RETRY_EMPTY);
+        if self.running || !(early_ok || self.next.is_some_and(|t| now >= t)) {
             return false;
         }
         self.running = true;
@@ -121,6 +132,7 @@ impl DhtSchedule {
     /// A search ended having found `found` addresses.
     pub(super) fn finish(&mut self, now: Instant, found: usize, seeding: bool) {
         self.running = false;
+        self.last_end = Some(now);
         let wait = if found == 0 {
             DHT_RETRY_EMPTY
         } else if seeding {
@@ -189,6 +201,10 @@ mod tests {
         assert!(s.begin(t0 + DHT_RETRY_EMPTY, false));
         s.finish(t0, 12, false);
         assert!(!s.begin(t0 + DHT_INTERVAL_DOWNLOADING / 2, false));
+        assert!(
+            !s.begin(t0 + DHT_RETRY_EMPTY / 2, true),
+            "never right after the last one"
+        );
         assert!(
             s.begin(t0 + DHT_INTERVAL_DOWNLOADING / 2, true),
             "early when starving"
