@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("ut_metadata", ut_metadata),
     ("ut_pex", ut_pex),
     ("bep10_handshake", bep10_handshake),
+    ("lsd_announce", lsd_announce),
 ];
 
 /// [`bencode::scan`] with the limits `.torrent` files get: a success means one well-formed
@@ -446,8 +447,7 @@ fn check_usable_distinct(peers: &[std::net::SocketAddr]) {
         .all(|p| p.port() != 0 && !p.ip().is_unspecified()));
 }
 
-/// An LSD datagram (BEP 14). Not yet in [`TARGETS`] (it needs a `fuzz/` target and a corpus):
-/// an accepted message has a usable port and 1..=16 distinct hashes, and formatting it again
+/// An LSD datagram (BEP 14): an accepted message has a usable port and 1..=16 distinct hashes, and formatting it again
 /// parses back to the same announce.
 pub fn lsd_announce(data: &[u8]) {
     use crate::lsd::{format_announce, parse_announce, MAX_INFOHASHES_PER_MESSAGE};
