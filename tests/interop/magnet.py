@@ -281,11 +281,14 @@ def m_qbt_leech(ctx):
     ih = L.make_torrent(src, t, piece_length=64 * 1024, source=f"zt-interop {ctx.name}")
     shutil.copytree(src, os.path.join(downloads, name))
     zport = H.free_port()
-    logp = os.path.join(ctx.dir, "zigtorrent.log")
-    z = ctx.zig.run(torrents, downloads, state, logp, listen=zport)
     q = Q.QBittorrent(ctx.sub("qbt"))
     dst = ctx.sub("qbt-downloads")
     q.add_magnet(_magnet(ih, name), dst)
+    logp = os.path.join(ctx.dir, "zigtorrent.log")
+    # Both ways: we dial qBittorrent, and it is told our address (its first tries can land
+    # while we still check our data, and libtorrent then waits a while before trying again).
+    z = ctx.zig.run(torrents, downloads, state, logp, listen=zport, log_level="info",
+                    peers=[f"127.0.0.1:{q.peer_port}"])
     try:
         q.wait_complete(ih, TIMEOUT, poke=lambda: q.add_peer(ih, f"127.0.0.1:{zport}"))
     except H.CheckFailed as e:
