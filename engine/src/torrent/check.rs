@@ -1,6 +1,8 @@
 //! The `Checking` phase: open storage for a torrent whose metadata is known, take the resume
-//! state it trusts, hash whatever it does not, and let storage settle files it found. Peers and
-//! pauses that arrive meanwhile wait (their commands are dropped: peers will redial).
+//! state it trusts, hash whatever it does not, and let storage settle files it found. Commands
+//! that arrive meanwhile (peers that dialled us, addresses, pause) are kept, a bounded number,
+//! and handed to the live phase: a peer that connects while we check is answered afterwards
+//! rather than dropped (libtorrent then waits a long while before trying again).
 
 use std::sync::Arc;
 
@@ -22,7 +24,12 @@ pub(super) struct Checked {
     pub have: Bitfield,
     /// Addresses learned before (while fetching metadata), dialled at once.
     pub peers: Vec<std::net::SocketAddr>,
+    /// Commands that arrived while checking, in order.
+    pub held: Vec<TorrentCommand>,
 }
+
+/// Commands kept while checking (each may hold a connection that dialled us).
+const MAX_HELD: usize = 32;
 
 /// Metadata known, storage not yet open.
 pub(super) struct Checking {
@@ -74,11 +81,12 @@ impl Checking {
             }
             _ => (Bitfield::new(count), Bitfield::full(count)),
         };
+        let mut held = Vec::new();
         let have = if check.count_ones() == 0 {
             trusted
         } else {
             match recheck(
-                params, &metainfo, &layout, &storage, trusted, &check, commands,
+                params, &metainfo, &storage, trusted, &check, commands, &mut held,
             )
             .await
             {
@@ -102,6 +110,7 @@ impl Checking {
             storage,
             have,
             peers,
+            held,
         }))
     }
 }
@@ -111,16 +120,16 @@ impl Checking {
 async fn recheck(
     params: &TorrentParams,
     metainfo: &Metainfo,
-    layout: &Layout,
     storage: &Arc<dyn Storage>,
     mut have: Bitfield,
     check: &Bitfield,
     commands: &mut mpsc::Receiver<TorrentCommand>,
+    held: &mut Vec<TorrentCommand>,
 ) -> Option<Result<Bitfield, StorageError>> {
     let total = check.count_ones() as u32;
     let mut checks = std::pin::pin!(recheck::check_pieces(
         &metainfo.info.pieces,
-        layout,
+        &metainfo.info.layout,
         storage,
         &params.hash_budget,
         check
@@ -145,7 +154,9 @@ async fn recheck(
             cmd = commands.recv() => match cmd {
                 Some(TorrentCommand::Shutdown(reply)) => { let _ = reply.send(()); return None; }
                 None => return None,
-                Some(_) => {} // peers and pauses wait until checking is over
+                // The rest waits for the live phase; beyond the bound, a peer must redial.
+                Some(cmd) if held.len() < MAX_HELD => held.push(cmd),
+                Some(_) => {}
             },
         }
     }

@@ -289,10 +289,26 @@ impl Torrent {
         !self.paused && self.error.is_none()
     }
 
-    pub(super) async fn run(&mut self, mut commands: mpsc::Receiver<TorrentCommand>) {
+    /// Run until shut down; `held` are commands that arrived while checking, taken first.
+    pub(super) async fn run(
+        &mut self,
+        mut commands: mpsc::Receiver<TorrentCommand>,
+        held: Vec<TorrentCommand>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sources::learn_dht_nodes(&self.p.discovery, &self.metainfo.dht_nodes);
+        for cmd in held {
+            match cmd {
+                // Checking answers a shutdown itself; kept here only for completeness.
+                TorrentCommand::Shutdown(reply) => {
+                    self.shutdown().await;
+                    let _ = reply.send(());
+                    return;
+                }
+                cmd => self.on_command(cmd),
+            }
+        }
         self.publish();
         loop {
             tokio::select! {

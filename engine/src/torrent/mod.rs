@@ -193,7 +193,7 @@ pub(crate) async fn run_torrent(
                 let mut torrent =
                     live::Torrent::new(params, c.metainfo, c.layout, c.storage, c.have);
                 torrent.add_known(c.peers);
-                torrent.run(commands).await;
+                torrent.run(commands, c.held).await;
                 return;
             }
             Phase::Failed(message) => {
