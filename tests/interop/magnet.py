@@ -78,6 +78,18 @@ def _wait_download(z, downloads, src, name, logp):
     return secs
 
 
+def _setup(ctx, payload, piece_length, in_watch):
+    """Folders for one scenario and a torrent of `payload` (in the watch folder if `in_watch`):
+    (source, name, torrents, downloads, state, torrent file, info-hash)."""
+    ctx.zig.check_exists()
+    src = ctx.payloads[payload]
+    name = os.path.basename(src)
+    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
+    t = os.path.join(torrents if in_watch else ctx.dir, f"{name}.torrent")
+    ih = L.make_torrent(src, t, piece_length=piece_length, source=f"zt-interop {ctx.name}")
+    return src, name, torrents, downloads, state, t, ih
+
+
 def _magnet(ih, name, trackers=(), peers=()):
     uri = f"magnet:?xt=urn:btih:{ih}&dn={name}"
     for t in trackers:
@@ -119,12 +131,7 @@ def m_tracker(ctx):
 
 
 def m_xpe(ctx):
-    ctx.zig.check_exists()
-    src = ctx.payloads["single"]
-    name = os.path.basename(src)
-    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
-    t = os.path.join(ctx.dir, f"{name}.torrent")
-    ih = L.make_torrent(src, t, piece_length=32 * 1024, source=f"zt-interop {ctx.name}")
+    src, name, torrents, downloads, state, t, ih = _setup(ctx, "single", 32 * 1024, in_watch=False)
     _seed_ses, _seed_h, seed_port = _lt_seeder(t, os.path.dirname(src))
     logp = os.path.join(ctx.dir, "zigtorrent.log")
     uri = _magnet(ih, name, peers=[f"127.0.0.1:{seed_port}"])
@@ -165,12 +172,7 @@ def m_dht(ctx):
 
 
 def m_pex(ctx):
-    ctx.zig.check_exists()
-    src = ctx.payloads["single"]
-    name = os.path.basename(src)
-    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
-    t = os.path.join(torrents, f"{name}.torrent")
-    L.make_torrent(src, t, piece_length=32 * 1024, source=f"zt-interop {ctx.name}")
+    src, name, torrents, downloads, state, t, _ = _setup(ctx, "single", 32 * 1024, in_watch=True)
     _seed_ses, seed_h, seed_port = _lt_seeder(t, os.path.dirname(src))
     # The middle peer: a libtorrent leecher connected to the seeder, throttled so it has almost
     # nothing to give; zigtorrent is told only about it.
@@ -198,12 +200,7 @@ def m_pex(ctx):
 
 
 def m_tr_seed(ctx):
-    ctx.zig.check_exists()
-    src = ctx.payloads["single"]
-    name = os.path.basename(src)
-    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
-    t = os.path.join(ctx.dir, f"{name}.torrent")
-    ih = L.make_torrent(src, t, piece_length=32 * 1024, source=f"zt-interop {ctx.name}")
+    src, name, torrents, downloads, state, t, ih = _setup(ctx, "single", 32 * 1024, in_watch=False)
     tr = H.Transmission(ctx.sub("tr"), os.path.dirname(src), utp=False)
     tid = tr.add(t, os.path.dirname(src))
     tr.wait_seeding(tid)
@@ -219,12 +216,7 @@ def m_tr_seed(ctx):
 
 
 def m_tr_leech(ctx):
-    ctx.zig.check_exists()
-    src = ctx.payloads["multi"]
-    name = os.path.basename(src)
-    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
-    t = os.path.join(torrents, f"{name}.torrent")
-    ih = L.make_torrent(src, t, piece_length=64 * 1024, source=f"zt-interop {ctx.name}")
+    src, name, torrents, downloads, state, t, ih = _setup(ctx, "multi", 64 * 1024, in_watch=True)
     shutil.copytree(src, os.path.join(downloads, name))
     dst = ctx.sub("tr-downloads")
     tr = H.Transmission(ctx.sub("tr"), dst, utp=False)
@@ -247,12 +239,7 @@ def m_tr_leech(ctx):
 
 
 def m_qbt_seed(ctx):
-    ctx.zig.check_exists()
-    src = ctx.payloads["single"]
-    name = os.path.basename(src)
-    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
-    t = os.path.join(ctx.dir, f"{name}.torrent")
-    ih = L.make_torrent(src, t, piece_length=32 * 1024, source=f"zt-interop {ctx.name}")
+    src, name, torrents, downloads, state, t, ih = _setup(ctx, "single", 32 * 1024, in_watch=False)
     q = Q.QBittorrent(ctx.sub("qbt"))
     q.add_torrent_file(t, os.path.dirname(src))
     q.wait_complete(ih, 60)
@@ -273,12 +260,7 @@ def m_qbt_seed(ctx):
 
 
 def m_qbt_leech(ctx):
-    ctx.zig.check_exists()
-    src = ctx.payloads["multi"]
-    name = os.path.basename(src)
-    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
-    t = os.path.join(torrents, f"{name}.torrent")
-    ih = L.make_torrent(src, t, piece_length=64 * 1024, source=f"zt-interop {ctx.name}")
+    src, name, torrents, downloads, state, t, ih = _setup(ctx, "multi", 64 * 1024, in_watch=True)
     shutil.copytree(src, os.path.join(downloads, name))
     zport = H.free_port()
     q = Q.QBittorrent(ctx.sub("qbt"))
@@ -319,12 +301,7 @@ def _lt_magnet_leech(uri, dst, zport, what):
 
 
 def m_serve(ctx):
-    ctx.zig.check_exists()
-    src = ctx.payloads["multi"]
-    name = os.path.basename(src)
-    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
-    t = os.path.join(torrents, f"{name}.torrent")
-    ih = L.make_torrent(src, t, piece_length=64 * 1024, source=f"zt-interop {ctx.name}")
+    src, name, torrents, downloads, state, t, ih = _setup(ctx, "multi", 64 * 1024, in_watch=True)
     shutil.copytree(src, os.path.join(downloads, name))
     zport = H.free_port()
     logp = os.path.join(ctx.dir, "zigtorrent.log")
@@ -341,12 +318,7 @@ def m_serve(ctx):
 
 
 def m_restart(ctx):
-    ctx.zig.check_exists()
-    src = ctx.payloads["single"]
-    name = os.path.basename(src)
-    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
-    t = os.path.join(ctx.dir, f"{name}.torrent")
-    ih = L.make_torrent(src, t, piece_length=32 * 1024, source=f"zt-interop {ctx.name}")
+    src, name, torrents, downloads, state, t, ih = _setup(ctx, "single", 32 * 1024, in_watch=False)
     seed_ses, _seed_h, seed_port = _lt_seeder(t, os.path.dirname(src))
     with open(os.path.join(torrents, "r.magnet"), "w") as f:
         f.write(_magnet(ih, name, peers=[f"127.0.0.1:{seed_port}"]))

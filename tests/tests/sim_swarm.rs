@@ -48,6 +48,15 @@ async fn until_seeding(h: &TorrentHandle) {
     .unwrap_or_else(|_| panic!("not seeding after a simulated minute: {:?}", h.status()));
 }
 
+/// A simulated client at 10.0.0.`n` seeding `meta` (its bytes preloaded), once it seeds.
+async fn seeder(net: &SimNet, n: u8, meta: &Metainfo, data: &[u8]) -> (SimPeer, TorrentHandle) {
+    let s = SimPeer::start(net, ip(n), n, Vec::new()).await;
+    s.preload(meta, data).await;
+    let h = s.session.add(meta.clone()).unwrap();
+    until_seeding(&h).await;
+    (s, h)
+}
+
 /// Every byte the leecher's storage holds, files concatenated.
 async fn stored(peer: &SimPeer, meta: &Metainfo) -> Vec<u8> {
     let layout = Arc::new(meta.info.layout.clone());
@@ -72,11 +81,7 @@ async fn a_leecher_gets_every_byte_from_two_seeders() {
     let (meta, data) = torrent(3 * 1024 * 1024 + 123, 64 * 1024);
     let mut seeders = Vec::new();
     for n in 1..=2 {
-        let s = SimPeer::start(&net, ip(n), n, Vec::new()).await;
-        s.preload(&meta, &data).await;
-        let h = s.session.add(meta.clone()).unwrap();
-        until_seeding(&h).await;
-        seeders.push((s, h));
+        seeders.push(seeder(&net, n, &meta, &data).await);
     }
     let leecher = SimPeer::start(
         &net,
@@ -110,11 +115,7 @@ async fn a_magnet_leecher_gets_metadata_and_data_from_two_seeders() {
     let (meta, data) = torrent(2 * 1024 * 1024 + 5, 32 * 1024);
     let mut seeders = Vec::new();
     for n in 1..=2 {
-        let s = SimPeer::start(&net, ip(n), n, Vec::new()).await;
-        s.preload(&meta, &data).await;
-        let h = s.session.add(meta.clone()).unwrap();
-        until_seeding(&h).await;
-        seeders.push((s, h));
+        seeders.push(seeder(&net, n, &meta, &data).await);
     }
     let leecher = SimPeer::start(
         &net,
@@ -166,10 +167,7 @@ async fn peer_exchange_introduces_a_peer_nobody_else_named() {
     let net = SimNet::new();
     let (meta, data) = torrent(4 * 1024 * 1024, 64 * 1024);
     // The seeder knows nobody; B knows only the seeder; C knows only B.
-    let seeder = SimPeer::start(&net, ip(1), 1, Vec::new()).await;
-    seeder.preload(&meta, &data).await;
-    let sh = seeder.session.add(meta.clone()).unwrap();
-    until_seeding(&sh).await;
+    let (seeder, _sh) = seeder(&net, 1, &meta, &data).await;
     // Slow leechers (simulated time), so B is still downloading from the seeder when C asks.
     let slow = |c: &mut zigtorrent_engine::SessionConfig| c.download_limit = 256 * 1024;
     let b = SimPeer::start_with(&net, ip(2), 2, vec![seeder.addr], slow).await;
@@ -205,10 +203,7 @@ async fn peer_exchange_introduces_a_peer_nobody_else_named() {
 async fn without_pex_the_introduction_never_happens() {
     let net = SimNet::new();
     let (meta, data) = torrent(4 * 1024 * 1024, 64 * 1024);
-    let seeder = SimPeer::start(&net, ip(1), 1, Vec::new()).await;
-    seeder.preload(&meta, &data).await;
-    let sh = seeder.session.add(meta.clone()).unwrap();
-    until_seeding(&sh).await;
+    let (seeder, _sh) = seeder(&net, 1, &meta, &data).await;
     let slow_no_pex = |c: &mut zigtorrent_engine::SessionConfig| {
         c.download_limit = 256 * 1024;
         c.pex = false;
@@ -390,10 +385,7 @@ async fn lying_peers_cannot_keep_a_magnet_from_its_metadata() {
     // asked for at once (two), so the liar and the honest seeder each send some of it.
     let (meta, data) = torrent(40 * 1024 * 1024, 16 * 1024);
     assert!(meta.info_bytes.len() > 3 * 16 * 1024);
-    let seeder = SimPeer::start(&net, ip(1), 1, Vec::new()).await;
-    seeder.preload(&meta, &data).await;
-    let sh = seeder.session.add(meta.clone()).unwrap();
-    until_seeding(&sh).await;
+    let (seeder, _sh) = seeder(&net, 1, &meta, &data).await;
     let mut peers = Vec::new();
     for (n, lie) in [(5, Lie::Oversize), (6, Lie::Junk), (7, Lie::Unsolicited)] {
         peers.push(metadata_liar(&net, ip(n), &meta, lie).await);
@@ -411,10 +403,7 @@ async fn lying_peers_cannot_keep_a_magnet_from_its_metadata() {
 async fn peers_that_claim_a_wrong_size_first_cannot_stall_the_fetch() {
     let net = SimNet::new();
     let (meta, data) = torrent(40 * 1024 * 1024, 16 * 1024);
-    let seeder = SimPeer::start(&net, ip(1), 1, Vec::new()).await;
-    seeder.preload(&meta, &data).await;
-    let sh = seeder.session.add(meta.clone()).unwrap();
-    until_seeding(&sh).await;
+    let (seeder, _sh) = seeder(&net, 1, &meta, &data).await;
     let liars = vec![
         metadata_liar(&net, ip(5), &meta, Lie::WrongSizeRejects).await,
         metadata_liar(&net, ip(6), &meta, Lie::WrongSizeMute).await,
