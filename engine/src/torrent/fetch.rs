@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use super::announce::{self, AnnounceResult, Announcer};
 use super::check::Checking;
-use super::peers::{host_key, HostKey};
+use super::peers::{self, host_key, HostKey};
 use super::sources::{self, DhtSchedule};
 use super::{PeerSlot, Phase, TorrentCommand, TorrentParams};
 use crate::extension::{ExtendedHandshake, Extension, HANDSHAKE_ID};
@@ -226,6 +226,8 @@ enum FetchEvent {
         key: u64,
         ut_metadata: Option<u8>,
         size: Option<u32>,
+        /// Its listening port (`p`): where a peer that dialled us can be dialled back.
+        listen_port: Option<u16>,
     },
     Metadata {
         key: u64,
@@ -278,6 +280,8 @@ struct Conn {
     ut_metadata: Option<u8>,
     /// The `metadata_size` it claimed.
     size: Option<u32>,
+    /// Its listening port (BEP 10 `p`).
+    listen_port: Option<u16>,
     /// When it last sent a piece we kept (or became able to).
     progress: Instant,
     opened: Instant,
@@ -539,6 +543,7 @@ impl<'a> Fetcher<'a> {
                         tx,
                         ut_metadata: None,
                         size: None,
+                        listen_port: None,
                         progress: now,
                         opened: now,
                         task,
@@ -556,8 +561,10 @@ impl<'a> Fetcher<'a> {
                 key,
                 ut_metadata,
                 size,
+                listen_port,
             } => {
                 let conn = self.conns.get_mut(&key)?;
+                conn.listen_port = conn.listen_port.or(listen_port);
                 if conn.size.is_some() {
                     // A later extended handshake changes nothing here (re-adding the peer would
                     // forget its requests, and their answers would look unrequested).
@@ -740,7 +747,9 @@ impl<'a> Fetcher<'a> {
     /// makes room (dead addresses from one source must not lock out the others).
     fn add_known_from(&mut self, addrs: Vec<SocketAddr>, public: bool) {
         for addr in addrs.into_iter().take(MAX_KNOWN) {
-            if addr.port() == 0 || (addr.ip().is_loopback() && addr.port() == self.p.listen_port) {
+            if !peers::dialable(addr)
+                || (addr.ip().is_loopback() && addr.port() == self.p.listen_port)
+            {
                 continue;
             }
             if let Some(k) = self.known.get_mut(&addr) {
@@ -909,11 +918,18 @@ impl<'a> Fetcher<'a> {
     /// Close every connection and give back the addresses worth dialling: every address a
     /// source gave, those we were connected to first (peers that dialled us will again).
     fn handover(&mut self) -> Vec<(SocketAddr, bool)> {
+        // Where we dialled, or where a peer that dialled us listens: the live phase dials them
+        // at once (it must not lose the peer that just gave us the metadata).
         let connected: Vec<SocketAddr> = self
             .conns
             .values()
-            .map(|c| c.addr)
-            .filter(|a| self.known.contains_key(a))
+            .filter_map(|c| {
+                if self.known.contains_key(&c.addr) {
+                    Some(c.addr)
+                } else {
+                    Some(SocketAddr::new(c.addr.ip(), c.listen_port?))
+                }
+            })
             .collect();
         for conn in self.conns.values() {
             conn.task.abort();
@@ -928,6 +944,7 @@ impl<'a> Fetcher<'a> {
             .iter()
             .copied()
             .chain(rest)
+            .filter(|a| peers::dialable(*a))
             .map(|a| (a, self.known.get(&a).is_some_and(|k| k.public)))
             .collect()
     }
@@ -1068,6 +1085,7 @@ async fn metadata_connection(
                                     key,
                                     ut_metadata: hs.ids.ut_metadata,
                                     size: hs.metadata_size,
+                                    listen_port: hs.port,
                                 })
                                 .await;
                         } else if Extension::from_local_id(ext) == Some(Extension::Metadata) {

@@ -37,6 +37,18 @@ pub(crate) enum HostKey {
     Addr(SocketAddr),
 }
 
+/// Whether an address from a peer source is worth dialling: a port, and a unicast address
+/// (PEX, trackers and the DHT can hand out `0.0.0.0`, broadcast or multicast addresses).
+pub(crate) fn dialable(addr: SocketAddr) -> bool {
+    let ip_ok = match addr.ip() {
+        std::net::IpAddr::V4(v4) => {
+            !v4.is_unspecified() && !v4.is_broadcast() && !v4.is_multicast()
+        }
+        std::net::IpAddr::V6(v6) => !v6.is_unspecified() && !v6.is_multicast(),
+    };
+    addr.port() != 0 && ip_ok
+}
+
 /// The host `addr` belongs to. `loopback_as_host` treats loopback like any other address
 /// (one host per IP), which tests of the per-host caps ask for.
 pub(crate) fn host_key(addr: SocketAddr, loopback_as_host: bool) -> HostKey {
@@ -124,6 +136,29 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn only_unicast_addresses_with_a_port_are_dialled() {
+        for ok in [
+            "10.0.0.1:6881",
+            "127.0.0.1:1",
+            "[2001:db8::1]:6881",
+            "[::1]:80",
+        ] {
+            assert!(dialable(addr(ok)), "{ok}");
+        }
+        for bad in [
+            "10.0.0.1:0",
+            "0.0.0.0:6881",
+            "255.255.255.255:80",
+            "224.0.0.1:80",
+            "239.192.152.143:6771",
+            "[::]:6881",
+            "[ff02::1]:80",
+        ] {
+            assert!(!dialable(addr(bad)), "{bad}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ impl Torrent {
         let own = self.p.listen_port;
         // More than the book holds would only evict each other.
         for addr in addrs.into_iter().take(MAX_KNOWN_PEERS) {
-            if addr.port() == 0
+            if !peers::dialable(addr)
                 || (addr.ip().is_loopback() && addr.port() == own)
                     && !self.p.extra_peers.contains(&addr)
             {
