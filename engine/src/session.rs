@@ -91,6 +91,9 @@ pub struct SessionConfig {
     pub lsd: bool,
     /// Peer exchange (BEP 11) with connected peers; on by default.
     pub pex: bool,
+    /// Seed for torrents' random choices; `None` (the default): from the OS. Simulations fix
+    /// it so a swarm replays the same way.
+    pub rng_seed: Option<u64>,
 }
 
 impl SessionConfig {
@@ -112,6 +115,7 @@ impl SessionConfig {
             dht: None,
             lsd: false,
             pex: true,
+            rng_seed: None,
         }
     }
 }
@@ -379,6 +383,7 @@ impl Session {
             upload_limit: self.shared.upload_limit.clone(),
             hash_budget: self.shared.hash_budget.clone(),
             pex: c.pex,
+            rng_seed: c.rng_seed,
             private: private.clone(),
             discovery,
         };

@@ -8,8 +8,8 @@
 //! - Time: run the test on a paused runtime (`#[tokio::test(start_paused = true)]`); tokio then
 //!   jumps the clock to the next timer whenever every task waits, so "30 s of swarm" costs what
 //!   the work costs. Hashing on the blocking pool holds the clock still while it runs.
-//! - Randomness: give each session a fixed [`crate::PeerId`]; what else is random (piece order,
-//!   optimistic unchokes) only changes the order things happen in, not the outcome asserted.
+//! - Randomness: each session gets a fixed [`crate::PeerId`] and `rng_seed`, so piece order
+//!   and optimistic unchokes replay the same way (task scheduling order is tokio's).
 //!
 //! [`SimPeer`] bundles one simulated client: its session, backend and address.
 
@@ -173,6 +173,7 @@ impl SimPeer {
         config.extra_peers = peers;
         config.peer_id = PeerId(*b"-ZS0001-simulated000");
         config.peer_id.0[19] = id;
+        config.rng_seed = Some(u64::from(id));
         configure(&mut config);
         let backend = Arc::new(MemoryBackend::new());
         let session = Session::start(

@@ -14,10 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Now, from tokio's clock (which the simulator pauses and advances), as a std `Instant`.
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
+use super::now;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

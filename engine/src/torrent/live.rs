@@ -33,7 +33,7 @@ use super::announce::{self, AnnounceResult, Announcer};
 use super::peers::{self, ban_key, host_key, BookEntry, EvictCandidate, HostKey, MAX_KNOWN_PEERS};
 use super::smart_ban::{block_digest, BlockDigest, SmartBan};
 use super::sources::{self, DhtSchedule};
-use super::{PeerSlot, TorrentCommand, TorrentParams};
+use super::{now, PeerSlot, TorrentCommand, TorrentParams};
 use crate::choker::{self, Choker, PeerSample};
 use crate::hash;
 use crate::metainfo::Metainfo;
@@ -224,16 +224,19 @@ impl Torrent {
             // BEP 27: a magnet's metadata may turn out private; from now on trackers only.
             p.discovery = None;
         }
-        let picker = PiecePicker::new(&layout, &have);
+        // A fixed seed (simulations) gives every torrent its own, reproducible stream.
+        let seed = p.rng_seed.map(|s| {
+            s ^ u64::from_be_bytes(metainfo.info_hash.0[..8].try_into().expect("8 of 20 bytes"))
+        });
+        let picker = match seed {
+            Some(s) => PiecePicker::with_seed(&layout, &have, s),
+            None => PiecePicker::new(&layout, &have),
+        };
         // Bounded tightly: mostly blocks (16 KiB each), so this caps what readers can queue ahead
         // of a busy torrent task (8 MiB); a full channel pauses the readers, not the task.
         let (events_tx, events_rx) = mpsc::channel(PEER_EVENT_QUEUE);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
-        let announcer = Announcer::new(
-            metainfo.announce_tiers.clone(),
-            Instant::now(),
-            rand::random(),
-        );
+        let announcer = Announcer::new(metainfo.announce_tiers.clone(), now(), rand::random());
         let mut known = HashMap::new();
         for addr in &p.extra_peers {
             known.insert(*addr, KnownPeer::default());
@@ -245,7 +248,9 @@ impl Torrent {
             storage,
             picker,
             choker: Choker::new(),
-            rng: StdRng::from_entropy(),
+            rng: seed.map_or_else(StdRng::from_entropy, |s| {
+                StdRng::seed_from_u64(s.rotate_left(1))
+            }),
             peers: HashMap::new(),
             known,
             known_seq: 0,
@@ -262,13 +267,13 @@ impl Torrent {
             internal_tx,
             internal_rx,
             announcer,
-            dht_schedule: DhtSchedule::new(Instant::now()),
+            dht_schedule: DhtSchedule::new(now()),
             sent_completed,
             paused: false,
             error: None,
             dirty: false,
             flushing: false,
-            last_flush: Instant::now(),
+            last_flush: now(),
             last_rechoke: None,
             window_down: 0,
             uploaded: 0,
@@ -362,7 +367,7 @@ impl Torrent {
                     tracing::debug!(%addr, "incoming peer refused: per-host cap");
                     return;
                 }
-                if !self.make_room_for_incoming(Instant::now()) {
+                if !self.make_room_for_incoming(now()) {
                     return;
                 }
                 self.known_seq += 1;
@@ -465,11 +470,11 @@ impl Torrent {
             } else {
                 // A connection that lasted resets the backoff; one that the peer keeps
                 // closing right after the handshake backs off like a failed dial.
-                if peer.connected_at.elapsed() >= GOOD_CONNECTION {
+                if now().duration_since(peer.connected_at) >= GOOD_CONNECTION {
                     k.failures = 0;
                 }
                 k.failures += 1;
-                k.next_try = Some(Instant::now() + reconnect_delay(k.failures));
+                k.next_try = Some(now() + reconnect_delay(k.failures));
             }
         }
     }
@@ -527,7 +532,7 @@ impl Torrent {
                 event,
                 result,
             } => {
-                let peers = self.announcer.finish(tiers, event, result, Instant::now());
+                let peers = self.announcer.finish(tiers, event, result, now());
                 self.add_known(peers);
                 self.dial_new_now();
             }
@@ -543,14 +548,14 @@ impl Torrent {
             }
             Internal::DhtDone(found) => {
                 let seeding = self.is_seed();
-                self.dht_schedule.finish(Instant::now(), found, seeding);
+                self.dht_schedule.finish(now(), found, seeding);
             }
             Internal::ConnectFailed { addr, reason } => {
                 tracing::debug!(%addr, %reason, "connection failed");
                 if let Some(k) = self.known.get_mut(&addr) {
                     k.connecting = false;
                     k.failures += 1;
-                    k.next_try = Some(Instant::now() + reconnect_delay(k.failures));
+                    k.next_try = Some(now() + reconnect_delay(k.failures));
                     if k.incoming_only {
                         self.known.remove(&addr);
                     }
@@ -603,7 +608,7 @@ impl Torrent {
             } else if outgoing {
                 // Refused after dialling (full, or a duplicate): back off like a failed dial.
                 known.failures += 1;
-                known.next_try = Some(Instant::now() + reconnect_delay(known.failures));
+                known.next_try = Some(now() + reconnect_delay(known.failures));
             }
             return; // dropping the stream closes it
         }
@@ -649,15 +654,15 @@ impl Torrent {
                 am_interested: false,
                 requests: HashMap::new(),
                 am_choking: true,
-                connected_at: Instant::now(),
+                connected_at: now(),
                 depth: INITIAL_DEPTH,
                 request_limit: usize::MAX,
                 window_down: 0,
                 download_rate: 0.0,
                 last_uploaded: 0,
                 upload_rate: 0.0,
-                last_block: Instant::now(),
-                last_active: Instant::now(),
+                last_block: now(),
+                last_active: now(),
                 snubbed: false,
                 ext: extensions::PeerExtensions::default(),
                 _permit: permit,
@@ -710,14 +715,14 @@ impl Torrent {
             PeerEvent::Unchoke => {
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 peer.peer_choking = false;
-                peer.last_block = Instant::now();
+                peer.last_block = now();
                 self.fill_requests(key);
             }
             PeerEvent::Interested => {
                 let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 peer.peer_interested = true;
-                peer.last_active = Instant::now();
+                peer.last_active = now();
                 // Free upload slot (regular or optimistic): don't make a new peer wait for the
                 // next rechoke.
                 if peer.am_choking && unchoked < choker::REGULAR_SLOTS + 1 && self.error.is_none() {
@@ -728,7 +733,7 @@ impl Torrent {
             PeerEvent::NotInterested => {
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 peer.peer_interested = false;
-                peer.last_active = Instant::now();
+                peer.last_active = now();
             }
             PeerEvent::RequestLimit(n) => {
                 let peer = self.peers.get_mut(&key).expect("checked above");
@@ -741,7 +746,7 @@ impl Torrent {
     }
 
     async fn on_tick(&mut self) {
-        let now = Instant::now();
+        let now = now();
         // Rates: exponential average over roughly the last few seconds.
         const ALPHA: f64 = 0.5;
         self.download_rate = self.download_rate * (1.0 - ALPHA) + self.window_down as f64 * ALPHA;

@@ -118,6 +118,9 @@ pub(crate) struct TorrentParams {
     /// Set once the torrent is known to be private (BEP 27): a magnet learns it with its
     /// metadata. The session reads it to keep LSD peers away.
     pub private: Arc<std::sync::atomic::AtomicBool>,
+    /// Seed for the torrent's random choices (piece order, optimistic unchokes); `None`:
+    /// from the OS. Fixed in simulations so a swarm replays the same way.
+    pub rng_seed: Option<u64>,
     /// The session's DHT and LSD, if the torrent may use them (not private, BEP 27).
     pub discovery: Option<sources::DiscoverySlot>,
 }
@@ -209,6 +212,12 @@ pub(crate) async fn run_torrent(
             None => return, // shut down
         }
     }
+}
+
+/// Now, from tokio's clock (which the simulator pauses and advances), as a std `Instant`: every
+/// decision of a torrent takes its time from here, so simulated swarms run on simulated time.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 async fn wait_for_shutdown(commands: &mut mpsc::Receiver<TorrentCommand>) {

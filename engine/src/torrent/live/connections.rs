@@ -51,7 +51,7 @@ impl Torrent {
     /// cost up to a second before the first byte of every download.
     pub(super) fn dial_new_now(&mut self) {
         if self.active() {
-            self.connect_more(Instant::now());
+            self.connect_more(now());
         }
     }
 

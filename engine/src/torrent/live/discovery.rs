@@ -59,7 +59,7 @@ impl Torrent {
     }
 
     pub(super) fn announce(&mut self, event: Event) {
-        let Some(tiers) = self.announcer.begin(Instant::now()) else {
+        let Some(tiers) = self.announcer.begin(now()) else {
             return;
         };
         let req = self.announce_request(event);

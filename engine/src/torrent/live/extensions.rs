@@ -10,6 +10,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::torrent::now;
+
 use bytes::Bytes;
 
 use super::Torrent;
@@ -67,7 +69,7 @@ impl Torrent {
 
     /// A BEP 10 message under one of our ids (0: the peer's extended handshake).
     pub(super) fn on_extended(&mut self, key: PeerKey, id: u8, payload: Bytes) {
-        let now = Instant::now();
+        let now = now();
         if id == 0 {
             match ExtendedHandshake::parse(&payload) {
                 Ok(hs) => {

@@ -130,7 +130,7 @@ impl Torrent {
         }
         self.flushing = true;
         self.dirty = false;
-        self.last_flush = Instant::now();
+        self.last_flush = now();
         let storage = self.storage.clone();
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {

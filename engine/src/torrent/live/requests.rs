@@ -42,7 +42,7 @@ impl Torrent {
                 cancel,
                 piece_complete,
             } => {
-                peer.last_block = Instant::now();
+                peer.last_block = now();
                 peer.last_active = peer.last_block;
                 peer.snubbed = false;
                 peer.window_down += data.len() as u64;
@@ -103,7 +103,7 @@ impl Torrent {
         if free == 0 || (free < REFILL_BATCH.min(depth) && !peer.requests.is_empty()) {
             return;
         }
-        let now = Instant::now();
+        let now = now();
         let mut picked = Vec::with_capacity(free);
         self.picker.pick(key, &peer.bitfield, free, &mut picked);
         if picked.is_empty() {
