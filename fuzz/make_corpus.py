@@ -161,6 +161,7 @@ def handshake_seeds():
 
 
 def extended_seeds():
+    """Handshakes first written for the old reqq-only parser; now part of `bep10_handshake`."""
     yield "ours", b"\0d1:mde4:reqqi1024e1:v16:ZigTorrent 0.1.0e"
     yield "libtorrent", (b"\0d12:complete_agoi-1e1:md11:upload_onlyi3e11:ut_metadatai2ee"
                          b"4:reqqi500e1:v16:libtorrent 2.0.8e")
@@ -239,6 +240,7 @@ def bep10_seeds():
     yield "yourip6", b"\0d6:yourip16:" + bytes(range(16)) + b"e"
     yield "other-id", b"\x02d1:ai1ee"
     yield "libtorrent", b"\0" + captured("handshake")
+    yield from (("wire-" + name, data) for name, data in extended_seeds())
 
 
 def tracker_http_seeds():
@@ -295,7 +297,7 @@ def regressions():
     for target in ["bencode_scan", "metainfo", "tracker_http"]:
         yield target, "nested-lists-15000", nested
     yield "bencode_scan", "nested-info-15000", b"d4:info" + nested + b"e"
-    yield "extended_handshake", "nested-lists-15000", b"\0" + nested
+    yield "bep10_handshake", "nested-lists-15000", b"\0" + nested
     # Issue 9: wire::decode consumed a frame with a bad payload length before failing.
     msgs = wire_messages()
     yield "wire_frames", "bad-length-consumed", (bytes([0, 255]) + frame(4, b"\0\0\7")
@@ -303,8 +305,8 @@ def regressions():
     yield "wire_frames", "bad-length-after-good", (bytes([9, 255]) + msgs["have"]
                                                    + frame(6, bytes(11)))
     # Issue 9: a non-UTF-8 top-level key lost the peer's reqq; a list passed as a handshake.
-    yield "extended_handshake", "non-utf8-key", b"\0d2:\xff\xfei1e4:reqqi250ee"
-    yield "extended_handshake", "list-as-handshake", b"\0li5ee"
+    yield "bep10_handshake", "non-utf8-key", b"\0d2:\xff\xfei1e4:reqqi250ee"
+    yield "bep10_handshake", "list-as-handshake", b"\0li5ee"
 
 
 def main():
@@ -316,7 +318,6 @@ def main():
         "metainfo": torrents(),
         "wire_frames": wire_seeds(),
         "handshake": handshake_seeds(),
-        "extended_handshake": extended_seeds(),
         "tracker_http": tracker_http_seeds(),
         "tracker_udp": tracker_udp_seeds(),
         "magnet": magnet_seeds(),

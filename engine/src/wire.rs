@@ -56,9 +56,6 @@ const EXTENSION_PROTOCOL: (usize, u8) = (5, 0x10);
 /// own id, 0 being the extended handshake.
 pub const EXTENDED: u8 = 20;
 
-/// Largest `reqq` taken from a peer; larger claims are clamped (our pipeline is shorter anyway).
-const MAX_REQQ: u32 = 65_535;
-
 impl Handshake {
     /// Our handshake: the extension protocol bit (BEP 10) set, nothing else.
     pub fn new(info_hash: InfoHash, peer_id: PeerId) -> Self {
@@ -359,71 +356,6 @@ fn parse(id: u8, mut p: Bytes) -> Message {
     }
 }
 
-/// Our extended handshake (BEP 10): no extension messages (`m` is empty), how many requests we
-/// queue per peer (`reqq`, beyond which we drop them), and our name. Peers that pipeline by rate
-/// (Transmission) would otherwise send thousands of requests and stall on the dropped ones.
-pub fn extended_handshake(reqq: usize, version: &str) -> Message {
-    let mut p = BytesMut::new();
-    p.put_u8(0);
-    // Keys in sorted order, as bencode asks.
-    p.put_slice(b"d1:mde4:reqqi");
-    p.put_slice(reqq.to_string().as_bytes());
-    p.put_slice(b"e1:v");
-    p.put_slice(version.len().to_string().as_bytes());
-    p.put_u8(b':');
-    p.put_slice(version.as_bytes());
-    p.put_u8(b'e');
-    Message::Unknown {
-        id: EXTENDED,
-        payload: p.freeze(),
-    }
-}
-
-/// What we use of a peer's extended handshake.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ExtendedHandshake {
-    /// Requests the peer queues for us (`reqq`), clamped to 1..=65535; `None` if not given.
-    pub reqq: Option<u32>,
-}
-
-/// Reads the payload of an [`EXTENDED`] message. `Ok(None)`: another extension's message (we
-/// advertise none, so a peer should not send them; they are ignored). Errors name what is
-/// wrong; the bencode goes through the bounded scanner first.
-///
-/// BEP 10 asks for a dictionary and says nothing of its keys beyond the ones it names, so any
-/// byte-string key is accepted (a non-UTF-8 one from some client must not cost us its `reqq`)
-/// and unknown keys are ignored; anything other than a dictionary is refused.
-pub fn parse_extended(payload: &[u8]) -> Result<Option<ExtendedHandshake>, String> {
-    let Some((&ext_id, dict)) = payload.split_first() else {
-        return Err("empty extension message".into());
-    };
-    if ext_id != 0 {
-        return Ok(None);
-    }
-    // The handshake is one small dictionary; the frame cap already bounds its size.
-    let value: serde_bencode::value::Value = crate::bencode::decode(
-        dict,
-        crate::bencode::Limits {
-            max_depth: 8,
-            max_size: dict.len(),
-        },
-    )
-    .map_err(|e| format!("bad extended handshake: {e}"))?;
-    let serde_bencode::value::Value::Dict(fields) = value else {
-        return Err("bad extended handshake: not a dictionary".into());
-    };
-    let reqq = match fields.get(&b"reqq"[..]) {
-        None => None,
-        Some(serde_bencode::value::Value::Int(n)) => Some(*n),
-        Some(_) => return Err("bad extended handshake: `reqq` is not an integer".into()),
-    };
-    Ok(Some(ExtendedHandshake {
-        reqq: reqq
-            .filter(|&n| n > 0)
-            .map(|n| n.min(i64::from(MAX_REQQ)) as u32),
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use rand::rngs::StdRng;
@@ -479,79 +411,6 @@ mod tests {
         let mut b = BytesMut::new();
         m.encode(&mut b);
         b
-    }
-
-    #[test]
-    fn extended_handshake_round_trip() {
-        let m = extended_handshake(1024, "ZigTorrent 0.1.0");
-        let Message::Unknown { id, payload } = &m else {
-            panic!("{m:?}")
-        };
-        assert_eq!(*id, EXTENDED);
-        assert_eq!(
-            &payload[..],
-            &b"\0d1:mde4:reqqi1024e1:v16:ZigTorrent 0.1.0e"[..]
-        );
-        assert_eq!(
-            parse_extended(payload),
-            Ok(Some(ExtendedHandshake { reqq: Some(1024) }))
-        );
-        // Through the codec like any message.
-        let mut b = encoded(&m);
-        assert_eq!(decode(&mut b, 1 << 14).unwrap(), Some(m));
-    }
-
-    #[test]
-    fn extended_handshakes_from_peers() {
-        // libtorrent's shape: other keys, nested `m`, unsorted is fine, reqq kept.
-        let lt = b"\0d12:complete_agoi-1e1:md11:upload_onlyi3e11:ut_metadatai2ee4:reqqi500e1:v16:libtorrent 2.0.8e";
-        assert_eq!(parse_extended(lt).unwrap().unwrap().reqq, Some(500));
-        // No reqq, zero, negative and huge ones.
-        assert_eq!(parse_extended(b"\0de").unwrap().unwrap().reqq, None);
-        assert_eq!(
-            parse_extended(b"\0d4:reqqi0ee").unwrap().unwrap().reqq,
-            None
-        );
-        assert_eq!(
-            parse_extended(b"\0d4:reqqi-5ee").unwrap().unwrap().reqq,
-            None
-        );
-        assert_eq!(
-            parse_extended(b"\0d4:reqqi99999999999ee")
-                .unwrap()
-                .unwrap()
-                .reqq,
-            Some(65_535)
-        );
-        // Another extension's message is not ours to read.
-        assert_eq!(parse_extended(b"\x03d8:msg_typei0ee"), Ok(None));
-        // Malformed: empty, not bencode, a string where reqq should be, too deep.
-        assert!(parse_extended(b"").is_err());
-        assert!(parse_extended(b"\0d4:reqq").is_err());
-        assert!(parse_extended(b"\0d4:reqq3:abce").is_err());
-        let deep = [&b"\0d1:x"[..], &[b'l'; 100], &[b'e'; 100], b"e"].concat();
-        assert!(parse_extended(&deep).is_err());
-    }
-
-    #[test]
-    fn extended_handshake_keys_may_be_any_bytes() {
-        // A non-UTF-8 key (sorted before `reqq`, and after it) must not cost us the reqq.
-        let before = b"\0d2:\xff\xfei1e4:reqqi250ee";
-        assert_eq!(parse_extended(before).unwrap().unwrap().reqq, Some(250));
-        let after = b"\0d4:reqqi250e2:\xc3\x28l1:xee";
-        assert_eq!(parse_extended(after).unwrap().unwrap().reqq, Some(250));
-        // Unknown keys of every type are ignored.
-        let odd = b"\0d1:ad1:bi1ee1:ble4:reqqi7e1:z0:e";
-        assert_eq!(parse_extended(odd).unwrap().unwrap().reqq, Some(7));
-    }
-
-    #[test]
-    fn extended_handshake_must_be_a_dictionary() {
-        // A list was once read field by field as if it were the handshake (reqq = 5).
-        for bad in [&b"\0li5ee"[..], b"\0le", b"\0i5e", b"\x004:reqq"] {
-            let err = parse_extended(bad).unwrap_err();
-            assert!(err.contains("not a dictionary"), "{bad:?}: {err}");
-        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
 use zigtorrent_engine::bencode::{self, BencodeError, Limits};
+use zigtorrent_engine::extension::ExtendedHandshake;
 use zigtorrent_engine::metainfo::{Metainfo, MetainfoError, MAX_PATH_DEPTH};
 use zigtorrent_engine::testing::fuzz_bodies::{Body, TARGETS};
 use zigtorrent_engine::wire;
@@ -115,11 +116,11 @@ fn known_findings_have_their_fixed_outcomes() {
     assert_eq!(&buf[..], &bad[2..]);
 
     // A non-UTF-8 key no longer costs the peer's reqq; a list is no handshake.
-    let key = regression("extended_handshake", "non-utf8-key");
+    let key = regression("bep10_handshake", "non-utf8-key");
     assert_eq!(
-        wire::parse_extended(&key).map(|h| h.and_then(|h| h.reqq)),
+        ExtendedHandshake::parse_payload(&key).map(|h| h.and_then(|h| h.reqq)),
         Ok(Some(250))
     );
-    let list = regression("extended_handshake", "list-as-handshake");
-    assert!(wire::parse_extended(&list).is_err());
+    let list = regression("bep10_handshake", "list-as-handshake");
+    assert!(ExtendedHandshake::parse_payload(&list).is_err());
 }

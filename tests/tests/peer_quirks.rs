@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use zigtorrent_engine::extension::ExtendedHandshake;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,7 +98,10 @@ async fn download_from(script: Script) -> Seen {
                         id: wire::EXTENDED,
                         payload,
                     } => {
-                        seen.our_reqq = wire::parse_extended(&payload).unwrap().unwrap().reqq;
+                        seen.our_reqq = ExtendedHandshake::parse_payload(&payload)
+                            .unwrap()
+                            .unwrap()
+                            .reqq;
                     }
                     Message::Request {
                         index,

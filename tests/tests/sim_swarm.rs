@@ -57,6 +57,20 @@ async fn seeder(net: &SimNet, n: u8, meta: &Metainfo, data: &[u8]) -> (SimPeer, 
     (s, h)
 }
 
+/// Two seeders at 10.0.0.1 and .2, and a leecher at .9 that knows them both.
+async fn two_seeders_and_a_leecher(
+    net: &SimNet,
+    meta: &Metainfo,
+    data: &[u8],
+) -> (Vec<(SimPeer, TorrentHandle)>, SimPeer) {
+    let mut seeders = Vec::new();
+    for n in 1..=2 {
+        seeders.push(seeder(net, n, meta, data).await);
+    }
+    let known = seeders.iter().map(|(s, _)| s.addr).collect();
+    (seeders, SimPeer::start(net, ip(9), 9, known).await)
+}
+
 /// Every byte the leecher's storage holds, files concatenated.
 async fn stored(peer: &SimPeer, meta: &Metainfo) -> Vec<u8> {
     let layout = Arc::new(meta.info.layout.clone());
@@ -79,17 +93,7 @@ async fn stored(peer: &SimPeer, meta: &Metainfo) -> Vec<u8> {
 async fn a_leecher_gets_every_byte_from_two_seeders() {
     let net = SimNet::new();
     let (meta, data) = torrent(3 * 1024 * 1024 + 123, 64 * 1024);
-    let mut seeders = Vec::new();
-    for n in 1..=2 {
-        seeders.push(seeder(&net, n, &meta, &data).await);
-    }
-    let leecher = SimPeer::start(
-        &net,
-        ip(9),
-        9,
-        seeders.iter().map(|(s, _)| s.addr).collect(),
-    )
-    .await;
+    let (seeders, leecher) = two_seeders_and_a_leecher(&net, &meta, &data).await;
     let h = leecher.session.add(meta.clone()).unwrap();
     until_seeding(&h).await;
     assert!(
@@ -113,17 +117,7 @@ async fn a_leecher_gets_every_byte_from_two_seeders() {
 async fn a_magnet_leecher_gets_metadata_and_data_from_two_seeders() {
     let net = SimNet::new();
     let (meta, data) = torrent(2 * 1024 * 1024 + 5, 32 * 1024);
-    let mut seeders = Vec::new();
-    for n in 1..=2 {
-        seeders.push(seeder(&net, n, &meta, &data).await);
-    }
-    let leecher = SimPeer::start(
-        &net,
-        ip(9),
-        9,
-        seeders.iter().map(|(s, _)| s.addr).collect(),
-    )
-    .await;
+    let (seeders, leecher) = two_seeders_and_a_leecher(&net, &meta, &data).await;
     let magnet = Magnet::parse(&format!(
         "magnet:?xt=urn:btih:{}&dn=from+a+link",
         meta.info_hash.to_hex()

@@ -282,7 +282,7 @@ impl PeerProto {
             return Ok(());
         }
         // Some clients send this before their bitfield: it is outside the bitfield rule.
-        match wire::parse_extended(&payload) {
+        match ExtendedHandshake::parse_payload(&payload) {
             Ok(Some(hs)) if hs.reqq.is_some() && hs.reqq != self.peer_reqq => {
                 self.peer_reqq = hs.reqq;
                 if let Some(n) = hs.reqq {

@@ -35,7 +35,6 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("metainfo", metainfo),
     ("wire_frames", wire_frames),
     ("handshake", handshake),
-    ("extended_handshake", extended_handshake),
     ("tracker_http", tracker_http),
     ("tracker_udp", tracker_udp),
     ("magnet", magnet),
@@ -234,42 +233,6 @@ pub fn handshake(data: &[u8]) {
             assert_eq!(Handshake::decode(&h.encode()), Ok(h));
         }
         Err(_) => assert!(bytes[0] != 19 || &bytes[1..20] != wire::PROTOCOL),
-    }
-}
-
-/// [`wire::parse_extended`]: a handshake is only ever read from a dictionary, a dictionary is
-/// refused only for a `reqq` that is not an integer, `reqq` is clamped into 1..=65535, and
-/// our own handshake carrying the same `reqq` reads back to it.
-pub fn extended_handshake(data: &[u8]) {
-    let result = wire::parse_extended(data);
-    let dict = data.get(1..).unwrap_or_default();
-    let is_dict = dict.first() == Some(&b'd')
-        && bencode::scan(
-            dict,
-            Limits {
-                max_depth: 8,
-                max_size: dict.len(),
-            },
-        )
-        .is_ok();
-    match result {
-        Ok(Some(h)) => {
-            assert!(is_dict, "a non-dictionary was read as a handshake");
-            if let Some(reqq) = h.reqq {
-                assert!((1..=65_535).contains(&reqq));
-                let Message::Unknown { payload, .. } =
-                    wire::extended_handshake(reqq as usize, "fuzz")
-                else {
-                    panic!("our extended handshake is an extension message");
-                };
-                assert_eq!(wire::parse_extended(&payload), Ok(Some(h)));
-            }
-        }
-        Ok(None) => assert_ne!(data.first(), Some(&0)),
-        Err(e) => assert!(
-            data.first() != Some(&0) || !is_dict || e.contains("reqq"),
-            "a dictionary was refused: {e}"
-        ),
     }
 }
 

@@ -25,7 +25,7 @@ use super::check::Checking;
 use super::peers::{self, host_key, HostKey};
 use super::sources::{self, DhtSchedule};
 use super::{PeerSlot, Phase, TorrentCommand, TorrentParams};
-use crate::extension::{ExtendedHandshake, Extension, HANDSHAKE_ID};
+use crate::extension::{self, ExtendedHandshake, Extension, HANDSHAKE_ID};
 use crate::magnet::Magnet;
 use crate::metadata::{MetadataFetch, MetadataMessage, Progress};
 use crate::metainfo::{Metainfo, MAX_TORRENT_SIZE};
@@ -1010,17 +1010,8 @@ async fn resolve_all(names: Vec<(String, u16)>) -> Vec<SocketAddr> {
 
 /// An extension message with the peer's id for it.
 fn extended(id: u8, payload: Bytes) -> Bytes {
-    let msg = Message::Unknown {
-        id: wire::EXTENDED,
-        payload: {
-            let mut p = BytesMut::with_capacity(1 + payload.len());
-            p.extend_from_slice(&[id]);
-            p.extend_from_slice(&payload);
-            p.freeze()
-        },
-    };
     let mut out = BytesMut::new();
-    msg.encode(&mut out);
+    extension::message(id, &payload).encode(&mut out);
     out.freeze()
 }
 
