@@ -73,9 +73,16 @@ impl Torrent {
     /// Whether an incoming peer may take a slot, evicting an idle peer if that makes one.
     /// Incoming peers never take the slots kept for our dials.
     pub(super) fn make_room_for_incoming(&mut self, now: Instant) -> bool {
-        let incoming = self.peers.values().filter(|p| !p.outgoing).count();
+        // Handshakes in progress count too: the peer already has our handshake and may be
+        // connected before this one is (a burst of newcomers must not slip past the share).
+        let answering = self
+            .known
+            .values()
+            .filter(|k| k.connecting && k.incoming_only)
+            .count();
+        let incoming = self.peers.values().filter(|p| !p.outgoing).count() + answering;
         let incoming_full = incoming >= peers::max_incoming(self.p.max_peers);
-        if self.peers.len() < self.p.max_peers && !incoming_full {
+        if self.peers.len() + answering < self.p.max_peers && !incoming_full {
             return true;
         }
         let candidates: Vec<EvictCandidate> = self
