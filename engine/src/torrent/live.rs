@@ -29,6 +29,8 @@ mod pieces;
 mod requests;
 mod stats;
 
+use stats::Rate;
+
 use super::announce::{self, AnnounceResult, Announcer};
 use super::peers::{self, ban_key, host_key, BookEntry, EvictCandidate, HostKey, MAX_KNOWN_PEERS};
 use super::smart_ban::{block_digest, BlockDigest, SmartBan};
@@ -135,9 +137,9 @@ struct Peer {
     /// Requests the peer queues for us (its `reqq`); the pipeline never goes deeper.
     request_limit: usize,
     window_down: u64,
-    download_rate: f64,
+    download_rate: Rate,
     last_uploaded: u64,
-    upload_rate: f64,
+    upload_rate: Rate,
     last_block: Instant,
     /// Last payload either way, or interest change: eviction takes the longest idle.
     last_active: Instant,
@@ -205,8 +207,8 @@ pub(super) struct Torrent {
     last_rechoke: Option<Instant>,
     window_down: u64,
     uploaded: u64,
-    download_rate: f64,
-    upload_rate: f64,
+    download_rate: Rate,
+    upload_rate: Rate,
     downloaded: u64,
     wasted: u64,
 }
@@ -277,8 +279,8 @@ impl Torrent {
             last_rechoke: None,
             window_down: 0,
             uploaded: 0,
-            download_rate: 0.0,
-            upload_rate: 0.0,
+            download_rate: Rate::default(),
+            upload_rate: Rate::default(),
             downloaded: 0,
             wasted: 0,
             metainfo,
@@ -658,9 +660,9 @@ impl Torrent {
                 depth: INITIAL_DEPTH,
                 request_limit: usize::MAX,
                 window_down: 0,
-                download_rate: 0.0,
+                download_rate: Rate::default(),
                 last_uploaded: 0,
-                upload_rate: 0.0,
+                upload_rate: Rate::default(),
                 last_block: now(),
                 last_active: now(),
                 snubbed: false,
@@ -747,25 +749,22 @@ impl Torrent {
 
     async fn on_tick(&mut self) {
         let now = now();
-        // Rates: exponential average over roughly the last few seconds.
-        const ALPHA: f64 = 0.5;
-        self.download_rate = self.download_rate * (1.0 - ALPHA) + self.window_down as f64 * ALPHA;
+        self.download_rate.add_second(self.window_down);
         self.window_down = 0;
         let mut window_up = 0;
         for (key, peer) in self.peers.iter_mut() {
-            peer.download_rate =
-                peer.download_rate * (1.0 - ALPHA) + peer.window_down as f64 * ALPHA;
+            peer.download_rate.add_second(peer.window_down);
             peer.window_down = 0;
             let up = peer.shared.uploaded.load(Ordering::Relaxed);
             let delta = up - peer.last_uploaded;
             peer.last_uploaded = up;
-            peer.upload_rate = peer.upload_rate * (1.0 - ALPHA) + delta as f64 * ALPHA;
+            peer.upload_rate.add_second(delta);
             if delta > 0 {
                 peer.last_active = now;
             }
             window_up += delta;
-            let wanted = (peer.download_rate * QUEUE_SECONDS / BLOCK_SIZE as f64) as usize;
-            peer.depth = if peer.download_rate < 1.0 {
+            let wanted = (peer.download_rate.get() * QUEUE_SECONDS / BLOCK_SIZE as f64) as usize;
+            peer.depth = if peer.download_rate.get() < 1.0 {
                 INITIAL_DEPTH
             } else {
                 wanted.clamp(MIN_DEPTH, MAX_DEPTH)
@@ -794,7 +793,7 @@ impl Torrent {
             }
         }
         self.uploaded += window_up;
-        self.upload_rate = self.upload_rate * (1.0 - ALPHA) + window_up as f64 * ALPHA;
+        self.upload_rate.add_second(window_up);
 
         if self.active() {
             // Re-evaluate interest (pieces we completed may have made peers boring).
@@ -831,8 +830,8 @@ impl Torrent {
             .map(|(k, p)| PeerSample {
                 key: *k,
                 interested: p.peer_interested,
-                download_rate: p.download_rate as u64,
-                upload_rate: p.upload_rate as u64,
+                download_rate: p.download_rate.bytes_per_second(),
+                upload_rate: p.upload_rate.bytes_per_second(),
             })
             .collect();
         let seeding = self.is_seed();

@@ -3,6 +3,48 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// Weight of the newest one-second sample in a [`Rate`]: rates follow changes within a few
+/// seconds.
+const RATE_ALPHA: f64 = 0.5;
+
+/// Seconds without a byte after which a [`Rate`] reads zero.
+const RATE_IDLE_SECONDS: u8 = 3;
+
+/// A transfer rate in bytes per second: an exponential average of one-second samples that
+/// reads zero once nothing has moved for [`RATE_IDLE_SECONDS`], so a finished or stalled
+/// transfer does not show a halving trickle (down to `1 B/s`) for half a minute.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Rate {
+    average: f64,
+    idle_seconds: u8,
+}
+
+impl Rate {
+    /// Take the bytes moved in the last second.
+    pub(super) fn add_second(&mut self, bytes: u64) {
+        if bytes == 0 {
+            self.idle_seconds = self.idle_seconds.saturating_add(1);
+        } else {
+            self.idle_seconds = 0;
+        }
+        self.average = if self.idle_seconds >= RATE_IDLE_SECONDS {
+            0.0
+        } else {
+            self.average * (1.0 - RATE_ALPHA) + bytes as f64 * RATE_ALPHA
+        };
+    }
+
+    /// Bytes per second.
+    pub(super) fn get(&self) -> f64 {
+        self.average
+    }
+
+    /// Bytes per second, whole.
+    pub(super) fn bytes_per_second(&self) -> u64 {
+        self.average as u64
+    }
+}
+
 impl Torrent {
     pub(super) fn publish(&self) {
         let have = self.readable_pieces();
@@ -33,8 +75,8 @@ impl Torrent {
                 transport: p.transport.clone(),
                 client: p.client.clone(),
                 outgoing: p.outgoing,
-                download_rate: p.download_rate as u64,
-                upload_rate: p.upload_rate as u64,
+                download_rate: p.download_rate.bytes_per_second(),
+                upload_rate: p.upload_rate.bytes_per_second(),
                 am_choking: p.am_choking,
                 am_interested: p.am_interested,
                 peer_choking: p.peer_choking,
@@ -49,8 +91,17 @@ impl Torrent {
             s.state = state;
             s.have_bytes = have_bytes;
             s.pieces_have = have.count_ones() as u32;
-            s.download_rate = self.download_rate as u64;
-            s.upload_rate = self.upload_rate as u64;
+            // A paused torrent moves nothing, whatever the averages still hold.
+            let (down, up) = if self.paused {
+                (0, 0)
+            } else {
+                (
+                    self.download_rate.bytes_per_second(),
+                    self.upload_rate.bytes_per_second(),
+                )
+            };
+            s.download_rate = down;
+            s.upload_rate = up;
             s.downloaded = self.downloaded;
             s.uploaded = uploaded;
             s.wasted = self.wasted;
@@ -128,5 +179,29 @@ mod tests {
         assert_eq!(client_name(&PeerId(id)), "M7-2-2--");
         id[0] = 0;
         assert_eq!(client_name(&PeerId(id)), ".7-2-2--");
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::Rate;
+
+    #[test]
+    fn a_rate_follows_its_samples_and_reads_zero_once_idle() {
+        let mut r = Rate::default();
+        for _ in 0..10 {
+            r.add_second(1_000_000);
+        }
+        assert!(r.bytes_per_second() > 990_000, "{r:?}");
+        r.add_second(0);
+        r.add_second(0);
+        assert!(
+            r.bytes_per_second() > 0,
+            "two quiet seconds still average: {r:?}"
+        );
+        r.add_second(0);
+        assert_eq!(r.bytes_per_second(), 0, "{r:?}");
+        r.add_second(4_000);
+        assert_eq!(r.bytes_per_second(), 2_000, "{r:?}");
     }
 }
