@@ -1,6 +1,7 @@
 //! The menu's state and key handling, apart from any terminal: what is selected, which view is
-//! open, the confirm prompt, problems reported by the watch folder, and a minute of rate
-//! history. `ui.rs` draws it; `tui.rs` feeds it keys and snapshots and carries out its actions.
+//! open, sorting and filtering, the text prompt, the confirm prompt, problems reported by the
+//! watch folder, and a minute of rate history. `ui/` draws it; `tui.rs` feeds it keys and
+//! snapshots and carries out its actions.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -8,10 +9,20 @@ use std::path::PathBuf;
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use zigtorrent_engine::{InfoHash, TorrentState, TorrentStatus};
 
+use crate::format::printable;
 use crate::watch::FolderEvent;
 
 /// Rate samples kept (one a second: the last minute).
 pub const HISTORY_LEN: usize = 60;
+
+/// Rows PageUp/PageDown move.
+const PAGE: isize = 10;
+
+/// More rows than the help screen has at any width (it is clamped when drawn).
+const HELP_ROWS_MAX: usize = 200;
+
+/// Longest text the prompt takes (a magnet link with many trackers is a few KiB).
+const MAX_INPUT: usize = 8 * 1024;
 
 /// Which screen is up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +31,100 @@ pub enum View {
     List,
     /// Everything about the selected torrent.
     Detail,
+    /// Every problem, in full.
+    Problems,
+    /// Every key.
+    Help,
+}
+
+/// The lists of the detail view, one shown at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tab {
+    /// The torrent's files.
+    Files,
+    /// Connected peers.
+    Peers,
+    /// Trackers and their last results.
+    Trackers,
+    /// Rate graphs and the piece map.
+    Pieces,
+}
+
+impl Tab {
+    /// In the order of the tab bar.
+    pub const ALL: [Tab; 4] = [Tab::Files, Tab::Peers, Tab::Trackers, Tab::Pieces];
+
+    fn index(self) -> usize {
+        Tab::ALL.iter().position(|t| *t == self).unwrap_or(0)
+    }
+}
+
+/// What the torrent list is sorted by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    /// Name, A to Z.
+    Name,
+    /// Total size, largest first.
+    Size,
+    /// Fraction verified, most first.
+    Progress,
+    /// Download rate, fastest first.
+    Down,
+    /// Upload rate, fastest first.
+    Up,
+    /// Uploaded ÷ downloaded, highest first.
+    Ratio,
+    /// Lifecycle state.
+    State,
+}
+
+impl SortKey {
+    /// In the order `s` steps through them.
+    pub const ALL: [SortKey; 7] = [
+        SortKey::Name,
+        SortKey::Size,
+        SortKey::Progress,
+        SortKey::State,
+        SortKey::Down,
+        SortKey::Up,
+        SortKey::Ratio,
+    ];
+
+    /// As the list's header and the help name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            SortKey::Name => "name",
+            SortKey::Size => "size",
+            SortKey::Progress => "progress",
+            SortKey::Down => "down",
+            SortKey::Up => "up",
+            SortKey::Ratio => "ratio",
+            SortKey::State => "state",
+        }
+    }
+
+    fn next(self) -> SortKey {
+        let i = SortKey::ALL.iter().position(|k| *k == self).unwrap_or(0);
+        SortKey::ALL[(i + 1) % SortKey::ALL.len()]
+    }
+}
+
+/// What the one-line text prompt is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// A path, URL or magnet link to add.
+    Add,
+    /// Text the list is filtered by (applied as it is typed).
+    Filter,
+}
+
+/// The text prompt in the footer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Input {
+    /// What Enter does with the text.
+    pub kind: InputKind,
+    /// Typed so far.
+    pub text: String,
 }
 
 /// A problem with a file in the watch folder, shown until it is fixed or removed.
@@ -42,6 +147,8 @@ pub enum Action {
     Recheck(InfoHash),
     /// Take it out of the session (data stays).
     Remove(InfoHash),
+    /// Add a torrent from a path, URL or magnet link.
+    Add(String),
     /// Stop gracefully.
     Quit,
     /// Second Ctrl-C while stopping: leave now.
@@ -68,13 +175,25 @@ impl History {
     }
 }
 
+/// The folders the session works on, absolute, for the menu to show.
+#[derive(Clone, Debug, Default)]
+pub struct Folders {
+    /// Where `.torrent` and `.magnet` files are picked up.
+    pub watch: PathBuf,
+    /// Where data goes.
+    pub downloads: PathBuf,
+}
+
 /// The menu's state.
 pub struct App {
     /// Current screen.
     pub view: View,
+    /// Where Esc goes back to from the help and problems screens.
+    pub back: View,
     /// Selected row of the table.
     pub selected: usize,
-    /// The selected torrent, so the selection follows it when rows move.
+    /// The selected torrent: the selection follows it when rows move, and comes back to it when
+    /// it reappears (a recheck takes it out of the session for a moment).
     pub selected_hash: Option<InfoHash>,
     /// A torrent waiting for the user to confirm its removal.
     pub confirm_remove: Option<(InfoHash, String)>,
@@ -94,6 +213,26 @@ pub struct App {
     pub transport: String,
     /// Session rate limits (download, upload) in bytes/s, 0: none.
     pub limits: (u64, u64),
+    /// The watch and download folders.
+    pub folders: Folders,
+    /// What the list is sorted by.
+    pub sort: SortKey,
+    /// Sorted the other way round from the key's natural order.
+    pub sort_reversed: bool,
+    /// Only torrents whose name or state contains this (case-insensitive) are listed.
+    pub filter: String,
+    /// The text prompt, while one is open.
+    pub input: Option<Input>,
+    /// Torrents in the session before filtering (for "3 of 9").
+    pub unfiltered: usize,
+    /// Open tab of the detail view.
+    pub tab: Tab,
+    /// Cursor row in each detail tab.
+    pub tab_rows: [usize; 4],
+    /// First problem shown in the problems screen.
+    pub problem_row: usize,
+    /// First line shown in the help screen.
+    pub help_row: usize,
 }
 
 impl App {
@@ -101,6 +240,7 @@ impl App {
     pub fn new(listen_port: u16, transport: String) -> Self {
         App {
             view: View::List,
+            back: View::List,
             selected: 0,
             selected_hash: None,
             confirm_remove: None,
@@ -112,16 +252,56 @@ impl App {
             listen_port,
             transport,
             limits: (0, 0),
+            folders: Folders::default(),
+            sort: SortKey::Name,
+            sort_reversed: false,
+            filter: String::new(),
+            input: None,
+            unfiltered: 0,
+            tab: Tab::Files,
+            tab_rows: [0; 4],
+            problem_row: 0,
+            help_row: 0,
         }
     }
 
-    /// Sort the torrents the way the table shows them and keep the selection on its torrent.
-    pub fn arrange(&mut self, torrents: &mut [TorrentStatus]) {
+    /// Filter and sort the torrents the way the table shows them, and keep the selection on
+    /// its torrent.
+    pub fn arrange(&mut self, torrents: &mut Vec<TorrentStatus>) {
+        self.unfiltered = torrents.len();
+        if !self.filter.is_empty() {
+            let needle = self.filter.to_lowercase();
+            torrents.retain(|t| {
+                t.name.to_lowercase().contains(&needle) || t.state.label().contains(&needle)
+            });
+        }
+        let key = self.sort;
         torrents.sort_by(|a, b| {
-            a.name
+            let by_key = match key {
+                SortKey::Name => std::cmp::Ordering::Equal,
+                SortKey::Size => b.total_bytes.cmp(&a.total_bytes),
+                SortKey::Progress => b.progress().total_cmp(&a.progress()),
+                SortKey::Down => b.download_rate.cmp(&a.download_rate),
+                SortKey::Up => b.upload_rate.cmp(&a.upload_rate),
+                SortKey::Ratio => ratio_value(b).total_cmp(&ratio_value(a)),
+                SortKey::State => state_rank(&a.state).cmp(&state_rank(&b.state)),
+            };
+            let by_key = if self.sort_reversed {
+                by_key.reverse()
+            } else {
+                by_key
+            };
+            let by_name = a
+                .name
                 .to_lowercase()
                 .cmp(&b.name.to_lowercase())
-                .then(a.info_hash.0.cmp(&b.info_hash.0))
+                .then(a.info_hash.0.cmp(&b.info_hash.0));
+            let by_name = if self.sort_reversed && key == SortKey::Name {
+                by_name.reverse()
+            } else {
+                by_name
+            };
+            by_key.then(by_name)
         });
         if let Some(h) = self.selected_hash {
             if let Some(i) = torrents.iter().position(|t| t.info_hash == h) {
@@ -130,13 +310,15 @@ impl App {
         }
         if torrents.is_empty() {
             self.selected = 0;
-            self.selected_hash = None;
             if self.view == View::Detail {
                 self.view = View::List;
             }
         } else {
             self.selected = self.selected.min(torrents.len() - 1);
-            self.selected_hash = Some(torrents[self.selected].info_hash);
+            // A selected torrent that is gone for now keeps its claim (see `selected_hash`).
+            if self.selected_hash.is_none() {
+                self.selected_hash = Some(torrents[self.selected].info_hash);
+            }
         }
     }
 
@@ -185,8 +367,8 @@ impl App {
         if key.kind == KeyEventKind::Release {
             return None;
         }
-        let ctrl_c = key.modifiers.contains(KeyModifiers::CONTROL)
-            && matches!(key.code, KeyCode::Char('c') | KeyCode::Char('C'));
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        let ctrl_c = ctrl && matches!(key.code, KeyCode::Char('c') | KeyCode::Char('C'));
         if self.stopping {
             return ctrl_c.then_some(Action::ForceQuit);
         }
@@ -204,21 +386,68 @@ impl App {
                 }
             };
         }
+        if self.input.is_some() {
+            return self.on_input_key(key, ctrl);
+        }
+        match self.view {
+            View::Help => {
+                self.on_scroll_key(key.code, Scroll::Help);
+                if matches!(
+                    key.code,
+                    KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Backspace
+                ) {
+                    self.view = self.back;
+                }
+                return None;
+            }
+            View::Problems => {
+                let n = problems(self, torrents).len();
+                self.on_scroll_key(key.code, Scroll::Problems(n));
+                if matches!(
+                    key.code,
+                    KeyCode::Esc | KeyCode::Char('e') | KeyCode::Backspace | KeyCode::Left
+                ) {
+                    self.view = self.back;
+                }
+                return None;
+            }
+            View::List | View::Detail => {}
+        }
         let selected = torrents.get(self.selected);
         match key.code {
             KeyCode::Char('q') | KeyCode::Char('Q') => return Some(Action::Quit),
-            KeyCode::Up | KeyCode::Char('k') => self.move_by(-1, torrents),
-            KeyCode::Down | KeyCode::Char('j') => self.move_by(1, torrents),
-            KeyCode::PageUp => self.move_by(-10, torrents),
-            KeyCode::PageDown => self.move_by(10, torrents),
-            KeyCode::Home | KeyCode::Char('g') => {
-                self.move_by(-(torrents.len() as isize), torrents)
+            KeyCode::Char('?') | KeyCode::F(1) => {
+                self.back = self.view;
+                self.view = View::Help;
+                self.help_row = 0;
             }
-            KeyCode::End | KeyCode::Char('G') => self.move_by(torrents.len() as isize, torrents),
-            KeyCode::Enter if selected.is_some() => self.view = View::Detail,
-            KeyCode::Esc | KeyCode::Backspace | KeyCode::Left => self.view = View::List,
+            KeyCode::Char('e') => {
+                self.back = self.view;
+                self.view = View::Problems;
+                self.problem_row = 0;
+            }
+            KeyCode::Char('a') => {
+                self.input = Some(Input {
+                    kind: InputKind::Add,
+                    text: String::new(),
+                })
+            }
+            KeyCode::Char('/') => {
+                self.input = Some(Input {
+                    kind: InputKind::Filter,
+                    text: self.filter.clone(),
+                })
+            }
             KeyCode::Char('p') | KeyCode::Char(' ') => {
-                return selected.map(|t| Action::TogglePause(t.info_hash))
+                let t = selected?;
+                if let TorrentState::Error(_) = t.state {
+                    self.message = Some(format!(
+                        "{} is in error: fix what the Problems box says, then press r to check its data again",
+                        printable(&t.name)
+                    ));
+                    return None;
+                }
+                return Some(Action::TogglePause(t.info_hash));
             }
             KeyCode::Char('r') => return selected.map(|t| Action::Recheck(t.info_hash)),
             KeyCode::Char('d') | KeyCode::Delete => {
@@ -226,9 +455,127 @@ impl App {
                     self.confirm_remove = Some((t.info_hash, t.name.clone()));
                 }
             }
+            _ if self.view == View::Detail => self.on_detail_key(key.code, torrents),
+            KeyCode::Char('s') => {
+                self.sort = self.sort.next();
+                self.sort_reversed = false;
+                self.message = Some(format!("sorted by {}", self.sort.label()));
+            }
+            KeyCode::Char('S') => {
+                self.sort_reversed = !self.sort_reversed;
+                self.message = Some(format!(
+                    "sorted by {}{}",
+                    self.sort.label(),
+                    if self.sort_reversed { ", reversed" } else { "" }
+                ));
+            }
+            KeyCode::Up | KeyCode::Char('k') => self.move_by(-1, torrents),
+            KeyCode::Down | KeyCode::Char('j') => self.move_by(1, torrents),
+            KeyCode::PageUp => self.move_by(-PAGE, torrents),
+            KeyCode::PageDown => self.move_by(PAGE, torrents),
+            KeyCode::Home | KeyCode::Char('g') => {
+                self.move_by(-(torrents.len() as isize), torrents)
+            }
+            KeyCode::End | KeyCode::Char('G') => self.move_by(torrents.len() as isize, torrents),
+            KeyCode::Enter if selected.is_some() => self.view = View::Detail,
+            KeyCode::Esc if !self.filter.is_empty() => {
+                self.filter.clear();
+                self.message = Some("filter cleared".into());
+            }
             _ => {}
         }
         None
+    }
+
+    fn on_detail_key(&mut self, code: KeyCode, torrents: &[TorrentStatus]) {
+        let rows = torrents
+            .get(self.selected)
+            .map_or(0, |t| tab_len(t, self.tab));
+        match code {
+            KeyCode::Esc | KeyCode::Backspace | KeyCode::Left => self.view = View::List,
+            KeyCode::Tab | KeyCode::Right => {
+                self.tab = Tab::ALL[(self.tab.index() + 1) % Tab::ALL.len()]
+            }
+            KeyCode::BackTab => {
+                self.tab = Tab::ALL[(self.tab.index() + Tab::ALL.len() - 1) % Tab::ALL.len()]
+            }
+            KeyCode::Char(c @ '1'..='4') => self.tab = Tab::ALL[c as usize - '1' as usize],
+            KeyCode::Char('[') => self.move_by(-1, torrents),
+            KeyCode::Char(']') => self.move_by(1, torrents),
+            other => self.on_scroll_key(other, Scroll::Tab(rows)),
+        }
+    }
+
+    fn on_input_key(&mut self, key: KeyEvent, ctrl: bool) -> Option<Action> {
+        let input = self.input.as_mut()?;
+        match key.code {
+            KeyCode::Esc => {
+                if input.kind == InputKind::Filter {
+                    self.filter.clear();
+                }
+                self.input = None;
+            }
+            KeyCode::Enter => {
+                let input = self.input.take()?;
+                let text = input.text.trim().to_string();
+                match input.kind {
+                    InputKind::Filter => self.filter = text,
+                    InputKind::Add if text.is_empty() => {}
+                    InputKind::Add => return Some(Action::Add(text)),
+                }
+            }
+            KeyCode::Backspace => {
+                input.text.pop();
+            }
+            KeyCode::Char('u') if ctrl => input.text.clear(),
+            KeyCode::Char(c)
+                if !ctrl && !c.is_control() && input.text.len() + c.len_utf8() <= MAX_INPUT =>
+            {
+                input.text.push(c)
+            }
+            _ => {}
+        }
+        if let Some(input) = &self.input {
+            if input.kind == InputKind::Filter {
+                self.filter = input.text.trim().to_string();
+            }
+        }
+        None
+    }
+
+    /// Pasted text (bracketed paste) goes into an open prompt.
+    pub fn on_paste(&mut self, text: &str) {
+        if let Some(input) = self.input.as_mut() {
+            for c in text.chars().filter(|c| !c.is_control()) {
+                if input.text.len() + c.len_utf8() > MAX_INPUT {
+                    break;
+                }
+                input.text.push(c);
+            }
+            if input.kind == InputKind::Filter {
+                self.filter = input.text.trim().to_string();
+            }
+        }
+    }
+
+    fn on_scroll_key(&mut self, code: KeyCode, what: Scroll) {
+        let (row, len) = match what {
+            // The drawing stops at the help's real end, which depends on the width.
+            Scroll::Help => (&mut self.help_row, HELP_ROWS_MAX),
+            Scroll::Problems(n) => (&mut self.problem_row, n),
+            Scroll::Tab(n) => (&mut self.tab_rows[self.tab.index()], n),
+        };
+        let last = len.saturating_sub(1) as isize;
+        let delta = match code {
+            KeyCode::Up | KeyCode::Char('k') => -1,
+            KeyCode::Down | KeyCode::Char('j') => 1,
+            KeyCode::PageUp => -PAGE,
+            KeyCode::PageDown => PAGE,
+            KeyCode::Home | KeyCode::Char('g') => -(isize::MAX / 2),
+            KeyCode::End | KeyCode::Char('G') => isize::MAX / 2,
+            _ => return,
+        };
+        *row = (*row as isize).saturating_add(delta).clamp(0, last.max(0)) as usize;
     }
 
     fn move_by(&mut self, delta: isize, torrents: &[TorrentStatus]) {
@@ -237,8 +584,90 @@ impl App {
         }
         let last = torrents.len() as isize - 1;
         let i = (self.selected as isize + delta).clamp(0, last) as usize;
+        if i != self.selected {
+            self.tab_rows = [0; 4];
+        }
         self.selected = i;
         self.selected_hash = Some(torrents[i].info_hash);
+    }
+}
+
+/// What a scroll key moves.
+enum Scroll {
+    Help,
+    Problems(usize),
+    Tab(usize),
+}
+
+/// Rows in a detail tab (the pieces tab has none to scroll).
+pub fn tab_len(t: &TorrentStatus, tab: Tab) -> usize {
+    match tab {
+        Tab::Files => t.files.len(),
+        Tab::Peers => t.peers.len(),
+        Tab::Trackers => t.trackers.len(),
+        Tab::Pieces => 0,
+    }
+}
+
+/// One problem to show: watch-folder notes, torrents in error, tracker failures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// `error`, `note` or `tracker`.
+    pub tag: &'static str,
+    /// What and where, printable.
+    pub text: String,
+}
+
+/// Every problem, watch-folder files first.
+pub fn problems(app: &App, torrents: &[TorrentStatus]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for n in &app.notes {
+        out.push(Problem {
+            tag: if n.error { "error" } else { "note" },
+            text: printable(&format!("{}: {}", file_name(&n.path), n.text)).into_owned(),
+        });
+    }
+    for t in torrents {
+        if let TorrentState::Error(e) = &t.state {
+            out.push(Problem {
+                tag: "error",
+                text: printable(&format!("{}: {e} (press r to recheck once fixed)", t.name))
+                    .into_owned(),
+            });
+        }
+        if let Some(e) = &t.tracker_error {
+            out.push(Problem {
+                tag: "tracker",
+                text: printable(&format!("{}: {e}", t.name)).into_owned(),
+            });
+        }
+    }
+    out
+}
+
+/// Uploaded ÷ downloaded this session (÷ size when nothing was downloaded, as for a seed).
+pub fn ratio_value(s: &TorrentStatus) -> f64 {
+    let base = if s.downloaded > 0 {
+        s.downloaded
+    } else {
+        s.total_bytes
+    };
+    if base == 0 {
+        0.0
+    } else {
+        s.uploaded as f64 / base as f64
+    }
+}
+
+/// Order of states when sorting by state: the ones that need attention first.
+fn state_rank(s: &TorrentState) -> u8 {
+    match s {
+        TorrentState::Error(_) => 0,
+        TorrentState::Downloading => 1,
+        TorrentState::FetchingMetadata => 2,
+        TorrentState::Checking { .. } => 3,
+        TorrentState::Seeding => 4,
+        TorrentState::Paused => 5,
     }
 }
 
@@ -291,6 +720,41 @@ mod tests {
         assert_eq!(app.view, View::Detail);
         app.on_key(key(KeyCode::Esc), &ts);
         assert_eq!(app.view, View::List);
+    }
+
+    #[test]
+    fn a_recheck_keeps_the_selection_though_the_torrent_leaves_for_a_moment() {
+        let mut app = App::new(6881, "tcp".into());
+        let mut ts = torrents(&["a", "b", "c"]);
+        app.arrange(&mut ts);
+        app.on_key(key(KeyCode::Char('j')), &ts);
+        let b = ts[1].info_hash;
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('r')), &ts),
+            Some(Action::Recheck(b))
+        );
+        // The recheck takes "b" out of the session and adds it again.
+        let mut without = torrents(&["a", "b", "c"]);
+        without.remove(1);
+        app.arrange(&mut without);
+        let mut back = torrents(&["a", "b", "c"]);
+        app.arrange(&mut back);
+        assert_eq!(back[app.selected].info_hash, b);
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('p')), &back),
+            Some(Action::TogglePause(b))
+        );
+    }
+
+    #[test]
+    fn pause_on_an_error_says_how_to_recover() {
+        let mut app = App::new(6881, "tcp".into());
+        let mut ts = torrents(&["a"]);
+        ts[0].state = TorrentState::Error("disk full".into());
+        app.arrange(&mut ts);
+        assert_eq!(app.on_key(key(KeyCode::Char('p')), &ts), None);
+        let m = app.message.clone().unwrap();
+        assert!(m.contains("press r"), "{m}");
     }
 
     #[test]

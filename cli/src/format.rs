@@ -21,6 +21,25 @@ pub fn rate(n: u64) -> String {
     format!("{}/s", bytes(n))
 }
 
+/// A rate in at most ten cells for table columns: `512 B/s`, `99.9 KiB/s`, `1023 KiB/s`.
+pub fn rate_short(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B/s");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if v < 100.0 {
+        format!("{v:.1} {}/s", UNITS[unit])
+    } else {
+        format!("{v:.0} {}/s", UNITS[unit])
+    }
+}
+
 /// `s` with control characters (escape sequences, newlines, …) replaced by `?`: text from
 /// torrents, trackers and file names must not move the cursor or split a status line.
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
@@ -65,6 +84,10 @@ mod tests {
         assert_eq!(super::bytes(0), "0 B");
         assert_eq!(super::bytes(1536), "1.5 KiB");
         assert_eq!(super::rate(3 * 1024 * 1024), "3.0 MiB/s");
+        assert_eq!(super::rate_short(512), "512 B/s");
+        assert_eq!(super::rate_short(1023 * 1024 + 1000), "1024 KiB/s");
+        assert_eq!(super::rate_short(99 * 1024), "99.0 KiB/s");
+        assert_eq!(super::rate_short(u64::MAX), "16384 PiB/s");
     }
 
     #[test]

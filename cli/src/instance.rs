@@ -79,6 +79,19 @@ pub fn acquire(state_dir: &Path) -> anyhow::Result<InstanceLock> {
     Ok(InstanceLock { _file: file, path })
 }
 
+/// The PID of a `zigtorrent` running on `state_dir`, if one is: the PID in the lock file, if
+/// that process is alive and runs a `zigtorrent` binary. Only reads (taking even a shared lock
+/// could make a client starting at that moment fail), so it is a good guess, not a guarantee.
+pub fn running_pid(state_dir: &Path) -> Option<u32> {
+    let text = std::fs::read(state_dir.join(LOCK_FILE)).ok()?;
+    let text = text.get(..text.len().min(MAX_PID_BYTES as usize))?;
+    let pid: u32 = std::str::from_utf8(text).ok()?.trim().parse().ok()?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = exe.file_name()?.to_string_lossy().into_owned();
+    // A binary replaced while running reads `zigtorrent (deleted)`.
+    (name == "zigtorrent" || name == "zigtorrent (deleted)").then_some(pid)
+}
+
 /// The PID the holder wrote, if it is there yet.
 fn read_pid(file: &mut File) -> Option<u32> {
     for attempt in 0..PID_RETRIES {
@@ -123,6 +136,19 @@ mod tests {
         drop(first);
         let again = acquire(dir.path()).unwrap();
         drop(again);
+    }
+
+    #[test]
+    fn the_running_holder_is_found_by_its_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(running_pid(dir.path()), None);
+        // The test binary is not a `zigtorrent`: a live PID of another program does not count.
+        std::fs::write(
+            dir.path().join(LOCK_FILE),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
+        assert_eq!(running_pid(dir.path()), None);
     }
 
     #[test]

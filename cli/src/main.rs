@@ -1,10 +1,12 @@
-//! The `zigtorrent` binary: `run` (download and seed a watch folder), `create` and `info`.
+//! The `zigtorrent` binary: `run` (download and seed a watch folder), `add`, `create` and `info`.
 
+mod add;
 mod app;
 mod backends;
 mod create;
 mod format;
 mod instance;
+mod library;
 mod logfile;
 mod run;
 mod settings;
@@ -31,6 +33,9 @@ struct Cli {
 enum Command {
     /// Download and seed every .torrent in the torrents folder.
     Run(Box<run::RunArgs>),
+    /// Add torrents (paths, URLs or magnet links) to the client of a state folder: handed to
+    /// it at once if it runs, else at its next start.
+    Add(settings::AddArgs),
     /// Make a .torrent of a file or folder.
     Create(create::CreateArgs),
     /// Show what a .torrent file holds.
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Run(args) => run::run(*args, signals.graceful()),
+        Command::Add(args) => add::add(args),
         Command::Create(args) => create::create(args),
         Command::Info { file } => info(&file),
         Command::Backends(args) => backends::list(&args),

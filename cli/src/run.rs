@@ -19,6 +19,7 @@ use zigtorrent_engine::{
     AddTorrent, InfoHash, Magnet, Metainfo, TorrentState, TorrentStatus, TransportOptions,
 };
 
+use crate::library::{self, Removals};
 pub use crate::settings::RunArgs;
 use crate::settings::Settings;
 pub use crate::signals::Signals;
@@ -234,11 +235,16 @@ fn init_logging(s: &Settings, headless: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A session with its watch folder running.
+/// A session with its watch folders running.
 pub struct Running {
     /// The session (shared with the watcher and with actions in flight).
     pub session: Arc<Session>,
-    watcher: JoinHandle<()>,
+    /// The state folder.
+    pub state: PathBuf,
+    /// Torrents removed in the menu (shared with the watch folder's watcher).
+    pub removals: Arc<std::sync::Mutex<Removals>>,
+    /// The watch folder's watcher and that of `<state>/added/`.
+    watchers: Vec<JoinHandle<()>>,
     stop_watcher: tokio::sync::watch::Sender<bool>,
 }
 
@@ -247,16 +253,33 @@ impl Running {
         let session = Arc::new(session);
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_watcher, stop) = tokio::sync::watch::channel(false);
-        let watcher = tokio::spawn(watch::run_watcher(
-            s.torrents.clone(),
-            Arc::downgrade(&session),
-            tx,
-            stop,
-        ));
+        let removals = Arc::new(std::sync::Mutex::new(Removals::load(&s.state)));
+        let added = library::added_dir(&s.state);
+        if let Err(e) = std::fs::create_dir_all(&added) {
+            tracing::warn!(dir = %added.display(), error = %e, "cannot create the folder of added torrents");
+        }
+        let watchers = vec![
+            tokio::spawn(watch::run_watcher(
+                s.torrents.clone(),
+                Some(removals.clone()),
+                Arc::downgrade(&session),
+                tx.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(watch::run_watcher(
+                added,
+                None,
+                Arc::downgrade(&session),
+                tx,
+                stop,
+            )),
+        ];
         (
             Running {
                 session,
-                watcher,
+                state: s.state.clone(),
+                removals,
+                watchers,
                 stop_watcher,
             },
             rx,
@@ -274,13 +297,14 @@ impl Running {
     /// its scan holds only a weak reference to the session, so the session still stops.
     pub async fn shutdown(self) {
         let _ = self.stop_watcher.send(true);
-        let mut watcher = self.watcher;
-        if tokio::time::timeout(WATCHER_STOP_TIMEOUT, &mut watcher)
-            .await
-            .is_err()
-        {
-            tracing::warn!("watch folder did not stop in time; leaving it");
-            watcher.abort();
+        for mut watcher in self.watchers {
+            if tokio::time::timeout(WATCHER_STOP_TIMEOUT, &mut watcher)
+                .await
+                .is_err()
+            {
+                tracing::warn!("watch folder did not stop in time; leaving it");
+                watcher.abort();
+            }
         }
         // A scan on the blocking pool may be adding a torrent right now (it upgrades its weak
         // reference for the length of one `add`): give it a moment to let go.

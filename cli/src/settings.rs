@@ -100,6 +100,41 @@ pub struct RunArgs {
     pub sources: Vec<String>,
 }
 
+/// Arguments of `zigtorrent add`: the folders name the client to hand the torrents to, with
+/// the same defaults, config file and environment as `run`.
+#[derive(Args, Debug, Default)]
+pub struct AddArgs {
+    /// Watch folder of the client [default: torrents].
+    #[arg(long, value_name = "DIR")]
+    torrents: Option<PathBuf>,
+    /// Downloads folder of the client [default: downloads].
+    #[arg(long, value_name = "DIR")]
+    downloads: Option<PathBuf>,
+    /// State folder of the client [default: <downloads>/.zigtorrent].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Read options from this file instead of ./zigtorrent.toml and the XDG config folder.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// What to add: .torrent files, http(s) URLs of .torrent files, or magnet links.
+    #[arg(value_name = "SOURCE", required = true)]
+    pub sources: Vec<String>,
+}
+
+impl AddArgs {
+    /// The client's options, as `run` with the same folder flags would merge them.
+    pub fn load(&self) -> anyhow::Result<Settings> {
+        let run = RunArgs {
+            torrents: self.torrents.clone(),
+            downloads: self.downloads.clone(),
+            state: self.state.clone(),
+            config: self.config.clone(),
+            ..RunArgs::default()
+        };
+        Ok(run.load()?.settings)
+    }
+}
+
 /// The merged options of `zigtorrent run`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -7,18 +7,25 @@ use std::time::Duration;
 
 use std::io::Write;
 
-use crossterm::event::{Event, EventStream, KeyCode, KeyEventKind, KeyModifiers};
+use crossterm::event::{
+    DisableBracketedPaste, EnableBracketedPaste, Event, EventStream, KeyCode, KeyEventKind,
+    KeyModifiers,
+};
 use crossterm::terminal::{
     disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
 };
 use futures::StreamExt;
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use zigtorrent_engine::TorrentStatus;
 
-use crate::app::{is_paused, Action, App};
+use zigtorrent_engine::{InfoHash, TorrentState, TorrentStatus};
+
+use crate::app::{is_paused, Action, App, Folders};
+use crate::library;
 use crate::run::{Running, Signals};
 use crate::settings::Settings;
 use crate::ui;
@@ -47,6 +54,7 @@ fn restore_terminal() {
     let _ = disable_raw_mode();
     let _ = crossterm::execute!(
         std::io::stdout(),
+        DisableBracketedPaste,
         LeaveAlternateScreen,
         crossterm::cursor::Show
     );
@@ -67,7 +75,11 @@ fn setup_terminal() -> anyhow::Result<(Term, TerminalGuard)> {
     }));
     enable_raw_mode()?;
     let guard = TerminalGuard;
-    crossterm::execute!(std::io::stdout(), EnterAlternateScreen)?;
+    crossterm::execute!(
+        std::io::stdout(),
+        EnterAlternateScreen,
+        EnableBracketedPaste
+    )?;
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     terminal.hide_cursor()?;
     terminal.clear()?;
@@ -84,6 +96,13 @@ pub async fn serve(
     let (mut terminal, guard) = setup_terminal()?;
     let mut app = App::new(running.session.listen_port(), s.transport.clone());
     app.limits = running.session.rate_limits();
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    app.folders = Folders {
+        watch: absolute(&s.torrents),
+        downloads: absolute(&s.downloads),
+    };
+    // Where each torrent came from (for removals that must hold across restarts).
+    let mut origins: HashMap<InfoHash, PathBuf> = HashMap::new();
     let mut keys = EventStream::new();
     let mut redraw = tokio::time::interval(REDRAW_INTERVAL);
     redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,6 +120,9 @@ pub async fn serve(
             }
             Some(ev) = folder_events.recv() => {
                 log_folder_event(&ev);
+                if let FolderEvent::Added { path, info_hash, .. } = &ev {
+                    origins.insert(*info_hash, path.clone());
+                }
                 app.on_folder_event(&ev);
             }
             key = keys.next() => match key {
@@ -109,9 +131,13 @@ pub async fn serve(
                         match action {
                             Action::Quit => break,
                             Action::ForceQuit => { force = true; break; }
-                            other => start_action(other, &running, &shown, &mut actions, &mut app),
+                            other => start_action(other, &running, &shown, &origins, &mut actions, &mut app),
                         }
                     }
+                    draw(&mut terminal, &mut app, &running, &mut shown);
+                }
+                Some(Ok(Event::Paste(text))) => {
+                    app.on_paste(&text);
                     draw(&mut terminal, &mut app, &running, &mut shown);
                 }
                 Some(Ok(Event::Resize(..))) => {
@@ -214,6 +240,7 @@ fn start_action(
     action: Action,
     running: &Running,
     shown: &[TorrentStatus],
+    origins: &HashMap<InfoHash, PathBuf>,
     actions: &mut JoinSet<String>,
     app: &mut App,
 ) {
@@ -250,20 +277,73 @@ fn start_action(
             let name = name_of(h);
             app.message = Some(format!("rechecking {name}"));
             actions.spawn(async move {
-                match session.recheck(h).await {
-                    Some(_) => format!("recheck of {name} started"),
-                    None => format!("{name} is no longer in the session"),
+                let Some(handle) = session.recheck(h).await else {
+                    return format!("{name} is no longer in the session");
+                };
+                // Report when the check is over, with what it found.
+                let mut status = handle.subscribe();
+                let done = status
+                    .wait_for(|s| !matches!(s.state, TorrentState::Checking { .. }))
+                    .await
+                    .map(|s| s.clone());
+                match done {
+                    Ok(s) => match &s.state {
+                        TorrentState::Error(e) => format!("recheck of {name} failed: {e}"),
+                        _ => format!(
+                            "recheck of {name} done: {} verified",
+                            ui::percent(s.progress()).trim()
+                        ),
+                    },
+                    Err(_) => format!("{name} left the session during its recheck"),
                 }
             });
         }
         Action::Remove(h) => {
             let name = name_of(h);
             app.message = Some(format!("removing {name}"));
+            let origin = origins.get(&h).cloned();
+            let state = running.state.clone();
+            let removals = running.removals.clone();
             actions.spawn(async move {
-                if session.remove(h).await {
-                    format!("removed {name} (data kept)")
-                } else {
-                    format!("{name} was already removed")
+                if !session.remove(h).await {
+                    return format!("{name} was already removed");
+                }
+                // Stays removed at the next start, though its file is still there.
+                if let Some(origin) = origin {
+                    let kept = tokio::task::spawn_blocking(move || {
+                        library::on_removed(&state, &removals, h, &origin)
+                    })
+                    .await;
+                    if let Ok(Err(e)) | Err(e) = kept.map_err(anyhow::Error::from) {
+                        return format!(
+                            "removed {name}, but it may come back at the next start: {e:#}"
+                        );
+                    }
+                }
+                format!("removed {name} (data kept)")
+            });
+        }
+        Action::Add(source) => {
+            app.message = Some(format!("adding {}", crate::format::printable(&source)));
+            let state = running.state.clone();
+            actions.spawn(async move {
+                let resolved = match library::resolve(&source).await {
+                    Ok(r) => r,
+                    Err(e) => return format!("not added: {e:#}"),
+                };
+                let name = resolved.name();
+                if session
+                    .torrents()
+                    .iter()
+                    .any(|t| t.info_hash() == resolved.torrent.info_hash())
+                {
+                    return format!("{name} is already in the session");
+                }
+                // The watcher of `<state>/added/` loads it (and every later start does).
+                match tokio::task::spawn_blocking(move || library::store(&state, &resolved)).await {
+                    Ok(Ok(_)) => format!("adding {name}…"),
+                    Ok(Err(e)) => format!("not added: {e:#}"),
+                    Err(e) => format!("not added: {e}"),
                 }
             });
         }

@@ -16,13 +16,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Weak;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use zigtorrent_engine::bencode::BencodeError;
 use zigtorrent_engine::metainfo::{MetainfoError, MAX_TORRENT_SIZE};
 use zigtorrent_engine::{AddTorrent, InfoHash, Magnet, Metainfo, Session, SessionError};
+
+use crate::library::Removals;
 
 /// Largest `.magnet` file read (a magnet link is capped at 64 KiB; some slack for whitespace).
 const MAX_MAGNET_FILE: u64 = zigtorrent_engine::magnet::MAX_URI_LEN as u64 + 4096;
@@ -121,7 +123,24 @@ struct Stamp {
     ino: u64,
 }
 
+/// A file's identity as text (for the removal list): a changed or replaced file differs.
+pub fn identity(path: &Path) -> Option<String> {
+    let md = std::fs::metadata(path).ok()?;
+    Some(Stamp::of(&md).key())
+}
+
 impl Stamp {
+    fn key(&self) -> String {
+        let mtime = self
+            .mtime
+            .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        format!(
+            "{} {mtime} {}.{} {} {}",
+            self.size, self.ctime.0, self.ctime.1, self.dev, self.ino
+        )
+    }
+
     fn of(md: &std::fs::Metadata) -> Stamp {
         use std::os::unix::fs::MetadataExt;
         Stamp {
@@ -154,6 +173,8 @@ pub struct WatchFolder {
     owners: HashMap<InfoHash, PathBuf>,
     /// Files with an error or duplicate entry shown.
     flagged: std::collections::HashSet<PathBuf>,
+    /// Torrents removed in the menu: their unchanged files are skipped.
+    removals: Option<Arc<Mutex<Removals>>>,
 }
 
 impl WatchFolder {
@@ -164,7 +185,14 @@ impl WatchFolder {
             seen: HashMap::new(),
             owners: HashMap::new(),
             flagged: Default::default(),
+            removals: None,
         }
+    }
+
+    /// Skip files whose torrent was removed in the menu (until the file changes).
+    pub fn with_removals(mut self, removals: Option<Arc<Mutex<Removals>>>) -> Self {
+        self.removals = removals;
+        self
     }
 
     /// Whether some file is waiting for a second look.
@@ -285,6 +313,20 @@ impl WatchFolder {
         let name = meta.display_name();
         let hash = meta.info_hash();
         self.seen.insert(path.clone(), Seen::Loaded(stamp));
+        if let Some(removals) = &self.removals {
+            if let Ok(mut r) = removals.lock() {
+                if r.is_removed(&hash, &stamp.key()) {
+                    tracing::info!(path = %path.display(), "skipped: removed in the menu (change or copy the file again to add it)");
+                    return;
+                }
+                if r.contains(&hash) {
+                    // The file changed since: a new add.
+                    if let Err(e) = r.forget(&hash) {
+                        tracing::warn!(error = %e, "removal list not updated");
+                    }
+                }
+            }
+        }
         match sink.add(meta) {
             Ok(info_hash) => {
                 self.owners.insert(info_hash, path.clone());
@@ -432,11 +474,12 @@ fn read_watched(path: &Path, max: u64) -> Result<Vec<u8>, LoadError> {
 /// through `events`.
 pub async fn run_watcher(
     dir: PathBuf,
+    removals: Option<Arc<Mutex<Removals>>>,
     sink: Weak<Session>,
     events: mpsc::UnboundedSender<FolderEvent>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut folder = WatchFolder::new(dir.clone());
+    let mut folder = WatchFolder::new(dir.clone()).with_removals(removals);
     let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<()>();
     // The watcher lives as long as this task; if it cannot start, the periodic rescan remains.
     let _watcher = start_notify(&dir, notify_tx);

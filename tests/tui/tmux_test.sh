@@ -61,19 +61,21 @@ wait_screen() {
     fail "screen never showed /$pattern/ within $2 s"
 }
 
-# The payload: two files, 8 MiB in all.
+# The payload: two files, 8 MiB in all; and a second torrent, added with `a` in the menu.
 mkdir -p "$WORK/seed/torrents" "$WORK/seed/downloads/payload/sub" "$WORK/client/torrents"
 head -c $((6 * 1024 * 1024)) /dev/urandom > "$WORK/seed/downloads/payload/big.bin"
 head -c $((2 * 1024 * 1024 + 123)) /dev/urandom > "$WORK/seed/downloads/payload/sub/small.bin"
+head -c $((1024 * 1024 + 7)) /dev/urandom > "$WORK/seed/downloads/second.bin"
 "$BIN" create "$WORK/seed/downloads/payload" -o "$WORK/payload.torrent" >/dev/null
-cp "$WORK/payload.torrent" "$WORK/seed/torrents/"
+"$BIN" create "$WORK/seed/downloads/second.bin" -o "$WORK/second.torrent" >/dev/null
+cp "$WORK/payload.torrent" "$WORK/second.torrent" "$WORK/seed/torrents/"
 
 # The seeder, headless, rate-limited so the menu has time to show progress.
 "$BIN" run --headless --torrents "$WORK/seed/torrents" --downloads "$WORK/seed/downloads" \
     --listen 0 --bind 127.0.0.1 --upload-limit 2M --status-interval 0.5 > "$WORK/seed.log" 2>&1 &
 SEED_PID=$!
 deadline=$((SECONDS + 30))
-until grep -q "payload: 100.0%.*seeding" "$WORK/seed.log" 2>/dev/null; do
+until grep -q "payload: 100.0%.*seeding" "$WORK/seed.log" 2>/dev/null && grep -q "second.bin: 100.0%.*seeding" "$WORK/seed.log" 2>/dev/null; do
     ((SECONDS < deadline)) || fail "seeder never started seeding"
     kill -0 "$SEED_PID" 2>/dev/null || fail "seeder exited"
     sleep 0.2
@@ -81,19 +83,41 @@ done
 PORT=$(sed -n 's/^listening on port \([0-9]*\).*/\1/p' "$WORK/seed.log" | head -1)
 [[ -n "$PORT" ]] || fail "no port in seeder output"
 
-# The menu in a 140x40 terminal; the shell records its exit status.
-tmux -L "$SOCK" -f /dev/null new-session -d -s zt -x 140 -y 40 \
-    "cd '$WORK/client' && '$BIN' run --torrents torrents --downloads downloads --listen 0 --bind 127.0.0.1 --peer 127.0.0.1:$PORT; echo \$? > '$WORK/exit_status'"
-PANE_SHELL=$(tmux -L "$SOCK" display-message -p -t zt '#{pane_pid}')
-for _ in $(seq 50); do
-    CLIENT_PID=$(pgrep -P "$PANE_SHELL" -x zigtorrent || true)
-    [[ -n "$CLIENT_PID" ]] && break
-    sleep 0.1
-done
-[[ -n "$CLIENT_PID" ]] || fail "menu process not found"
+# start_menu COLS ROWS: the menu in a tmux window of that size; the shell records its exit
+# status in $WORK/exit_status.
+start_menu() {
+    rm -f "$WORK/exit_status"
+    tmux -L "$SOCK" kill-server 2>/dev/null || true
+    tmux -L "$SOCK" -f /dev/null new-session -d -s zt -x "$1" -y "$2" \
+        "cd '$WORK/client' && '$BIN' run --torrents torrents --downloads downloads --listen 0 --bind 127.0.0.1 --peer 127.0.0.1:$PORT; echo \$? > '$WORK/exit_status'"
+    PANE_SHELL=$(tmux -L "$SOCK" display-message -p -t zt '#{pane_pid}')
+    CLIENT_PID=""
+    for _ in $(seq 50); do
+        CLIENT_PID=$(pgrep -P "$PANE_SHELL" -x zigtorrent || true)
+        [[ -n "$CLIENT_PID" ]] && break
+        sleep 0.1
+    done
+    [[ -n "$CLIENT_PID" ]] || fail "menu process not found"
+}
 
+# quit_menu: q, then exit status 0 within 10 s.
+quit_menu() {
+    tmux -L "$SOCK" send-keys -t zt q
+    local deadline=$((SECONDS + 10))
+    until [[ -s "$WORK/exit_status" ]]; do
+        ((SECONDS < deadline)) || fail "menu did not exit within 10 s of q"
+        sleep 0.1
+    done
+    [[ "$(cat "$WORK/exit_status")" == 0 ]] || fail "exit status $(cat "$WORK/exit_status")"
+    CLIENT_PID=""
+}
+
+# The menu in a 140x40 terminal.
+start_menu 140 40
 wait_screen "ZigTorrent — 0 torrents" 15
-wait_screen "No torrents yet" 5
+# The empty state names the watch folder by its absolute path.
+wait_screen "No torrents yet. Drop .torrent or .magnet files into" 5
+grep -q "$WORK/client/torrents" "$WORK/screen.txt" || fail "the watch folder's absolute path is not shown"
 
 # Drop the torrent in (a copy, then a rename, as a browser would).
 cp "$WORK/payload.torrent" "$WORK/client/torrents/.payload.torrent.tmp"
@@ -116,7 +140,34 @@ while ((SECONDS < deadline)); do
 done
 grep -Eq "payload .* 100\.0% seeding" "$WORK/screen.txt" || fail "payload never reached 100 % seeding"
 [[ $saw_progress == yes ]] || echo "note: the download finished before a downloading frame was captured"
-wait_screen "0 downloading 1 seeding" 5
+wait_screen "│ 1 seeding" 5
+
+# `?` shows the keys.
+tmux -L "$SOCK" send-keys -t zt '?'
+wait_screen "Keys" 5
+wait_screen "add a torrent" 5
+tmux -L "$SOCK" send-keys -t zt Escape
+wait_screen "ZigTorrent — 1 torrents" 5
+
+# `a` adds a torrent by path, typed into the prompt.
+tmux -L "$SOCK" send-keys -t zt a
+wait_screen "add \(path, URL or magnet\)" 5
+tmux -L "$SOCK" send-keys -t zt -l "$WORK/second.torrent"
+tmux -L "$SOCK" send-keys -t zt Enter
+wait_screen "second\.bin .* 100\.0% seeding" 60
+[[ -f "$WORK/client/downloads/.zigtorrent/added/$("$BIN" info "$WORK/second.torrent" | sed -n 's/^info-hash: //p').torrent" ]] \
+    || fail "the added torrent is not kept in the state folder"
+
+# Sort and filter.
+tmux -L "$SOCK" send-keys -t zt s
+wait_screen "sorted by size" 5
+wait_screen "Size▼" 5
+tmux -L "$SOCK" send-keys -t zt /
+tmux -L "$SOCK" send-keys -t zt -l "second"
+wait_screen "1 of 2 match" 5
+tmux -L "$SOCK" send-keys -t zt Enter
+tmux -L "$SOCK" send-keys -t zt Escape
+wait_screen "ZigTorrent — 2 torrents" 5
 
 # The detail view, then back.
 tmux -L "$SOCK" send-keys -t zt Enter
@@ -124,26 +175,35 @@ wait_screen "files \(2\)" 5
 wait_screen "sub/small\.bin" 5
 if [[ -n "${KEEP_SCREEN:-}" ]]; then cp "$WORK/screen.txt" "$KEEP_SCREEN.detail"; fi
 tmux -L "$SOCK" send-keys -t zt Escape
-wait_screen "ZigTorrent — 1 torrents" 5
+wait_screen "ZigTorrent — 2 torrents" 5
 if [[ -n "${KEEP_SCREEN:-}" ]]; then cp "$WORK/screen.txt" "$KEEP_SCREEN"; fi
+
+# Remove the watch-folder torrent (sorted by name, it is the first row): it stays removed at
+# the next start although its .torrent is still in the watch folder.
+tmux -L "$SOCK" send-keys -t zt s s s s s s
+wait_screen "sorted by name" 5
+tmux -L "$SOCK" send-keys -t zt g d
+wait_screen "Remove payload from the session" 5
+tmux -L "$SOCK" send-keys -t zt y
+wait_screen "removed payload" 10
+wait_screen "ZigTorrent — 1 torrents" 5
+quit_menu
+start_menu 80 24
+wait_screen "second\.bin" 15
+sleep 2
+capture
+grep -q "ZigTorrent — 1 torrents" "$WORK/screen.txt" || fail "the removed torrent came back at the next start"
 
 # Quit while a recheck is in flight (`r` then `q` at once): the recheck finishes its stop and
 # restart first, then everything stops; still exit 0 within 5 s, files intact.
 tmux -L "$SOCK" send-keys -t zt r
-tmux -L "$SOCK" send-keys -t zt q
 quit_at=$SECONDS
-deadline=$((SECONDS + 10))
-until [[ -s "$WORK/exit_status" ]]; do
-    ((SECONDS < deadline)) || fail "menu did not exit within 10 s of q"
-    sleep 0.1
-done
+quit_menu
 took=$((SECONDS - quit_at))
-status=$(cat "$WORK/exit_status")
-[[ "$status" == 0 ]] || fail "exit status $status"
 ((took <= 5)) || fail "took $took s to quit"
-CLIENT_PID=""
 cmp "$WORK/seed/downloads/payload/big.bin" "$WORK/client/downloads/payload/big.bin" || fail "big.bin differs"
 cmp "$WORK/seed/downloads/payload/sub/small.bin" "$WORK/client/downloads/payload/sub/small.bin" || fail "small.bin differs"
 [[ -z "$(find "$WORK/client/downloads" -name '*.part')" ]] || fail ".part files left behind"
 [[ -f "$WORK/client/torrents/payload.torrent" ]] || fail "the .torrent file was touched"
-echo "PASS: menu showed the dropped torrent to 100 % seeding, quit during a recheck with 0 in ${took}s, files intact"
+cmp "$WORK/seed/downloads/second.bin" "$WORK/client/downloads/second.bin" || fail "second.bin differs"
+echo "PASS: menu showed the dropped torrent to 100 % seeding, added one with a, sorted, filtered, removed one for good, quit during a recheck with 0 in ${took}s, files intact"
