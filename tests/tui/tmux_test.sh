@@ -8,7 +8,7 @@
 # script drops the .torrent in, reads the screen with `tmux capture-pane` until the torrent shows
 # 100 % and seeding, presses q, and checks exit status 0 and byte-identical files.
 # Everything it starts is stopped by PID (and its own tmux server by socket name).
-# Set KEEP_SCREEN=FILE to keep screen captures (FILE, FILE.downloading, FILE.detail).
+# Set KEEP_SCREEN=FILE to keep screen captures (FILE, FILE.downloading, FILE.detail, FILE.80x24).
 set -euo pipefail
 # Loopback only: no public DHT routers, no LAN multicast.
 export ZIGTORRENT_DHT=false ZIGTORRENT_LSD=false
@@ -193,6 +193,7 @@ wait_screen "second\.bin" 15
 sleep 2
 capture
 grep -q "ZigTorrent — 1 torrents" "$WORK/screen.txt" || fail "the removed torrent came back at the next start"
+if [[ -n "${KEEP_SCREEN:-}" ]]; then cp "$WORK/screen.txt" "$KEEP_SCREEN.80x24"; fi
 
 # Quit while a recheck is in flight (`r` then `q` at once): the recheck finishes its stop and
 # restart first, then everything stops; still exit 0 within 5 s, files intact.
