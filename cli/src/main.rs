@@ -5,6 +5,7 @@ mod app;
 mod backends;
 mod create;
 mod format;
+mod hook;
 mod instance;
 mod library;
 mod logfile;

@@ -258,7 +258,7 @@ impl Running {
         if let Err(e) = std::fs::create_dir_all(&added) {
             tracing::warn!(dir = %added.display(), error = %e, "cannot create the folder of added torrents");
         }
-        let watchers = vec![
+        let mut watchers = vec![
             tokio::spawn(watch::run_watcher(
                 s.torrents.clone(),
                 Some(removals.clone()),
@@ -271,9 +271,17 @@ impl Running {
                 None,
                 Arc::downgrade(&session),
                 tx,
-                stop,
+                stop.clone(),
             )),
         ];
+        if let Some(program) = &s.on_complete {
+            watchers.push(tokio::spawn(crate::hook::run(
+                program.clone(),
+                s.downloads.clone(),
+                Arc::downgrade(&session),
+                stop,
+            )));
+        }
         (
             Running {
                 session,

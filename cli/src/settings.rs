@@ -88,6 +88,11 @@ pub struct RunArgs {
     /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: warn,librqbit_utp=error,mainline=off].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// When a torrent finishes downloading, run PROGRAM with its name and its path as the two
+    /// arguments (no shell; also in the environment as ZIGTORRENT_NAME, ZIGTORRENT_PATH and
+    /// ZIGTORRENT_INFO_HASH).
+    #[arg(long, value_name = "PROGRAM")]
+    on_complete: Option<PathBuf>,
     /// Read options from this file instead of ./zigtorrent.toml and the XDG config folder.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -187,6 +192,9 @@ pub struct Settings {
     pub upload_limit: u64,
     /// Log filter.
     pub log_level: String,
+    /// Program run when a torrent finishes downloading.
+    #[serde(default)]
+    pub on_complete: Option<PathBuf>,
 }
 
 /// Where the merged options came from, for `--print-config`.
@@ -299,7 +307,11 @@ impl RunArgs {
             .set_override_option("max_peers_total", self.max_peers_total.map(|n| n as u64))?
             .set_override_option("download_limit", self.download_limit)?
             .set_override_option("upload_limit", self.upload_limit)?
-            .set_override_option("log_level", self.log_level.clone())?;
+            .set_override_option("log_level", self.log_level.clone())?
+            .set_override_option(
+                "on_complete",
+                path_flag("--on-complete", &self.on_complete)?,
+            )?;
         if !self.dht_bootstrap.is_empty() {
             // Naming bootstrap nodes on the command line asks for a DHT.
             builder = builder
@@ -322,6 +334,9 @@ impl RunArgs {
         }
         for node in &settings.dht_bootstrap {
             parse_host_port(node).map_err(|e| anyhow::anyhow!("dht_bootstrap: {e}"))?;
+        }
+        if let Some(program) = &settings.on_complete {
+            crate::hook::check_program(program).context("on_complete")?;
         }
         if !settings.status_interval.is_finite() || settings.status_interval < 0.05 {
             bail!("status_interval must be at least 0.05 seconds");
@@ -386,6 +401,7 @@ const KEYS: &[&str] = &[
     "download_limit",
     "upload_limit",
     "log_level",
+    "on_complete",
 ];
 
 /// `ZIGTORRENT_*` variables that are not options: the config file, and the binary used by
@@ -720,7 +736,11 @@ mod tests {
     #[test]
     fn keys_list_matches_the_settings_fields() {
         let dir = tempfile::tempdir().unwrap();
-        let s = args(&[]).load_with(&[], Some(dir.path())).unwrap().settings;
+        // Optional keys are printed only when set.
+        let s = args(&["--on-complete", "true"])
+            .load_with(&[], Some(dir.path()))
+            .unwrap()
+            .settings;
         let table: toml::Table = s.to_toml().parse().unwrap();
         let mut fields: Vec<&str> = table.keys().map(|k| k.as_str()).collect();
         let mut keys = KEYS.to_vec();

@@ -87,6 +87,10 @@ pub struct TorrentStatus {
     pub next_announce: Option<Instant>,
     /// Verified pieces (the piece map).
     pub pieces: Bitfield,
+    /// When this session finished downloading it (its last piece verified; the moment it
+    /// announces `completed`). `None` while downloading, and for a torrent that was complete
+    /// when it started.
+    pub completed_at: Option<std::time::SystemTime>,
 }
 
 /// One connected peer.
@@ -154,6 +158,7 @@ impl TorrentStatus {
             trackers: Vec::new(),
             next_announce: None,
             pieces: Bitfield::new(pieces_total as usize),
+            completed_at: None,
         }
     }
 

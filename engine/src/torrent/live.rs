@@ -870,6 +870,8 @@ impl Torrent {
         }
         if !self.sent_completed {
             self.sent_completed = true;
+            let at = std::time::SystemTime::now();
+            self.p.status.send_modify(|s| s.completed_at = Some(at));
             self.announce(Event::Completed);
         }
     }
