@@ -631,11 +631,13 @@ mod tests {
                 path: PathBuf::from("ubuntu/disk.img"),
                 length: 3 << 20,
                 have_bytes: 1 << 20,
+                priority: Default::default(),
             },
             FileStatus {
                 path: PathBuf::from("ubuntu/README"),
                 length: 1 << 20,
                 have_bytes: 0,
+                priority: Default::default(),
             },
         ];
         t.trackers = vec![TrackerStatus {

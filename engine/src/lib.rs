@@ -48,7 +48,7 @@ pub use session::{AddTorrent, Session, SessionConfig, SessionError, TorrentHandl
 pub use status::{FileStatus, PeerStatus, TorrentState, TorrentStatus};
 pub use storage::memory::MemoryBackend;
 pub use storage::{
-    Layout, PathConflict, Resume, Storage, StorageBackend, StorageError, StorageSpec,
+    DeletedData, Layout, PathConflict, Resume, Storage, StorageBackend, StorageError, StorageSpec,
 };
 pub use transport::{BoxStream, Listener, Transport, TransportError, TransportOptions};
 pub use types::{Bitfield, BlockRef, InfoHash, PeerId, PieceIndex};

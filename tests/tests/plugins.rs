@@ -78,6 +78,7 @@ fn ram_plugin_writes_finished_files_out_whole() {
         layout: Arc::new(layout),
         download_dir: dir.path().join("downloads"),
         state_dir: dir.path().join("state"),
+        skipped_files: Vec::new(),
     };
     let out = dir.path().join("downloads/t");
     runtime().block_on(async {

@@ -79,6 +79,7 @@ async fn stored(peer: &SimPeer, meta: &Metainfo) -> Vec<u8> {
         layout: layout.clone(),
         download_dir: "/nonexistent".into(),
         state_dir: "/nonexistent".into(),
+        skipped_files: Vec::new(),
     };
     let storage = peer.backend.open(spec).await.unwrap();
     let mut out = Vec::new();
