@@ -406,7 +406,8 @@ impl Session {
         if torrents.contains_key(&info_hash) {
             return Err(SessionError::Duplicate(info_hash));
         }
-        let status = initial_status(&source);
+        let mut status = initial_status(&source);
+        status.sequential = selection.get().sequential;
         // BEP 27: a private torrent finds peers through its trackers only.
         let discovery = (!source.is_private()).then(|| self.shared.discovery.clone());
         let private = Arc::new(std::sync::atomic::AtomicBool::new(source.is_private()));
