@@ -914,7 +914,9 @@ impl Torrent {
             }
             self.connect_more(now);
             let starving = self.starving(now);
-            if self.announcer.due(now) || starving {
+            if self.is_seed() && !self.sent_completed {
+                self.sent_completed = self.announce(Event::Completed);
+            } else if self.announcer.due(now) || starving {
                 self.announce(self.announcer.regular_event());
             }
             self.search_dht(now, starving);
@@ -973,9 +975,10 @@ impl Torrent {
                 k.seed = true;
             }
         }
+        // Once per torrent (also when un-skipped files complete it again later). An announce
+        // in flight (e.g. `started`, when the download was quick) defers it to the next tick.
         if !self.sent_completed {
-            self.sent_completed = true;
-            self.announce(Event::Completed);
+            self.sent_completed = self.announce(Event::Completed);
         }
     }
 
