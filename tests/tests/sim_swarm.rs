@@ -679,3 +679,33 @@ async fn stored_range(peer: &SimPeer, meta: &Metainfo, range: std::ops::Range<u3
     }
     out
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_magnets_file_choice_applies_once_its_metadata_arrives() {
+    let net = SimNet::new();
+    let (meta, data, idx) = folder_torrent(&[("one", 600 * 1024), ("two", 900 * 1024)], 32 * 1024);
+    let (one, two) = (idx[0], idx[1]);
+    let (_seeders, leecher) = two_seeders_and_a_leecher(&net, &meta, &data).await;
+    let magnet =
+        Magnet::parse(&format!("magnet:?xt=urn:btih:{}", meta.info_hash.to_hex())).unwrap();
+    let options = TorrentOptions {
+        file_priorities: priorities(2, &[(two, FilePriority::Skip)]),
+        sequential: true,
+    };
+    let h = leecher.session.add_with(magnet, options).unwrap();
+    // Before the metadata, the file list is unknown: no choice can be checked.
+    assert_eq!(
+        h.set_file_priorities(vec![FilePriority::Normal; 2]).await,
+        Err(zigtorrent_engine::SelectionError::MetadataUnknown)
+    );
+    until_seeding(&h).await;
+    let s = h.status();
+    let layout = &meta.info.layout;
+    let wanted: Vec<u32> = layout.pieces_for_file(one).collect();
+    assert_eq!(
+        s.pieces.iter_ones().map(|p| p as u32).collect::<Vec<_>>(),
+        wanted
+    );
+    assert_eq!(s.files[two].priority, FilePriority::Skip);
+    assert!(s.sequential);
+}

@@ -799,7 +799,9 @@ impl Torrent {
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 if peer.bitfield.set(piece as usize) {
                     self.picker.add_peer_have(piece);
-                    if !self.picker.have().get(piece as usize) && !peer.am_interested {
+                    let needed =
+                        self.picker.is_wanted(piece) && !self.picker.have().get(piece as usize);
+                    if needed && !peer.am_interested {
                         peer.am_interested = true;
                         let _ = peer
                             .tx
