@@ -1431,3 +1431,26 @@ async fn deleting_data_never_follows_a_symbolic_link() {
     assert!(c.dl("t/sub").symlink_metadata().unwrap().is_symlink());
     assert_eq!(deleted.kept.len(), 1, "{:?}", deleted.kept);
 }
+
+#[tokio::test]
+async fn a_users_file_at_a_skipped_files_path_is_neither_adopted_nor_moved() {
+    let c = with_skipped();
+    fs::create_dir_all(c.dl("t")).unwrap();
+    // The user's own copy of s, the torrent's bytes exactly: it would verify.
+    fs::write(c.dl("t/s"), c.file_bytes(1)).unwrap();
+    let ino = inode(&c.dl("t/s"));
+    let s = c.open().await;
+    c.recheck(&*s).await;
+    for p in 0..4 {
+        c.complete(&*s, p).await;
+    }
+    assert!(!s.is_finalized(1), "a skipped file is not taken as ours");
+    assert_eq!(inode(&c.dl("t/s")), ino);
+    assert!(!exists(&c.part(1)), "nor moved into the incomplete area");
+    s.flush().await.unwrap();
+    drop(s);
+    let deleted = FsBackend::new().delete_data(c.spec.clone()).await.unwrap();
+    assert_eq!(fs::read(c.dl("t/s")).unwrap(), c.file_bytes(1));
+    assert!(!exists(&c.dl("t/a")) && !exists(&c.dl("t/b")));
+    assert_eq!(deleted.kept.len(), 1, "{:?}", deleted.kept);
+}

@@ -318,11 +318,9 @@ impl Torrent {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sources::learn_dht_nodes(&self.p.discovery, &self.metainfo.dht_nodes);
-        // Storage was opened with the choice as it was then; it may have changed since (and a
-        // backend that cannot skip files says so here).
-        if self.file_priorities.contains(&FilePriority::Skip) {
-            self.apply_skipped();
-        }
+        // Storage was opened with the choice as it was then; it may have changed since, while
+        // checking (and a backend that cannot skip files says so here).
+        self.apply_skipped();
         for cmd in held {
             match cmd {
                 // Checking answers a shutdown itself; kept here only for completeness.
