@@ -194,3 +194,25 @@ impl TorrentStatus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_of_what_is_wanted() {
+        let mut s = TorrentStatus::new("t".into(), InfoHash([1; 20]), 1000, 10);
+        assert_eq!((s.wanted_bytes, s.wanted_progress()), (1000, 0.0));
+        // 300 of 1000 bytes skipped; 350 of the 700 wanted are here, and 50 more of others.
+        s.state = TorrentState::Downloading;
+        s.wanted_bytes = 700;
+        s.wanted_have_bytes = 350;
+        s.have_bytes = 400;
+        assert_eq!(s.wanted_progress(), 0.5);
+        assert_eq!(s.progress(), 0.4);
+        s.wanted_bytes = 0; // everything skipped: nothing left to want
+        assert_eq!(s.wanted_progress(), 1.0);
+        s.state = TorrentState::FetchingMetadata;
+        assert_eq!(s.wanted_progress(), 0.0);
+    }
+}

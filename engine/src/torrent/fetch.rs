@@ -158,6 +158,8 @@ fn known(params: &TorrentParams, metainfo: Metainfo, peers: Vec<SocketAddr>) -> 
     params.status.send_modify(|s| {
         s.name = metainfo.info.name.clone();
         s.total_bytes = metainfo.info.layout.total_length;
+        // Until the live phase applies the file choice: everything.
+        s.wanted_bytes = s.total_bytes;
         s.pieces_total = metainfo.info.layout.piece_count();
         s.pieces = crate::types::Bitfield::new(s.pieces_total as usize);
         s.state = TorrentState::Checking { progress: 0.0 };
