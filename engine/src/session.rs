@@ -21,7 +21,9 @@ use crate::metainfo::Metainfo;
 use crate::peer;
 use crate::ratelimit::RateLimiter;
 use crate::recheck::HashBudget;
-use crate::selection::{FilePriority, SelectionError, SharedSelection, TorrentOptions};
+use crate::selection::{
+    FilePriority, PiecePriorities, SelectionError, SharedSelection, TorrentOptions,
+};
 use crate::status::TorrentStatus;
 use crate::storage::{DeletedData, Layout, StorageBackend, StorageError, StorageSpec};
 use crate::torrent::peers::{host_key, HostKey};
@@ -407,7 +409,18 @@ impl Session {
             return Err(SessionError::Duplicate(info_hash));
         }
         let mut status = initial_status(&source);
-        status.sequential = selection.get().sequential;
+        let chosen = selection.get();
+        status.sequential = chosen.sequential;
+        if let Source::Metainfo(m) = &source {
+            // What is wanted is known from the start (the live phase keeps it up to date).
+            let layout = &m.info.layout;
+            let wanted = PiecePriorities::from_files(layout, &chosen.priorities_for(layout));
+            status.wanted_bytes = wanted
+                .wanted
+                .iter_ones()
+                .map(|p| u64::from(layout.piece_len(p as u32)))
+                .sum();
+        }
         // BEP 27: a private torrent finds peers through its trackers only.
         let discovery = (!source.is_private()).then(|| self.shared.discovery.clone());
         let private = Arc::new(std::sync::atomic::AtomicBool::new(source.is_private()));

@@ -491,10 +491,11 @@ async fn skipped_files_are_not_fetched_and_unskipping_finishes_them() {
         sequential: false,
     };
     let h = leecher.session.add_with(meta.clone(), options).unwrap();
-    until_seeding(&h).await;
-    let s = h.status();
     let wanted: Vec<u32> = layout.pieces_for_file(keep).collect();
     let wanted_bytes: u64 = wanted.iter().map(|&p| layout.piece_len(p) as u64).sum();
+    assert_eq!(h.status().wanted_bytes, wanted_bytes, "known from the add");
+    until_seeding(&h).await;
+    let s = h.status();
     assert_eq!(
         (s.wanted_bytes, s.wanted_have_bytes),
         (wanted_bytes, wanted_bytes)
