@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use zigtorrent_engine::{InfoHash, TorrentState, TorrentStatus};
+use zigtorrent_engine::{FilePriority, InfoHash, TorrentState, TorrentStatus};
 
 use crate::format::printable;
 use crate::watch::FolderEvent;
@@ -147,6 +147,12 @@ pub enum Action {
     Recheck(InfoHash),
     /// Take it out of the session (data stays).
     Remove(InfoHash),
+    /// Take it out of the session and delete the data it wrote.
+    RemoveWithData(InfoHash),
+    /// New priorities for all its files (one per file, in order).
+    SetPriorities(InfoHash, Vec<FilePriority>),
+    /// Turn sequential download on or off.
+    SetSequential(InfoHash, bool),
     /// Add a torrent from a path, URL or magnet link.
     Add(String),
     /// Stop gracefully.
@@ -280,7 +286,7 @@ impl App {
             let by_key = match key {
                 SortKey::Name => std::cmp::Ordering::Equal,
                 SortKey::Size => b.total_bytes.cmp(&a.total_bytes),
-                SortKey::Progress => b.progress().total_cmp(&a.progress()),
+                SortKey::Progress => b.wanted_progress().total_cmp(&a.wanted_progress()),
                 SortKey::Down => b.download_rate.cmp(&a.download_rate),
                 SortKey::Up => b.upload_rate.cmp(&a.upload_rate),
                 SortKey::Ratio => ratio_value(b).total_cmp(&ratio_value(a)),
@@ -380,6 +386,7 @@ impl App {
                 KeyCode::Char('y') | KeyCode::Char('Y') | KeyCode::Enter => {
                     Some(Action::Remove(hash))
                 }
+                KeyCode::Char('D') => Some(Action::RemoveWithData(hash)),
                 _ => {
                     self.message = Some("removal cancelled".into());
                     None
@@ -450,6 +457,19 @@ impl App {
                 return Some(Action::TogglePause(t.info_hash));
             }
             KeyCode::Char('r') => return selected.map(|t| Action::Recheck(t.info_hash)),
+            KeyCode::Char('o') => {
+                let t = selected?;
+                if t.state == TorrentState::FetchingMetadata {
+                    self.message = Some("the order can be chosen once the metadata is in".into());
+                    return None;
+                }
+                return Some(Action::SetSequential(t.info_hash, !t.sequential));
+            }
+            KeyCode::Char('x') | KeyCode::Char('+') | KeyCode::Char('-')
+                if self.view == View::Detail && self.tab == Tab::Files =>
+            {
+                return self.file_priority_key(key.code, selected?);
+            }
             KeyCode::Char('d') | KeyCode::Delete => {
                 if let Some(t) = selected {
                     self.confirm_remove = Some((t.info_hash, t.name.clone()));
@@ -485,6 +505,27 @@ impl App {
             _ => {}
         }
         None
+    }
+
+    /// `x` skips or wants the file under the cursor, `+` / `-` raise or lower its priority.
+    fn file_priority_key(&mut self, code: KeyCode, t: &TorrentStatus) -> Option<Action> {
+        let row = self.tab_rows[Tab::Files.index()];
+        let file = t.files.get(row)?;
+        let new = match (code, file.priority) {
+            (KeyCode::Char('x'), FilePriority::Skip) => FilePriority::Normal,
+            (KeyCode::Char('x'), _) => FilePriority::Skip,
+            (KeyCode::Char('+'), FilePriority::Skip) => FilePriority::Normal,
+            (KeyCode::Char('+'), _) => FilePriority::High,
+            (KeyCode::Char('-'), FilePriority::High) => FilePriority::Normal,
+            (KeyCode::Char('-'), _) => FilePriority::Skip,
+            _ => return None,
+        };
+        if new == file.priority {
+            return None;
+        }
+        let mut all: Vec<FilePriority> = t.files.iter().map(|f| f.priority).collect();
+        all[row] = new;
+        Some(Action::SetPriorities(t.info_hash, all))
     }
 
     fn on_detail_key(&mut self, code: KeyCode, torrents: &[TorrentStatus]) {
@@ -758,6 +799,41 @@ mod tests {
     }
 
     #[test]
+    fn file_keys_choose_priorities_and_o_the_order() {
+        let mut app = App::new(6881, "tcp".into());
+        let mut ts = torrents(&["a"]);
+        for i in 0..3 {
+            ts[0].files.push(zigtorrent_engine::FileStatus {
+                path: format!("a/{i}").into(),
+                length: 10,
+                have_bytes: 0,
+                priority: FilePriority::Normal,
+            });
+        }
+        app.arrange(&mut ts);
+        let h = ts[0].info_hash;
+        // Not in the files tab of the details: x does nothing.
+        assert_eq!(app.on_key(key(KeyCode::Char('x')), &ts), None);
+        app.on_key(key(KeyCode::Enter), &ts);
+        app.on_key(key(KeyCode::Down), &ts);
+        use FilePriority::*;
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('x')), &ts),
+            Some(Action::SetPriorities(h, vec![Normal, Skip, Normal]))
+        );
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('+')), &ts),
+            Some(Action::SetPriorities(h, vec![Normal, High, Normal]))
+        );
+        ts[0].files[1].priority = High;
+        assert_eq!(app.on_key(key(KeyCode::Char('+')), &ts), None, "already high");
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('o')), &ts),
+            Some(Action::SetSequential(h, true))
+        );
+    }
+
+    #[test]
     fn remove_asks_first() {
         let mut app = App::new(6881, "tcp".into());
         let mut ts = torrents(&["a"]);
@@ -770,6 +846,11 @@ mod tests {
         assert_eq!(
             app.on_key(key(KeyCode::Char('y')), &ts),
             Some(Action::Remove(ts[0].info_hash))
+        );
+        app.on_key(key(KeyCode::Char('d')), &ts);
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('D')), &ts),
+            Some(Action::RemoveWithData(ts[0].info_hash))
         );
     }
 

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use zigtorrent_engine::{InfoHash, TorrentState, TorrentStatus};
+use zigtorrent_engine::{FilePriority, InfoHash, TorrentState, TorrentStatus};
 
 use crate::app::{is_paused, Action, App, Folders};
 use crate::library;
@@ -321,6 +321,70 @@ fn start_action(
                     }
                 }
                 format!("removed {name} (data kept)")
+            });
+        }
+        Action::RemoveWithData(h) => {
+            let name = name_of(h);
+            app.message = Some(format!("removing {name} and its data"));
+            let origin = origins.get(&h).cloned();
+            let state = running.state.clone();
+            let removals = running.removals.clone();
+            actions.spawn(async move {
+                let deleted = match session.remove_with_data(h).await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => return format!("{name} was already removed"),
+                    Err(e) => return format!("{name}: data not deleted: {e}"),
+                };
+                if let Some(origin) = origin {
+                    let kept = tokio::task::spawn_blocking(move || {
+                        library::on_removed(&state, &removals, h, &origin)
+                    })
+                    .await;
+                    if let Ok(Err(e)) | Err(e) = kept.map_err(anyhow::Error::from) {
+                        tracing::warn!(%name, error = %format!("{e:#}"), "removal not remembered");
+                    }
+                }
+                for (path, why) in &deleted.kept {
+                    tracing::info!(path = %path.display(), %why, "kept");
+                }
+                if deleted.kept.is_empty() {
+                    format!("removed {name} and deleted its data")
+                } else {
+                    format!(
+                        "removed {name}, deleted its data; kept {} file(s) it did not write (see the log)",
+                        deleted.kept.len()
+                    )
+                }
+            });
+        }
+        Action::SetPriorities(h, priorities) => {
+            let Some(handle) = session.torrents().into_iter().find(|t| t.info_hash() == h) else {
+                return;
+            };
+            let name = name_of(h);
+            let skipped = priorities
+                .iter()
+                .filter(|p| **p == FilePriority::Skip)
+                .count();
+            actions.spawn(async move {
+                match handle.set_file_priorities(priorities).await {
+                    Ok(()) => format!("{name}: {skipped} file(s) skipped"),
+                    Err(e) => format!("{name}: {e}"),
+                }
+            });
+        }
+        Action::SetSequential(h, on) => {
+            let Some(handle) = session.torrents().into_iter().find(|t| t.info_hash() == h) else {
+                return;
+            };
+            let name = name_of(h);
+            actions.spawn(async move {
+                handle.set_sequential(on).await;
+                if on {
+                    format!("{name}: downloading in order")
+                } else {
+                    format!("{name}: rarest pieces first")
+                }
             });
         }
         Action::Add(source) => {

@@ -8,7 +8,7 @@
 //! [`tracker`] (peer discovery) → [`wire`] (BEP 3 codec) → [`picker`] / [`choker`] (decisions)
 //! → [`session`] (tasks that tie them to transports and storage). Magnets and extensions,
 //! sans-IO: [`magnet`] (URIs) · [`extension`] (BEP 10 handshake, ids) · [`metadata`] (BEP 9
-//! fetch and serve) · [`pex`] (BEP 11).
+//! fetch and serve) · [`pex`] (BEP 11). The user's file choice: [`selection`].
 
 pub mod bencode;
 pub mod choker;
@@ -26,6 +26,7 @@ pub mod plugin;
 pub mod ratelimit;
 mod recheck;
 pub mod registry;
+pub mod selection;
 pub mod session;
 pub mod status;
 pub mod storage;
@@ -42,11 +43,12 @@ pub use magnet::Magnet;
 pub use metainfo::Metainfo;
 pub use ratelimit::RateLimiter;
 pub use registry::{Origin, Registry};
+pub use selection::{FilePriority, SelectionError, TorrentOptions};
 pub use session::{AddTorrent, Session, SessionConfig, SessionError, TorrentHandle};
 pub use status::{FileStatus, PeerStatus, TorrentState, TorrentStatus};
 pub use storage::memory::MemoryBackend;
 pub use storage::{
-    Layout, PathConflict, Resume, Storage, StorageBackend, StorageError, StorageSpec,
+    DeletedData, Layout, PathConflict, Resume, Storage, StorageBackend, StorageError, StorageSpec,
 };
 pub use transport::{BoxStream, Listener, Transport, TransportError, TransportOptions};
 pub use types::{Bitfield, BlockRef, InfoHash, PeerId, PieceIndex};

@@ -20,6 +20,16 @@
 //! - Endgame (every missing block outstanding) allows the same block to be outstanding to up to
 //!   [`ENDGAME_MAX_REQUESTERS`] peers, never twice to one peer.
 //!
+//! ## Priorities and order
+//!
+//! The user's file choice arrives as [`PiecePriorities`] ([`PiecePicker::set_priorities`]).
+//! Unwanted pieces are never queued, so they are never started and never count for interest,
+//! endgame or completion ([`PiecePicker::is_complete`]: every *wanted* piece verified). When a
+//! peer offers unstarted high-priority pieces, only those are started. In sequential mode
+//! ([`PiecePicker::set_sequential`]) new pieces start at the lowest index offered instead of
+//! rarest first; the pipeline stays as deep as ever, so several consecutive pieces are in flight
+//! at once and the stream arrives roughly in order.
+//!
 //! ## Late blocks
 //!
 //! A block that arrives after its request was released (e.g. the peer choked us, then sent it
@@ -31,6 +41,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::selection::PiecePriorities;
 use crate::storage::Layout;
 use crate::types::{Bitfield, BlockRef, PieceIndex, BLOCK_SIZE};
 
@@ -144,6 +155,14 @@ pub struct PiecePicker {
     in_flight: Vec<PieceIndex>,
     /// In-flight pieces with at least one free block; continued before new pieces start.
     open: Vec<PieceIndex>,
+    /// Pieces the user wants (some file of theirs is not skipped).
+    wanted: Bitfield,
+    /// Pieces of high-priority files: started before any other.
+    high: Bitfield,
+    /// Wanted and not yet verified: what interest and completion are about.
+    needed: Bitfield,
+    /// New pieces in index order rather than rarest first.
+    sequential: bool,
     rng: StdRng,
 }
 
@@ -178,14 +197,76 @@ impl PiecePicker {
             pieces: (0..n).map(|_| None).collect(),
             in_flight: Vec::new(),
             open: Vec::new(),
+            wanted: Bitfield::full(n),
+            high: Bitfield::new(n),
+            needed: Bitfield::new(n),
+            sequential: false,
             rng: StdRng::seed_from_u64(seed),
         };
         for p in 0..piece_count {
             if !picker.have.get(p as usize) {
+                picker.needed.set(p as usize);
                 picker.enqueue(p);
             }
         }
         picker
+    }
+
+    /// Apply the user's file choice. Pieces that became wanted are queued; unstarted pieces that
+    /// became unwanted leave the queue; in-flight pieces that became unwanted and are not yet
+    /// whole are dropped and returned, so the caller can cancel their requests and free their
+    /// buffers (blocks of them that still arrive are `Unexpected`).
+    pub fn set_priorities(&mut self, priorities: &PiecePriorities) -> Vec<PieceIndex> {
+        let n = self.piece_count as usize;
+        if priorities.wanted.len() != n || priorities.high.len() != n {
+            return Vec::new();
+        }
+        let mut dropped = Vec::new();
+        for p in 0..self.piece_count {
+            let i = p as usize;
+            let (was, now) = (self.wanted.get(i), priorities.wanted.get(i));
+            if self.have.get(i) || was == now {
+                continue;
+            }
+            if now {
+                self.needed.set(i);
+                if self.pieces[i].is_none() {
+                    self.enqueue(p);
+                }
+            } else {
+                self.needed.clear(i);
+                self.dequeue(p);
+                let whole = self.pieces[i]
+                    .as_ref()
+                    .is_some_and(|s| s.received as usize == s.blocks.len());
+                if !whole && self.drop_in_flight(p) {
+                    dropped.push(p);
+                }
+            }
+        }
+        self.wanted = priorities.wanted.clone();
+        self.high = priorities.high.clone();
+        dropped
+    }
+
+    /// Start new pieces in index order (true) or rarest first (false).
+    pub fn set_sequential(&mut self, on: bool) {
+        self.sequential = on;
+    }
+
+    /// Whether `piece` is wanted (some file of it is not skipped).
+    pub fn is_wanted(&self, piece: PieceIndex) -> bool {
+        self.wanted.get(piece as usize)
+    }
+
+    /// Pieces wanted by the user's choice.
+    pub fn wanted(&self) -> &Bitfield {
+        &self.wanted
+    }
+
+    /// Every wanted piece is verified: nothing left to download.
+    pub fn is_complete(&self) -> bool {
+        self.needed.count_ones() == 0
     }
 
     /// Pieces verified so far.
@@ -226,15 +307,9 @@ impl PiecePicker {
         }
     }
 
-    /// Whether a peer with `peer_has` has anything we still need.
+    /// Whether a peer with `peer_has` has anything we still need (a wanted piece we lack).
     pub fn is_interesting(&self, peer_has: &Bitfield) -> bool {
-        // Spare bits are zero in both (BEP 3, checked by `Bitfield::from_bytes`), so the
-        // complement of `have` only adds bits the peer cannot have.
-        peer_has
-            .as_bytes()
-            .iter()
-            .zip(self.have.as_bytes())
-            .any(|(p, h)| p & !h != 0)
+        intersects(peer_has.as_bytes(), self.needed.as_bytes())
     }
 
     /// Append up to `max` blocks to request from `peer`, which has `peer_has`.
@@ -353,6 +428,7 @@ impl PiecePicker {
         if piece >= self.piece_count || !self.have.set(piece as usize) {
             return;
         }
+        self.needed.clear(piece as usize);
         self.dequeue(piece);
         self.drop_in_flight(piece);
     }
@@ -365,7 +441,7 @@ impl PiecePicker {
         if piece >= self.piece_count || self.have.get(piece as usize) {
             return;
         }
-        if self.drop_in_flight(piece) {
+        if self.drop_in_flight(piece) && self.wanted.get(piece as usize) {
             self.enqueue(piece);
         }
     }
@@ -441,17 +517,30 @@ impl PiecePicker {
         }
     }
 
-    /// The unstarted piece `peer_has` offers that we should start next.
+    /// The unstarted piece `peer_has` offers that we should start next: among high-priority
+    /// pieces if it offers any, then the lowest index (sequential), a random one (while we
+    /// have fewer than [`RANDOM_FIRST_PIECES`]) or the rarest.
     fn choose_new_piece(&mut self, peer_has: &Bitfield) -> Option<PieceIndex> {
-        if !intersects(peer_has.as_bytes(), self.unstarted.as_bytes()) {
+        let (offered, unstarted) = (peer_has.as_bytes(), self.unstarted.as_bytes());
+        let high = (self.high.count_ones() > 0
+            && first_common(offered, unstarted, Some(self.high.as_bytes())).is_some())
+        .then_some(&self.high);
+        if self.sequential {
+            return first_common(offered, unstarted, high.map(Bitfield::as_bytes))
+                .map(|p| p as PieceIndex);
+        }
+        let high_only = high.is_some();
+        if !high_only && !intersects(offered, unstarted) {
             return None;
         }
+        let high = &self.high;
+        let eligible = |p: usize| peer_has.get(p) && (!high_only || high.get(p));
         if self.have.count_ones() < RANDOM_FIRST_PIECES {
             let n = self.piece_count as usize;
             let start = self.rng.gen_range(0..n);
             return (start..n)
                 .chain(0..start)
-                .find(|&p| self.unstarted.get(p) && peer_has.get(p))
+                .find(|&p| self.unstarted.get(p) && eligible(p))
                 .map(|p| p as PieceIndex);
         }
         // Rarest first; bucket 0 last (only reachable if the caller under-reports
@@ -464,7 +553,7 @@ impl PiecePicker {
             }
             let start = self.rng.gen_range(0..bucket.len());
             let (tail, head) = (&bucket[start..], &bucket[..start]);
-            if let Some(&p) = tail.iter().chain(head).find(|&&p| peer_has.get(p as usize)) {
+            if let Some(&p) = tail.iter().chain(head).find(|&&p| eligible(p as usize)) {
                 return Some(p);
             }
         }
@@ -502,7 +591,7 @@ impl PiecePicker {
         let untouched = self.pieces[p as usize]
             .as_ref()
             .is_some_and(|s| s.received == 0 && s.free as usize == s.blocks.len());
-        if untouched && self.drop_in_flight(p) {
+        if untouched && self.drop_in_flight(p) && self.wanted.get(p as usize) {
             self.enqueue(p);
         }
     }
@@ -603,6 +692,15 @@ impl PiecePicker {
             }
         }
     }
+}
+
+/// The lowest index set in `a`, `b` and (if given) `c`: bits are most significant first (BEP 3).
+fn first_common(a: &[u8], b: &[u8], c: Option<&[u8]>) -> Option<usize> {
+    let n = a.len().min(b.len()).min(c.map_or(usize::MAX, <[u8]>::len));
+    (0..n).find_map(|i| {
+        let byte = a[i] & b[i] & c.map_or(0xff, |c| c[i]);
+        (byte != 0).then(|| i * 8 + byte.leading_zeros() as usize)
+    })
 }
 
 /// Whether two bit strings share a set bit.
@@ -946,6 +1044,140 @@ mod tests {
         let mut e = PiecePicker::new(&l, &Bitfield::new(0));
         assert!(pick(&mut e, 1, &Bitfield::new(0), 5).is_empty());
         assert!(!e.in_endgame());
+    }
+
+    /// Three files over 10 pieces of 64 KiB: `a` = pieces 0..4 (its last byte in piece 3),
+    /// `b` = pieces 3..7 (sharing piece 3 with `a`), `c` = pieces 7..10.
+    fn three_files() -> Layout {
+        let piece = 64 * KIB as u64;
+        Layout::new(
+            64 * KIB,
+            [
+                ("a".into(), 3 * piece + 100),
+                ("b".into(), 4 * piece - 100),
+                ("c".into(), 3 * piece),
+            ],
+        )
+    }
+
+    /// Download everything `p` will pick from one peer having everything; the order in which
+    /// pieces were started.
+    fn drain(p: &mut PiecePicker, n: usize) -> Vec<PieceIndex> {
+        let all = Bitfield::full(n);
+        let mut started = Vec::new();
+        loop {
+            let got = pick(p, 1, &all, 4);
+            if got.is_empty() {
+                return started;
+            }
+            for b in got {
+                if !started.contains(&b.piece) {
+                    started.push(b.piece);
+                }
+                if accepted(p.on_block(1, b)).1 {
+                    p.on_piece_verified(b.piece);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn skipped_files_are_never_picked_but_shared_pieces_are() {
+        use crate::selection::FilePriority::*;
+        let l = three_files();
+        let mut p = PiecePicker::with_seed(&l, &Bitfield::new(10), 3);
+        p.add_peer_bitfield(&Bitfield::full(10));
+        assert!(p
+            .set_priorities(&PiecePriorities::from_files(&l, &[Skip, Normal, Skip]))
+            .is_empty());
+        // A peer with only pieces of skipped files is not interesting.
+        assert!(!p.is_interesting(&bits(10, &[0, 1, 2, 7, 8, 9])));
+        assert!(p.is_interesting(&bits(10, &[3])));
+        let mut got = drain(&mut p, 10);
+        got.sort();
+        // Piece 3 is shared with the skipped `a`: fetched and verified like any other.
+        assert_eq!(got, vec![3, 4, 5, 6]);
+        assert!(p.is_complete());
+        assert!(!p.have().is_full());
+        assert!(!p.in_endgame());
+        // Un-skipping `c` makes its pieces wanted again.
+        p.set_priorities(&PiecePriorities::from_files(&l, &[Skip, Normal, Normal]));
+        assert!(!p.is_complete());
+        let mut got = drain(&mut p, 10);
+        got.sort();
+        assert_eq!(got, vec![7, 8, 9]);
+        assert!(p.is_complete());
+    }
+
+    #[test]
+    fn high_priority_pieces_come_first() {
+        use crate::selection::FilePriority::*;
+        let l = three_files();
+        // Past the random-first phase (pieces 0..4 had), so the order is by priority alone.
+        for seed in 0..10 {
+            let mut p = PiecePicker::with_seed(&l, &bits(10, &[0, 1, 2, 3]), seed);
+            p.add_peer_bitfield(&Bitfield::full(10));
+            // Make piece 4 the rarest: rarity must not beat priority.
+            p.add_peer_bitfield(&bits(10, &[5, 6, 7, 8, 9]));
+            p.set_priorities(&PiecePriorities::from_files(&l, &[Normal, Normal, High]));
+            let got = drain(&mut p, 10);
+            let mut head = got[..3].to_vec();
+            head.sort();
+            assert_eq!(head, vec![7, 8, 9], "seed {seed}: {got:?}");
+            assert_eq!(got.len(), 6);
+        }
+        // Also while the first pieces are random: the random choice is among high pieces.
+        let mut p = PiecePicker::with_seed(&l, &Bitfield::new(10), 1);
+        p.set_priorities(&PiecePriorities::from_files(&l, &[Normal, High, Skip]));
+        let got = drain(&mut p, 10);
+        let mut head = got[..4].to_vec();
+        head.sort();
+        assert_eq!(head, vec![3, 4, 5, 6], "{got:?}");
+        // A peer without high pieces still gets normal ones.
+        let mut p = PiecePicker::with_seed(&l, &Bitfield::new(10), 1);
+        p.set_priorities(&PiecePriorities::from_files(&l, &[Normal, High, Skip]));
+        assert_eq!(pick(&mut p, 2, &bits(10, &[1]), 1)[0].piece, 1);
+    }
+
+    #[test]
+    fn sequential_starts_pieces_in_order() {
+        use crate::selection::FilePriority::*;
+        let l = three_files();
+        let mut p = PiecePicker::with_seed(&l, &Bitfield::new(10), 9);
+        p.add_peer_bitfield(&Bitfield::full(10));
+        p.add_peer_bitfield(&bits(10, &[3, 4, 5, 6, 7, 8, 9]));
+        p.set_sequential(true);
+        // From the first wanted piece: `a` is skipped, so piece 3 (shared) comes first.
+        p.set_priorities(&PiecePriorities::from_files(&l, &[Skip, Normal, Normal]));
+        assert_eq!(drain(&mut p, 10), vec![3, 4, 5, 6, 7, 8, 9]);
+        // A deep pipeline spans several consecutive pieces (4 blocks each).
+        let mut p = PiecePicker::with_seed(&l, &Bitfield::new(10), 9);
+        p.set_sequential(true);
+        let got = pick(&mut p, 1, &Bitfield::full(10), 10);
+        let pieces: Vec<PieceIndex> = got.iter().map(|b| b.piece).collect();
+        assert_eq!(pieces, vec![0, 0, 0, 0, 1, 1, 1, 1, 2, 2]);
+        // A peer lacking the next piece gets the next one it has.
+        assert_eq!(pick(&mut p, 2, &bits(10, &[8, 5]), 1)[0].piece, 5);
+    }
+
+    #[test]
+    fn skipping_drops_pieces_in_flight() {
+        use crate::selection::FilePriority::*;
+        let l = three_files();
+        let mut p = PiecePicker::with_seed(&l, &Bitfield::new(10), 2);
+        p.set_sequential(true);
+        let all = Bitfield::full(10);
+        let first = pick(&mut p, 1, &all, 6); // piece 0 whole, half of piece 1
+        accepted(p.on_block(1, first[4]));
+        for b in &first[..4] {
+            accepted(p.on_block(1, *b));
+        }
+        // Piece 0 is whole (waiting for its hash): kept. Piece 1 is dropped.
+        let dropped = p.set_priorities(&PiecePriorities::from_files(&l, &[Skip, Normal, Normal]));
+        assert_eq!(dropped, vec![1]);
+        assert_eq!(p.on_block(1, first[5]), BlockOutcome::Unexpected);
+        p.on_piece_verified(0);
+        assert_eq!(pick(&mut p, 1, &all, 1)[0].piece, 3);
     }
 
     /// Seeds answering in order (as TCP does) keep few pieces in flight.

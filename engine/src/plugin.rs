@@ -72,7 +72,7 @@ use async_trait::async_trait;
 use libloading::Library;
 
 use crate::registry::{Origin, Registry, RegistryError, TransportFactory};
-use crate::storage::{Storage, StorageBackend, StorageError, StorageSpec};
+use crate::storage::{DeletedData, Storage, StorageBackend, StorageError, StorageSpec};
 use crate::transport::{Transport, TransportError, TransportOptions};
 
 /// Version of the plugin interface: the shape of [`PluginDeclaration`] and
@@ -541,6 +541,10 @@ impl StorageBackend for PluginStorageBackend {
 
     async fn open(&self, spec: StorageSpec) -> Result<Arc<dyn Storage>, StorageError> {
         self.inner.open(spec).await
+    }
+
+    async fn delete_data(&self, spec: StorageSpec) -> Result<DeletedData, StorageError> {
+        self.inner.delete_data(spec).await
     }
 }
 

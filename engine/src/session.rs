@@ -21,12 +21,16 @@ use crate::metainfo::Metainfo;
 use crate::peer;
 use crate::ratelimit::RateLimiter;
 use crate::recheck::HashBudget;
+use crate::selection::{
+    FilePriority, PiecePriorities, SelectionError, SharedSelection, TorrentOptions,
+};
 use crate::status::TorrentStatus;
-use crate::storage::StorageBackend;
+use crate::storage::{DeletedData, Layout, StorageBackend, StorageError, StorageSpec};
 use crate::torrent::peers::{host_key, HostKey};
 use crate::torrent::sources::{Discovery, DiscoverySlot};
 use crate::torrent::{
-    initial_status, run_torrent, PeerLimits, PeerSlot, Source, TorrentCommand, TorrentParams,
+    initial_status, run_torrent, saved_metadata, PeerLimits, PeerSlot, Source, TorrentCommand,
+    TorrentParams,
 };
 use crate::tracker::TrackerClient;
 use crate::transport::{Listener, Transport, TransportError};
@@ -137,6 +141,9 @@ pub enum SessionError {
     /// The session is shutting down.
     #[error("session is shutting down")]
     Closed,
+    /// The options given at add do not fit the torrent.
+    #[error(transparent)]
+    Selection(#[from] SelectionError),
 }
 
 /// What a torrent is added from: a parsed `.torrent`, or a magnet link whose metadata the
@@ -185,6 +192,7 @@ pub struct TorrentHandle {
     info_hash: InfoHash,
     status: watch::Receiver<TorrentStatus>,
     commands: mpsc::Sender<TorrentCommand>,
+    selection: SharedSelection,
 }
 
 impl TorrentHandle {
@@ -212,6 +220,25 @@ impl TorrentHandle {
     pub async fn add_peers(&self, peers: Vec<SocketAddr>) {
         let _ = self.commands.send(TorrentCommand::AddPeers(peers)).await;
     }
+    /// Choose files: one priority per file, in torrent order. Skipped files are not fetched
+    /// (pieces they share with wanted files are) and never appear at their final path;
+    /// un-skipping one later finishes it normally. Refused for a list of the wrong length, or
+    /// while a magnet's metadata (and so its file list) is unknown. Shown in
+    /// [`FileStatus::priority`](crate::FileStatus::priority) once the torrent applied it.
+    pub async fn set_file_priorities(
+        &self,
+        priorities: Vec<FilePriority>,
+    ) -> Result<(), SelectionError> {
+        self.selection.set_priorities(priorities)?;
+        let _ = self.commands.send(TorrentCommand::SelectionChanged).await;
+        Ok(())
+    }
+    /// Fetch pieces in order from the first wanted one (for playing while downloading), or
+    /// rarest first again. Shown in [`TorrentStatus::sequential`].
+    pub async fn set_sequential(&self, on: bool) {
+        self.selection.set_sequential(on);
+        let _ = self.commands.send(TorrentCommand::SelectionChanged).await;
+    }
 }
 
 struct Entry {
@@ -219,6 +246,8 @@ struct Entry {
     source: Source,
     /// Known to be private (BEP 27), from its `.torrent` or once a magnet's metadata came.
     private: Arc<std::sync::atomic::AtomicBool>,
+    /// The user's file choice (kept across a recheck).
+    selection: SharedSelection,
     handle: TorrentHandle,
     task: JoinHandle<()>,
 }
@@ -322,11 +351,31 @@ impl Session {
     /// Add a torrent; it starts checking (or, from a magnet, fetching its metadata), then
     /// downloading or seeding.
     pub fn add(&self, torrent: impl Into<AddTorrent>) -> Result<TorrentHandle, SessionError> {
-        let source = match torrent.into() {
-            AddTorrent::Metainfo(m) => Source::Metainfo(Arc::new(m)),
-            AddTorrent::Magnet(m) => Source::Magnet(m),
+        self.add_with(torrent, TorrentOptions::default())
+    }
+
+    /// [`Session::add`] with the user's choices: file priorities and sequential order. A
+    /// `.torrent`'s priorities must have one entry per file ([`SessionError::Selection`]
+    /// otherwise); a magnet's are checked when its metadata arrives.
+    pub fn add_with(
+        &self,
+        torrent: impl Into<AddTorrent>,
+        options: TorrentOptions,
+    ) -> Result<TorrentHandle, SessionError> {
+        let (source, file_count) = match torrent.into() {
+            AddTorrent::Metainfo(m) => {
+                let n = m.info.layout.files.len();
+                (Source::Metainfo(Arc::new(m)), Some(n))
+            }
+            AddTorrent::Magnet(m) => (Source::Magnet(m), None),
         };
-        self.add_inner(source, false)
+        if let Some(expected) = file_count {
+            let got = options.file_priorities.len();
+            if got != 0 && got != expected {
+                return Err(SelectionError::WrongLength { expected, got }.into());
+            }
+        }
+        self.add_inner(source, false, SharedSelection::new(options, file_count))
     }
 
     /// Stop one torrent gracefully and start it again, hashing all its data whatever the resume
@@ -339,14 +388,16 @@ impl Session {
             .expect("lock poisoned only by a panic")
             .remove(&info_hash)?;
         let source = entry.source.clone();
+        let selection = entry.selection.clone();
         stop_torrent(entry, Duration::from_secs(4)).await;
-        self.add_inner(source, true).ok()
+        self.add_inner(source, true, selection).ok()
     }
 
     fn add_inner(
         &self,
         source: Source,
         force_recheck: bool,
+        selection: SharedSelection,
     ) -> Result<TorrentHandle, SessionError> {
         let mut torrents = self
             .shared
@@ -357,7 +408,19 @@ impl Session {
         if torrents.contains_key(&info_hash) {
             return Err(SessionError::Duplicate(info_hash));
         }
-        let status = initial_status(&source);
+        let mut status = initial_status(&source);
+        let chosen = selection.get();
+        status.sequential = chosen.sequential;
+        if let Source::Metainfo(m) = &source {
+            // What is wanted is known from the start (the live phase keeps it up to date).
+            let layout = &m.info.layout;
+            let wanted = PiecePriorities::from_files(layout, &chosen.priorities_for(layout));
+            status.wanted_bytes = wanted
+                .wanted
+                .iter_ones()
+                .map(|p| u64::from(layout.piece_len(p as u32)))
+                .sum();
+        }
         // BEP 27: a private torrent finds peers through its trackers only.
         let discovery = (!source.is_private()).then(|| self.shared.discovery.clone());
         let private = Arc::new(std::sync::atomic::AtomicBool::new(source.is_private()));
@@ -386,18 +449,21 @@ impl Session {
             rng_seed: c.rng_seed,
             private: private.clone(),
             discovery,
+            selection: selection.clone(),
         };
         let task = tokio::spawn(run_torrent(params, source.clone(), cmd_rx));
         let handle = TorrentHandle {
             info_hash,
             status: status_rx,
             commands: cmd_tx,
+            selection: selection.clone(),
         };
         torrents.insert(
             info_hash,
             Entry {
                 source,
                 private,
+                selection,
                 handle: handle.clone(),
                 task,
             },
@@ -430,6 +496,57 @@ impl Session {
             }
             None => false,
         }
+    }
+
+    /// Stop and remove one torrent, then delete the data it wrote: its incomplete data and
+    /// resume state, the finished files storage vouches it wrote, the metadata kept for a
+    /// magnet, and folders of its paths left empty (see the storage contract,
+    /// [`StorageBackend::delete_data`]). Files it did not write (found in place, or replaced
+    /// since) are kept and listed in [`DeletedData::kept`]; the download folder itself and
+    /// anything outside the torrent's own paths are never touched. `Ok(None)` if the torrent
+    /// is not in the session.
+    pub async fn remove_with_data(
+        &self,
+        info_hash: InfoHash,
+    ) -> Result<Option<DeletedData>, StorageError> {
+        let entry = self
+            .shared
+            .torrents
+            .lock()
+            .expect("lock poisoned only by a panic")
+            .remove(&info_hash);
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        let source = entry.source.clone();
+        let skipped = entry.selection.get();
+        stop_torrent(entry, Duration::from_secs(4)).await;
+        let c = &self.shared.config;
+        let (metadata_path, saved) = saved_metadata(&c.state_dir, info_hash).await;
+        let layout = match (&source, saved) {
+            (Source::Metainfo(m), _) => Arc::new(m.info.layout.clone()),
+            (Source::Magnet(_), Some(m)) => Arc::new(m.info.layout.clone()),
+            // Metadata never arrived: no file of it can exist, only incomplete data by hash.
+            (Source::Magnet(_), None) => Arc::new(Layout::new(1, Vec::new())),
+        };
+        let spec = StorageSpec {
+            info_hash,
+            skipped_files: skipped.skipped_for(&layout),
+            layout,
+            download_dir: c.download_dir.clone(),
+            state_dir: c.state_dir.clone(),
+        };
+        let mut deleted = self.shared.backend.delete_data(spec).await?;
+        // Written by the engine itself when a magnet's metadata arrived.
+        let removed = tokio::task::spawn_blocking({
+            let path = metadata_path.clone();
+            move || std::fs::remove_file(path)
+        })
+        .await;
+        if let Ok(Ok(())) = removed {
+            deleted.removed.push(metadata_path);
+        }
+        Ok(Some(deleted))
     }
 
     /// Stop every torrent gracefully (flush, resume state, `stopped`), bounded by `timeout`.

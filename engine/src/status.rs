@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::selection::FilePriority;
 use crate::tracker::TrackerStatus;
 use crate::types::{Bitfield, InfoHash};
 
@@ -20,7 +21,8 @@ pub enum TorrentState {
     },
     /// Fetching missing pieces.
     Downloading,
-    /// Complete; serving others.
+    /// Every wanted piece is here (every piece, unless the user skipped files: then
+    /// [`TorrentStatus::have_bytes`] may be less than the total); serving others.
     Seeding,
     /// Stopped by the user; nothing is transferred.
     Paused,
@@ -55,6 +57,13 @@ pub struct TorrentStatus {
     pub total_bytes: u64,
     /// Bytes in verified pieces.
     pub have_bytes: u64,
+    /// Bytes in wanted pieces: pieces holding bytes of a file that is not skipped (pieces
+    /// shared with a skipped file count whole). Equal to `total_bytes` when nothing is skipped.
+    pub wanted_bytes: u64,
+    /// Bytes in verified wanted pieces: progress and ETA against what the user wants.
+    pub wanted_have_bytes: u64,
+    /// Pieces are fetched in order (for playing while downloading).
+    pub sequential: bool,
     /// Verified pieces.
     pub pieces_have: u32,
     /// All pieces.
@@ -131,6 +140,8 @@ pub struct FileStatus {
     pub length: u64,
     /// Bytes of it in verified pieces.
     pub have_bytes: u64,
+    /// The user's choice for it.
+    pub priority: FilePriority,
 }
 
 impl TorrentStatus {
@@ -142,6 +153,9 @@ impl TorrentStatus {
             state: TorrentState::Checking { progress: 0.0 },
             total_bytes,
             have_bytes: 0,
+            wanted_bytes: total_bytes,
+            wanted_have_bytes: 0,
+            sequential: false,
             pieces_have: 0,
             pieces_total,
             download_rate: 0,
@@ -171,5 +185,39 @@ impl TorrentStatus {
         } else {
             self.have_bytes as f64 / self.total_bytes as f64
         }
+    }
+
+    /// Completion of what the user wants, 0.0–1.0, by bytes: [`TorrentStatus::progress`]
+    /// counted over wanted pieces only (1.0 when nothing is wanted).
+    pub fn wanted_progress(&self) -> f64 {
+        if self.state == TorrentState::FetchingMetadata {
+            0.0
+        } else if self.wanted_bytes == 0 {
+            1.0
+        } else {
+            self.wanted_have_bytes as f64 / self.wanted_bytes as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_of_what_is_wanted() {
+        let mut s = TorrentStatus::new("t".into(), InfoHash([1; 20]), 1000, 10);
+        assert_eq!((s.wanted_bytes, s.wanted_progress()), (1000, 0.0));
+        // 300 of 1000 bytes skipped; 350 of the 700 wanted are here, and 50 more of others.
+        s.state = TorrentState::Downloading;
+        s.wanted_bytes = 700;
+        s.wanted_have_bytes = 350;
+        s.have_bytes = 400;
+        assert_eq!(s.wanted_progress(), 0.5);
+        assert_eq!(s.progress(), 0.4);
+        s.wanted_bytes = 0; // everything skipped: nothing left to want
+        assert_eq!(s.wanted_progress(), 1.0);
+        s.state = TorrentState::FetchingMetadata;
+        assert_eq!(s.wanted_progress(), 0.0);
     }
 }

@@ -169,6 +169,31 @@ impl Claims {
         })
     }
 
+    /// Whether a storage of `info_hash` from this backend is open (holds a claim).
+    pub(crate) fn is_open(&self, info_hash: &InfoHash) -> bool {
+        lock(&self.inner)
+            .roots
+            .values()
+            .any(|o| o.info_hash == *info_hash)
+    }
+
+    /// The torrent's data is gone: forget its lasting claim on its root (the marker), if the
+    /// marker names it. Returns the marker's path when it was removed.
+    pub(crate) fn forget_marker(
+        &self,
+        info_hash: &InfoHash,
+        layout: &Layout,
+        download_dir: &Path,
+        state_dir: &Path,
+    ) -> Option<PathBuf> {
+        let dl = fs::canonicalize(download_dir).ok()?;
+        let fold = self.folds_case(&dl);
+        let root = layout.files.first()?.path.components().next()?;
+        let marker = marker_path(state_dir, &dl, &key(root.as_os_str().as_bytes(), fold));
+        (marker_owner(&marker) == Some(*info_hash) && fs::remove_file(&marker).is_ok())
+            .then_some(marker)
+    }
+
     fn folds_case(&self, dir: &Path) -> bool {
         if let Some(&f) = lock(&self.inner).folds_case.get(dir) {
             return f;

@@ -18,10 +18,12 @@
 //! ```
 //!
 //! Modules: `storage` (the backend and per-torrent storage), `resume` (the resume file format),
-//! `paths` (path safety, durable folder creation), `cache` (bounded descriptor cache).
+//! `paths` (path safety, durable folder creation), `cache` (bounded descriptor cache), `delete`
+//! (deleting a removed torrent's data: only what this client wrote).
 
 mod cache;
 mod claims;
+mod delete;
 mod paths;
 mod resume;
 mod storage;

@@ -127,6 +127,15 @@ pub(crate) struct FileRecord {
     pub length: u64,
     pub location: Location,
     pub stamp: Stamp,
+    /// 1: a file at its final path that this client did not create (found there and adopted
+    /// after it verified, or taken in and completed): deleting the torrent's data keeps it.
+    /// Absent from older records (0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub adopted: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 /// The recorded state of one torrent.
@@ -310,6 +319,7 @@ mod tests {
                     ctime_s: 1_700_000_001,
                     ctime_ns: 5,
                 },
+                adopted: 1,
             }],
         };
         assert_eq!(load(&path).unwrap(), None);

@@ -17,6 +17,15 @@
 //!   fsyncs every file written since the last flush, *then* replaces the resume file, so the
 //!   recorded set is always a subset of durable data.
 //!
+//! ## Skipped files
+//!
+//! A file the user skipped (`StorageSpec::skipped_files`, `Storage::set_skipped_files`) is
+//! never finalized: pieces it shares with wanted files are written to its part file under the
+//! state folder, and stay there even when all its pieces are complete. A skipped empty file is
+//! not created. Un-skipped, it is finalized (or created) at once if complete. Someone's file at
+//! a skipped file's final path is neither adopted nor moved after a recheck (a piece it shares
+//! with a wanted file is still compared with it, as for any file we did not write).
+//!
 //! ## Data the client did not write
 //!
 //! A file at a final path that the resume state does not vouch for (no record, or another inode,
@@ -79,8 +88,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use zigtorrent_engine::storage::Resume;
 use zigtorrent_engine::{
-    Bitfield, InfoHash, Layout, PathConflict, PieceIndex, Storage, StorageBackend, StorageError,
-    StorageSpec,
+    Bitfield, DeletedData, InfoHash, Layout, PathConflict, PieceIndex, Storage, StorageBackend,
+    StorageError, StorageSpec,
 };
 
 use crate::cache::{FdCache, Handle};
@@ -136,6 +145,12 @@ impl StorageBackend for FsBackend {
             inner: Arc::new(inner),
         }))
     }
+
+    /// See `delete.rs`: only what this client wrote goes.
+    async fn delete_data(&self, spec: StorageSpec) -> Result<DeletedData, StorageError> {
+        let claims = self.claims.clone();
+        blocking(move || crate::delete::delete_data(&spec, &claims)).await
+    }
 }
 
 /// One torrent's files on disk. Cheap to clone (a shared handle).
@@ -176,6 +191,11 @@ struct State {
     known: Vec<Option<Stamp>>,
     /// Files being finalized right now (so two `mark_complete` calls don't both rename).
     finalizing: HashSet<usize>,
+    /// Files the user skipped: never created or moved to their final path.
+    skipped: Vec<bool>,
+    /// Files at (or bound for) their final path that we did not create: found there and
+    /// adopted, or taken in from there. Deleting the torrent's data keeps them.
+    adopted: Vec<bool>,
     /// Files written since the last flush.
     dirty: HashSet<usize>,
     cache: FdCache,
@@ -437,12 +457,28 @@ impl Inner {
             }
         }
 
+        let skipped: Vec<bool> = (0..finals.len())
+            .map(|i| spec.skipped_files.get(i).copied().unwrap_or(false))
+            .collect();
+        let adopted: Vec<bool> = (0..finals.len())
+            .map(|i| {
+                trusted[i]
+                    && observed[i].location == Location::Final
+                    && record
+                        .as_ref()
+                        .is_some_and(|(b, _)| b.files.get(i).is_some_and(|r| r.adopted != 0))
+            })
+            .collect();
         let mut locations = Vec::with_capacity(finals.len());
         let mut recorded = Vec::with_capacity(finals.len());
         let mut known = Vec::with_capacity(finals.len());
         for (i, o) in observed.iter().enumerate() {
             known.push((o.location != Location::Absent).then_some(o.stamp));
-            if trusted[i] {
+            if layout.files[i].length == 0 && skipped[i] && stat(&finals[i])?.is_none() {
+                // A skipped empty file is not created: nothing of it exists.
+                locations.push(Location::Absent);
+                recorded.push(None);
+            } else if trusted[i] {
                 locations.push(o.location);
                 recorded.push(Some((o.location, o.stamp)));
             } else {
@@ -472,9 +508,9 @@ impl Inner {
             }
         };
 
-        // Zero-length files are complete by definition: put them in place now.
+        // Zero-length files are complete by definition: put them in place now (unless skipped).
         for (i, f) in layout.files.iter().enumerate() {
-            if f.length == 0 {
+            if f.length == 0 && !skipped[i] {
                 create_empty(&spec.download_dir, &finals[i])?;
             }
         }
@@ -493,6 +529,8 @@ impl Inner {
                 locations,
                 known,
                 finalizing: HashSet::new(),
+                skipped,
+                adopted,
                 dirty: HashSet::new(),
                 cache: FdCache::new(max_open_files),
             }),
@@ -736,6 +774,7 @@ impl Inner {
                 .all(|p| st.completed.get(p as usize));
             let loc = st.locations[file];
             if !done
+                || st.skipped[file]
                 || matches!(loc, Location::Final | Location::Absent)
                 || !st.finalizing.insert(file)
             {
@@ -774,6 +813,7 @@ impl Inner {
             let mut st = lock(&self.state);
             st.cache.remove(file); // the read-only handle
             st.locations[file] = Location::Final;
+            st.adopted[file] = true;
         }
         // A stale part file of ours (from before the file appeared there) is of no use now.
         match fs::remove_file(part_file(&self.parts_dir, file)) {
@@ -857,6 +897,32 @@ impl Inner {
         sync_dir(self.final_parent(file))
     }
 
+    /// See [`Storage::set_skipped_files`]: files no longer skipped are finished now if their
+    /// pieces are all complete (an empty one is created).
+    fn set_skipped_files(&self, skipped: &[bool]) -> Result<(), StorageError> {
+        let unskipped: Vec<usize> = {
+            let mut st = lock(&self.state);
+            let n = st.skipped.len();
+            let new: Vec<bool> = (0..n)
+                .map(|i| skipped.get(i).copied().unwrap_or(false))
+                .collect();
+            let unskipped = (0..n).filter(|&i| st.skipped[i] && !new[i]).collect();
+            st.skipped = new;
+            unskipped
+        };
+        for file in unskipped {
+            if self.layout.files[file].length == 0 {
+                if lock(&self.state).locations[file] == Location::Absent {
+                    create_empty(&self.download_dir, &self.finals[file])?;
+                    lock(&self.state).locations[file] = Location::Final;
+                }
+            } else {
+                self.maybe_finalize(file)?;
+            }
+        }
+        Ok(())
+    }
+
     /// See [`Storage::recheck_finished`]. Decides for every file first and changes nothing when
     /// any file is in the way, so an error never leaves a user's file moved.
     fn recheck_finished(&self, verified: &Bitfield) -> Result<(), StorageError> {
@@ -902,6 +968,10 @@ impl Inner {
         let pieces = self.layout.pieces_for_file(file);
         let (loc, verified, failed, all, interior_failed) = {
             let st = lock(&self.state);
+            if st.skipped[file] && st.locations[file] == Location::Foreign {
+                // Skipped: someone's file at its final path is neither adopted nor moved.
+                return Ok(Settle::Keep);
+            }
             let mut verified = false;
             let mut failed = false;
             let mut all = true;
@@ -1038,6 +1108,7 @@ impl Inner {
                 Ok(()) => {
                     st.cache.remove(file);
                     st.locations[file] = Location::Part;
+                    st.adopted[file] = true;
                     true
                 }
                 Err(e) if is_cross_device(&e) => false,
@@ -1050,6 +1121,7 @@ impl Inner {
                 let mut st = lock(&self.state);
                 st.cache.remove(file);
                 st.locations[file] = Location::Part;
+                st.adopted[file] = true;
             }
             fs::remove_file(from).map_err(|e| StorageError::from_io(from, e))?;
         }
@@ -1082,11 +1154,12 @@ impl Inner {
 
     fn flush(&self) -> Result<(), StorageError> {
         let mut recorded = lock(&self.recorded);
-        let (completed, locations, dirty) = {
+        let (completed, locations, adopted, dirty) = {
             let mut st = lock(&self.state);
             (
                 st.completed.clone(),
                 st.locations.clone(),
+                st.adopted.clone(),
                 std::mem::take(&mut st.dirty),
             )
         };
@@ -1121,6 +1194,7 @@ impl Inner {
                 length: f.length,
                 location: rec.0,
                 stamp: rec.1,
+                adopted: u8::from(adopted[i] && rec.0 != Location::Absent),
             });
         }
         // A record of a missing file must claim none of its pieces (see `file_trust`).
@@ -1336,5 +1410,10 @@ impl Storage for FsStorage {
         let inner = self.inner.clone();
         let verified = verified.clone();
         blocking(move || inner.recheck_finished(&verified)).await
+    }
+
+    async fn set_skipped_files(&self, skipped: Vec<bool>) -> Result<(), StorageError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.set_skipped_files(&skipped)).await
     }
 }

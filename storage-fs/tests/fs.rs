@@ -43,6 +43,7 @@ impl Case {
             layout: Arc::new(layout),
             download_dir: root.join("dl"),
             state_dir: root.join("state"),
+            skipped_files: Vec::new(),
         };
         Case {
             _tmp: tmp,
@@ -871,6 +872,7 @@ async fn rev_e4_state_equal_to_downloads() {
             layout: Arc::new(a_layout.clone()),
             download_dir: d.clone(),
             state_dir: d.clone(),
+            skipped_files: Vec::new(),
         })
         .await;
     assert!(
@@ -891,6 +893,7 @@ async fn rev_e4_state_equal_to_downloads() {
             layout: Arc::new(v_layout),
             download_dir: d.clone(),
             state_dir: d.clone(),
+            skipped_files: Vec::new(),
         })
         .await
         .unwrap();
@@ -1276,4 +1279,178 @@ async fn a_file_that_differs_more_than_it_matches_is_left_alone() {
     );
     drop(s);
     assert_eq!(fs::read(c.dl("t/a")).unwrap(), mine);
+}
+
+/// a: pieces 0-1; s: 5,000 bytes inside piece 1 (shared with a and b); e: empty; b: 1-3.
+fn with_skipped() -> Case {
+    let mut c = Case::new(&[("t/a", 20_000), ("t/s", 5_000), ("t/e", 0), ("t/b", 30_000)]);
+    c.spec.skipped_files = vec![false, true, true, false];
+    c
+}
+
+#[tokio::test]
+async fn a_skipped_file_never_appears_even_when_all_its_bytes_arrive() {
+    let c = with_skipped();
+    let s = c.open().await;
+    assert!(!exists(&c.dl("t/e")), "a skipped empty file is not created");
+    for p in 0..4 {
+        c.complete(&*s, p).await;
+    }
+    assert!(exists(&c.dl("t/a")) && exists(&c.dl("t/b")));
+    assert!(!exists(&c.dl("t/s")), "skipped file moved into place");
+    assert_eq!(
+        fs::read(c.part(1)).unwrap(),
+        c.file_bytes(1),
+        "its bytes stay under state"
+    );
+    s.flush().await.unwrap();
+    drop(s);
+    // Reopened (all its pieces complete, trusted): still not moved into place.
+    let s = c.open().await;
+    assert!(matches!(s.resume(), Resume::Trusted(b) if b.is_full()));
+    assert!(!exists(&c.dl("t/s")) && !exists(&c.dl("t/e")));
+    assert_eq!(tree(&c.spec.download_dir), ["t", "t/a", "t/b"]);
+    // Un-skipped: finished normally, at once.
+    s.set_skipped_files(vec![false; 4]).await.unwrap();
+    assert_eq!(fs::read(c.dl("t/s")).unwrap(), c.file_bytes(1));
+    assert!(!exists(&c.part(1)));
+    assert!(exists(&c.dl("t/e")) && s.is_finalized(1) && s.is_finalized(2));
+    s.flush().await.unwrap();
+    drop(s);
+    let s = c.open().await;
+    assert!(matches!(s.resume(), Resume::Trusted(b) if b.is_full()));
+    assert!((0..4).all(|f| s.is_finalized(f)));
+}
+
+#[tokio::test]
+async fn skipping_after_start_keeps_the_file_out_of_place() {
+    let mut c = with_skipped();
+    c.spec.skipped_files = Vec::new();
+    let s = c.open().await;
+    assert!(exists(&c.dl("t/e")), "not skipped at open: created");
+    s.set_skipped_files(vec![false, true, false, false])
+        .await
+        .unwrap();
+    for p in [3, 2, 1, 0] {
+        c.complete(&*s, p).await;
+    }
+    assert!(!exists(&c.dl("t/s")) && exists(&c.part(1)));
+    assert!(exists(&c.dl("t/a")) && exists(&c.dl("t/b")));
+}
+
+#[tokio::test]
+async fn deleting_data_removes_only_what_this_torrent_wrote() {
+    // a and b written by us; k placed by the user and adopted once it verified; e empty.
+    let c = Case::new(&[
+        ("t/a", 20_000),
+        ("t/k", 20_000),
+        ("t/sub/b", 30_000),
+        ("t/e", 0),
+    ]);
+    fs::create_dir_all(c.dl("t")).unwrap();
+    fs::write(c.dl("t/k"), c.file_bytes(1)).unwrap();
+    fs::write(c.dl("t/notes.txt"), b"the user's").unwrap();
+    fs::write(c.dl("x.torrent"), b"d4:infod").unwrap();
+    let watch = c.root.join("torrents");
+    fs::create_dir_all(&watch).unwrap();
+    fs::write(watch.join("x.torrent"), b"d4:infod").unwrap();
+    let k_inode = inode(&c.dl("t/k"));
+
+    // Another torrent in the same folders, complete.
+    let mut other = c.spec.clone();
+    other.info_hash = InfoHash([0xcd; 20]);
+    other.layout = Arc::new(Layout::new(PL, [(PathBuf::from("u/z"), 100)]));
+    let backend = FsBackend::new();
+    let o = backend.open(other.clone()).await.unwrap();
+    o.write(0, 0, vec![Bytes::from_static(&[7; 100])])
+        .await
+        .unwrap();
+    o.mark_complete(0).await.unwrap();
+    o.flush().await.unwrap();
+    drop(o);
+
+    let s = backend.open(c.spec.clone()).await.unwrap();
+    assert_eq!(
+        c.recheck(&*s).await,
+        Vec::<u32>::new(),
+        "k alone checks no piece"
+    );
+    for p in 0..c.spec.layout.piece_count() {
+        c.complete(&*s, p).await;
+    }
+    assert_eq!(inode(&c.dl("t/k")), k_inode, "adopted in place");
+    s.flush().await.unwrap();
+    // Never while the torrent is open.
+    assert!(backend.delete_data(c.spec.clone()).await.is_err());
+    assert!(exists(&c.dl("t/a")));
+    drop(s);
+
+    let deleted = backend.delete_data(c.spec.clone()).await.unwrap();
+    for gone in ["t/a", "t/sub/b", "t/e", "t/sub"] {
+        assert!(!exists(&c.dl(gone)), "{gone} left behind");
+        assert!(deleted.removed.contains(&c.dl(gone)), "{gone} not reported");
+    }
+    let kept: Vec<&PathBuf> = deleted.kept.iter().map(|(p, _)| p).collect();
+    assert_eq!(kept, [&c.dl("t/k")], "{:?}", deleted.kept);
+    assert_eq!(fs::read(c.dl("t/k")).unwrap(), c.file_bytes(1));
+    assert_eq!(fs::read(c.dl("t/notes.txt")).unwrap(), b"the user's");
+    assert!(exists(&c.dl("x.torrent")) && exists(&watch.join("x.torrent")));
+    assert!(!exists(&c.resume_file()) && !exists(c.part(0).parent().unwrap()));
+    // The other torrent is untouched, data and state.
+    assert_eq!(fs::read(c.dl("u/z")).unwrap(), [7; 100]);
+    let o = backend.open(other).await.unwrap();
+    assert!(matches!(o.resume(), Resume::Trusted(b) if b.is_full()));
+    drop(o);
+    // Once the user's files are gone, a second delete empties the torrent's folder and
+    // never removes the download folder itself.
+    fs::remove_file(c.dl("t/k")).unwrap();
+    fs::remove_file(c.dl("t/notes.txt")).unwrap();
+    let again = backend.delete_data(c.spec.clone()).await.unwrap();
+    assert_eq!(again.removed, [c.dl("t")]);
+    assert!(c.spec.download_dir.is_dir());
+}
+
+#[tokio::test]
+async fn deleting_data_never_follows_a_symbolic_link() {
+    let c = Case::new(&[("t/a", 20_000), ("t/sub/b", 30_000)]);
+    let backend = FsBackend::new();
+    let s = backend.open(c.spec.clone()).await.unwrap();
+    for p in 0..c.spec.layout.piece_count() {
+        c.complete(&*s, p).await;
+    }
+    s.flush().await.unwrap();
+    drop(s);
+    // The folder holding b moves elsewhere and a link takes its place: b is the very file we
+    // wrote (same inode, same times), but reached through a link it is not ours to delete.
+    let outside = c.root.join("elsewhere");
+    fs::rename(c.dl("t/sub"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, c.dl("t/sub")).unwrap();
+    let deleted = backend.delete_data(c.spec.clone()).await.unwrap();
+    assert!(!exists(&c.dl("t/a")));
+    assert_eq!(fs::read(outside.join("b")).unwrap(), c.file_bytes(1));
+    assert!(c.dl("t/sub").symlink_metadata().unwrap().is_symlink());
+    assert_eq!(deleted.kept.len(), 1, "{:?}", deleted.kept);
+}
+
+#[tokio::test]
+async fn a_users_file_at_a_skipped_files_path_is_neither_adopted_nor_moved() {
+    let c = with_skipped();
+    fs::create_dir_all(c.dl("t")).unwrap();
+    // The user's own copy of s, the torrent's bytes exactly: it would verify.
+    fs::write(c.dl("t/s"), c.file_bytes(1)).unwrap();
+    let ino = inode(&c.dl("t/s"));
+    let s = c.open().await;
+    c.recheck(&*s).await;
+    for p in 0..4 {
+        c.complete(&*s, p).await;
+    }
+    assert!(!s.is_finalized(1), "a skipped file is not taken as ours");
+    assert_eq!(inode(&c.dl("t/s")), ino);
+    assert!(!exists(&c.part(1)), "nor moved into the incomplete area");
+    s.flush().await.unwrap();
+    drop(s);
+    let deleted = FsBackend::new().delete_data(c.spec.clone()).await.unwrap();
+    assert_eq!(fs::read(c.dl("t/s")).unwrap(), c.file_bytes(1));
+    assert!(!exists(&c.dl("t/a")) && !exists(&c.dl("t/b")));
+    assert_eq!(deleted.kept.len(), 1, "{:?}", deleted.kept);
 }

@@ -78,6 +78,7 @@ fn ram_plugin_writes_finished_files_out_whole() {
         layout: Arc::new(layout),
         download_dir: dir.path().join("downloads"),
         state_dir: dir.path().join("state"),
+        skipped_files: Vec::new(),
     };
     let out = dir.path().join("downloads/t");
     runtime().block_on(async {
@@ -96,6 +97,61 @@ fn ram_plugin_writes_finished_files_out_whole() {
     });
     let names: Vec<_> = walk(&out);
     assert_eq!(names, ["a", "empty", "sub/b"], "no temp files left");
+}
+
+#[test]
+fn ram_plugin_skips_files_and_deletes_only_what_it_wrote() {
+    use zigtorrent_engine::storage::StorageSpec;
+    use zigtorrent_engine::{InfoHash, Layout};
+
+    let libs = built_plugins();
+    let mut registry = Registry::new();
+    plugin::load(&mut registry, &libs.ram).unwrap_or_else(|e| panic!("{e}"));
+    let backend = registry.storage("ram").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // s (2 bytes) lies inside piece 1, shared with a and b; e is empty.
+    let layout = Layout::new(
+        4,
+        [
+            ("t/a".into(), 5),
+            ("t/s".into(), 2),
+            ("t/e".into(), 0),
+            ("t/sub/b".into(), 2),
+        ],
+    );
+    let spec = StorageSpec {
+        info_hash: InfoHash([8; 20]),
+        layout: Arc::new(layout),
+        download_dir: dir.path().join("downloads"),
+        state_dir: dir.path().join("state"),
+        skipped_files: vec![false, true, true, false],
+    };
+    let out = dir.path().join("downloads/t");
+    runtime().block_on(async {
+        let s = backend.open(spec.clone()).await.unwrap();
+        s.write(0, 0, vec!["abcd".into()]).await.unwrap();
+        s.write(1, 0, vec!["efgh".into()]).await.unwrap();
+        s.write(2, 0, vec!["i".into()]).await.unwrap();
+        for p in 0..3 {
+            s.mark_complete(p).await.unwrap();
+        }
+        assert_eq!(walk(&out), ["a", "sub/b"], "skipped files written out");
+        s.set_skipped_files(vec![false, false, true, false])
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(out.join("s")).unwrap(), b"fg");
+        // The user's file in the torrent's folder, and b replaced by another file.
+        std::fs::write(out.join("notes"), b"mine").unwrap();
+        std::fs::remove_file(out.join("sub/b")).unwrap();
+        std::fs::write(out.join("sub/b"), b"hi").unwrap();
+        drop(s);
+        let deleted = backend.delete_data(spec.clone()).await.unwrap();
+        assert_eq!(deleted.kept.len(), 1, "{:?}", deleted.kept);
+        assert_eq!(walk(&out), ["notes", "sub/b"]);
+        // Nothing held any more: reopened, it trusts no piece.
+        let s = backend.open(spec).await.unwrap();
+        assert!((0..3).all(|p| !s.has_piece(p)));
+    });
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {

@@ -9,7 +9,9 @@ use rand::{RngCore, SeedableRng};
 use zigtorrent_engine::metainfo::{create_torrent, CreateOptions};
 use zigtorrent_engine::storage::{StorageBackend, StorageSpec};
 use zigtorrent_engine::testing::sim::{SimNet, SimPeer};
-use zigtorrent_engine::{Magnet, Metainfo, TorrentHandle, TorrentState};
+use zigtorrent_engine::{
+    FilePriority, Magnet, Metainfo, TorrentHandle, TorrentOptions, TorrentState,
+};
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
@@ -79,6 +81,7 @@ async fn stored(peer: &SimPeer, meta: &Metainfo) -> Vec<u8> {
         layout: layout.clone(),
         download_dir: "/nonexistent".into(),
         state_dir: "/nonexistent".into(),
+        skipped_files: Vec::new(),
     };
     let storage = peer.backend.open(spec).await.unwrap();
     let mut out = Vec::new();
@@ -420,4 +423,290 @@ async fn peers_that_claim_a_wrong_size_first_cannot_stall_the_fetch() {
     .expect("still fetching metadata five simulated minutes after an honest seeder came");
     until_seeding(&h).await;
     assert!(stored(&leecher, &meta).await == data);
+}
+
+/// A torrent of the folder `files` (name, length) of seeded pseudo-random bytes; the bytes in
+/// torrent order, and the index in the torrent of each file given.
+fn folder_torrent(files: &[(&str, usize)], piece_length: u32) -> (Metainfo, Vec<u8>, Vec<usize>) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("album");
+    std::fs::create_dir(&root).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for (name, len) in files {
+        let mut data = vec![0u8; *len];
+        rng.fill_bytes(&mut data);
+        std::fs::write(root.join(name), &data).unwrap();
+    }
+    let options = CreateOptions {
+        piece_length: Some(piece_length),
+        ..Default::default()
+    };
+    let meta = Metainfo::from_bytes(&create_torrent(&root, &options).unwrap()).unwrap();
+    let mut data = Vec::new();
+    for f in &meta.info.layout.files {
+        data.extend(std::fs::read(dir.path().join(&f.path)).unwrap());
+    }
+    let index = files
+        .iter()
+        .map(|(name, _)| {
+            (meta.info.layout.files.iter())
+                .position(|f| f.path.ends_with(name))
+                .unwrap()
+        })
+        .collect();
+    (meta, data, index)
+}
+
+/// Priorities in torrent order from (file index, priority) pairs; the rest normal.
+fn priorities(n: usize, set: &[(usize, FilePriority)]) -> Vec<FilePriority> {
+    let mut p = vec![FilePriority::Normal; n];
+    for &(i, prio) in set {
+        p[i] = prio;
+    }
+    p
+}
+
+#[tokio::test(start_paused = true)]
+async fn skipped_files_are_not_fetched_and_unskipping_finishes_them() {
+    let net = SimNet::new();
+    // 64 KiB pieces: `keep` ends inside a piece shared with `skip`, which ends inside one
+    // shared with `later`.
+    let (meta, data, idx) = folder_torrent(
+        &[
+            ("keep", 1024 * 1024 + 100),
+            ("skip", 700 * 1024),
+            ("later", 1024 * 1024),
+        ],
+        64 * 1024,
+    );
+    let (keep, skip, later) = (idx[0], idx[1], idx[2]);
+    let (seeders, leecher) = two_seeders_and_a_leecher(&net, &meta, &data).await;
+    let layout = &meta.info.layout;
+    let n = layout.files.len();
+    let options = TorrentOptions {
+        file_priorities: priorities(
+            n,
+            &[(skip, FilePriority::Skip), (later, FilePriority::Skip)],
+        ),
+        sequential: false,
+    };
+    let h = leecher.session.add_with(meta.clone(), options).unwrap();
+    let wanted: Vec<u32> = layout.pieces_for_file(keep).collect();
+    let wanted_bytes: u64 = wanted.iter().map(|&p| layout.piece_len(p) as u64).sum();
+    assert_eq!(h.status().wanted_bytes, wanted_bytes, "known from the add");
+    until_seeding(&h).await;
+    let s = h.status();
+    assert_eq!(
+        (s.wanted_bytes, s.wanted_have_bytes),
+        (wanted_bytes, wanted_bytes)
+    );
+    assert!(s.have_bytes < s.total_bytes);
+    // Exactly the wanted pieces (the last one shared with `skip`), nothing else.
+    assert_eq!(
+        s.pieces.iter_ones().map(|p| p as u32).collect::<Vec<_>>(),
+        wanted
+    );
+    assert_eq!(s.files[keep].have_bytes, s.files[keep].length);
+    assert_eq!(s.files[skip].priority, FilePriority::Skip);
+    assert_eq!(s.files[keep].priority, FilePriority::Normal);
+    // Received no more than the wanted pieces (endgame duplicates aside).
+    assert!(
+        s.downloaded <= wanted_bytes + 16 * 1024 * 4,
+        "{}",
+        s.downloaded
+    );
+
+    // Wrong lengths are refused; un-skipping `later` downloads it and seeds again.
+    assert!(h
+        .set_file_priorities(vec![FilePriority::Normal])
+        .await
+        .is_err());
+    h.set_file_priorities(priorities(n, &[(skip, FilePriority::Skip)]))
+        .await
+        .unwrap();
+    let mut rx = h.subscribe();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let s = rx.borrow_and_update().clone();
+            if s.state == TorrentState::Seeding
+                && s.files[later].have_bytes == s.files[later].length
+            {
+                return;
+            }
+            rx.changed().await.expect("torrent task alive");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("later never finished: {:?}", h.status()));
+    // (Which files storage finalizes is the storage suite's and `storage-fs`'s to check.)
+    let storage = open_leecher_storage(&leecher, &meta).await;
+    let l = &layout.files[later];
+    let start = l.offset as usize;
+    let mut got = Vec::new();
+    for p in layout.pieces_for_file(later) {
+        got.extend_from_slice(&storage.read(p, 0, layout.piece_len(p)).await.unwrap());
+    }
+    let first = layout
+        .piece_range(layout.pieces_for_file(later).start)
+        .start as usize;
+    assert!(got[start - first..][..l.length as usize] == data[start..start + l.length as usize]);
+    drop(seeders);
+}
+
+/// The leecher's storage of `meta` (a second handle on the same memory backend).
+async fn open_leecher_storage(
+    peer: &SimPeer,
+    meta: &Metainfo,
+) -> std::sync::Arc<dyn zigtorrent_engine::Storage> {
+    let spec = StorageSpec {
+        info_hash: meta.info_hash,
+        layout: Arc::new(meta.info.layout.clone()),
+        download_dir: "/nonexistent".into(),
+        state_dir: "/nonexistent".into(),
+        skipped_files: Vec::new(),
+    };
+    peer.backend.open(spec).await.unwrap()
+}
+
+/// Pieces verified at every status snapshot until the torrent seeds.
+async fn snapshots_until_seeding(h: &TorrentHandle) -> Vec<Vec<u32>> {
+    let mut rx = h.subscribe();
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let s = rx.borrow_and_update().clone();
+            seen.push(s.pieces.iter_ones().map(|p| p as u32).collect());
+            if s.state == TorrentState::Seeding {
+                return;
+            }
+            rx.changed().await.expect("torrent task alive");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not seeding: {:?}", h.status()));
+    seen
+}
+
+/// How far past the first missing wanted piece a snapshot reaches, at most, over a download:
+/// small when pieces complete in order.
+fn max_reach(snapshots: &[Vec<u32>], wanted: std::ops::Range<u32>) -> u32 {
+    snapshots
+        .iter()
+        .map(|had| {
+            let first_missing = wanted
+                .clone()
+                .find(|p| !had.contains(p))
+                .unwrap_or(wanted.end);
+            had.iter()
+                .filter(|&&p| wanted.contains(&p))
+                .map(|&p| p.saturating_sub(first_missing))
+                .max()
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn sequential_download_completes_pieces_in_order() {
+    let net = SimNet::new();
+    // `intro` is skipped: the stream starts at the first piece of `movie` (shared with it).
+    let (meta, data, idx) = folder_torrent(
+        &[("intro", 300 * 1024), ("movie", 6 * 1024 * 1024)],
+        64 * 1024,
+    );
+    let (intro, movie) = (idx[0], idx[1]);
+    let layout = &meta.info.layout;
+    let wanted = layout.pieces_for_file(movie);
+    let (_seeder, _sh) = seeder(&net, 1, &meta, &data).await;
+    // Slow enough (simulated time) for many snapshots along the way.
+    let slow = |c: &mut zigtorrent_engine::SessionConfig| c.download_limit = 512 * 1024;
+    let run = |sequential: bool, last: u8| {
+        let net = &net;
+        let meta = meta.clone();
+        let seeder = _seeder.addr;
+        async move {
+            let peer = SimPeer::start_with(net, ip(last), last, vec![seeder], slow).await;
+            let options = TorrentOptions {
+                file_priorities: priorities(2, &[(intro, FilePriority::Skip)]),
+                sequential,
+            };
+            let h = peer.session.add_with(meta, options).unwrap();
+            assert_eq!(h.status().sequential, sequential, "shown from the start");
+            let snaps = snapshots_until_seeding(&h).await;
+            assert_eq!(h.status().sequential, sequential);
+            (snaps, peer)
+        }
+    };
+    let (in_order, peer) = run(true, 8).await;
+    assert!(
+        in_order.len() >= 8,
+        "too few snapshots to judge: {}",
+        in_order.len()
+    );
+    // The first wanted piece (shared with the skipped `intro`) comes among the first.
+    let first_seen = in_order.iter().find(|s| !s.is_empty()).unwrap();
+    assert!(first_seen.contains(&wanted.start), "{first_seen:?}");
+    // A pipeline of 64 blocks spans 16 pieces of 64 KiB; allow a few more in flight.
+    let reach = max_reach(&in_order, wanted.clone());
+    assert!(
+        reach <= 24,
+        "sequential reached {reach} pieces past the first missing one"
+    );
+    assert!(
+        stored_range(&peer, &meta, wanted.clone()).await
+            == data[layout.piece_range(wanted.start).start as usize..]
+    );
+    // The same download rarest first scatters far ahead (the test can tell the difference).
+    let (scattered, _peer) = run(false, 7).await;
+    let reach = max_reach(&scattered, wanted.clone());
+    assert!(
+        reach > 24,
+        "rarest first reached only {reach}: the check above proves nothing"
+    );
+}
+
+/// The leecher's bytes of the pieces in `range`.
+async fn stored_range(peer: &SimPeer, meta: &Metainfo, range: std::ops::Range<u32>) -> Vec<u8> {
+    let storage = open_leecher_storage(peer, meta).await;
+    let mut out = Vec::new();
+    for p in range {
+        out.extend_from_slice(
+            &storage
+                .read(p, 0, meta.info.layout.piece_len(p))
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_magnets_file_choice_applies_once_its_metadata_arrives() {
+    let net = SimNet::new();
+    let (meta, data, idx) = folder_torrent(&[("one", 600 * 1024), ("two", 900 * 1024)], 32 * 1024);
+    let (one, two) = (idx[0], idx[1]);
+    let (_seeders, leecher) = two_seeders_and_a_leecher(&net, &meta, &data).await;
+    let magnet =
+        Magnet::parse(&format!("magnet:?xt=urn:btih:{}", meta.info_hash.to_hex())).unwrap();
+    let options = TorrentOptions {
+        file_priorities: priorities(2, &[(two, FilePriority::Skip)]),
+        sequential: true,
+    };
+    let h = leecher.session.add_with(magnet, options).unwrap();
+    // Before the metadata, the file list is unknown: no choice can be checked.
+    assert_eq!(
+        h.set_file_priorities(vec![FilePriority::Normal; 2]).await,
+        Err(zigtorrent_engine::SelectionError::MetadataUnknown)
+    );
+    until_seeding(&h).await;
+    let s = h.status();
+    let layout = &meta.info.layout;
+    let wanted: Vec<u32> = layout.pieces_for_file(one).collect();
+    assert_eq!(
+        s.pieces.iter_ones().map(|p| p as u32).collect::<Vec<_>>(),
+        wanted
+    );
+    assert_eq!(s.files[two].priority, FilePriority::Skip);
+    assert!(s.sequential);
 }

@@ -170,6 +170,7 @@ async fn assert_backend_holds(
         layout: layout.clone(),
         download_dir: leech_dir.to_path_buf(),
         state_dir: leech_dir.join(".zigtorrent"),
+        skipped_files: Vec::new(),
     };
     let storage = b.open(spec).await.unwrap();
     let mut all = Vec::new();

@@ -10,7 +10,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Sparkline, Table, TableState, Tabs};
 use ratatui::Frame;
 use zigtorrent_engine::tracker::TrackerResult;
-use zigtorrent_engine::{Bitfield, PeerStatus, TorrentState, TorrentStatus};
+use zigtorrent_engine::{Bitfield, FilePriority, PeerStatus, TorrentState, TorrentStatus};
 
 use super::text::{ellipsize, ellipsize_start, fit_columns, wrap, Column};
 use super::{
@@ -97,12 +97,12 @@ fn head(t: &TorrentStatus, width: usize) -> Vec<Line<'static>> {
             Span::raw(state_text(t)).fg(state_color(&t.state)).bold(),
             Span::raw(ellipsize(
                 &format!(
-                    "  {}  {} of {}  pieces {}/{}",
-                    progress_bar(t.progress(), 10),
-                    format::bytes(t.have_bytes),
-                    size_text(t),
+                    "  {}  {}  pieces {}/{}{}",
+                    progress_bar(t.wanted_progress(), 10),
+                    amounts(t),
                     t.pieces_have,
-                    t.pieces_total
+                    t.pieces_total,
+                    if t.sequential { "  in order" } else { "" }
                 ),
                 width.saturating_sub(state_text(t).len()),
             )),
@@ -142,6 +142,20 @@ fn head(t: &TorrentStatus, width: usize) -> Vec<Line<'static>> {
         }
     }
     lines
+}
+
+/// `2.0 GiB of 4.0 GiB`, or with files skipped `1.0 GiB of 2.0 GiB wanted (4.0 GiB in all)`.
+fn amounts(t: &TorrentStatus) -> String {
+    if t.state == TorrentState::FetchingMetadata || t.wanted_bytes >= t.total_bytes {
+        format!("{} of {}", format::bytes(t.have_bytes), size_text(t))
+    } else {
+        format!(
+            "{} of {} wanted ({} in all)",
+            format::bytes(t.wanted_have_bytes),
+            format::bytes(t.wanted_bytes),
+            format::bytes(t.total_bytes)
+        )
+    }
 }
 
 /// A scrolling table in `area` with a position indicator; `rows` already cut to their widths.
@@ -185,7 +199,7 @@ fn fit(columns: &[Column], area: Rect) -> (Vec<(usize, u16)>, usize) {
     (fitted, flex)
 }
 
-const FILE_COLUMNS: [Column; 4] = [
+const FILE_COLUMNS: [Column; 5] = [
     Column {
         title: "File",
         width: 16,
@@ -193,9 +207,15 @@ const FILE_COLUMNS: [Column; 4] = [
         flexible: true,
     },
     Column {
+        title: "Prio",
+        width: 6,
+        priority: 2,
+        flexible: false,
+    },
+    Column {
         title: "Size",
         width: 10,
-        priority: 2,
+        priority: 3,
         flexible: false,
     },
     Column {
@@ -207,7 +227,7 @@ const FILE_COLUMNS: [Column; 4] = [
     Column {
         title: "",
         width: 10,
-        priority: 3,
+        priority: 4,
         flexible: false,
     },
 ];
@@ -223,21 +243,30 @@ fn draw_files(f: &mut Frame, area: Rect, t: &TorrentStatus, cursor: usize) {
             } else {
                 file.have_bytes as f64 / file.length as f64
             };
-            Row::new(fitted.iter().map(|&(i, _)| match i {
+            let row = Row::new(fitted.iter().map(|&(i, _)| match i {
                 0 => Cell::from(ellipsize_start(
                     &printable(&file.path.display().to_string()),
                     name_w,
                 )),
-                1 => Cell::from(format::bytes(file.length)),
-                2 => Cell::from(percent(frac)),
+                1 => Cell::from(file.priority.label()),
+                2 => Cell::from(format::bytes(file.length)),
+                3 => Cell::from(percent(frac)),
                 _ => Cell::from(bar(frac, 10)),
-            }))
+            }));
+            if file.priority == FilePriority::Skip {
+                row.style(Style::default().add_modifier(Modifier::DIM))
+            } else {
+                row
+            }
         })
         .collect();
     let title = if t.state == TorrentState::FetchingMetadata {
         " files: not known until the metadata arrives ".to_string()
     } else {
-        format!(" files ({}) ", t.files.len())
+        format!(
+            " files ({}; x skip, +/- priority, o in order) ",
+            t.files.len()
+        )
     };
     scrolling_table(
         f,

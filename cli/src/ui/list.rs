@@ -141,8 +141,8 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, torrents: &[TorrentStat
         Row::new(fitted.iter().map(|&(i, _)| match i {
             0 => Cell::from(ellipsize(&printable(&t.name), name_width)),
             1 => Cell::from(size_text(t)),
-            BAR => Cell::from(bar(t.progress(), 10)),
-            3 => Cell::from(percent(t.progress())),
+            BAR => Cell::from(bar(t.wanted_progress(), 10)),
+            3 => Cell::from(percent(t.wanted_progress())),
             4 => Cell::from(state_text(t)).fg(state_color(&t.state)),
             5 => Cell::from(format::rate_short(t.download_rate)),
             6 => Cell::from(format::rate_short(t.upload_rate)),

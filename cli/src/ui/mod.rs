@@ -37,7 +37,14 @@ const HELP: &[(&str, &[(&str, &str)])] = &[
             ),
             ("p / Space", "pause or resume the selected torrent"),
             ("r", "recheck: hash its data again"),
-            ("d / Del", "remove it from the session (asks first)"),
+            (
+                "d / Del",
+                "remove it from the session, keeping or deleting its data (asks first)",
+            ),
+            (
+                "o",
+                "sequential order on or off (for playing while downloading)",
+            ),
             ("e", "every problem in full"),
             ("q / Ctrl-C", "quit (Ctrl-C twice: at once)"),
         ],
@@ -62,6 +69,14 @@ const HELP: &[(&str, &[(&str, &str)])] = &[
             ("1 2 3 4", "files, peers, trackers, pieces"),
             ("↑ ↓ PgUp PgDn Home End", "scroll the list"),
             ("[ ]", "previous / next torrent"),
+            (
+                "x",
+                "files: skip the file under the cursor, or want it again",
+            ),
+            (
+                "+ / -",
+                "files: raise / lower its priority (skip, normal, high)",
+            ),
             ("Esc ←", "back to the list"),
         ],
     ),
@@ -101,8 +116,9 @@ pub fn draw(f: &mut Frame, app: &App, torrents: &[TorrentStatus]) {
             "Remove torrent",
             &[
                 format!("Remove {} from the session?", format::printable(name)),
-                "Downloaded data and the .torrent file are kept.".into(),
-                "y: remove   any other key: cancel".into(),
+                "y: remove, keep the data (and the .torrent file)".into(),
+                "D: remove and delete the data this torrent wrote".into(),
+                "any other key: cancel".into(),
             ],
         );
     }
@@ -222,7 +238,7 @@ pub fn eta(s: &TorrentStatus) -> String {
     if s.state == TorrentState::FetchingMetadata {
         return "?".into();
     }
-    let left = s.total_bytes.saturating_sub(s.have_bytes);
+    let left = s.wanted_bytes.saturating_sub(s.wanted_have_bytes);
     if left == 0 {
         return "-".into();
     }

@@ -10,7 +10,9 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 use zigtorrent_engine::tracker::{TrackerResult, TrackerStatus};
-use zigtorrent_engine::{FileStatus, InfoHash, PeerStatus, TorrentState, TorrentStatus};
+use zigtorrent_engine::{
+    FilePriority, FileStatus, InfoHash, PeerStatus, TorrentState, TorrentStatus,
+};
 
 use super::*;
 use crate::app::{Action, App, Folders, SortKey, Tab};
@@ -75,6 +77,8 @@ fn downloading() -> TorrentStatus {
     let mut t = TorrentStatus::new("ubuntu.iso".into(), InfoHash([7; 20]), 4 << 20, 16);
     t.state = TorrentState::Downloading;
     t.have_bytes = 1 << 20;
+    t.wanted_bytes = 4 << 20;
+    t.wanted_have_bytes = 1 << 20;
     t.pieces_have = 4;
     for i in 0..4 {
         t.pieces.set(i);
@@ -94,11 +98,13 @@ fn downloading() -> TorrentStatus {
             path: PathBuf::from("ubuntu/disk.img"),
             length: 3 << 20,
             have_bytes: 1 << 20,
+            priority: FilePriority::High,
         },
         FileStatus {
             path: PathBuf::from("ubuntu/README"),
             length: 1 << 20,
             have_bytes: 0,
+            priority: FilePriority::Normal,
         },
     ];
     t.trackers = vec![TrackerStatus {
@@ -117,6 +123,9 @@ fn busy() -> Vec<TorrentStatus> {
     big.info_hash = InfoHash([1; 20]);
     big.total_bytes = 41 << 30;
     big.have_bytes = 17 << 30;
+    // Files 3, 10, 17, … (15 of 101, 400 MiB each) are skipped.
+    big.wanted_bytes = big.total_bytes - 15 * (400 << 20);
+    big.wanted_have_bytes = 16 << 30;
     big.download_rate = 12 * 1024 * 1024 + 345_678;
     big.upload_rate = 1024 * 1024;
     big.peers_connected = 40;
@@ -129,6 +138,11 @@ fn busy() -> Vec<TorrentStatus> {
             )),
             length: 400 << 20,
             have_bytes: if i < 40 { 400 << 20 } else { 0 },
+            priority: if i % 7 == 3 {
+                FilePriority::Skip
+            } else {
+                FilePriority::Normal
+            },
         })
         .collect();
     big.peers = (0..40)
@@ -157,6 +171,7 @@ fn busy() -> Vec<TorrentStatus> {
     seed.info_hash = InfoHash([2; 20]);
     seed.state = TorrentState::Seeding;
     seed.have_bytes = seed.total_bytes;
+    seed.wanted_have_bytes = seed.total_bytes;
     seed.download_rate = 0;
     let mut paused = downloading();
     paused.name = "名前の長いトレント・ファイル".into();
@@ -477,7 +492,7 @@ fn stopping_and_confirm_prompts_are_drawn() {
     app.on_key(key(KeyCode::Char('d')), &ts);
     let s = screen(&render(&mut app, &mut ts, 100, 20));
     assert!(s.contains("Remove ubuntu.iso from the session?"), "{s}");
-    assert!(s.contains("are kept"), "{s}");
+    assert!(s.contains("keep the data") && s.contains("D: remove and delete"), "{s}");
     app.confirm_remove = None;
     app.stopping = true;
     let s = screen(&render(&mut app, &mut ts, 100, 20));

@@ -379,6 +379,7 @@ mod tests {
                 layout: layout.clone(),
                 download_dir: PathBuf::from("unused"),
                 state_dir: PathBuf::from("unused"),
+                skipped_files: Vec::new(),
             })
             .await
             .unwrap();

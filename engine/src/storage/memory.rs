@@ -14,7 +14,10 @@
 //! Reads of bytes never written return [`StorageError::Missing`] when no byte of their piece was
 //! ever written, and zeros for unwritten gaps of a piece that was partly written (like a sparse
 //! file). Files are "finalized" exactly when every piece touching them is complete; a zero-length
-//! file touches no piece and so is finalized from the moment the torrent is opened.
+//! file touches no piece and so is finalized from the moment the torrent is opened. A skipped
+//! file is never finalized, whatever its pieces.
+//!
+//! Deleting a torrent's data forgets its slot: the backend holds nothing it did not write.
 //!
 //! Opening a torrent whose slot holds a different layout (same info-hash, other piece length or
 //! files) discards the old slot and starts empty.
@@ -25,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Layout, Resume, Storage, StorageBackend, StorageError, StorageSpec};
+use super::{DeletedData, Layout, Resume, Storage, StorageBackend, StorageError, StorageSpec};
 use crate::types::{Bitfield, InfoHash, PieceIndex};
 
 /// What the "disk" holds for one torrent.
@@ -98,7 +101,14 @@ impl StorageBackend for MemoryBackend {
             resume: Resume::Trusted(completed.clone()),
             slot,
             completed: Mutex::new(completed),
+            skipped: Mutex::new(spec.skipped_files),
         }))
+    }
+
+    /// Forgets the torrent's bytes and its flushed set: everything it holds was written by it.
+    async fn delete_data(&self, spec: StorageSpec) -> Result<DeletedData, StorageError> {
+        lock(&self.torrents).remove(&spec.info_hash);
+        Ok(DeletedData::default())
     }
 }
 
@@ -110,6 +120,8 @@ pub struct MemoryStorage {
     slot: SharedSlot,
     /// Pieces marked complete: the flushed set from open plus everything marked since.
     completed: Mutex<Bitfield>,
+    /// Files the user skipped: never reported finalized.
+    skipped: Mutex<Vec<bool>>,
 }
 
 impl MemoryStorage {
@@ -178,7 +190,7 @@ impl Storage for MemoryStorage {
     }
 
     fn is_finalized(&self, file: usize) -> bool {
-        if file >= self.layout.files.len() {
+        if file >= self.layout.files.len() || lock(&self.skipped).get(file) == Some(&true) {
             return false;
         }
         let completed = lock(&self.completed);
@@ -218,6 +230,7 @@ mod tests {
             layout: Arc::new(layout),
             download_dir: PathBuf::from("unused"),
             state_dir: PathBuf::from("unused"),
+            skipped_files: Vec::new(),
         }
     }
 

@@ -19,6 +19,17 @@
 //!   the path; the torrent stops there until the user moves it and rechecks.
 //! - **One owner per path.** No two torrents, and no two files of one torrent, share a path on
 //!   disk; the later one gets [`StorageError::PathInUse`] at open.
+//! - **Skipped files stay hidden.** A file the user skipped ([`StorageSpec::skipped_files`],
+//!   [`Storage::set_skipped_files`]) is never created or finalized at its final path, even when
+//!   every piece touching it is complete (pieces shared with wanted files are written, so its
+//!   bytes may exist, but only where no torrent can name them). Un-skipped, it is finalized as
+//!   soon as its pieces are complete. A backend that cannot do this answers
+//!   [`StorageError::NotSupported`] (the default).
+//! - **Delete only what it wrote.** [`StorageBackend::delete_data`] (the torrent is no longer
+//!   open) removes the torrent's incomplete data and resume state, the finished files the backend
+//!   can vouch it wrote, and folders of the torrent's paths left empty; never a file it did not
+//!   write, never the download folder itself, never anything outside the torrent's own paths, and
+//!   never through a symbolic link.
 //!
 //! Backends register a [`StorageBackend`] (the factory) under a name in the registry.
 
@@ -160,6 +171,19 @@ pub struct StorageSpec {
     pub download_dir: PathBuf,
     /// Where the backend may keep resume state.
     pub state_dir: PathBuf,
+    /// Files the user skipped, by index (empty, or shorter than the file list: the rest are
+    /// wanted). Never finalized while skipped; see the module contract.
+    pub skipped_files: Vec<bool>,
+}
+
+/// What [`StorageBackend::delete_data`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeletedData {
+    /// Files and folders removed (data files, incomplete data, resume state, empty folders).
+    pub removed: Vec<PathBuf>,
+    /// Paths of the torrent's files left in place because the backend cannot vouch it wrote
+    /// them (a file found there, or changed since it was finished), with the reason.
+    pub kept: Vec<(PathBuf, String)>,
 }
 
 /// What a backend learned about existing data when it opened.
@@ -335,6 +359,16 @@ pub trait Storage: Send + Sync {
         let _ = verified;
         Ok(())
     }
+
+    /// Change which files are skipped (one flag per file; see [`StorageSpec::skipped_files`]).
+    /// A file no longer skipped whose pieces are all complete is finalized now. The default
+    /// accepts "nothing skipped" only.
+    async fn set_skipped_files(&self, skipped: Vec<bool>) -> Result<(), StorageError> {
+        if skipped.iter().any(|&s| s) {
+            return Err(StorageError::NotSupported("skipping files"));
+        }
+        Ok(())
+    }
 }
 
 /// A named storage backend: the factory the registry holds and `--storage` selects.
@@ -345,6 +379,13 @@ pub trait StorageBackend: Send + Sync {
 
     /// Open (or create) storage for one torrent.
     async fn open(&self, spec: StorageSpec) -> Result<Arc<dyn Storage>, StorageError>;
+
+    /// Delete what this backend wrote for the torrent in `spec` (see the module contract),
+    /// after its storage was dropped. The default deletes nothing.
+    async fn delete_data(&self, spec: StorageSpec) -> Result<DeletedData, StorageError> {
+        let _ = spec;
+        Err(StorageError::NotSupported("deleting data"))
+    }
 }
 
 #[cfg(test)]

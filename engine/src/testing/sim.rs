@@ -202,6 +202,7 @@ impl SimPeer {
             layout: layout.clone(),
             download_dir: PathBuf::from("/nonexistent"),
             state_dir: PathBuf::from("/nonexistent"),
+            skipped_files: Vec::new(),
         };
         let storage = self.backend.open(spec).await.expect("memory storage opens");
         let piece_len = layout.piece_length as usize;

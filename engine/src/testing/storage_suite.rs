@@ -11,7 +11,10 @@
 //!   length (a sparse file reads zeros); the engine only relies on their hash failing;
 //! - a clean `flush` followed by drop and reopen gives `Resume::Trusted` with exactly the
 //!   flushed set;
-//! - zero-length files are finalized from the moment the torrent is opened.
+//! - zero-length files are finalized from the moment the torrent is opened (unless skipped);
+//! - skipping files and deleting data are capabilities: a backend answering
+//!   [`StorageError::NotSupported`] passes those checks by saying so (and the engine warns),
+//!   any other answer must keep the contract.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,7 +36,9 @@ pub async fn run_all(backend: Arc<dyn StorageBackend>, root: &Path) {
     reopen_keeps_flushed_pieces(backend.clone(), root).await;
     concurrent_writes(backend.clone(), root).await;
     out_of_range(backend.clone(), root).await;
-    unwritten_reads(backend, root).await;
+    unwritten_reads(backend.clone(), root).await;
+    skipped_files_are_never_finalized(backend.clone(), root).await;
+    delete_data_forgets_the_torrent(backend, root).await;
 }
 
 /// A torrent under test: its spec and the bytes it should hold.
@@ -65,6 +70,7 @@ impl Fixture {
             layout: Arc::new(layout),
             download_dir: dir.join("downloads"),
             state_dir: dir.join("state"),
+            skipped_files: Vec::new(),
         };
         Fixture {
             name,
@@ -613,5 +619,90 @@ pub async fn unwritten_reads(backend: Arc<dyn StorageBackend>, root: &Path) {
             "[{}] has_piece({p}) for unwritten piece",
             fx.name
         );
+    }
+}
+
+/// A skipped file is never finalized, even when every piece touching it is complete (its bytes
+/// arrive through pieces shared with wanted files); un-skipped, it is finalized at once. A
+/// skipped empty file is not finalized either.
+pub async fn skipped_files_are_never_finalized(backend: Arc<dyn StorageBackend>, root: &Path) {
+    // a: 0..20000, s: 20000..25000 (inside piece 1, shared with a and b), e: empty,
+    // b: 25000..55000.
+    let files = [("a", 20_000), ("s", 5_000), ("e", 0), ("b", 30_000)];
+    let mut fx = Fixture::new(root, "skipped_files_are_never_finalized", 16384, &files);
+    fx.spec.skipped_files = vec![false, true, true, false];
+    let s = fx.open(&backend).await;
+    match s.set_skipped_files(fx.spec.skipped_files.clone()).await {
+        Ok(()) => {}
+        Err(StorageError::NotSupported(_)) => return,
+        Err(e) => panic!("[{}] set_skipped_files failed: {e}", fx.name),
+    }
+    assert!(
+        !s.is_finalized(2),
+        "[{}] skipped empty file finalized",
+        fx.name
+    );
+    for piece in 0..fx.pieces() {
+        fx.complete_piece(&*s, piece).await;
+    }
+    assert!(
+        s.is_finalized(0) && s.is_finalized(3),
+        "[{}] wanted files",
+        fx.name
+    );
+    assert!(
+        !s.is_finalized(1) && !s.is_finalized(2),
+        "[{}] a skipped file was finalized",
+        fx.name
+    );
+    // Its bytes are kept (pieces shared with it are served from storage).
+    fx.assert_reads(&*s, 1, 0, fx.layout().piece_len(1)).await;
+    if let Err(e) = s.set_skipped_files(vec![false; 4]).await {
+        panic!("[{}] un-skipping failed: {e}", fx.name);
+    }
+    for file in 0..4 {
+        assert!(
+            s.is_finalized(file),
+            "[{}] file {file} not finalized once un-skipped",
+            fx.name
+        );
+    }
+}
+
+/// After `delete_data`, the backend holds nothing of the torrent: a reopen trusts no piece and
+/// reads find no data.
+pub async fn delete_data_forgets_the_torrent(backend: Arc<dyn StorageBackend>, root: &Path) {
+    let files = [("a", 20_000), ("b", 30_000)];
+    let fx = Fixture::new(root, "delete_data_forgets_the_torrent", 16384, &files);
+    let s = fx.open(&backend).await;
+    for piece in 0..fx.pieces() {
+        fx.complete_piece(&*s, piece).await;
+    }
+    if let Err(e) = s.flush().await {
+        panic!("[{}] flush failed: {e}", fx.name);
+    }
+    drop(s);
+    match backend.delete_data(fx.spec.clone()).await {
+        Ok(_) => {}
+        Err(StorageError::NotSupported(_)) => return,
+        Err(e) => panic!("[{}] delete_data failed: {e}", fx.name),
+    }
+    let s = fx.open(&backend).await;
+    match s.resume() {
+        Resume::Trusted(b) => assert_eq!(b.count_ones(), 0, "[{}] pieces trusted", fx.name),
+        Resume::NeedsRecheck => {}
+        other => panic!("[{}] after delete: {other:?}", fx.name),
+    }
+    for piece in 0..fx.pieces() {
+        assert!(!s.has_piece(piece), "[{}] has_piece({piece})", fx.name);
+        match s.read(piece, 0, fx.layout().piece_len(piece)).await {
+            Err(StorageError::Missing) => {}
+            Ok(b) => assert!(
+                b[..] != *fx.expected(piece, 0, fx.layout().piece_len(piece)),
+                "[{}] piece {piece} still readable after delete",
+                fx.name
+            ),
+            Err(e) => panic!("[{}] read after delete: {e}", fx.name),
+        }
     }
 }

@@ -64,6 +64,7 @@ impl Checking {
             layout: layout.clone(),
             download_dir: params.download_dir.clone(),
             state_dir: params.state_dir.clone(),
+            skipped_files: params.selection.get().skipped_for(&layout),
         };
         let storage = match params.backend.open(spec).await {
             Ok(s) => s,

@@ -146,6 +146,10 @@ impl FetchingMetadata {
 
 /// The metadata is known: show its name and size, and go on to checking.
 fn known(params: &TorrentParams, metainfo: Metainfo, peers: Vec<SocketAddr>) -> Phase {
+    // Priorities given at add for a magnet can only be checked now.
+    params
+        .selection
+        .learn_file_count(metainfo.info.layout.files.len());
     if metainfo.info.private {
         params
             .private
@@ -154,6 +158,8 @@ fn known(params: &TorrentParams, metainfo: Metainfo, peers: Vec<SocketAddr>) -> 
     params.status.send_modify(|s| {
         s.name = metainfo.info.name.clone();
         s.total_bytes = metainfo.info.layout.total_length;
+        // Until the live phase applies the file choice: everything.
+        s.wanted_bytes = s.total_bytes;
         s.pieces_total = metainfo.info.layout.piece_count();
         s.pieces = crate::types::Bitfield::new(s.pieces_total as usize);
         s.state = TorrentState::Checking { progress: 0.0 };
@@ -163,7 +169,10 @@ fn known(params: &TorrentParams, metainfo: Metainfo, peers: Vec<SocketAddr>) -> 
     Phase::Checking(Checking::new(Arc::new(metainfo)).with_peers(peers))
 }
 
-async fn load_saved(path: PathBuf, info_hash: InfoHash) -> std::io::Result<Option<Metainfo>> {
+pub(super) async fn load_saved(
+    path: PathBuf,
+    info_hash: InfoHash,
+) -> std::io::Result<Option<Metainfo>> {
     tokio::task::spawn_blocking(move || {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -439,6 +448,8 @@ impl<'a> Fetcher<'a> {
                 self.dial(now());
                 self.publish();
             }
+            // Read when the metadata is in (`known`, then storage and the picker).
+            TorrentCommand::SelectionChanged => {}
             TorrentCommand::Shutdown(_) => unreachable!("handled in run"),
         }
     }

@@ -41,6 +41,7 @@ use crate::hash;
 use crate::metainfo::Metainfo;
 use crate::peer::{self, Connection, PeerCommand, PeerContext, PeerEvent, PeerKey, PeerShared};
 use crate::picker::{BlockOutcome, PiecePicker};
+use crate::selection::{FilePriority, PiecePriorities};
 use crate::status::{FileStatus, PeerStatus, TorrentState};
 use crate::storage::{Layout, Storage, StorageError};
 use crate::tracker::{AnnounceRequest, Event, TrackerTiers};
@@ -114,6 +115,8 @@ enum Internal {
         addr: SocketAddr,
         reason: String,
     },
+    /// Storage took (or refused) a new set of skipped files.
+    SkipApplied(Result<(), StorageError>),
 }
 
 struct Peer {
@@ -211,6 +214,9 @@ pub(super) struct Torrent {
     upload_rate: Rate,
     downloaded: u64,
     wasted: u64,
+    /// The user's choice as last applied to the picker and storage (one entry per file).
+    file_priorities: Vec<FilePriority>,
+    sequential: bool,
 }
 
 impl Torrent {
@@ -230,10 +236,14 @@ impl Torrent {
         let seed = p.rng_seed.map(|s| {
             s ^ u64::from_be_bytes(metainfo.info_hash.0[..8].try_into().expect("8 of 20 bytes"))
         });
-        let picker = match seed {
+        let mut picker = match seed {
             Some(s) => PiecePicker::with_seed(&layout, &have, s),
             None => PiecePicker::new(&layout, &have),
         };
+        let selection = p.selection.get();
+        let file_priorities = selection.priorities_for(&layout);
+        picker.set_priorities(&PiecePriorities::from_files(&layout, &file_priorities));
+        picker.set_sequential(selection.sequential);
         // Bounded tightly: mostly blocks (16 KiB each), so this caps what readers can queue ahead
         // of a busy torrent task (8 MiB); a full channel pauses the readers, not the task.
         let (events_tx, events_rx) = mpsc::channel(PEER_EVENT_QUEUE);
@@ -244,7 +254,8 @@ impl Torrent {
             known.insert(*addr, KnownPeer::default());
         }
         let lost = Bitfield::new(layout.piece_count() as usize);
-        let sent_completed = have.is_full();
+        // Complete at start (every wanted piece there): `completed` was announced before.
+        let sent_completed = picker.is_complete();
         Torrent {
             layout,
             storage,
@@ -283,13 +294,17 @@ impl Torrent {
             upload_rate: Rate::default(),
             downloaded: 0,
             wasted: 0,
+            file_priorities,
+            sequential: selection.sequential,
             metainfo,
             p,
         }
     }
 
+    /// Nothing left to download: every wanted piece is verified (all of them, unless the user
+    /// skipped files). We then seed what we have.
     fn is_seed(&self) -> bool {
-        self.picker.have().is_full()
+        self.picker.is_complete()
     }
 
     fn active(&self) -> bool {
@@ -305,6 +320,9 @@ impl Torrent {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sources::learn_dht_nodes(&self.p.discovery, &self.metainfo.dht_nodes);
+        // Storage was opened with the choice as it was then; it may have changed since, while
+        // checking (and a backend that cannot skip files says so here).
+        self.apply_skipped();
         for cmd in held {
             match cmd {
                 // Checking answers a shutdown itself; kept here only for completeness.
@@ -427,8 +445,78 @@ impl Torrent {
                 self.paused = false;
                 self.publish();
             }
+            TorrentCommand::SelectionChanged => self.on_selection_changed(),
             TorrentCommand::Shutdown(_) => unreachable!("handled in run"),
         }
+    }
+
+    /// The user changed file priorities or the order: tell the picker (dropping pieces no
+    /// longer wanted, with their requests), storage (which files to keep hidden) and peers
+    /// (interest may change either way).
+    fn on_selection_changed(&mut self) {
+        let selection = self.p.selection.get();
+        let priorities = selection.priorities_for(&self.layout);
+        let was_complete = self.picker.is_complete();
+        let dropped = self
+            .picker
+            .set_priorities(&PiecePriorities::from_files(&self.layout, &priorities));
+        self.picker.set_sequential(selection.sequential);
+        let skip_changed = priorities
+            .iter()
+            .zip(&self.file_priorities)
+            .any(|(a, b)| (*a == FilePriority::Skip) != (*b == FilePriority::Skip));
+        self.file_priorities = priorities;
+        self.sequential = selection.sequential;
+        if !dropped.is_empty() {
+            for piece in &dropped {
+                self.pieces.remove(piece);
+            }
+            for peer in self.peers.values_mut() {
+                let mut cancels = Vec::new();
+                peer.requests.retain(|b, _| {
+                    let keep = !dropped.contains(&b.piece);
+                    if !keep {
+                        cancels.push(Message::Cancel {
+                            index: b.piece,
+                            begin: b.begin,
+                            length: b.length,
+                        });
+                    }
+                    keep
+                });
+                if !cancels.is_empty() {
+                    let _ = peer.tx.try_send(PeerCommand::Send(cancels));
+                }
+            }
+        }
+        if skip_changed {
+            self.apply_skipped();
+        }
+        if self.active() {
+            let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+            for key in keys {
+                self.update_interest(key);
+            }
+            if self.picker.is_complete() && !was_complete {
+                self.on_complete();
+            }
+        }
+        self.publish();
+    }
+
+    /// Hand the skipped files to storage (off the task: un-skipping may finalize files).
+    fn apply_skipped(&self) {
+        let skipped: Vec<bool> = self
+            .file_priorities
+            .iter()
+            .map(|&p| p == FilePriority::Skip)
+            .collect();
+        let storage = self.storage.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = storage.set_skipped_files(skipped).await;
+            let _ = tx.send(Internal::SkipApplied(result));
+        });
     }
 
     fn close_all_peers(&mut self) {
@@ -508,7 +596,7 @@ impl Torrent {
                                 .try_send(PeerCommand::Send(vec![Message::Have(piece)]));
                         }
                         if self.is_seed() {
-                            self.on_complete().await;
+                            self.on_complete();
                         }
                     }
                     Ok(false) => {
@@ -551,6 +639,20 @@ impl Torrent {
             Internal::DhtDone(found) => {
                 let seeding = self.is_seed();
                 self.dht_schedule.finish(now(), found, seeding);
+            }
+            Internal::SkipApplied(Ok(())) => {}
+            Internal::SkipApplied(Err(StorageError::NotSupported(what))) => {
+                tracing::warn!(
+                    what,
+                    "this storage backend cannot keep skipped files hidden; they are not \
+                     downloaded, but may appear at their final path"
+                );
+            }
+            Internal::SkipApplied(Err(e)) => {
+                tracing::error!(error = %e, "storage failed applying skipped files; pausing torrent");
+                self.error = Some(format!("storage error: {e}"));
+                self.close_all_peers();
+                self.publish();
             }
             Internal::ConnectFailed { addr, reason } => {
                 tracing::debug!(%addr, %reason, "connection failed");
@@ -697,7 +799,9 @@ impl Torrent {
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 if peer.bitfield.set(piece as usize) {
                     self.picker.add_peer_have(piece);
-                    if !self.picker.have().get(piece as usize) && !peer.am_interested {
+                    let needed =
+                        self.picker.is_wanted(piece) && !self.picker.have().get(piece as usize);
+                    if needed && !peer.am_interested {
                         peer.am_interested = true;
                         let _ = peer
                             .tx
@@ -809,7 +913,9 @@ impl Torrent {
             }
             self.connect_more(now);
             let starving = self.starving(now);
-            if self.announcer.due(now) || starving {
+            if self.is_seed() && !self.sent_completed {
+                self.sent_completed = self.announce(Event::Completed);
+            } else if self.announcer.due(now) || starving {
                 self.announce(self.announcer.regular_event());
             }
             self.search_dht(now, starving);
@@ -845,7 +951,7 @@ impl Torrent {
         }
     }
 
-    async fn on_complete(&mut self) {
+    fn on_complete(&mut self) {
         tracing::info!(name = %self.metainfo.info.name, "download complete");
         self.start_flush();
         self.publish();
@@ -868,11 +974,16 @@ impl Torrent {
                 k.seed = true;
             }
         }
+        // Once per torrent (also when un-skipped files complete it again later). An announce
+        // in flight (e.g. `started`, when the download was quick) defers it to the next tick.
         if !self.sent_completed {
-            self.sent_completed = true;
-            let at = std::time::SystemTime::now();
-            self.p.status.send_modify(|s| s.completed_at = Some(at));
-            self.announce(Event::Completed);
+            // For the user (`--on-complete`), the moment it completed, whether or not the
+            // announce can go now.
+            if self.p.status.borrow().completed_at.is_none() {
+                let at = std::time::SystemTime::now();
+                self.p.status.send_modify(|s| s.completed_at = Some(at));
+            }
+            self.sent_completed = self.announce(Event::Completed);
         }
     }
 

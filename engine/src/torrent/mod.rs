@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
 use crate::recheck::HashBudget;
+use crate::selection::SharedSelection;
 use crate::status::{TorrentState, TorrentStatus};
 use crate::storage::StorageBackend;
 use crate::tracker::TrackerClient;
@@ -60,6 +61,8 @@ pub enum TorrentCommand {
     Pause,
     /// Resume after [`TorrentCommand::Pause`].
     Resume,
+    /// The user's file choice or order changed (read it from [`TorrentParams::selection`]).
+    SelectionChanged,
     /// Stop: flush, save resume state, announce `stopped`; reply when done.
     Shutdown(oneshot::Sender<()>),
 }
@@ -123,6 +126,8 @@ pub(crate) struct TorrentParams {
     pub rng_seed: Option<u64>,
     /// The session's DHT and LSD, if the torrent may use them (not private, BEP 27).
     pub discovery: Option<sources::DiscoverySlot>,
+    /// The user's file priorities and order, shared with the handle that changes them.
+    pub selection: SharedSelection,
 }
 
 /// Per-host limits from the session configuration.
@@ -212,6 +217,20 @@ pub(crate) async fn run_torrent(
             None => return, // shut down
         }
     }
+}
+
+/// Metadata fetched for a magnet earlier and kept in the state folder: its path, and the
+/// metadata if it is there and sound.
+pub(crate) async fn saved_metadata(
+    state_dir: &std::path::Path,
+    info_hash: InfoHash,
+) -> (PathBuf, Option<Metainfo>) {
+    let path = fetch::saved_path(state_dir, &info_hash);
+    let metainfo = fetch::load_saved(path.clone(), info_hash)
+        .await
+        .ok()
+        .flatten();
+    (path, metainfo)
 }
 
 /// Now, from tokio's clock (which the simulator pauses and advances), as a std `Instant`: every

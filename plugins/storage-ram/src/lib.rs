@@ -8,6 +8,12 @@
 //! torrents on slow or flash media. The price: resume state lives only in memory (in the
 //! backend instance), so after a restart a torrent starts from scratch.
 //!
+//! Skipped files are never written out (their bytes in shared pieces stay in memory); one
+//! un-skipped is written out at once if complete. Deleting a torrent's data forgets what is held
+//! and removes the files this instance wrote, if they are still the very files it wrote (same
+//! inode, size and times), then folders of the torrent's paths left empty; after a restart it vouches for
+//! nothing and deletes no file.
+//!
 //! What it shows a plugin author:
 //! - the whole plugin surface is [`declare_plugin!`](zigtorrent_engine::declare_plugin) and a
 //!   registration function; no `unsafe` here;
@@ -22,7 +28,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use bytes::Bytes;
 use zigtorrent_engine::plugin::PluginRegistrar;
-use zigtorrent_engine::storage::{Resume, Storage, StorageBackend, StorageError, StorageSpec};
+use zigtorrent_engine::storage::{
+    DeletedData, Resume, Storage, StorageBackend, StorageError, StorageSpec,
+};
 use zigtorrent_engine::{Bitfield, InfoHash, Layout, PieceIndex};
 
 zigtorrent_engine::declare_plugin!(register);
@@ -57,6 +65,8 @@ struct Held {
     pieces: HashMap<PieceIndex, Box<[u8]>>,
     /// The completed set as of the last flush: the "resume state".
     flushed: Bitfield,
+    /// Files written out, by index: where, and what it was then ([`stamp`]).
+    written: HashMap<usize, (PathBuf, Stamp)>,
 }
 
 impl Held {
@@ -64,6 +74,7 @@ impl Held {
         Held {
             flushed: Bitfield::new(layout.piece_count() as usize),
             pieces: HashMap::new(),
+            written: HashMap::new(),
             layout,
         }
     }
@@ -103,32 +114,129 @@ impl StorageBackend for RamBackend {
             }
             h.flushed.clone()
         };
-        // Zero-length files are complete from the start: they are on disk before we say so.
-        let empty: Vec<PathBuf> = spec
-            .layout
-            .files
-            .iter()
-            .filter(|f| f.length == 0)
-            .map(|f| spec.download_dir.join(&f.path))
+        let skipped: Vec<bool> = (0..spec.layout.files.len())
+            .map(|i| spec.skipped_files.get(i).copied().unwrap_or(false))
             .collect();
-        if !empty.is_empty() {
-            off_thread(move || {
-                empty
-                    .iter()
-                    .filter(|p| !p.exists())
-                    .try_for_each(|p| write_whole(p, &[]))
-            })
-            .await??;
-        }
+        // Zero-length files are complete from the start: they are on disk before we say so.
+        let empty: Vec<(usize, PathBuf)> = (spec.layout.files.iter().enumerate())
+            .filter(|(i, f)| f.length == 0 && !skipped[*i])
+            .map(|(i, f)| (i, spec.download_dir.join(&f.path)))
+            .collect();
+        write_out(
+            &held,
+            empty.into_iter().map(|(i, p)| (i, p, Vec::new())).collect(),
+        )
+        .await?;
         Ok(Arc::new(RamStorage {
             layout: spec.layout,
             download_dir: spec.download_dir,
             resume: Resume::Trusted(completed.clone()),
             held,
             completed: Mutex::new(completed),
+            skipped: Mutex::new(skipped),
             marking: futures::lock::Mutex::new(()),
         }))
     }
+
+    async fn delete_data(&self, spec: StorageSpec) -> Result<DeletedData, StorageError> {
+        let Some(held) = lock(&self.torrents).remove(&spec.info_hash) else {
+            return Ok(DeletedData::default());
+        };
+        let written: Vec<(PathBuf, Stamp)> = lock(&held).written.drain().map(|(_, w)| w).collect();
+        let download_dir = spec.download_dir.clone();
+        let layout = spec.layout.clone();
+        off_thread(move || delete_written(&download_dir, &layout, &written)).await?
+    }
+}
+
+/// Remove the files we wrote that are still the inode we wrote, then empty folders of the
+/// torrent's paths (never the download folder, never through a link).
+fn delete_written(
+    download_dir: &Path,
+    layout: &Layout,
+    written: &[(PathBuf, Stamp)],
+) -> Result<DeletedData, StorageError> {
+    let mut out = DeletedData::default();
+    for (path, was) in written {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_file() && stamp(&m) == *was => {
+                std::fs::remove_file(path).map_err(|e| StorageError::from_io(path, e))?;
+                out.removed.push(path.clone());
+            }
+            Ok(_) => out
+                .kept
+                .push((path.clone(), "not the file this plugin wrote".into())),
+            Err(_) => {}
+        }
+    }
+    let mut folders: Vec<PathBuf> = layout
+        .files
+        .iter()
+        .flat_map(|f| f.path.ancestors().skip(1).map(Path::to_path_buf))
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    folders.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    folders.dedup();
+    for rel in folders {
+        let dir = download_dir.join(&rel);
+        // `remove_dir` never follows a final link; a link among the parents is checked here.
+        let linked = rel.ancestors().skip(1).any(|a| {
+            !a.as_os_str().is_empty()
+                && std::fs::symlink_metadata(download_dir.join(a)).is_ok_and(|m| !m.is_dir())
+        });
+        if !linked && std::fs::remove_dir(&dir).is_ok() {
+            out.removed.push(dir);
+        }
+    }
+    Ok(out)
+}
+
+/// Which file a path holds, and its last change: device, inode, size, mtime and ctime (an
+/// inode number freed by a deletion is soon reused; the times tell the new file apart).
+type Stamp = [i64; 7];
+
+fn stamp(m: &std::fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    [
+        m.dev() as i64,
+        m.ino() as i64,
+        m.size() as i64,
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ]
+}
+
+/// Write out finished files `(index, path, bytes)` and remember which inode each became.
+async fn write_out(
+    held: &Arc<Mutex<Held>>,
+    files: Vec<(usize, PathBuf, Vec<u8>)>,
+) -> Result<(), StorageError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let done = off_thread(move || {
+        files
+            .into_iter()
+            .map(|(i, path, bytes)| {
+                if bytes.is_empty() && path.exists() {
+                    // An empty file already there is as good as ours, but it is not ours.
+                    return Ok(None);
+                }
+                write_whole(&path, &bytes)?;
+                let m = std::fs::symlink_metadata(&path)
+                    .map_err(|e| StorageError::from_io(&path, e))?;
+                Ok(Some((i, (path, stamp(&m)))))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()
+    })
+    .await??;
+    let mut h = lock(held);
+    for (i, w) in done.into_iter().flatten() {
+        h.written.insert(i, w);
+    }
+    Ok(())
 }
 
 /// One open torrent of the [`RamBackend`].
@@ -139,6 +247,8 @@ struct RamStorage {
     held: Arc<Mutex<Held>>,
     /// Pieces complete now: the flushed set from open plus everything marked since.
     completed: Mutex<Bitfield>,
+    /// Files the user skipped: never written out.
+    skipped: Mutex<Vec<bool>>,
     /// Serialises `mark_complete`, so two pieces finishing the same file at once cannot both
     /// conclude the other one is missing. Runtime-agnostic, held across the file write.
     marking: futures::lock::Mutex<()>,
@@ -194,8 +304,9 @@ impl Storage for RamStorage {
         let _marking = self.marking.lock().await;
         // Files this piece completes, with their bytes; the piece counts as complete for this
         // question, but is only recorded once those files are safely out.
-        let finished: Vec<(PathBuf, Vec<u8>)> = {
+        let finished: Vec<(usize, PathBuf, Vec<u8>)> = {
             let held = lock(&self.held);
+            let skipped = lock(&self.skipped).clone();
             if !held.pieces.contains_key(&piece) && self.layout.piece_len(piece) > 0 {
                 // has_piece never claims bytes we do not hold.
                 return Err(StorageError::Missing);
@@ -208,24 +319,20 @@ impl Storage for RamStorage {
                 .files_for_piece(piece)
                 .into_iter()
                 .filter(|&file| {
-                    self.layout
-                        .pieces_for_file(file)
-                        .all(|p| p == piece || completed.get(p as usize))
+                    !skipped.get(file).copied().unwrap_or(false)
+                        && self
+                            .layout
+                            .pieces_for_file(file)
+                            .all(|p| p == piece || completed.get(p as usize))
                 })
                 .map(|file| {
                     let bytes = held.file_bytes(file).ok_or(StorageError::Missing)?;
-                    Ok((self.download_dir.join(&self.layout.files[file].path), bytes))
+                    let path = self.download_dir.join(&self.layout.files[file].path);
+                    Ok((file, path, bytes))
                 })
                 .collect::<Result<_, StorageError>>()?
         };
-        if !finished.is_empty() {
-            off_thread(move || {
-                finished
-                    .iter()
-                    .try_for_each(|(path, bytes)| write_whole(path, bytes))
-            })
-            .await??;
-        }
+        write_out(&self.held, finished).await?;
         lock(&self.completed).set(piece as usize);
         Ok(())
     }
@@ -235,7 +342,7 @@ impl Storage for RamStorage {
     }
 
     fn is_finalized(&self, file: usize) -> bool {
-        if file >= self.layout.files.len() {
+        if file >= self.layout.files.len() || lock(&self.skipped).get(file) == Some(&true) {
             return false;
         }
         let completed = lock(&self.completed);
@@ -248,6 +355,38 @@ impl Storage for RamStorage {
         // Finished files were made durable as they completed; the rest lives in memory.
         let completed = lock(&self.completed).clone();
         lock(&self.held).flushed = completed;
+        Ok(())
+    }
+
+    async fn set_skipped_files(&self, skipped: Vec<bool>) -> Result<(), StorageError> {
+        // Serialised with `mark_complete`: no piece completes a file between the decision and
+        // the write below.
+        let _marking = self.marking.lock().await;
+        let n = self.layout.files.len();
+        let new: Vec<bool> = (0..n)
+            .map(|i| skipped.get(i).copied().unwrap_or(false))
+            .collect();
+        let finished: Vec<(usize, PathBuf, Vec<u8>)> = {
+            let held = lock(&self.held);
+            let completed = lock(&self.completed);
+            let current = lock(&self.skipped);
+            // Un-skipped and complete: written out now.
+            (0..n)
+                .filter(|&i| current[i] && !new[i])
+                .filter(|&i| {
+                    self.layout
+                        .pieces_for_file(i)
+                        .all(|p| completed.get(p as usize))
+                })
+                .map(|i| {
+                    let bytes = held.file_bytes(i).ok_or(StorageError::Missing)?;
+                    Ok((i, self.download_dir.join(&self.layout.files[i].path), bytes))
+                })
+                .collect::<Result<_, StorageError>>()?
+        };
+        // Only once they are out does `is_finalized` say so.
+        write_out(&self.held, finished).await?;
+        *lock(&self.skipped) = new;
         Ok(())
     }
 }

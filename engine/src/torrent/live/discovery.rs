@@ -58,9 +58,10 @@ impl Torrent {
         );
     }
 
-    pub(super) fn announce(&mut self, event: Event) {
+    /// Announce `event` now; false (nothing sent) while another announce is in flight.
+    pub(super) fn announce(&mut self, event: Event) -> bool {
         let Some(tiers) = self.announcer.begin(now()) else {
-            return;
+            return false;
         };
         let req = self.announce_request(event);
         let tx = self.internal_tx.clone();
@@ -76,5 +77,6 @@ impl Torrent {
                 });
             },
         );
+        true
     }
 }

@@ -56,11 +56,21 @@ impl Torrent {
                 .map(|i| self.layout.piece_len(i as u32) as u64)
                 .sum()
         };
+        let wanted = self.picker.wanted();
+        let (wanted_bytes, wanted_have_bytes) = if wanted.is_full() {
+            (self.layout.total_length, have_bytes)
+        } else {
+            wanted.iter_ones().fold((0u64, 0u64), |(w, h), i| {
+                let len = self.layout.piece_len(i as u32) as u64;
+                (w + len, h + if have.get(i) { len } else { 0 })
+            })
+        };
         let state = if let Some(e) = &self.error {
             TorrentState::Error(e.clone())
         } else if self.paused {
             TorrentState::Paused
-        } else if have.is_full() {
+        } else if wanted_have_bytes == wanted_bytes {
+            // Every wanted piece is here (all of them unless files are skipped): seeding.
             TorrentState::Seeding
         } else {
             TorrentState::Downloading
@@ -90,6 +100,9 @@ impl Torrent {
         self.p.status.send_modify(|s| {
             s.state = state;
             s.have_bytes = have_bytes;
+            s.wanted_bytes = wanted_bytes;
+            s.wanted_have_bytes = wanted_have_bytes;
+            s.sequential = self.sequential;
             s.pieces_have = have.count_ones() as u32;
             // A paused torrent moves nothing, whatever the averages still hold.
             let (down, up) = if self.paused {
@@ -144,6 +157,7 @@ impl Torrent {
                     path: f.path.clone(),
                     length: f.length,
                     have_bytes,
+                    priority: self.file_priorities.get(i).copied().unwrap_or_default(),
                 }
             })
             .collect()
