@@ -13,6 +13,7 @@
 pub mod bencode;
 pub mod choker;
 pub mod dht;
+mod durable;
 pub mod extension;
 pub mod hash;
 pub mod lsd;
@@ -23,6 +24,7 @@ pub mod peer;
 pub mod pex;
 pub mod picker;
 pub mod plugin;
+pub mod queue;
 pub mod ratelimit;
 mod recheck;
 pub mod registry;
@@ -40,6 +42,7 @@ pub mod wire;
 
 pub use magnet::Magnet;
 pub use metainfo::Metainfo;
+pub use queue::{Goal, GoalReached, QueueMove, SeedGoals};
 pub use ratelimit::RateLimiter;
 pub use registry::{Origin, Registry};
 pub use session::{AddTorrent, Session, SessionConfig, SessionError, TorrentHandle};

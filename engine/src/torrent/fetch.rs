@@ -128,7 +128,9 @@ impl FetchingMetadata {
                 )))
             }
         };
-        if let Err(e) = save(path.clone(), metainfo.to_torrent_bytes()).await {
+        if let Err(e) =
+            crate::durable::write_atomic_async(path.clone(), metainfo.to_torrent_bytes()).await
+        {
             // Not fatal: the torrent runs, and a restart fetches the metadata again.
             tracing::warn!(path = %path.display(), error = %e, "could not keep the metadata");
         }
@@ -178,32 +180,6 @@ async fn load_saved(path: PathBuf, info_hash: InfoHash) -> std::io::Result<Optio
             return Err(std::io::Error::other("holds another torrent"));
         }
         Ok(Some(metainfo))
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
-/// Write `bytes` to `path` durably: a temporary file in the same folder, fsynced, renamed over
-/// the old one, and the folder fsynced.
-async fn save(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || {
-        let dir = path
-            .parent()
-            .ok_or_else(|| std::io::Error::other("no folder"))?;
-        std::fs::create_dir_all(dir)?;
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let result = (|| {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
     })
     .await
     .map_err(std::io::Error::other)?

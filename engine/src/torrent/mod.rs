@@ -18,6 +18,7 @@ mod check;
 mod fetch;
 mod live;
 pub(crate) mod peers;
+pub(crate) mod record;
 mod smart_ban;
 pub(crate) mod sources;
 
