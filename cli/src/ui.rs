@@ -92,7 +92,8 @@ fn state_color(s: &TorrentState) -> Color {
         TorrentState::FetchingMetadata | TorrentState::Checking { .. } => Color::Yellow,
         TorrentState::Downloading => Color::Cyan,
         TorrentState::Seeding => Color::Green,
-        TorrentState::Paused => Color::DarkGray,
+        TorrentState::Paused | TorrentState::Queued => Color::DarkGray,
+        TorrentState::Finished(_) => Color::Green,
         TorrentState::Error(_) => Color::Red,
     }
 }
@@ -260,8 +261,9 @@ fn draw_footer(f: &mut Frame, area: Rect, app: &App, torrents: &[TorrentStatus])
         let i = match t.state {
             TorrentState::FetchingMetadata | TorrentState::Checking { .. } => 0,
             TorrentState::Downloading => 1,
-            TorrentState::Seeding => 2,
-            TorrentState::Paused => 3,
+            // Placeholders until the menu counts queued and done torrents on their own.
+            TorrentState::Seeding | TorrentState::Finished(_) => 2,
+            TorrentState::Paused | TorrentState::Queued => 3,
             TorrentState::Error(_) => 4,
         };
         counts[i] += 1;

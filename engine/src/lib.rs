@@ -42,7 +42,7 @@ pub mod wire;
 
 pub use magnet::Magnet;
 pub use metainfo::Metainfo;
-pub use queue::{Goal, GoalReached, QueueMove, SeedGoals};
+pub use queue::{Goal, GoalReached, QueueLimits, QueueMove, SeedGoals};
 pub use ratelimit::RateLimiter;
 pub use registry::{Origin, Registry};
 pub use session::{AddTorrent, Session, SessionConfig, SessionError, TorrentHandle};

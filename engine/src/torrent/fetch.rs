@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use super::announce::{self, AnnounceResult, Announcer};
 use super::check::Checking;
 use super::peers::{self, host_key, HostKey};
+use super::record::Keeper;
 use super::sources::{self, DhtSchedule};
 use super::{PeerSlot, Phase, TorrentCommand, TorrentParams};
 use crate::extension::{self, ExtendedHandshake, Extension, HANDSHAKE_ID};
@@ -98,6 +99,7 @@ impl FetchingMetadata {
         self,
         params: &TorrentParams,
         commands: &mut mpsc::Receiver<TorrentCommand>,
+        keeper: &mut Keeper,
     ) -> Option<Phase> {
         let path = saved_path(&params.state_dir, &params.info_hash);
         match load_saved(path.clone(), params.info_hash).await {
@@ -118,7 +120,7 @@ impl FetchingMetadata {
             // A damaged copy is fetched again (and replaced).
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "saved metadata ignored"),
         }
-        let mut fetcher = Fetcher::new(params, self.magnet);
+        let mut fetcher = Fetcher::new(params, self.magnet, keeper);
         let (info, peers) = fetcher.run(commands).await?;
         let metainfo = match Metainfo::from_info_bytes(&info, &fetcher.magnet.trackers) {
             Ok(m) => m,
@@ -153,7 +155,7 @@ fn known(params: &TorrentParams, metainfo: Metainfo, peers: Vec<SocketAddr>) -> 
             .private
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    params.status.send_modify(|s| {
+    params.publish(|s| {
         s.name = metainfo.info.name.clone();
         s.total_bytes = metainfo.info.layout.total_length;
         s.pieces_total = metainfo.info.layout.piece_count();
@@ -264,6 +266,11 @@ struct Conn {
 
 struct Fetcher<'a> {
     p: &'a TorrentParams,
+    /// The torrent's record (its goals may change while fetching).
+    keeper: &'a mut Keeper,
+    /// The queue's gate, as last seen: closed, nothing is fetched (`Queued`).
+    queued: bool,
+    may_run: tokio::sync::watch::Receiver<bool>,
     magnet: Magnet,
     assembler: MetadataFetch,
     known: HashMap<SocketAddr, Known>,
@@ -287,12 +294,17 @@ struct Fetcher<'a> {
 }
 
 impl<'a> Fetcher<'a> {
-    fn new(p: &'a TorrentParams, magnet: Magnet) -> Self {
+    fn new(p: &'a TorrentParams, magnet: Magnet, keeper: &'a mut Keeper) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (conn_tx, conn_rx) = mpsc::channel(CONNECTION_EVENTS);
         let tiers = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
+        let mut may_run = p.may_run.clone();
+        let queued = !*may_run.borrow_and_update();
         let mut f = Fetcher {
             p,
+            keeper,
+            queued,
+            may_run,
             assembler: MetadataFetch::new(magnet.info_hash),
             known: HashMap::new(),
             conns: HashMap::new(),
@@ -351,6 +363,7 @@ impl<'a> Fetcher<'a> {
                     Some(cmd) => self.on_command(cmd),
                 },
                 _ = tick.tick() => self.on_tick(),
+                Ok(()) = self.may_run.changed() => self.on_gate(),
                 Some(event) = self.events_rx.recv() => {
                     if let Some(info) = self.on_event(event) {
                         return Some((info, self.handover()));
@@ -374,7 +387,7 @@ impl<'a> Fetcher<'a> {
                 permit,
                 ..
             } => {
-                if self.paused || self.conns.len() + self.dialing >= MAX_FETCH_PEERS {
+                if self.stopped() || self.conns.len() + self.dialing >= MAX_FETCH_PEERS {
                     return;
                 }
                 if self.host_count(addr) >= self.p.limits.max_per_host {
@@ -415,13 +428,43 @@ impl<'a> Fetcher<'a> {
                 self.dial(now());
                 self.publish();
             }
+            TorrentCommand::SetSeedGoals(goals) => {
+                self.keeper.record.goals = goals;
+                self.keeper.save_soon(now());
+                self.p.publish(|s| s.seed_goals = goals);
+            }
+            TorrentCommand::SaveRecord => {
+                self.keeper.save_soon(now());
+                let position = self.keeper.queue_position();
+                self.p.publish(|s| s.queue_position = position);
+            }
             TorrentCommand::Shutdown(_) => unreachable!("handled in run"),
         }
     }
 
+    /// The queue opened or closed our gate.
+    fn on_gate(&mut self) {
+        let queued = !*self.may_run.borrow_and_update();
+        if queued == self.queued {
+            return;
+        }
+        self.queued = queued;
+        if queued {
+            self.close_all();
+        } else {
+            self.dial(now());
+        }
+        self.publish();
+    }
+
+    /// Paused by the user or waiting in the queue: no connections, no announces.
+    fn stopped(&self) -> bool {
+        self.paused || self.queued
+    }
+
     fn on_tick(&mut self) {
         let now = now();
-        if !self.paused {
+        if !self.stopped() {
             // Requests that timed out go to other peers; idle handshakes make room.
             let stale: Vec<u64> = self
                 .conns
@@ -490,7 +533,7 @@ impl<'a> Fetcher<'a> {
                 slot,
             } => {
                 self.dialing = self.dialing.saturating_sub(1);
-                if self.paused {
+                if self.stopped() {
                     self.release(addr, Ended::Paused);
                     return None;
                 }
@@ -767,7 +810,7 @@ impl<'a> Fetcher<'a> {
 
     /// Dial known addresses until [`MAX_FETCH_PEERS`] connections are open or being opened.
     fn dial(&mut self, now: Instant) {
-        if self.paused {
+        if self.stopped() {
             return;
         }
         let loopback = self.p.limits.loopback_as_host;
@@ -945,12 +988,15 @@ impl<'a> Fetcher<'a> {
         let connected = self.conns.len();
         let known = self.known.len();
         let paused = self.paused;
+        let queued = self.queued;
         let trackers = self.announcer.status();
         let error = self.announcer.error().cloned();
         let next = self.announcer.next();
-        self.p.status.send_modify(|s| {
+        self.p.publish(|s| {
             s.state = if paused {
                 TorrentState::Paused
+            } else if queued {
+                TorrentState::Queued
             } else {
                 TorrentState::FetchingMetadata
             };

@@ -25,12 +25,14 @@ use tokio::sync::{mpsc, Semaphore};
 mod connections;
 mod discovery;
 mod extensions;
+mod goals;
 mod pieces;
 mod requests;
 mod stats;
 
 use super::announce::{self, AnnounceResult, Announcer};
 use super::peers::{self, ban_key, host_key, BookEntry, EvictCandidate, HostKey, MAX_KNOWN_PEERS};
+use super::record::Keeper;
 use super::smart_ban::{block_digest, BlockDigest, SmartBan};
 use super::sources::{self, DhtSchedule};
 use super::{now, PeerSlot, TorrentCommand, TorrentParams};
@@ -39,6 +41,7 @@ use crate::hash;
 use crate::metainfo::Metainfo;
 use crate::peer::{self, Connection, PeerCommand, PeerContext, PeerEvent, PeerKey, PeerShared};
 use crate::picker::{BlockOutcome, PiecePicker};
+use crate::queue::GoalReached;
 use crate::status::{FileStatus, PeerStatus, TorrentState};
 use crate::storage::{Layout, Storage, StorageError};
 use crate::tracker::{AnnounceRequest, Event, TrackerTiers};
@@ -198,6 +201,14 @@ pub(super) struct Torrent {
     dht_schedule: DhtSchedule,
     sent_completed: bool,
     paused: bool,
+    /// The queue's gate is closed: waiting for a slot (`Queued`).
+    queued: bool,
+    /// Stopped seeding at this goal (`Finished`) until resumed.
+    finished: Option<GoalReached>,
+    /// The torrent's record: all-time totals, seeding time, goals.
+    keeper: Keeper,
+    /// When seeding time was last counted.
+    last_tick: Instant,
     error: Option<String>,
     dirty: bool,
     flushing: bool,
@@ -218,8 +229,17 @@ impl Torrent {
         layout: Arc<Layout>,
         storage: Arc<dyn Storage>,
         have: Bitfield,
+        keeper: Keeper,
     ) -> Self {
         let mut p = p;
+        // A goal reached stays reached across restarts, but only while the data is whole: a
+        // torrent that lost data downloads it again.
+        let mut keeper = keeper;
+        if !have.is_full() && keeper.record.finished.take().is_some() {
+            tracing::info!(name = %metainfo.info.name, "data incomplete: seeding goal reset");
+        }
+        let finished = keeper.record.finished;
+        let queued = !*p.may_run.borrow_and_update();
         if metainfo.info.private {
             // BEP 27: a magnet's metadata may turn out private; from now on trackers only.
             p.discovery = None;
@@ -270,6 +290,10 @@ impl Torrent {
             dht_schedule: DhtSchedule::new(now()),
             sent_completed,
             paused: false,
+            queued,
+            finished,
+            keeper,
+            last_tick: now(),
             error: None,
             dirty: false,
             flushing: false,
@@ -290,8 +314,9 @@ impl Torrent {
         self.picker.have().is_full()
     }
 
+    /// Transferring: not paused, failed, queued or finished.
     fn active(&self) -> bool {
-        !self.paused && self.error.is_none()
+        !self.paused && self.error.is_none() && !self.queued && self.finished.is_none()
     }
 
     /// Run until shut down; `held` are commands that arrived while checking, taken first.
@@ -330,6 +355,7 @@ impl Torrent {
                 // Before peer events: under a steady stream of blocks the once-a-second work
                 // (rates, status, rechoke, timeouts, flush) must still run.
                 _ = tick.tick() => self.on_tick().await,
+                Ok(()) = self.p.may_run.changed() => self.on_gate(),
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal).await,
                 Some((key, event)) = self.events_rx.recv() => {
                     self.on_peer_event(key, event);
@@ -419,12 +445,16 @@ impl Torrent {
             TorrentCommand::Pause => {
                 self.paused = true;
                 self.close_all_peers();
+                self.save_record_soon();
                 self.publish();
             }
-            TorrentCommand::Resume => {
-                self.paused = false;
+            TorrentCommand::Resume => self.on_resume(),
+            TorrentCommand::SetSeedGoals(goals) => {
+                self.keeper.record.goals = goals;
+                self.save_record_soon();
                 self.publish();
             }
+            TorrentCommand::SaveRecord => self.save_record_soon(),
             TorrentCommand::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -820,6 +850,9 @@ impl Torrent {
         if self.dirty && now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
             self.start_flush();
         }
+        self.count_seeding(now);
+        self.keeper.set_run_totals(self.downloaded, self.uploaded);
+        self.keeper.save_if_due(now);
         self.publish();
     }
 
@@ -873,6 +906,7 @@ impl Torrent {
             self.sent_completed = true;
             self.announce(Event::Completed);
         }
+        self.save_record_soon();
     }
 
     async fn shutdown(&mut self) {
@@ -906,6 +940,9 @@ impl Torrent {
             let result = self.storage.flush().await;
             self.on_flushed(result);
         }
+        self.count_seeding(now());
+        self.keeper.set_run_totals(self.downloaded, self.uploaded);
+        self.keeper.save_now(now()).await;
         self.publish();
         if let Some(tiers) = self.announcer.take_for_stop() {
             let req = self.announce_request(Event::Stopped);

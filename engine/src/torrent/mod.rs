@@ -26,7 +26,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
@@ -59,8 +61,12 @@ pub enum TorrentCommand {
     LocalPeers(Vec<SocketAddr>),
     /// Stop transferring (keep state).
     Pause,
-    /// Resume after [`TorrentCommand::Pause`].
+    /// Resume after [`TorrentCommand::Pause`], or seed again after a goal was reached.
     Resume,
+    /// The torrent's own seeding goals.
+    SetSeedGoals(crate::queue::SeedGoals),
+    /// Write the record soon (the session changed its queue position).
+    SaveRecord,
     /// Stop: flush, save resume state, announce `stopped`; reply when done.
     Shutdown(oneshot::Sender<()>),
 }
@@ -124,6 +130,27 @@ pub(crate) struct TorrentParams {
     pub rng_seed: Option<u64>,
     /// The session's DHT and LSD, if the torrent may use them (not private, BEP 27).
     pub discovery: Option<sources::DiscoverySlot>,
+    /// The queue's gate: closed, the torrent waits `Queued` (see `crate::queue`).
+    pub may_run: watch::Receiver<bool>,
+    /// Told whenever the published state changes kind, so the session's queue reconsiders.
+    pub state_changed: Arc<Notify>,
+    /// The session's default seeding goals (ratio, time).
+    pub seed_defaults: (Option<f64>, Option<Duration>),
+}
+
+impl TorrentParams {
+    /// Change the published status; tell the queue when the state changed kind.
+    pub(crate) fn publish(&self, f: impl FnOnce(&mut TorrentStatus)) {
+        let mut changed = false;
+        self.status.send_modify(|s| {
+            let before = std::mem::discriminant(&s.state);
+            f(s);
+            changed = before != std::mem::discriminant(&s.state);
+        });
+        if changed {
+            self.state_changed.notify_one();
+        }
+    }
 }
 
 /// Per-host limits from the session configuration.
@@ -179,31 +206,32 @@ enum Phase {
     Failed(String),
 }
 
-/// Run one torrent until shut down.
+/// Run one torrent until shut down; `keeper` holds its record.
 pub(crate) async fn run_torrent(
     params: TorrentParams,
     source: Source,
     mut commands: mpsc::Receiver<TorrentCommand>,
+    mut keeper: record::Keeper,
 ) {
+    // A new torrent's record is written at once, so its date and place survive a crash.
+    keeper.save_soon(now());
     let mut phase = match source {
         Source::Metainfo(metainfo) => Phase::Checking(check::Checking::new(metainfo)),
         Source::Magnet(magnet) => Phase::FetchingMetadata(fetch::FetchingMetadata::new(magnet)),
     };
     loop {
         let next = match phase {
-            Phase::FetchingMetadata(fetch) => fetch.run(&params, &mut commands).await,
+            Phase::FetchingMetadata(fetch) => fetch.run(&params, &mut commands, &mut keeper).await,
             Phase::Checking(check) => check.run(&params, &mut commands).await,
             Phase::Live(c) => {
                 let mut torrent =
-                    live::Torrent::new(params, c.metainfo, c.layout, c.storage, c.have);
+                    live::Torrent::new(params, c.metainfo, c.layout, c.storage, c.have, keeper);
                 torrent.add_known(c.peers);
                 torrent.run(commands, c.held).await;
                 return;
             }
             Phase::Failed(message) => {
-                params
-                    .status
-                    .send_modify(|s| s.state = TorrentState::Error(message));
+                params.publish(|s| s.state = TorrentState::Error(message));
                 wait_for_shutdown(&mut commands).await;
                 return;
             }

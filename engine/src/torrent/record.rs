@@ -352,6 +352,11 @@ impl Keeper {
         self.record.seeding_secs = self.seeding.as_secs();
     }
 
+    /// Its place in the queue now.
+    pub(crate) fn queue_position(&self) -> u64 {
+        self.position.load(Ordering::Relaxed)
+    }
+
     /// All-time seeding time.
     pub(crate) fn seeding(&self) -> Duration {
         self.seeding

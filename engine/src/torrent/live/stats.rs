@@ -18,6 +18,10 @@ impl Torrent {
             TorrentState::Error(e.clone())
         } else if self.paused {
             TorrentState::Paused
+        } else if let Some(goal) = self.finished {
+            TorrentState::Finished(goal)
+        } else if self.queued {
+            TorrentState::Queued
         } else if have.is_full() {
             TorrentState::Seeding
         } else {
@@ -45,8 +49,14 @@ impl Torrent {
             .collect();
         let files = self.file_progress();
         let trackers = self.announcer.status();
-        self.p.status.send_modify(|s| {
+        let record = &self.keeper.record;
+        self.p.publish(|s| {
             s.state = state;
+            s.all_time_downloaded = record.downloaded;
+            s.all_time_uploaded = record.uploaded;
+            s.seeding_time = self.keeper.seeding();
+            s.seed_goals = record.goals;
+            s.queue_position = self.keeper.queue_position();
             s.have_bytes = have_bytes;
             s.pieces_have = have.count_ones() as u32;
             s.download_rate = self.download_rate as u64;
