@@ -133,6 +133,12 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
         config.upload_limit = s.upload_limit;
         config.lsd = s.lsd;
         config.pex = s.pex;
+        (
+            config.seed_ratio,
+            config.seed_time,
+            config.max_active_downloads,
+            config.max_active_seeds,
+        ) = s.queue_config();
         config.dht = s.dht.then(|| {
             if s.dht_bootstrap.is_empty() {
                 Bootstrap::PublicRouters
