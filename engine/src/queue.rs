@@ -114,7 +114,11 @@ pub enum QueueKind {
     Download,
     /// Complete and wants to seed.
     Seed,
-    /// Does not take a slot: checking, paused, failed, finished.
+    /// Checking its data: takes no slot, but is let through when a download slot is left
+    /// over (so peers that dialled it meanwhile are answered, and a restart does not start
+    /// every torrent only to queue most of them a moment later).
+    Checking,
+    /// Does not take a slot: paused, failed, finished.
     Inactive,
 }
 
@@ -141,30 +145,39 @@ pub struct QueueLimits {
 /// Which torrents may run: `result[i]` for `entries[i]`. Per kind, torrents running now keep
 /// their slot (a queued torrent never pushes out a running one, even when moved to the top);
 /// if more run than the limit allows (it was lowered, or a download completed into the seeds),
-/// those latest in the queue stop. Free slots go to waiting torrents in queue order. Inactive
-/// torrents get a closed gate, so resuming one goes through the queue.
+/// those latest in the queue stop. Free slots go to waiting torrents in queue order, then
+/// download slots still free to checking torrents (in queue order). Inactive torrents get a
+/// closed gate, so resuming one goes through the queue.
 pub fn plan(entries: &[QueueEntry], limits: QueueLimits) -> Vec<bool> {
     let mut allowed = vec![false; entries.len()];
-    for (kind, limit) in [
-        (QueueKind::Download, limits.downloads),
-        (QueueKind::Seed, limits.seeds),
-    ] {
+    let in_order = |kind: QueueKind| {
         let mut order: Vec<usize> = (0..entries.len())
             .filter(|&i| entries[i].kind == kind)
             .collect();
         order.sort_by_key(|&i| (entries[i].position, i));
+        order
+    };
+    for (kind, limit) in [
+        (QueueKind::Download, limits.downloads),
+        (QueueKind::Seed, limits.seeds),
+    ] {
+        let order = in_order(kind);
         let limit = limit.unwrap_or(usize::MAX);
         let mut slots = 0;
-        for &i in order.iter().filter(|&&i| entries[i].running) {
+        let running = order.iter().filter(|&&i| entries[i].running);
+        let waiting = order.iter().filter(|&&i| !entries[i].running);
+        for &i in running.chain(waiting) {
             if slots < limit {
                 allowed[i] = true;
                 slots += 1;
             }
         }
-        for &i in order.iter().filter(|&&i| !entries[i].running) {
-            if slots < limit {
-                allowed[i] = true;
-                slots += 1;
+        if kind == QueueKind::Download {
+            for i in in_order(QueueKind::Checking) {
+                if slots < limit {
+                    allowed[i] = true;
+                    slots += 1;
+                }
             }
         }
     }
@@ -242,6 +255,23 @@ mod tests {
             seeds: Some(2),
         };
         assert_eq!(plan(&entries, two), vec![false, true, true]);
+    }
+
+    #[test]
+    fn checking_torrents_take_only_download_slots_left_over() {
+        use QueueKind::*;
+        let two = QueueLimits {
+            downloads: Some(2),
+            seeds: Some(0),
+        };
+        let entries = [
+            e(3, Checking, false),
+            e(0, Download, false),
+            e(1, Checking, true),
+            e(2, Checking, false),
+            e(4, Seed, false),
+        ];
+        assert_eq!(plan(&entries, two), vec![false, true, true, false, false]);
     }
 
     #[test]

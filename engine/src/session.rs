@@ -620,10 +620,10 @@ fn queue_kind(s: &TorrentStatus) -> QueueKind {
         TorrentState::Seeding => QueueKind::Seed,
         TorrentState::Queued if complete => QueueKind::Seed,
         TorrentState::Queued => QueueKind::Download,
-        TorrentState::Checking { .. }
-        | TorrentState::Paused
-        | TorrentState::Finished(_)
-        | TorrentState::Error(_) => QueueKind::Inactive,
+        TorrentState::Checking { .. } => QueueKind::Checking,
+        TorrentState::Paused | TorrentState::Finished(_) | TorrentState::Error(_) => {
+            QueueKind::Inactive
+        }
     }
 }
 
