@@ -114,9 +114,10 @@ pub enum QueueKind {
     Download,
     /// Complete and wants to seed.
     Seed,
-    /// Checking its data: takes no slot, but is let through when a download slot is left
-    /// over (so peers that dialled it meanwhile are answered, and a restart does not start
-    /// every torrent only to queue most of them a moment later).
+    /// Checking its data: not active, but it keeps the download slot its place in the queue
+    /// would give a waiting download, so that when the check ends it starts in queue order
+    /// (not whichever check ends first), peers that dialled it meanwhile are answered, and a
+    /// restart does not start every torrent only to queue most of them a moment later.
     Checking,
     /// Does not take a slot: paused, failed, finished.
     Inactive,
@@ -145,39 +146,35 @@ pub struct QueueLimits {
 /// Which torrents may run: `result[i]` for `entries[i]`. Per kind, torrents running now keep
 /// their slot (a queued torrent never pushes out a running one, even when moved to the top);
 /// if more run than the limit allows (it was lowered, or a download completed into the seeds),
-/// those latest in the queue stop. Free slots go to waiting torrents in queue order, then
-/// download slots still free to checking torrents (in queue order). Inactive torrents get a
+/// those latest in the queue stop. Free slots go to waiting torrents in queue order; checking
+/// torrents wait for download slots alongside waiting downloads. Inactive torrents get a
 /// closed gate, so resuming one goes through the queue.
 pub fn plan(entries: &[QueueEntry], limits: QueueLimits) -> Vec<bool> {
     let mut allowed = vec![false; entries.len()];
-    let in_order = |kind: QueueKind| {
-        let mut order: Vec<usize> = (0..entries.len())
-            .filter(|&i| entries[i].kind == kind)
-            .collect();
-        order.sort_by_key(|&i| (entries[i].position, i));
-        order
-    };
     for (kind, limit) in [
         (QueueKind::Download, limits.downloads),
         (QueueKind::Seed, limits.seeds),
     ] {
-        let order = in_order(kind);
+        let mut order: Vec<usize> = (0..entries.len())
+            .filter(|&i| {
+                let k = entries[i].kind;
+                k == kind || (kind == QueueKind::Download && k == QueueKind::Checking)
+            })
+            .collect();
+        order.sort_by_key(|&i| (entries[i].position, i));
         let limit = limit.unwrap_or(usize::MAX);
         let mut slots = 0;
-        let running = order.iter().filter(|&&i| entries[i].running);
-        let waiting = order.iter().filter(|&&i| !entries[i].running);
-        for &i in running.chain(waiting) {
+        let running = |i: &&usize| entries[**i].running && entries[**i].kind == kind;
+        for &i in order.iter().filter(running) {
             if slots < limit {
                 allowed[i] = true;
                 slots += 1;
             }
         }
-        if kind == QueueKind::Download {
-            for i in in_order(QueueKind::Checking) {
-                if slots < limit {
-                    allowed[i] = true;
-                    slots += 1;
-                }
+        for &i in order.iter().filter(|i| !running(i)) {
+            if slots < limit {
+                allowed[i] = true;
+                slots += 1;
             }
         }
     }
@@ -258,20 +255,25 @@ mod tests {
     }
 
     #[test]
-    fn checking_torrents_take_only_download_slots_left_over() {
+    fn checking_torrents_wait_for_download_slots_in_queue_order() {
         use QueueKind::*;
         let two = QueueLimits {
             downloads: Some(2),
             seeds: Some(0),
         };
+        // A running download keeps its slot; the other goes to the first in the queue, a
+        // checking torrent before a later waiting download.
         let entries = [
-            e(3, Checking, false),
-            e(0, Download, false),
+            e(3, Download, false),
+            e(9, Download, true),
             e(1, Checking, true),
             e(2, Checking, false),
             e(4, Seed, false),
         ];
         assert_eq!(plan(&entries, two), vec![false, true, true, false, false]);
+        // A checking torrent never pushes out a running download.
+        let entries = [e(0, Checking, false), e(5, Download, true)];
+        assert_eq!(plan(&entries, ONE_EACH), vec![false, true]);
     }
 
     #[test]
