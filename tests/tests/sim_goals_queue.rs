@@ -304,3 +304,29 @@ async fn all_time_stats_survive_a_restart_and_removal_forgets_them() {
     let h3 = l2.session.add(meta.clone()).unwrap();
     assert_eq!(h3.status().all_time_downloaded, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_magnet_fetching_metadata_holds_a_download_slot() {
+    let net = SimNet::new();
+    let (meta, data) = torrent("t.bin", 128 * 1024, 4);
+    let s = peer(&net, 1, vec![], None, |_| {}).await;
+    s.preload(&meta, &data).await;
+    until(&s.session.add(meta.clone()).unwrap(), "seeds", seeding).await;
+    let l = peer(&net, 9, vec![s.addr], None, |c| {
+        c.max_active_downloads = Some(1)
+    })
+    .await;
+    // Nobody has this one: its metadata never comes.
+    let magnet =
+        zigtorrent_engine::Magnet::parse(&format!("magnet:?xt=urn:btih:{}", "ab".repeat(20)))
+            .unwrap();
+    let m = l.session.add(magnet).unwrap();
+    let t = l.session.add(meta.clone()).unwrap();
+    until(&t, "the torrent waits", |s| s.state == TorrentState::Queued).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(m.status().state, TorrentState::FetchingMetadata);
+    assert_eq!(t.status().state, TorrentState::Queued);
+    // The magnet removed, the slot is free.
+    assert!(l.session.remove(m.info_hash()).await);
+    until(&t, "then downloads", seeding).await;
+}
