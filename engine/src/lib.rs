@@ -8,7 +8,8 @@
 //! [`tracker`] (peer discovery) → [`wire`] (BEP 3 codec) → [`picker`] / [`choker`] (decisions)
 //! → [`session`] (tasks that tie them to transports and storage). Magnets and extensions,
 //! sans-IO: [`magnet`] (URIs) · [`extension`] (BEP 10 handshake, ids) · [`metadata`] (BEP 9
-//! fetch and serve) · [`pex`] (BEP 11).
+//! fetch and serve) · [`pex`] (BEP 11). Which torrents run: [`queue`] (seeding goals, the
+//! download and seed queue; decisions only, the session applies them).
 
 pub mod bencode;
 pub mod choker;
