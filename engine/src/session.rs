@@ -555,6 +555,12 @@ impl Session {
         self.shared.reschedule.notify_one();
     }
 
+    /// The session's default seeding goals (ratio, time), which torrents with
+    /// `Goal::Global` follow.
+    pub fn seed_goal_defaults(&self) -> (Option<f64>, Option<Duration>) {
+        (self.shared.config.seed_ratio, self.shared.config.seed_time)
+    }
+
     /// The limits on active downloads and seeds.
     pub fn queue_limits(&self) -> QueueLimits {
         *self

@@ -165,3 +165,54 @@ async fn a_queued_torrent_announces_only_once_it_may_start() {
     .await;
     session.shutdown(Duration::from_secs(4)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_magnet_queued_while_fetching_announces_stopped_and_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = HttpTracker::start().await;
+    let hash = zigtorrent_engine::InfoHash([0x5a; 20]);
+    let link = format!(
+        "magnet:?xt=urn:btih:{}&tr={}",
+        hash.to_hex(),
+        tracker
+            .announce_url()
+            .replace(':', "%3A")
+            .replace('/', "%2F")
+    );
+    let magnet = zigtorrent_engine::Magnet::parse(&link).unwrap();
+    let session = start_session(dir.path(), Arc::new(FsBackend::new()), vec![]).await;
+    let h = session.add(magnet).unwrap();
+    until_announced(
+        &tracker,
+        "started",
+        |e| e.first().is_some_and(|x| x.0 == Event::Started),
+        hash,
+    )
+    .await;
+    // The limit lowered to nothing: the fetch stops and says so.
+    session.set_queue_limits(QueueLimits {
+        downloads: Some(0),
+        seeds: None,
+    });
+    until(&h, "queued", |s| s.state == TorrentState::Queued).await;
+    until_announced(
+        &tracker,
+        "stopped",
+        |e| e.last().is_some_and(|x| x.0 == Event::Stopped),
+        hash,
+    )
+    .await;
+    session.set_queue_limits(QueueLimits::default());
+    until(&h, "fetching again", |s| {
+        s.state == TorrentState::FetchingMetadata
+    })
+    .await;
+    until_announced(
+        &tracker,
+        "started again",
+        |e| e.iter().filter(|x| x.0 == Event::Started).count() == 2,
+        hash,
+    )
+    .await;
+    session.shutdown(Duration::from_secs(4)).await;
+}

@@ -448,10 +448,15 @@ impl<'a> Fetcher<'a> {
         if queued == self.queued {
             return;
         }
+        let was_stopped = self.stopped();
         self.queued = queued;
         if queued {
             self.close_all();
-        } else {
+            if !was_stopped {
+                self.announce_stopped_for_now(now());
+            }
+        } else if !self.stopped() {
+            self.announcer.restart(now());
             self.dial(now());
         }
         self.publish();
@@ -901,6 +906,17 @@ impl<'a> Fetcher<'a> {
         let Some(tiers) = self.announcer.begin(now) else {
             return;
         };
+        self.spawn_announce(tiers, event);
+    }
+
+    /// Tell trackers we stop for now (queued), if we told them we started.
+    fn announce_stopped_for_now(&mut self, now: Instant) {
+        if let Some(tiers) = self.announcer.stop_for_now(now) {
+            self.spawn_announce(tiers, Event::Stopped);
+        }
+    }
+
+    fn spawn_announce(&mut self, tiers: TrackerTiers, event: Event) {
         let req = self.announce_request(event);
         let tx = self.events_tx.clone();
         announce::spawn_announce(

@@ -232,7 +232,7 @@ pub(crate) async fn run_torrent(
             }
             Phase::Failed(message) => {
                 params.publish(|s| s.state = TorrentState::Error(message));
-                wait_for_shutdown(&mut commands).await;
+                wait_for_shutdown(&params, &mut commands, &mut keeper).await;
                 return;
             }
         };
@@ -249,11 +249,30 @@ pub(crate) fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-async fn wait_for_shutdown(commands: &mut mpsc::Receiver<TorrentCommand>) {
+/// A failed torrent: nothing runs, but its record still takes new goals and queue places.
+async fn wait_for_shutdown(
+    params: &TorrentParams,
+    commands: &mut mpsc::Receiver<TorrentCommand>,
+    keeper: &mut record::Keeper,
+) {
     while let Some(cmd) = commands.recv().await {
-        if let TorrentCommand::Shutdown(done) = cmd {
-            let _ = done.send(());
-            return;
+        match cmd {
+            TorrentCommand::Shutdown(done) => {
+                keeper.save_now(now()).await;
+                let _ = done.send(());
+                return;
+            }
+            TorrentCommand::SetSeedGoals(goals) => {
+                keeper.record.goals = goals;
+                keeper.save_soon(now());
+                params.publish(|s| s.seed_goals = goals);
+            }
+            TorrentCommand::SaveRecord => {
+                keeper.save_soon(now());
+                let position = keeper.queue_position();
+                params.publish(|s| s.queue_position = position);
+            }
+            _ => {}
         }
     }
 }
