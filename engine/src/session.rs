@@ -889,3 +889,43 @@ impl Drop for HalfOpenShare {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::GoalReached;
+
+    #[test]
+    fn queue_kinds_from_states() {
+        let mut s = TorrentStatus::new("t".into(), InfoHash([1; 20]), 100, 4);
+        let kind = |s: &TorrentStatus, state: TorrentState| {
+            let mut s = s.clone();
+            s.state = state;
+            queue_kind(&s)
+        };
+        assert_eq!(kind(&s, TorrentState::Downloading), QueueKind::Download);
+        assert_eq!(
+            kind(&s, TorrentState::FetchingMetadata),
+            QueueKind::Download
+        );
+        assert_eq!(kind(&s, TorrentState::Seeding), QueueKind::Seed);
+        assert_eq!(
+            kind(&s, TorrentState::Checking { progress: 0.5 }),
+            QueueKind::Checking
+        );
+        for inactive in [
+            TorrentState::Paused,
+            TorrentState::Finished(GoalReached::Ratio),
+            TorrentState::Error("disk".into()),
+        ] {
+            assert_eq!(kind(&s, inactive), QueueKind::Inactive);
+        }
+        // Queued: a download until every piece is in, then a seed; a magnet without
+        // metadata (no pieces known) is a download.
+        assert_eq!(kind(&s, TorrentState::Queued), QueueKind::Download);
+        s.pieces_have = 4;
+        assert_eq!(kind(&s, TorrentState::Queued), QueueKind::Seed);
+        let magnet = TorrentStatus::new("m".into(), InfoHash([2; 20]), 0, 0);
+        assert_eq!(kind(&magnet, TorrentState::Queued), QueueKind::Download);
+    }
+}
