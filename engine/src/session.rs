@@ -280,6 +280,8 @@ struct Shared {
     discovery_task: Mutex<Option<JoinHandle<()>>>,
     /// Limits on active torrents.
     queue_limits: Mutex<QueueLimits>,
+    /// Default seeding goals (ratio, time), read by every torrent at each check.
+    seed_defaults: watch::Sender<(Option<f64>, Option<Duration>)>,
     /// Told when a torrent's state changes kind, one is added or removed, or the queue
     /// changes: the scheduler then runs [`queue::plan`].
     reschedule: Arc<Notify>,
@@ -313,6 +315,7 @@ impl Session {
             downloads: config.max_active_downloads,
             seeds: config.max_active_seeds,
         };
+        let seed_defaults = (config.seed_ratio, config.seed_time);
         let shared = Arc::new(Shared {
             peer_slots: Arc::new(Semaphore::new(config.max_peers_total)),
             incoming_slots: Arc::new(Semaphore::new(
@@ -332,6 +335,7 @@ impl Session {
             discovery: DiscoverySlot::default(),
             discovery_task: Mutex::new(None),
             queue_limits: Mutex::new(queue_limits),
+            seed_defaults: watch::Sender::new(seed_defaults),
             reschedule: Arc::new(Notify::new()),
             scheduler_task: Mutex::new(None),
         });
@@ -466,7 +470,7 @@ impl Session {
             discovery,
             may_run,
             state_changed: self.shared.reschedule.clone(),
-            seed_defaults: (c.seed_ratio, c.seed_time),
+            seed_defaults: self.shared.seed_defaults.subscribe(),
         };
         let task = tokio::spawn(run_torrent(params, source.clone(), cmd_rx, keeper));
         let handle = TorrentHandle {
@@ -558,7 +562,13 @@ impl Session {
     /// The session's default seeding goals (ratio, time), which torrents with
     /// `Goal::Global` follow.
     pub fn seed_goal_defaults(&self) -> (Option<f64>, Option<Duration>) {
-        (self.shared.config.seed_ratio, self.shared.config.seed_time)
+        *self.shared.seed_defaults.borrow()
+    }
+
+    /// Change the default seeding goals (`None`: no goal). Seeding torrents that follow them
+    /// check the new ones within a second; finished torrents stay finished until resumed.
+    pub fn set_seed_goal_defaults(&self, ratio: Option<f64>, time: Option<Duration>) {
+        self.shared.seed_defaults.send_replace((ratio, time));
     }
 
     /// The limits on active downloads and seeds.

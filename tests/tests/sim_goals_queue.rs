@@ -330,3 +330,26 @@ async fn a_magnet_fetching_metadata_holds_a_download_slot() {
     assert!(l.session.remove(m.info_hash()).await);
     until(&t, "then downloads", seeding).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn changed_default_goals_apply_to_torrents_that_follow_them() {
+    let net = SimNet::new();
+    let (meta, data) = torrent("defaults.bin", 64 * 1024, 5);
+    let s = peer(&net, 1, vec![], None, |_| {}).await;
+    s.preload(&meta, &data).await;
+    let h = s.session.add(meta.clone()).unwrap();
+    until(&h, "seeding", seeding).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(
+        h.status().state,
+        TorrentState::Seeding,
+        "no goal by default"
+    );
+    assert_eq!(s.session.seed_goal_defaults(), (None, None));
+    s.session
+        .set_seed_goal_defaults(None, Some(Duration::from_secs(60)));
+    until(&h, "finished by the new default", |s| {
+        s.state == TorrentState::Finished(GoalReached::Time)
+    })
+    .await;
+}

@@ -134,8 +134,8 @@ pub(crate) struct TorrentParams {
     pub may_run: watch::Receiver<bool>,
     /// Told whenever the published state changes kind, so the session's queue reconsiders.
     pub state_changed: Arc<Notify>,
-    /// The session's default seeding goals (ratio, time).
-    pub seed_defaults: (Option<f64>, Option<Duration>),
+    /// The session's default seeding goals (ratio, time); the user may change them.
+    pub seed_defaults: watch::Receiver<(Option<f64>, Option<Duration>)>,
 }
 
 impl TorrentParams {

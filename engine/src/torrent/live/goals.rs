@@ -23,11 +23,11 @@ impl Torrent {
         self.keeper.set_run_totals(self.downloaded, self.uploaded);
         let r = &self.keeper.record;
         let ratio = crate::status::ratio(r.uploaded, r.downloaded, self.layout.total_length);
-        let reached =
-            self.keeper
-                .record
-                .goals
-                .reached(self.p.seed_defaults, ratio, self.keeper.seeding());
+        let reached = self.keeper.record.goals.reached(
+            *self.p.seed_defaults.borrow(),
+            ratio,
+            self.keeper.seeding(),
+        );
         if let Some(goal) = reached {
             tracing::info!(name = %self.metainfo.info.name, goal = goal.label(), ratio, "seeding goal reached");
             self.stop_transfer();
