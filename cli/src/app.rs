@@ -7,7 +7,11 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use zigtorrent_engine::{FilePriority, InfoHash, TorrentState, TorrentStatus};
+use std::time::Duration;
+
+use zigtorrent_engine::{
+    FilePriority, Goal, InfoHash, QueueMove, SeedGoals, TorrentState, TorrentStatus,
+};
 
 use crate::format::printable;
 use crate::watch::FolderEvent;
@@ -76,11 +80,15 @@ pub enum SortKey {
     Ratio,
     /// Lifecycle state.
     State,
+    /// When it was added, newest first.
+    Added,
+    /// Place in the download and seed queue, first first.
+    Queue,
 }
 
 impl SortKey {
     /// In the order `s` steps through them.
-    pub const ALL: [SortKey; 7] = [
+    pub const ALL: [SortKey; 9] = [
         SortKey::Name,
         SortKey::Size,
         SortKey::Progress,
@@ -88,6 +96,8 @@ impl SortKey {
         SortKey::Down,
         SortKey::Up,
         SortKey::Ratio,
+        SortKey::Added,
+        SortKey::Queue,
     ];
 
     /// As the list's header and the help name it.
@@ -100,6 +110,8 @@ impl SortKey {
             SortKey::Up => "up",
             SortKey::Ratio => "ratio",
             SortKey::State => "state",
+            SortKey::Added => "added",
+            SortKey::Queue => "queue",
         }
     }
 
@@ -116,6 +128,9 @@ pub enum InputKind {
     Add,
     /// Text the list is filtered by (applied as it is typed).
     Filter,
+    /// A torrent's seeding goals: `RATIO MINUTES`, each a number, `0` (none) or `-` (the
+    /// session's default).
+    Goals(InfoHash),
 }
 
 /// The text prompt in the footer.
@@ -139,7 +154,7 @@ pub struct FolderNote {
 }
 
 /// What the user asked for that the session must do.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Pause it if running, resume it if paused.
     TogglePause(InfoHash),
@@ -153,6 +168,10 @@ pub enum Action {
     SetPriorities(InfoHash, Vec<FilePriority>),
     /// Turn sequential download on or off.
     SetSequential(InfoHash, bool),
+    /// Move it in the queue.
+    QueueMove(InfoHash, QueueMove),
+    /// Its own seeding goals.
+    SetGoals(InfoHash, SeedGoals),
     /// Add a torrent from a path, URL or magnet link.
     Add(String),
     /// Stop gracefully.
@@ -289,7 +308,9 @@ impl App {
                 SortKey::Progress => b.wanted_progress().total_cmp(&a.wanted_progress()),
                 SortKey::Down => b.download_rate.cmp(&a.download_rate),
                 SortKey::Up => b.upload_rate.cmp(&a.upload_rate),
-                SortKey::Ratio => ratio_value(b).total_cmp(&ratio_value(a)),
+                SortKey::Ratio => b.ratio().total_cmp(&a.ratio()),
+                SortKey::Added => b.added_at.cmp(&a.added_at),
+                SortKey::Queue => a.queue_position.cmp(&b.queue_position),
                 SortKey::State => state_rank(&a.state).cmp(&state_rank(&b.state)),
             };
             let by_key = if self.sort_reversed {
@@ -457,6 +478,22 @@ impl App {
                 return Some(Action::TogglePause(t.info_hash));
             }
             KeyCode::Char('r') => return selected.map(|t| Action::Recheck(t.info_hash)),
+            KeyCode::Char('K') | KeyCode::Char('J') | KeyCode::Char('T') | KeyCode::Char('B') => {
+                let how = match key.code {
+                    KeyCode::Char('K') => QueueMove::Up,
+                    KeyCode::Char('J') => QueueMove::Down,
+                    KeyCode::Char('T') => QueueMove::Top,
+                    _ => QueueMove::Bottom,
+                };
+                return Some(Action::QueueMove(selected?.info_hash, how));
+            }
+            KeyCode::Char('L') => {
+                let t = selected?;
+                self.input = Some(Input {
+                    kind: InputKind::Goals(t.info_hash),
+                    text: goals_text(&t.seed_goals),
+                });
+            }
             KeyCode::Char('o') => {
                 let t = selected?;
                 if t.state == TorrentState::FetchingMetadata {
@@ -563,6 +600,10 @@ impl App {
                     InputKind::Filter => self.filter = text,
                     InputKind::Add if text.is_empty() => {}
                     InputKind::Add => return Some(Action::Add(text)),
+                    InputKind::Goals(h) => match parse_goals(&text) {
+                        Ok(goals) => return Some(Action::SetGoals(h, goals)),
+                        Err(e) => self.message = Some(e),
+                    },
                 }
             }
             KeyCode::Backspace => {
@@ -686,18 +727,54 @@ pub fn problems(app: &App, torrents: &[TorrentStatus]) -> Vec<Problem> {
     out
 }
 
-/// Uploaded ÷ downloaded this session (÷ size when nothing was downloaded, as for a seed).
-pub fn ratio_value(s: &TorrentStatus) -> f64 {
-    let base = if s.downloaded > 0 {
-        s.downloaded
-    } else {
-        s.total_bytes
+/// `RATIO MINUTES` as the goals prompt shows them: `-` for the session's default, `0` for none.
+pub fn goals_text(g: &SeedGoals) -> String {
+    let ratio = match g.ratio {
+        Goal::Global => "-".to_string(),
+        Goal::Off => "0".to_string(),
+        Goal::Value(r) => format!("{r}"),
     };
-    if base == 0 {
-        0.0
-    } else {
-        s.uploaded as f64 / base as f64
+    let time = match g.time {
+        Goal::Global => "-".to_string(),
+        Goal::Off => "0".to_string(),
+        Goal::Value(d) => format!("{}", d.as_secs() / 60),
+    };
+    format!("{ratio} {time}")
+}
+
+/// Largest ratio goal taken (as `--seed-ratio`).
+const MAX_RATIO_GOAL: f64 = 1e6;
+/// Longest time goal taken, in minutes (a century, as `--seed-time`).
+const MAX_TIME_GOAL_MINUTES: u64 = 100 * 366 * 24 * 60;
+
+/// Read the goals prompt: `RATIO MINUTES`; a missing second word keeps the default.
+pub fn parse_goals(text: &str) -> Result<SeedGoals, String> {
+    let mut words = text.split_whitespace();
+    let (r, t) = (words.next().unwrap_or("-"), words.next().unwrap_or("-"));
+    if words.next().is_some() {
+        return Err("goals: give a ratio and minutes, e.g. `2 1440`, `0 -` or `- -`".into());
     }
+    let ratio = match r {
+        "-" => Goal::Global,
+        _ => match r.parse::<f64>() {
+            Ok(0.0) => Goal::Off,
+            Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_RATIO_GOAL => Goal::Value(v),
+            _ => {
+                return Err(format!(
+                    "goals: ratio {r:?} is not a number from 0 to 1000000"
+                ))
+            }
+        },
+    };
+    let time = match t {
+        "-" => Goal::Global,
+        _ => match t.parse::<u64>() {
+            Ok(0) => Goal::Off,
+            Ok(m) if m <= MAX_TIME_GOAL_MINUTES => Goal::Value(Duration::from_secs(m * 60)),
+            _ => return Err(format!("goals: {t:?} is not a number of minutes")),
+        },
+    };
+    Ok(SeedGoals { ratio, time })
 }
 
 /// Order of states when sorting by state: the ones that need attention first.
@@ -707,8 +784,10 @@ fn state_rank(s: &TorrentState) -> u8 {
         TorrentState::Downloading => 1,
         TorrentState::FetchingMetadata => 2,
         TorrentState::Checking { .. } => 3,
-        TorrentState::Seeding => 4,
-        TorrentState::Paused => 5,
+        TorrentState::Queued => 4,
+        TorrentState::Seeding => 5,
+        TorrentState::Finished(_) => 6,
+        TorrentState::Paused => 7,
     }
 }
 
@@ -826,10 +905,61 @@ mod tests {
             Some(Action::SetPriorities(h, vec![Normal, High, Normal]))
         );
         ts[0].files[1].priority = High;
-        assert_eq!(app.on_key(key(KeyCode::Char('+')), &ts), None, "already high");
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('+')), &ts),
+            None,
+            "already high"
+        );
         assert_eq!(
             app.on_key(key(KeyCode::Char('o')), &ts),
             Some(Action::SetSequential(h, true))
+        );
+    }
+
+    #[test]
+    fn goals_prompt_round_trips_and_refuses_nonsense() {
+        let g = parse_goals("2.5 90").unwrap();
+        assert_eq!(g.ratio, Goal::Value(2.5));
+        assert_eq!(g.time, Goal::Value(Duration::from_secs(5400)));
+        assert_eq!(goals_text(&g), "2.5 90");
+        let g = parse_goals("0 -").unwrap();
+        assert_eq!((g.ratio, g.time), (Goal::Off, Goal::Global));
+        assert_eq!(parse_goals("").unwrap(), SeedGoals::default());
+        for bad in ["x", "-1", "NaN", "inf", "1 2 3", "1 -5", "1e9"] {
+            assert!(parse_goals(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn queue_keys_move_the_selected_torrent() {
+        let mut app = App::new(6881, "tcp".into());
+        let mut ts = torrents(&["a", "b"]);
+        app.arrange(&mut ts);
+        let h = ts[0].info_hash;
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('J')), &ts),
+            Some(Action::QueueMove(h, QueueMove::Down))
+        );
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('T')), &ts),
+            Some(Action::QueueMove(h, QueueMove::Top))
+        );
+        app.on_key(key(KeyCode::Char('L')), &ts);
+        for _ in 0..3 {
+            app.on_key(key(KeyCode::Backspace), &ts);
+        }
+        for c in "3 60".chars() {
+            app.on_key(key(KeyCode::Char(c)), &ts);
+        }
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter), &ts),
+            Some(Action::SetGoals(
+                h,
+                SeedGoals {
+                    ratio: Goal::Value(3.0),
+                    time: Goal::Value(Duration::from_secs(3600))
+                }
+            ))
         );
     }
 

@@ -134,6 +134,12 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
         config.upload_limit = s.upload_limit;
         config.lsd = s.lsd;
         config.pex = s.pex;
+        (
+            config.seed_ratio,
+            config.seed_time,
+            config.max_active_downloads,
+            config.max_active_seeds,
+        ) = s.queue_config();
         config.dht = s.dht.then(|| {
             if s.dht_bootstrap.is_empty() {
                 Bootstrap::PublicRouters
@@ -452,13 +458,15 @@ fn error_line(name: &str, reason: &str) -> String {
 }
 
 /// One line per torrent: `<name>: <pct>% down <rate> up <rate> peers <c>/<k> <state>`
-/// (scripts parse it); with `bytes`, also `bytes <name>: have N downloaded N wasted N`.
+/// (scripts parse it); with `bytes`, also `bytes <name>: have N downloaded N wasted N
+/// all-time down N up N`.
 fn print_status(torrents: &[TorrentStatus], bytes: bool) -> bool {
     let mut lines: Vec<String> = Vec::new();
     for s in torrents {
         let state = match &s.state {
             TorrentState::Checking { progress } => format!("checking {:.0}%", progress * 100.0),
             TorrentState::Error(e) => format!("error: {}", format::printable(e)),
+            TorrentState::Finished(goal) => format!("done ({})", goal.label()),
             other => other.label().to_string(),
         };
         let name = format::printable(&s.name);
@@ -474,8 +482,13 @@ fn print_status(torrents: &[TorrentStatus], bytes: bool) -> bool {
         ));
         if bytes {
             lines.push(format!(
-                "bytes {}: have {} downloaded {} wasted {}",
-                name, s.have_bytes, s.downloaded, s.wasted
+                "bytes {}: have {} downloaded {} wasted {} all-time down {} up {}",
+                name,
+                s.have_bytes,
+                s.downloaded,
+                s.wasted,
+                s.all_time_downloaded,
+                s.all_time_uploaded
             ));
         }
     }

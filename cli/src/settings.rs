@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -85,6 +86,21 @@ pub struct RunArgs {
     /// Upload limit for the whole session in bytes/s, K/M/G suffixes allowed; 0: none [default: 0].
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     upload_limit: Option<u64>,
+    /// Stop seeding a torrent once it uploaded R times its size (all-time; fractions
+    /// allowed); 0: no ratio goal [default: 0]. Torrents may have their own.
+    #[arg(long, value_name = "R", value_parser = parse_ratio)]
+    seed_ratio: Option<f64>,
+    /// Stop seeding a torrent after seeding this many minutes (all-time); 0: no time goal
+    /// [default: 0].
+    #[arg(long, value_name = "MINUTES")]
+    seed_time: Option<u64>,
+    /// Torrents downloading at once (magnets fetching metadata count); the rest wait queued;
+    /// 0: no limit [default: 5].
+    #[arg(long, value_name = "N")]
+    max_active_downloads: Option<usize>,
+    /// Complete torrents seeding at once; the rest wait queued; 0: no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    max_active_seeds: Option<usize>,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: warn,librqbit_utp=error,mainline=off].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -190,6 +206,14 @@ pub struct Settings {
     /// Session upload limit in bytes/s (0: none).
     #[serde(deserialize_with = "rate_value")]
     pub upload_limit: u64,
+    /// Default ratio goal (0: none).
+    pub seed_ratio: f64,
+    /// Default seeding-time goal in minutes (0: none).
+    pub seed_time: u64,
+    /// Active downloads at once (0: no limit).
+    pub max_active_downloads: usize,
+    /// Active seeds at once (0: no limit).
+    pub max_active_seeds: usize,
     /// Log filter.
     pub log_level: String,
     /// Program run when a torrent finishes downloading.
@@ -241,6 +265,14 @@ impl RunArgs {
             .set_default("max_peers_total", 300)?
             .set_default("download_limit", 0)?
             .set_default("upload_limit", 0)?
+            .set_default("seed_ratio", 0.0)?
+            .set_default("seed_time", 0)?
+            // Transmission's default (download-queue-size 5): enough to use a fast line, few
+            // enough that a folder of many torrents finishes some rather than all slowly.
+            .set_default("max_active_downloads", DEFAULT_ACTIVE_DOWNLOADS)?
+            // No seed limit by default (as Transmission): an idle seed costs little and the
+            // swarms gain.
+            .set_default("max_active_seeds", 0)?
             // librqbit-utp warns at every start when the kernel caps its UDP buffer: noise.
             // mainline logs an error every few seconds while the DHT cannot bootstrap (offline):
             // the session says it once instead.
@@ -307,6 +339,13 @@ impl RunArgs {
             .set_override_option("max_peers_total", self.max_peers_total.map(|n| n as u64))?
             .set_override_option("download_limit", self.download_limit)?
             .set_override_option("upload_limit", self.upload_limit)?
+            .set_override_option("seed_ratio", self.seed_ratio)?
+            .set_override_option("seed_time", self.seed_time)?
+            .set_override_option(
+                "max_active_downloads",
+                self.max_active_downloads.map(|n| n as u64),
+            )?
+            .set_override_option("max_active_seeds", self.max_active_seeds.map(|n| n as u64))?
             .set_override_option("log_level", self.log_level.clone())?
             .set_override_option(
                 "on_complete",
@@ -337,6 +376,11 @@ impl RunArgs {
         }
         if let Some(program) = &settings.on_complete {
             crate::hook::check_program(program).context("on_complete")?;
+        }
+        check_ratio(settings.seed_ratio, &settings.seed_ratio.to_string())
+            .map_err(|e| anyhow::anyhow!("seed_ratio: {e}"))?;
+        if settings.seed_time > MAX_SEED_TIME_MINUTES {
+            bail!("seed_time: at most {MAX_SEED_TIME_MINUTES} minutes (0: no time goal)");
         }
         if !settings.status_interval.is_finite() || settings.status_interval < 0.05 {
             bail!("status_interval must be at least 0.05 seconds");
@@ -400,6 +444,10 @@ const KEYS: &[&str] = &[
     "max_peers_total",
     "download_limit",
     "upload_limit",
+    "seed_ratio",
+    "seed_time",
+    "max_active_downloads",
+    "max_active_seeds",
     "log_level",
     "on_complete",
 ];
@@ -535,6 +583,45 @@ impl Settings {
     pub fn to_toml(&self) -> String {
         // Every field is a plain value, so serialising cannot fail.
         toml::to_string(self).expect("settings serialise to TOML")
+    }
+}
+
+/// Active downloads by default: Transmission's `download-queue-size`.
+const DEFAULT_ACTIVE_DOWNLOADS: u64 = 5;
+/// Largest seeding-time goal: a century of minutes, far beyond any use, so the seconds never
+/// overflow.
+const MAX_SEED_TIME_MINUTES: u64 = 100 * 366 * 24 * 60;
+/// Largest ratio goal: far beyond any use; torrent records keep ratios in thousandths.
+const MAX_SEED_RATIO: f64 = 1_000_000.0;
+
+/// A ratio goal: a number from 0 (no goal) up to [`MAX_SEED_RATIO`], fractions allowed.
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad ratio '{s}': expected a number such as 2 or 1.5"))?;
+    check_ratio(v, s)
+}
+
+fn check_ratio(v: f64, s: &str) -> Result<f64, String> {
+    if !v.is_finite() || !(0.0..=MAX_SEED_RATIO).contains(&v) {
+        return Err(format!(
+            "bad ratio '{s}': expected a number from 0 (no goal) to {MAX_SEED_RATIO}"
+        ));
+    }
+    Ok(v)
+}
+
+impl Settings {
+    /// The default seeding goals and queue limits as the session takes them (0 means none).
+    pub fn queue_config(&self) -> (Option<f64>, Option<Duration>, Option<usize>, Option<usize>) {
+        let some = |n: usize| (n > 0).then_some(n);
+        (
+            (self.seed_ratio > 0.0).then_some(self.seed_ratio),
+            (self.seed_time > 0).then(|| Duration::from_secs(self.seed_time * 60)),
+            some(self.max_active_downloads),
+            some(self.max_active_seeds),
+        )
     }
 }
 
@@ -715,6 +802,58 @@ mod tests {
         assert_eq!(parse_rate("1.5K"), Ok(1536));
         assert!(parse_rate("5X").is_err());
         assert!(parse_rate("-1").is_err());
+    }
+
+    #[test]
+    fn seeding_goals_and_queue_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = args(&[]).load_with(&[], Some(dir.path())).unwrap().settings;
+        assert_eq!(s.queue_config(), (None, None, Some(5), None));
+        let s = args(&[
+            "--seed-ratio",
+            "1.5",
+            "--seed-time",
+            "90",
+            "--max-active-downloads",
+            "0",
+            "--max-active-seeds",
+            "3",
+        ])
+        .load_with(&[], Some(dir.path()))
+        .unwrap()
+        .settings;
+        assert_eq!(
+            s.queue_config(),
+            (Some(1.5), Some(Duration::from_secs(5400)), None, Some(3))
+        );
+        // From the file and the environment, like every option.
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "seed_ratio = 2\nmax_active_downloads = 1\n",
+        )
+        .unwrap();
+        let s = args(&[])
+            .load_with(&env(&[("ZIGTORRENT_SEED_TIME", "10")]), Some(dir.path()))
+            .unwrap()
+            .settings;
+        assert_eq!(
+            s.queue_config(),
+            (Some(2.0), Some(Duration::from_secs(600)), Some(1), None)
+        );
+        // Bad values say which option and why.
+        for bad in ["-1", "nan", "inf", "x", "2000000"] {
+            let err = parse_ratio(bad).unwrap_err();
+            assert!(err.contains("bad ratio"), "{bad}: {err}");
+        }
+        std::fs::write(dir.path().join(CONFIG_FILE), "seed_ratio = -2\n").unwrap();
+        let err = args(&[]).load_with(&[], Some(dir.path())).unwrap_err();
+        assert!(format!("{err:#}").contains("seed_ratio"), "{err:#}");
+        std::fs::write(dir.path().join(CONFIG_FILE), "seed_time = -2\n").unwrap();
+        let err = args(&[]).load_with(&[], Some(dir.path())).unwrap_err();
+        assert!(format!("{err:#}").contains("seed_time"), "{err:#}");
+        std::fs::write(dir.path().join(CONFIG_FILE), "seed_time = 999999999999\n").unwrap();
+        let err = args(&[]).load_with(&[], Some(dir.path())).unwrap_err();
+        assert!(format!("{err:#}").contains("seed_time: at most"), "{err:#}");
     }
 
     #[test]

@@ -387,6 +387,22 @@ fn start_action(
                 }
             });
         }
+        Action::QueueMove(h, how) => {
+            let name = name_of(h);
+            if session.queue_move(h, how) {
+                app.message = Some(format!("{name}: moved {how:?} in the queue").to_lowercase());
+            }
+        }
+        Action::SetGoals(h, goals) => {
+            let Some(handle) = session.torrents().into_iter().find(|t| t.info_hash() == h) else {
+                return;
+            };
+            let name = name_of(h);
+            actions.spawn(async move {
+                handle.set_seed_goals(goals).await;
+                format!("{name}: seeding goals {}", crate::app::goals_text(&goals))
+            });
+        }
         Action::Add(source) => {
             app.message = Some(format!("adding {}", crate::format::printable(&source)));
             let state = running.state.clone();

@@ -8,11 +8,14 @@
 //! [`tracker`] (peer discovery) → [`wire`] (BEP 3 codec) → [`picker`] / [`choker`] (decisions)
 //! → [`session`] (tasks that tie them to transports and storage). Magnets and extensions,
 //! sans-IO: [`magnet`] (URIs) · [`extension`] (BEP 10 handshake, ids) · [`metadata`] (BEP 9
-//! fetch and serve) · [`pex`] (BEP 11). The user's file choice: [`selection`].
+//! fetch and serve) · [`pex`] (BEP 11). The user's file choice: [`selection`]. Which torrents
+//! run: [`queue`] (seeding goals, the download and seed queue; decisions only, the session
+//! applies them).
 
 pub mod bencode;
 pub mod choker;
 pub mod dht;
+mod durable;
 pub mod extension;
 pub mod hash;
 pub mod lsd;
@@ -23,6 +26,7 @@ pub mod peer;
 pub mod pex;
 pub mod picker;
 pub mod plugin;
+pub mod queue;
 pub mod ratelimit;
 mod recheck;
 pub mod registry;
@@ -41,6 +45,7 @@ pub mod wire;
 
 pub use magnet::Magnet;
 pub use metainfo::Metainfo;
+pub use queue::{Goal, GoalReached, QueueLimits, QueueMove, SeedGoals};
 pub use ratelimit::RateLimiter;
 pub use registry::{Origin, Registry};
 pub use selection::{FilePriority, SelectionError, TorrentOptions};

@@ -196,6 +196,26 @@ impl SharedSelection {
     pub(crate) fn set_sequential(&self, on: bool) {
         self.lock().sequential = on;
     }
+
+    /// Take a choice kept from an earlier run (the torrent's record), unless one was made at
+    /// this add. Bytes that are not priorities, or a list of the wrong length, are dropped.
+    pub(crate) fn restore(&self, bytes: &[u8], sequential: bool) {
+        let mut s = self.lock();
+        if !s.priorities.is_empty() || s.sequential {
+            return;
+        }
+        s.sequential = sequential;
+        let Some(kept) = bytes
+            .iter()
+            .map(|b| FilePriority::from_byte(*b))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return;
+        };
+        if s.file_count.is_none_or(|n| n == kept.len()) {
+            s.priorities = kept;
+        }
+    }
 }
 
 impl Selection {

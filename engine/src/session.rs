@@ -8,10 +8,11 @@ use std::collections::hash_map::Entry as MapEntry;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::dht::{Bootstrap, Dht, DhtConfig};
@@ -19,14 +20,16 @@ use crate::lsd::Lsd;
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
 use crate::peer;
+use crate::queue::{self, QueueEntry, QueueKind, QueueLimits, QueueMove, SeedGoals};
 use crate::ratelimit::RateLimiter;
 use crate::recheck::HashBudget;
 use crate::selection::{
     FilePriority, PiecePriorities, SelectionError, SharedSelection, TorrentOptions,
 };
-use crate::status::TorrentStatus;
+use crate::status::{TorrentState, TorrentStatus};
 use crate::storage::{DeletedData, Layout, StorageBackend, StorageError, StorageSpec};
 use crate::torrent::peers::{host_key, HostKey};
+use crate::torrent::record::{Keeper, RecordFile, TorrentRecord};
 use crate::torrent::sources::{Discovery, DiscoverySlot};
 use crate::torrent::{
     initial_status, run_torrent, saved_metadata, PeerLimits, PeerSlot, Source, TorrentCommand,
@@ -98,6 +101,18 @@ pub struct SessionConfig {
     /// Seed for torrents' random choices; `None` (the default): from the OS. Simulations fix
     /// it so a swarm replays the same way.
     pub rng_seed: Option<u64>,
+    /// Default seeding goal: stop seeding at this all-time ratio (see
+    /// [`TorrentStatus::ratio`]); `None` (the default): no goal. Torrents may override it.
+    pub seed_ratio: Option<f64>,
+    /// Default seeding goal: stop after seeding this long, over every run; `None` (the
+    /// default): no goal. Torrents may override it.
+    pub seed_time: Option<Duration>,
+    /// Torrents downloading at once (magnets fetching metadata count); the rest wait
+    /// `Queued`. `None` (the engine's default): no limit; the client sets its own.
+    pub max_active_downloads: Option<usize>,
+    /// Complete torrents seeding at once; the rest wait `Queued`. `None` (the default): no
+    /// limit.
+    pub max_active_seeds: Option<usize>,
 }
 
 impl SessionConfig {
@@ -120,6 +135,10 @@ impl SessionConfig {
             lsd: false,
             pex: true,
             rng_seed: None,
+            seed_ratio: None,
+            seed_time: None,
+            max_active_downloads: None,
+            max_active_seeds: None,
         }
     }
 }
@@ -239,6 +258,14 @@ impl TorrentHandle {
         self.selection.set_sequential(on);
         let _ = self.commands.send(TorrentCommand::SelectionChanged).await;
     }
+    /// Set this torrent's own seeding goals (kept in its record). A finished torrent stays
+    /// finished until resumed, whatever its new goals.
+    pub async fn set_seed_goals(&self, goals: SeedGoals) {
+        let _ = self
+            .commands
+            .send(TorrentCommand::SetSeedGoals(goals))
+            .await;
+    }
 }
 
 struct Entry {
@@ -250,6 +277,14 @@ struct Entry {
     selection: SharedSelection,
     handle: TorrentHandle,
     task: JoinHandle<()>,
+    /// The queue's gate (see [`queue::plan`]).
+    gate: watch::Sender<bool>,
+    /// Its place in the queue, shared with the task (which keeps it in the record).
+    position: Arc<AtomicU64>,
+    /// When it was first added (unix seconds): orders torrents kept at one position.
+    added_at: u64,
+    /// Its record file (forgotten on removal).
+    record: RecordFile,
 }
 
 struct Shared {
@@ -272,6 +307,15 @@ struct Shared {
     discovery: DiscoverySlot,
     /// The task starting them (and routing what LSD hears).
     discovery_task: Mutex<Option<JoinHandle<()>>>,
+    /// Limits on active torrents.
+    queue_limits: Mutex<QueueLimits>,
+    /// Default seeding goals (ratio, time), read by every torrent at each check.
+    seed_defaults: watch::Sender<(Option<f64>, Option<Duration>)>,
+    /// Told when a torrent's state changes kind, one is added or removed, or the queue
+    /// changes: the scheduler then runs [`queue::plan`].
+    reschedule: Arc<Notify>,
+    /// The scheduler task.
+    scheduler_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A running BitTorrent session.
@@ -296,6 +340,11 @@ impl Session {
             "listening"
         );
 
+        let queue_limits = QueueLimits {
+            downloads: config.max_active_downloads,
+            seeds: config.max_active_seeds,
+        };
+        let seed_defaults = (config.seed_ratio, config.seed_time);
         let shared = Arc::new(Shared {
             peer_slots: Arc::new(Semaphore::new(config.max_peers_total)),
             incoming_slots: Arc::new(Semaphore::new(
@@ -314,7 +363,16 @@ impl Session {
             listen_port,
             discovery: DiscoverySlot::default(),
             discovery_task: Mutex::new(None),
+            queue_limits: Mutex::new(queue_limits),
+            seed_defaults: watch::Sender::new(seed_defaults),
+            reschedule: Arc::new(Notify::new()),
+            scheduler_task: Mutex::new(None),
         });
+        let scheduler = tokio::spawn(run_scheduler(shared.clone()));
+        *shared
+            .scheduler_task
+            .lock()
+            .expect("lock poisoned only by a panic") = Some(scheduler);
         let task = tokio::spawn(start_discovery(shared.clone()));
         *shared
             .discovery_task
@@ -408,6 +466,20 @@ impl Session {
         if torrents.contains_key(&info_hash) {
             return Err(SessionError::Duplicate(info_hash));
         }
+        // The record: read here, before the task starts, so the queue knows its place at once
+        // (small and capped; a damaged one is ignored with a warning).
+        let record_file = RecordFile::new(&self.shared.config.state_dir, &info_hash);
+        let (record, saved) = match record_file.load() {
+            Some(r) => (r, true),
+            None => {
+                let last = torrents
+                    .values()
+                    .map(|e| e.position.load(Ordering::Relaxed))
+                    .max();
+                (TorrentRecord::fresh(last.map_or(0, |p| p + 1)), false)
+            }
+        };
+        selection.restore(&record.file_priorities, record.sequential);
         let mut status = initial_status(&source);
         let chosen = selection.get();
         status.sequential = chosen.sequential;
@@ -421,6 +493,17 @@ impl Session {
                 .map(|p| u64::from(layout.piece_len(p as u32)))
                 .sum();
         }
+        status.all_time_downloaded = record.downloaded;
+        status.all_time_uploaded = record.uploaded;
+        status.added_at = record.added_at;
+        status.seeding_time = Duration::from_secs(record.seeding_secs);
+        status.seed_goals = record.goals;
+        status.queue_position = record.queue_position;
+        let position = Arc::new(AtomicU64::new(record.queue_position));
+        let added_at = record.added_at;
+        let keeper = Keeper::new(record_file.clone(), record, saved, position.clone());
+        // Closed until the queue says otherwise (right after this add).
+        let (gate, may_run) = watch::channel(false);
         // BEP 27: a private torrent finds peers through its trackers only.
         let discovery = (!source.is_private()).then(|| self.shared.discovery.clone());
         let private = Arc::new(std::sync::atomic::AtomicBool::new(source.is_private()));
@@ -450,8 +533,11 @@ impl Session {
             private: private.clone(),
             discovery,
             selection: selection.clone(),
+            may_run,
+            state_changed: self.shared.reschedule.clone(),
+            seed_defaults: self.shared.seed_defaults.subscribe(),
         };
-        let task = tokio::spawn(run_torrent(params, source.clone(), cmd_rx));
+        let task = tokio::spawn(run_torrent(params, source.clone(), cmd_rx, keeper));
         let handle = TorrentHandle {
             info_hash,
             status: status_rx,
@@ -466,8 +552,13 @@ impl Session {
                 selection,
                 handle: handle.clone(),
                 task,
+                gate,
+                position,
+                added_at,
+                record: record_file,
             },
         );
+        self.shared.reschedule.notify_one();
         Ok(handle)
     }
 
@@ -481,7 +572,8 @@ impl Session {
         torrents.values().map(|e| e.handle.clone()).collect()
     }
 
-    /// Stop and remove one torrent (its data stays).
+    /// Stop and remove one torrent (its data stays; its record, with its all-time totals and
+    /// goals, is forgotten).
     pub async fn remove(&self, info_hash: InfoHash) -> bool {
         let entry = self
             .shared
@@ -491,7 +583,10 @@ impl Session {
             .remove(&info_hash);
         match entry {
             Some(e) => {
+                let record = e.record.clone();
                 stop_torrent(e, Duration::from_secs(4)).await;
+                let _ = tokio::task::spawn_blocking(move || record.forget()).await;
+                self.shared.reschedule.notify_one();
                 true
             }
             None => false,
@@ -520,7 +615,10 @@ impl Session {
         };
         let source = entry.source.clone();
         let skipped = entry.selection.get();
+        let record = entry.record.clone();
         stop_torrent(entry, Duration::from_secs(4)).await;
+        let _ = tokio::task::spawn_blocking(move || record.forget()).await;
+        self.shared.reschedule.notify_one();
         let c = &self.shared.config;
         let (metadata_path, saved) = saved_metadata(&c.state_dir, info_hash).await;
         let layout = match (&source, saved) {
@@ -549,6 +647,60 @@ impl Session {
         Ok(Some(deleted))
     }
 
+    /// Move a torrent in the queue; `false` if it is not in the session. Positions are
+    /// renumbered 0, 1, 2, … in the new order and kept in each torrent's record.
+    pub fn queue_move(&self, info_hash: InfoHash, how: QueueMove) -> bool {
+        let torrents = self
+            .shared
+            .torrents
+            .lock()
+            .expect("lock poisoned only by a panic");
+        let order = queue_order(&torrents);
+        let Some(index) = order.iter().position(|(h, _)| *h == info_hash) else {
+            return false;
+        };
+        for (i, (_, entry)) in queue::moved(order, index, how).into_iter().enumerate() {
+            let old = entry.position.swap(i as u64, Ordering::Relaxed);
+            if old != i as u64 {
+                // If its queue is full the position is still written at its next save.
+                let _ = entry.handle.commands.try_send(TorrentCommand::SaveRecord);
+            }
+        }
+        self.shared.reschedule.notify_one();
+        true
+    }
+
+    /// Change the limits on active downloads and seeds (`None`: no limit).
+    pub fn set_queue_limits(&self, limits: QueueLimits) {
+        *self
+            .shared
+            .queue_limits
+            .lock()
+            .expect("lock poisoned only by a panic") = limits;
+        self.shared.reschedule.notify_one();
+    }
+
+    /// The session's default seeding goals (ratio, time), which torrents with
+    /// `Goal::Global` follow.
+    pub fn seed_goal_defaults(&self) -> (Option<f64>, Option<Duration>) {
+        *self.shared.seed_defaults.borrow()
+    }
+
+    /// Change the default seeding goals (`None`: no goal). Seeding torrents that follow them
+    /// check the new ones within a second; finished torrents stay finished until resumed.
+    pub fn set_seed_goal_defaults(&self, ratio: Option<f64>, time: Option<Duration>) {
+        self.shared.seed_defaults.send_replace((ratio, time));
+    }
+
+    /// The limits on active downloads and seeds.
+    pub fn queue_limits(&self) -> QueueLimits {
+        *self
+            .shared
+            .queue_limits
+            .lock()
+            .expect("lock poisoned only by a panic")
+    }
+
     /// Stop every torrent gracefully (flush, resume state, `stopped`), bounded by `timeout`.
     pub async fn shutdown(self, timeout: Duration) {
         self.listener.abort();
@@ -569,6 +721,15 @@ impl Session {
         if let Some(task) = task {
             task.abort();
         }
+        let scheduler = self
+            .shared
+            .scheduler_task
+            .lock()
+            .expect("lock poisoned only by a panic")
+            .take();
+        if let Some(task) = scheduler {
+            task.abort();
+        }
         // The DHT and LSD stop alongside the torrents (nothing a stopping torrent does needs
         // them), so the whole stop stays within `timeout` plus the DHT's own short bound.
         let discovery = self.shared.discovery.take();
@@ -577,6 +738,61 @@ impl Session {
             stop_discovery(discovery),
         )
         .await;
+    }
+}
+
+/// Torrents in queue order: by position, then date added, then info-hash (positions kept by
+/// records may tie; the order must not depend on a map's).
+fn queue_order(torrents: &HashMap<InfoHash, Entry>) -> Vec<(InfoHash, &Entry)> {
+    let mut order: Vec<(InfoHash, &Entry)> = torrents.iter().map(|(h, e)| (*h, e)).collect();
+    order.sort_by_key(|(h, e)| (e.position.load(Ordering::Relaxed), e.added_at, h.0));
+    order
+}
+
+/// What slot a torrent wants, from its published state.
+fn queue_kind(s: &TorrentStatus) -> QueueKind {
+    let complete = s.pieces_total > 0 && s.pieces_have == s.pieces_total;
+    match s.state {
+        TorrentState::FetchingMetadata | TorrentState::Downloading => QueueKind::Download,
+        TorrentState::Seeding => QueueKind::Seed,
+        TorrentState::Queued if complete => QueueKind::Seed,
+        TorrentState::Queued => QueueKind::Download,
+        TorrentState::Checking { .. } => QueueKind::Checking,
+        TorrentState::Paused | TorrentState::Finished(_) | TorrentState::Error(_) => {
+            QueueKind::Inactive
+        }
+    }
+}
+
+/// The queue's scheduler: whenever told (a state changed kind, a torrent came or went, the
+/// queue or its limits changed), run [`queue::plan`] over every torrent and open or close
+/// their gates. One task, so decisions never race; `Notify` keeps one wake-up while it works,
+/// so none is lost.
+async fn run_scheduler(shared: Arc<Shared>) {
+    loop {
+        shared.reschedule.notified().await;
+        let limits = *shared
+            .queue_limits
+            .lock()
+            .expect("lock poisoned only by a panic");
+        let torrents = shared
+            .torrents
+            .lock()
+            .expect("lock poisoned only by a panic");
+        let order = queue_order(&torrents);
+        let entries: Vec<QueueEntry> = order
+            .iter()
+            .enumerate()
+            .map(|(i, (_, e))| QueueEntry {
+                position: i as u64,
+                kind: queue_kind(&e.handle.status.borrow()),
+                running: *e.gate.borrow(),
+            })
+            .collect();
+        for ((_, e), allowed) in order.iter().zip(queue::plan(&entries, limits)) {
+            e.gate
+                .send_if_modified(|open| std::mem::replace(open, allowed) != allowed);
+        }
     }
 }
 
@@ -802,5 +1018,45 @@ impl Drop for HalfOpenShare {
                 e.remove();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::GoalReached;
+
+    #[test]
+    fn queue_kinds_from_states() {
+        let mut s = TorrentStatus::new("t".into(), InfoHash([1; 20]), 100, 4);
+        let kind = |s: &TorrentStatus, state: TorrentState| {
+            let mut s = s.clone();
+            s.state = state;
+            queue_kind(&s)
+        };
+        assert_eq!(kind(&s, TorrentState::Downloading), QueueKind::Download);
+        assert_eq!(
+            kind(&s, TorrentState::FetchingMetadata),
+            QueueKind::Download
+        );
+        assert_eq!(kind(&s, TorrentState::Seeding), QueueKind::Seed);
+        assert_eq!(
+            kind(&s, TorrentState::Checking { progress: 0.5 }),
+            QueueKind::Checking
+        );
+        for inactive in [
+            TorrentState::Paused,
+            TorrentState::Finished(GoalReached::Ratio),
+            TorrentState::Error("disk".into()),
+        ] {
+            assert_eq!(kind(&s, inactive), QueueKind::Inactive);
+        }
+        // Queued: a download until every piece is in, then a seed; a magnet without
+        // metadata (no pieces known) is a download.
+        assert_eq!(kind(&s, TorrentState::Queued), QueueKind::Download);
+        s.pieces_have = 4;
+        assert_eq!(kind(&s, TorrentState::Queued), QueueKind::Seed);
+        let magnet = TorrentStatus::new("m".into(), InfoHash([2; 20]), 0, 0);
+        assert_eq!(kind(&magnet, TorrentState::Queued), QueueKind::Download);
     }
 }

@@ -2,8 +2,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::queue::{GoalReached, SeedGoals};
 use crate::selection::FilePriority;
 use crate::tracker::TrackerStatus;
 use crate::types::{Bitfield, InfoHash};
@@ -26,12 +27,19 @@ pub enum TorrentState {
     Seeding,
     /// Stopped by the user; nothing is transferred.
     Paused,
+    /// Waiting for a slot under the session's limits on active downloads or seeds: no
+    /// connections, no announces. Starts by itself in queue order.
+    Queued,
+    /// Stopped seeding at one of its goals (`stopped` was announced); stays so across
+    /// restarts until resumed, which turns that goal off for this torrent.
+    Finished(GoalReached),
     /// Stopped by an error (disk full, permission denied, …); verified data is kept.
     Error(String),
 }
 
 impl TorrentState {
-    /// A short lower-case word: metadata, checking, downloading, seeding, paused, error.
+    /// A short lower-case word: metadata, checking, downloading, seeding, paused, queued,
+    /// done, error.
     pub fn label(&self) -> &'static str {
         match self {
             TorrentState::FetchingMetadata => "metadata",
@@ -39,6 +47,8 @@ impl TorrentState {
             TorrentState::Downloading => "downloading",
             TorrentState::Seeding => "seeding",
             TorrentState::Paused => "paused",
+            TorrentState::Queued => "queued",
+            TorrentState::Finished(_) => "done",
             TorrentState::Error(_) => "error",
         }
     }
@@ -76,6 +86,18 @@ pub struct TorrentStatus {
     pub downloaded: u64,
     /// Payload bytes sent this session.
     pub uploaded: u64,
+    /// Payload bytes received over every run (kept in the state folder).
+    pub all_time_downloaded: u64,
+    /// Payload bytes sent over every run (kept in the state folder).
+    pub all_time_uploaded: u64,
+    /// When the torrent was first added, in seconds since the unix epoch.
+    pub added_at: u64,
+    /// Time spent seeding over every run.
+    pub seeding_time: Duration,
+    /// Its own seeding goals (`Goal::Global`: the session's default applies).
+    pub seed_goals: SeedGoals,
+    /// Its place in the session's queue, from 0 (lower starts first).
+    pub queue_position: u64,
     /// Bytes received in pieces that failed their hash.
     pub wasted: u64,
     /// Open peer connections.
@@ -162,6 +184,12 @@ impl TorrentStatus {
             upload_rate: 0,
             downloaded: 0,
             uploaded: 0,
+            all_time_downloaded: 0,
+            all_time_uploaded: 0,
+            added_at: 0,
+            seeding_time: Duration::ZERO,
+            seed_goals: SeedGoals::default(),
+            queue_position: 0,
             wasted: 0,
             peers_connected: 0,
             peers_known: 0,
@@ -174,6 +202,15 @@ impl TorrentStatus {
             pieces: Bitfield::new(pieces_total as usize),
             completed_at: None,
         }
+    }
+
+    /// All-time share ratio: see [`ratio`].
+    pub fn ratio(&self) -> f64 {
+        ratio(
+            self.all_time_uploaded,
+            self.all_time_downloaded,
+            self.total_bytes,
+        )
     }
 
     /// Completion, 0.0–1.0, by bytes (0 while the metadata is unknown).
@@ -200,9 +237,32 @@ impl TorrentStatus {
     }
 }
 
+/// Share ratio: all-time uploaded / max(all-time downloaded, size). Never dividing by less
+/// than the size means a torrent seeded from data already on disk (nothing downloaded) still
+/// has a meaningful ratio (uploaded / size, as Transmission and qBittorrent do for such
+/// torrents), and bytes downloaded twice (failed
+/// hashes, a recheck that lost data) count against it. 0 while nothing is known (a magnet
+/// without metadata that downloaded nothing).
+pub fn ratio(uploaded: u64, downloaded: u64, total_bytes: u64) -> f64 {
+    let base = downloaded.max(total_bytes);
+    if base == 0 {
+        0.0
+    } else {
+        uploaded as f64 / base as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratio_divides_by_the_larger_of_downloaded_and_size() {
+        assert_eq!(ratio(0, 0, 0), 0.0);
+        assert_eq!(ratio(50, 0, 100), 0.5); // seeded from disk
+        assert_eq!(ratio(300, 200, 100), 1.5); // downloaded more than its size
+        assert_eq!(ratio(100, 0, 0), 0.0); // size unknown yet
+    }
 
     #[test]
     fn progress_of_what_is_wanted() {

@@ -291,7 +291,7 @@ class OpenTracker:
 # the exact format may still move. Only used for diagnostics, never to decide completion.
 _STATUS = re.compile(
     r"^(?P<name>.+?)\s+(?P<progress>\d+(?:\.\d+)?)\s*%.*?peers\D*(?P<peers>\d+).*?"
-    r"(?P<state>checking|downloading|seeding|paused|error)", re.IGNORECASE)
+    r"(?P<state>metadata|checking|downloading|seeding|paused|queued|done|error)", re.IGNORECASE)
 
 
 def parse_status(line):

@@ -121,9 +121,12 @@ fn head(t: &TorrentStatus, width: usize) -> Vec<Line<'static>> {
         )),
         Line::from(ellipsize(
             &format!(
-                "downloaded {}  uploaded {}  wasted {}",
-                format::bytes(t.downloaded),
-                format::bytes(t.uploaded),
+                "all time: down {}  up {}  seeding {}  goals {}  queue #{}  wasted {}",
+                format::bytes(t.all_time_downloaded),
+                format::bytes(t.all_time_uploaded),
+                duration(t.seeding_time),
+                goals(t),
+                t.queue_position + 1,
                 format::bytes(t.wasted),
             ),
             width,
@@ -142,6 +145,32 @@ fn head(t: &TorrentStatus, width: usize) -> Vec<Line<'static>> {
         }
     }
     lines
+}
+
+/// `3d04h`, `2h05m`, `12m`.
+fn duration(d: std::time::Duration) -> String {
+    let m = d.as_secs() / 60;
+    match m {
+        0..=59 => format!("{m}m"),
+        60..=1439 => format!("{}h{:02}m", m / 60, m % 60),
+        _ => format!("{}d{:02}h", m / 1440, m % 1440 / 60),
+    }
+}
+
+/// The torrent's own seeding goals: `ratio 2, 90 min`, `default`.
+fn goals(t: &TorrentStatus) -> String {
+    use zigtorrent_engine::Goal;
+    let ratio = match t.seed_goals.ratio {
+        Goal::Global => "default".to_string(),
+        Goal::Off => "none".to_string(),
+        Goal::Value(r) => format!("{r}"),
+    };
+    let time = match t.seed_goals.time {
+        Goal::Global => "default".to_string(),
+        Goal::Off => "none".to_string(),
+        Goal::Value(d) => duration(d),
+    };
+    format!("ratio {ratio}, time {time}")
 }
 
 /// `2.0 GiB of 4.0 GiB`, or with files skipped `1.0 GiB of 2.0 GiB wanted (4.0 GiB in all)`.

@@ -91,6 +91,7 @@ fn sort_column(key: SortKey) -> Option<usize> {
         SortKey::Down => 5,
         SortKey::Up => 6,
         SortKey::Ratio => 9,
+        SortKey::Added | SortKey::Queue => return None,
     })
 }
 
@@ -156,6 +157,14 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, torrents: &[TorrentStat
     let shown_rows = table_area.height.saturating_sub(3) as usize;
     let offset = scroll_offset(app.selected, shown_rows, torrents.len());
     let mut title = format!(" ZigTorrent — {} torrents ", app.unfiltered);
+    if sorted.is_none() {
+        title = format!(
+            " ZigTorrent — {} torrents, by {}{} ",
+            app.unfiltered,
+            app.sort.label(),
+            if app.sort_reversed { ", reversed" } else { "" }
+        );
+    }
     if !app.filter.is_empty() {
         title = format!(
             " ZigTorrent — {} of {} match “{}” ",

@@ -18,7 +18,7 @@ use ratatui::widgets::{Block, Clear, Paragraph};
 use ratatui::Frame;
 use zigtorrent_engine::{TorrentState, TorrentStatus};
 
-use crate::app::{problems, ratio_value, App, InputKind, Problem, View};
+use crate::app::{problems, App, InputKind, Problem, View};
 use crate::format;
 use text::{ellipsize, ellipsize_start, width, wrap};
 
@@ -55,7 +55,7 @@ const HELP: &[(&str, &[(&str, &str)])] = &[
             ("↑ ↓ / j k", "select"),
             ("PgUp PgDn Home End", "select by pages, first, last"),
             ("Enter", "details of the selected torrent"),
-            ("s / S", "sort by the next column / reverse the order"),
+            ("s / S", "sort by the next key (name, size, progress, state, down, up, ratio, added, queue) / reverse"),
             ("/", "filter by name or state (Esc clears)"),
         ],
     ),
@@ -186,6 +186,7 @@ pub fn scroll_offset(cursor: usize, height: usize, total: usize) -> usize {
 fn state_text(s: &TorrentStatus) -> String {
     match &s.state {
         TorrentState::Checking { progress } => format!("check {:.0}%", progress * 100.0),
+        TorrentState::Finished(goal) => format!("done ({})", goal.label()),
         other => other.label().to_string(),
     }
 }
@@ -195,7 +196,8 @@ fn state_color(s: &TorrentState) -> Color {
         TorrentState::FetchingMetadata | TorrentState::Checking { .. } => Color::Yellow,
         TorrentState::Downloading => Color::Cyan,
         TorrentState::Seeding => Color::Green,
-        TorrentState::Paused => Color::DarkGray,
+        TorrentState::Paused | TorrentState::Queued => Color::DarkGray,
+        TorrentState::Finished(_) => Color::Blue,
         TorrentState::Error(_) => Color::Red,
     }
 }
@@ -254,9 +256,10 @@ pub fn eta(s: &TorrentStatus) -> String {
     }
 }
 
-/// The ratio in at most six cells: `0.25`, `12.5`, `1234`, `>9999`.
+/// The all-time ratio (uploaded ÷ the larger of downloaded and size, over every run) in at
+/// most six cells: `0.25`, `12.5`, `1234`, `>9999`.
 pub fn ratio(s: &TorrentStatus) -> String {
-    let r = ratio_value(s);
+    let r = s.ratio();
     if r < 10.0 {
         format!("{r:.2}")
     } else if r < 1000.0 {
@@ -381,14 +384,16 @@ fn draw_footer(f: &mut Frame, area: Rect, app: &App, torrents: &[TorrentStatus])
         format::rate_short(up),
         limit(app.limits.1)
     );
-    let mut counts = [0usize; 5];
+    let mut counts = [0usize; 7];
     for t in torrents {
         let i = match t.state {
             TorrentState::Downloading | TorrentState::FetchingMetadata => 0,
             TorrentState::Seeding => 1,
             TorrentState::Checking { .. } => 2,
-            TorrentState::Paused => 3,
-            TorrentState::Error(_) => 4,
+            TorrentState::Queued => 3,
+            TorrentState::Paused => 4,
+            TorrentState::Finished(_) => 5,
+            TorrentState::Error(_) => 6,
         };
         counts[i] += 1;
     }
@@ -398,8 +403,10 @@ fn draw_footer(f: &mut Frame, area: Rect, app: &App, torrents: &[TorrentStatus])
         (counts[0], "downloading"),
         (counts[1], "seeding"),
         (counts[2], "checking"),
-        (counts[3], "paused"),
-        (counts[4], "in error"),
+        (counts[3], "queued"),
+        (counts[4], "paused"),
+        (counts[5], "done"),
+        (counts[6], "in error"),
     ]
     .into_iter()
     .filter(|(n, _)| *n > 0)
@@ -429,6 +436,10 @@ fn draw_footer(f: &mut Frame, area: Rect, app: &App, torrents: &[TorrentStatus])
         let (label, hint) = match input.kind {
             InputKind::Add => ("add (path, URL or magnet): ", "  Enter add  Esc cancel"),
             InputKind::Filter => ("filter: ", "  Enter keep  Esc clear"),
+            InputKind::Goals(_) => (
+                "seed until ratio, minutes (0 none, - default): ",
+                "  Enter set  Esc cancel",
+            ),
         };
         let room = (bottom.width as usize).saturating_sub(width(label) + width(hint) + 1);
         // The end of what is typed stays in view.

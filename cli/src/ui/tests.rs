@@ -87,6 +87,9 @@ fn downloading() -> TorrentStatus {
     t.upload_rate = 10 * 1024;
     t.downloaded = 1 << 20;
     t.uploaded = 256 * 1024;
+    // All time: a quarter of its size uploaded.
+    t.all_time_downloaded = 1 << 20;
+    t.all_time_uploaded = 1 << 20;
     t.peers_connected = 2;
     t.peers_known = 5;
     t.peers = vec![
@@ -492,7 +495,10 @@ fn stopping_and_confirm_prompts_are_drawn() {
     app.on_key(key(KeyCode::Char('d')), &ts);
     let s = screen(&render(&mut app, &mut ts, 100, 20));
     assert!(s.contains("Remove ubuntu.iso from the session?"), "{s}");
-    assert!(s.contains("keep the data") && s.contains("D: remove and delete"), "{s}");
+    assert!(
+        s.contains("keep the data") && s.contains("D: remove and delete"),
+        "{s}"
+    );
     app.confirm_remove = None;
     app.stopping = true;
     let s = screen(&render(&mut app, &mut ts, 100, 20));

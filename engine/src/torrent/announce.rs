@@ -112,6 +112,14 @@ impl Announcer {
     ) -> Vec<SocketAddr> {
         self.shown = tiers.status();
         self.tiers = Some(tiers);
+        if event == Event::Stopped {
+            // A `stopped` mid-run (queued, a goal reached) schedules nothing: `restart` does
+            // when the torrent runs again.
+            if let Err(e) = &result {
+                tracing::debug!(error = %e, "stopped announce failed");
+            }
+            return Vec::new();
+        }
         match result {
             Ok((url, resp)) => {
                 tracing::info!(%url, peers = resp.peers.len(), ?event, "announce ok");
@@ -132,6 +140,28 @@ impl Announcer {
                 self.next = Some(now + wait.min(MAX_RETRY));
                 Vec::new()
             }
+        }
+    }
+
+    /// The torrent stops transferring for a while (queued, a goal reached) and sends
+    /// `stopped`: the tiers for that request if `started` was sent and none is running. No
+    /// regular announce is due until [`Announcer::restart`].
+    pub(super) fn stop_for_now(&mut self, now: Instant) -> Option<TrackerTiers> {
+        let tiers = if self.count > 0 {
+            self.begin(now)
+        } else {
+            None
+        };
+        self.count = 0;
+        self.next = None;
+        tiers
+    }
+
+    /// The torrent transfers again: announce `started` now.
+    pub(super) fn restart(&mut self, now: Instant) {
+        if self.has_trackers {
+            self.count = 0;
+            self.next = Some(now);
         }
     }
 

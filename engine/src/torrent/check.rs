@@ -155,6 +155,8 @@ async fn recheck(
             cmd = commands.recv() => match cmd {
                 Some(TorrentCommand::Shutdown(reply)) => { let _ = reply.send(()); return None; }
                 None => return None,
+                // The new position goes with the live phase's next save: not worth a held slot.
+                Some(TorrentCommand::SaveRecord) => {}
                 // The rest waits for the live phase; beyond the bound, a peer must redial.
                 Some(cmd) if held.len() < MAX_HELD => held.push(cmd),
                 Some(_) => {}

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use super::announce::{self, AnnounceResult, Announcer};
 use super::check::Checking;
 use super::peers::{self, host_key, HostKey};
+use super::record::Keeper;
 use super::sources::{self, DhtSchedule};
 use super::{PeerSlot, Phase, TorrentCommand, TorrentParams};
 use crate::extension::{self, ExtendedHandshake, Extension, HANDSHAKE_ID};
@@ -98,6 +99,7 @@ impl FetchingMetadata {
         self,
         params: &TorrentParams,
         commands: &mut mpsc::Receiver<TorrentCommand>,
+        keeper: &mut Keeper,
     ) -> Option<Phase> {
         let path = saved_path(&params.state_dir, &params.info_hash);
         match load_saved(path.clone(), params.info_hash).await {
@@ -118,7 +120,7 @@ impl FetchingMetadata {
             // A damaged copy is fetched again (and replaced).
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "saved metadata ignored"),
         }
-        let mut fetcher = Fetcher::new(params, self.magnet);
+        let mut fetcher = Fetcher::new(params, self.magnet, keeper);
         let (info, peers) = fetcher.run(commands).await?;
         let metainfo = match Metainfo::from_info_bytes(&info, &fetcher.magnet.trackers) {
             Ok(m) => m,
@@ -128,7 +130,9 @@ impl FetchingMetadata {
                 )))
             }
         };
-        if let Err(e) = save(path.clone(), metainfo.to_torrent_bytes()).await {
+        if let Err(e) =
+            crate::durable::write_atomic_async(path.clone(), metainfo.to_torrent_bytes()).await
+        {
             // Not fatal: the torrent runs, and a restart fetches the metadata again.
             tracing::warn!(path = %path.display(), error = %e, "could not keep the metadata");
         }
@@ -155,7 +159,7 @@ fn known(params: &TorrentParams, metainfo: Metainfo, peers: Vec<SocketAddr>) -> 
             .private
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    params.status.send_modify(|s| {
+    params.publish(|s| {
         s.name = metainfo.info.name.clone();
         s.total_bytes = metainfo.info.layout.total_length;
         // Until the live phase applies the file choice: everything.
@@ -187,32 +191,6 @@ pub(super) async fn load_saved(
             return Err(std::io::Error::other("holds another torrent"));
         }
         Ok(Some(metainfo))
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
-/// Write `bytes` to `path` durably: a temporary file in the same folder, fsynced, renamed over
-/// the old one, and the folder fsynced.
-async fn save(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || {
-        let dir = path
-            .parent()
-            .ok_or_else(|| std::io::Error::other("no folder"))?;
-        std::fs::create_dir_all(dir)?;
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let result = (|| {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
     })
     .await
     .map_err(std::io::Error::other)?
@@ -297,6 +275,11 @@ struct Conn {
 
 struct Fetcher<'a> {
     p: &'a TorrentParams,
+    /// The torrent's record (its goals may change while fetching).
+    keeper: &'a mut Keeper,
+    /// The queue's gate, as last seen: closed, nothing is fetched (`Queued`).
+    queued: bool,
+    may_run: tokio::sync::watch::Receiver<bool>,
     magnet: Magnet,
     assembler: MetadataFetch,
     known: HashMap<SocketAddr, Known>,
@@ -320,12 +303,17 @@ struct Fetcher<'a> {
 }
 
 impl<'a> Fetcher<'a> {
-    fn new(p: &'a TorrentParams, magnet: Magnet) -> Self {
+    fn new(p: &'a TorrentParams, magnet: Magnet, keeper: &'a mut Keeper) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (conn_tx, conn_rx) = mpsc::channel(CONNECTION_EVENTS);
         let tiers = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
+        let mut may_run = p.may_run.clone();
+        let queued = !*may_run.borrow_and_update();
         let mut f = Fetcher {
             p,
+            keeper,
+            queued,
+            may_run,
             assembler: MetadataFetch::new(magnet.info_hash),
             known: HashMap::new(),
             conns: HashMap::new(),
@@ -384,6 +372,7 @@ impl<'a> Fetcher<'a> {
                     Some(cmd) => self.on_command(cmd),
                 },
                 _ = tick.tick() => self.on_tick(),
+                Ok(()) = self.may_run.changed() => self.on_gate(),
                 Some(event) = self.events_rx.recv() => {
                     if let Some(info) = self.on_event(event) {
                         return Some((info, self.handover()));
@@ -407,7 +396,7 @@ impl<'a> Fetcher<'a> {
                 permit,
                 ..
             } => {
-                if self.paused || self.conns.len() + self.dialing >= MAX_FETCH_PEERS {
+                if self.stopped() || self.conns.len() + self.dialing >= MAX_FETCH_PEERS {
                     return;
                 }
                 if self.host_count(addr) >= self.p.limits.max_per_host {
@@ -450,13 +439,48 @@ impl<'a> Fetcher<'a> {
             }
             // Read when the metadata is in (`known`, then storage and the picker).
             TorrentCommand::SelectionChanged => {}
+            TorrentCommand::SetSeedGoals(goals) => {
+                self.keeper.record.goals = goals;
+                self.keeper.save_soon(now());
+                self.p.publish(|s| s.seed_goals = goals);
+            }
+            TorrentCommand::SaveRecord => {
+                self.keeper.save_soon(now());
+                let position = self.keeper.queue_position();
+                self.p.publish(|s| s.queue_position = position);
+            }
             TorrentCommand::Shutdown(_) => unreachable!("handled in run"),
         }
     }
 
+    /// The queue opened or closed our gate.
+    fn on_gate(&mut self) {
+        let queued = !*self.may_run.borrow_and_update();
+        if queued == self.queued {
+            return;
+        }
+        let was_stopped = self.stopped();
+        self.queued = queued;
+        if queued {
+            self.close_all();
+            if !was_stopped {
+                self.announce_stopped_for_now(now());
+            }
+        } else if !self.stopped() {
+            self.announcer.restart(now());
+            self.dial(now());
+        }
+        self.publish();
+    }
+
+    /// Paused by the user or waiting in the queue: no connections, no announces.
+    fn stopped(&self) -> bool {
+        self.paused || self.queued
+    }
+
     fn on_tick(&mut self) {
         let now = now();
-        if !self.paused {
+        if !self.stopped() {
             // Requests that timed out go to other peers; idle handshakes make room.
             let stale: Vec<u64> = self
                 .conns
@@ -525,7 +549,7 @@ impl<'a> Fetcher<'a> {
                 slot,
             } => {
                 self.dialing = self.dialing.saturating_sub(1);
-                if self.paused {
+                if self.stopped() {
                     self.release(addr, Ended::Paused);
                     return None;
                 }
@@ -802,7 +826,7 @@ impl<'a> Fetcher<'a> {
 
     /// Dial known addresses until [`MAX_FETCH_PEERS`] connections are open or being opened.
     fn dial(&mut self, now: Instant) {
-        if self.paused {
+        if self.stopped() {
             return;
         }
         let loopback = self.p.limits.loopback_as_host;
@@ -893,6 +917,17 @@ impl<'a> Fetcher<'a> {
         let Some(tiers) = self.announcer.begin(now) else {
             return;
         };
+        self.spawn_announce(tiers, event);
+    }
+
+    /// Tell trackers we stop for now (queued), if we told them we started.
+    fn announce_stopped_for_now(&mut self, now: Instant) {
+        if let Some(tiers) = self.announcer.stop_for_now(now) {
+            self.spawn_announce(tiers, Event::Stopped);
+        }
+    }
+
+    fn spawn_announce(&mut self, tiers: TrackerTiers, event: Event) {
         let req = self.announce_request(event);
         let tx = self.events_tx.clone();
         announce::spawn_announce(
@@ -980,12 +1015,15 @@ impl<'a> Fetcher<'a> {
         let connected = self.conns.len();
         let known = self.known.len();
         let paused = self.paused;
+        let queued = self.queued;
         let trackers = self.announcer.status();
         let error = self.announcer.error().cloned();
         let next = self.announcer.next();
-        self.p.status.send_modify(|s| {
+        self.p.publish(|s| {
             s.state = if paused {
                 TorrentState::Paused
+            } else if queued {
+                TorrentState::Queued
             } else {
                 TorrentState::FetchingMetadata
             };

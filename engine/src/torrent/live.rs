@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, Semaphore};
 mod connections;
 mod discovery;
 mod extensions;
+mod goals;
 mod pieces;
 mod requests;
 mod stats;
@@ -33,6 +34,7 @@ use stats::Rate;
 
 use super::announce::{self, AnnounceResult, Announcer};
 use super::peers::{self, ban_key, host_key, BookEntry, EvictCandidate, HostKey, MAX_KNOWN_PEERS};
+use super::record::Keeper;
 use super::smart_ban::{block_digest, BlockDigest, SmartBan};
 use super::sources::{self, DhtSchedule};
 use super::{now, PeerSlot, TorrentCommand, TorrentParams};
@@ -41,6 +43,7 @@ use crate::hash;
 use crate::metainfo::Metainfo;
 use crate::peer::{self, Connection, PeerCommand, PeerContext, PeerEvent, PeerKey, PeerShared};
 use crate::picker::{BlockOutcome, PiecePicker};
+use crate::queue::GoalReached;
 use crate::selection::{FilePriority, PiecePriorities};
 use crate::status::{FileStatus, PeerStatus, TorrentState};
 use crate::storage::{Layout, Storage, StorageError};
@@ -203,6 +206,14 @@ pub(super) struct Torrent {
     dht_schedule: DhtSchedule,
     sent_completed: bool,
     paused: bool,
+    /// The queue's gate is closed: waiting for a slot (`Queued`).
+    queued: bool,
+    /// Stopped seeding at this goal (`Finished`) until resumed.
+    finished: Option<GoalReached>,
+    /// The torrent's record: all-time totals, seeding time, goals.
+    keeper: Keeper,
+    /// When seeding time was last counted.
+    last_tick: Instant,
     error: Option<String>,
     dirty: bool,
     flushing: bool,
@@ -226,8 +237,11 @@ impl Torrent {
         layout: Arc<Layout>,
         storage: Arc<dyn Storage>,
         have: Bitfield,
+        keeper: Keeper,
     ) -> Self {
         let mut p = p;
+        let mut keeper = keeper;
+        let queued = !*p.may_run.borrow_and_update();
         if metainfo.info.private {
             // BEP 27: a magnet's metadata may turn out private; from now on trackers only.
             p.discovery = None;
@@ -244,6 +258,13 @@ impl Torrent {
         let file_priorities = selection.priorities_for(&layout);
         picker.set_priorities(&PiecePriorities::from_files(&layout, &file_priorities));
         picker.set_sequential(selection.sequential);
+        remember_selection(&mut keeper, &file_priorities, selection.sequential);
+        // A goal reached stays reached across restarts, but only while the wanted data is
+        // whole: a torrent that lost data downloads it again.
+        if !picker.is_complete() && keeper.record.finished.take().is_some() {
+            tracing::info!(name = %metainfo.info.name, "data incomplete: seeding goal reset");
+        }
+        let finished = keeper.record.finished;
         // Bounded tightly: mostly blocks (16 KiB each), so this caps what readers can queue ahead
         // of a busy torrent task (8 MiB); a full channel pauses the readers, not the task.
         let (events_tx, events_rx) = mpsc::channel(PEER_EVENT_QUEUE);
@@ -283,6 +304,10 @@ impl Torrent {
             dht_schedule: DhtSchedule::new(now()),
             sent_completed,
             paused: false,
+            queued,
+            finished,
+            keeper,
+            last_tick: now(),
             error: None,
             dirty: false,
             flushing: false,
@@ -307,8 +332,9 @@ impl Torrent {
         self.picker.is_complete()
     }
 
+    /// Transferring: not paused, failed, queued or finished.
     fn active(&self) -> bool {
-        !self.paused && self.error.is_none()
+        !self.paused && self.error.is_none() && !self.queued && self.finished.is_none()
     }
 
     /// Run until shut down; `held` are commands that arrived while checking, taken first.
@@ -350,6 +376,7 @@ impl Torrent {
                 // Before peer events: under a steady stream of blocks the once-a-second work
                 // (rates, status, rechoke, timeouts, flush) must still run.
                 _ = tick.tick() => self.on_tick().await,
+                Ok(()) = self.p.may_run.changed() => self.on_gate(),
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal).await,
                 Some((key, event)) = self.events_rx.recv() => {
                     self.on_peer_event(key, event);
@@ -439,13 +466,17 @@ impl Torrent {
             TorrentCommand::Pause => {
                 self.paused = true;
                 self.close_all_peers();
+                self.save_record_soon();
                 self.publish();
             }
-            TorrentCommand::Resume => {
-                self.paused = false;
+            TorrentCommand::Resume => self.on_resume(),
+            TorrentCommand::SetSeedGoals(goals) => {
+                self.keeper.record.goals = goals;
+                self.save_record_soon();
                 self.publish();
             }
             TorrentCommand::SelectionChanged => self.on_selection_changed(),
+            TorrentCommand::SaveRecord => self.save_record_soon(),
             TorrentCommand::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -467,6 +498,9 @@ impl Torrent {
             .any(|(a, b)| (*a == FilePriority::Skip) != (*b == FilePriority::Skip));
         self.file_priorities = priorities;
         self.sequential = selection.sequential;
+        if remember_selection(&mut self.keeper, &self.file_priorities, self.sequential) {
+            self.save_record_soon();
+        }
         if !dropped.is_empty() {
             for piece in &dropped {
                 self.pieces.remove(piece);
@@ -925,6 +959,9 @@ impl Torrent {
         if self.dirty && now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
             self.start_flush();
         }
+        self.count_seeding(now);
+        self.keeper.set_run_totals(self.downloaded, self.uploaded);
+        self.keeper.save_if_due(now);
         self.publish();
     }
 
@@ -985,6 +1022,7 @@ impl Torrent {
             }
             self.sent_completed = self.announce(Event::Completed);
         }
+        self.save_record_soon();
     }
 
     async fn shutdown(&mut self) {
@@ -1018,6 +1056,9 @@ impl Torrent {
             let result = self.storage.flush().await;
             self.on_flushed(result);
         }
+        self.count_seeding(now());
+        self.keeper.set_run_totals(self.downloaded, self.uploaded);
+        self.keeper.save_now(now()).await;
         self.publish();
         if let Some(tiers) = self.announcer.take_for_stop() {
             let req = self.announce_request(Event::Stopped);
@@ -1030,6 +1071,21 @@ impl Torrent {
 fn reconnect_delay(failures: u32) -> Duration {
     (RECONNECT_BACKOFF * 2u32.saturating_pow(failures.saturating_sub(1).min(16)))
         .min(MAX_RECONNECT_BACKOFF)
+}
+
+/// Keep the user's file choice and order in the torrent's record (restored at the next add);
+/// true if it changed.
+fn remember_selection(keeper: &mut Keeper, priorities: &[FilePriority], sequential: bool) -> bool {
+    let bytes: Vec<u8> = if priorities.iter().all(|p| *p == FilePriority::Normal) {
+        // All wanted, the default: nothing to keep.
+        Vec::new()
+    } else {
+        priorities.iter().map(|p| p.to_byte()).collect()
+    };
+    let changed = keeper.record.file_priorities != bytes || keeper.record.sequential != sequential;
+    keeper.record.file_priorities = bytes;
+    keeper.record.sequential = sequential;
+    changed
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ mod check;
 mod fetch;
 mod live;
 pub(crate) mod peers;
+pub(crate) mod record;
 mod smart_ban;
 pub(crate) mod sources;
 
@@ -25,7 +26,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
@@ -59,10 +62,14 @@ pub enum TorrentCommand {
     LocalPeers(Vec<SocketAddr>),
     /// Stop transferring (keep state).
     Pause,
-    /// Resume after [`TorrentCommand::Pause`].
+    /// Resume after [`TorrentCommand::Pause`], or seed again after a goal was reached.
     Resume,
     /// The user's file choice or order changed (read it from [`TorrentParams::selection`]).
     SelectionChanged,
+    /// The torrent's own seeding goals.
+    SetSeedGoals(crate::queue::SeedGoals),
+    /// Write the record soon (the session changed its queue position).
+    SaveRecord,
     /// Stop: flush, save resume state, announce `stopped`; reply when done.
     Shutdown(oneshot::Sender<()>),
 }
@@ -128,6 +135,27 @@ pub(crate) struct TorrentParams {
     pub discovery: Option<sources::DiscoverySlot>,
     /// The user's file priorities and order, shared with the handle that changes them.
     pub selection: SharedSelection,
+    /// The queue's gate: closed, the torrent waits `Queued` (see `crate::queue`).
+    pub may_run: watch::Receiver<bool>,
+    /// Told whenever the published state changes kind, so the session's queue reconsiders.
+    pub state_changed: Arc<Notify>,
+    /// The session's default seeding goals (ratio, time); the user may change them.
+    pub seed_defaults: watch::Receiver<(Option<f64>, Option<Duration>)>,
+}
+
+impl TorrentParams {
+    /// Change the published status; tell the queue when the state changed kind.
+    pub(crate) fn publish(&self, f: impl FnOnce(&mut TorrentStatus)) {
+        let mut changed = false;
+        self.status.send_modify(|s| {
+            let before = std::mem::discriminant(&s.state);
+            f(s);
+            changed = before != std::mem::discriminant(&s.state);
+        });
+        if changed {
+            self.state_changed.notify_one();
+        }
+    }
 }
 
 /// Per-host limits from the session configuration.
@@ -183,32 +211,33 @@ enum Phase {
     Failed(String),
 }
 
-/// Run one torrent until shut down.
+/// Run one torrent until shut down; `keeper` holds its record.
 pub(crate) async fn run_torrent(
     params: TorrentParams,
     source: Source,
     mut commands: mpsc::Receiver<TorrentCommand>,
+    mut keeper: record::Keeper,
 ) {
+    // A new torrent's record is written at once, so its date and place survive a crash.
+    keeper.save_soon(now());
     let mut phase = match source {
         Source::Metainfo(metainfo) => Phase::Checking(check::Checking::new(metainfo)),
         Source::Magnet(magnet) => Phase::FetchingMetadata(fetch::FetchingMetadata::new(magnet)),
     };
     loop {
         let next = match phase {
-            Phase::FetchingMetadata(fetch) => fetch.run(&params, &mut commands).await,
+            Phase::FetchingMetadata(fetch) => fetch.run(&params, &mut commands, &mut keeper).await,
             Phase::Checking(check) => check.run(&params, &mut commands).await,
             Phase::Live(c) => {
                 let mut torrent =
-                    live::Torrent::new(params, c.metainfo, c.layout, c.storage, c.have);
+                    live::Torrent::new(params, c.metainfo, c.layout, c.storage, c.have, keeper);
                 torrent.add_known(c.peers);
                 torrent.run(commands, c.held).await;
                 return;
             }
             Phase::Failed(message) => {
-                params
-                    .status
-                    .send_modify(|s| s.state = TorrentState::Error(message));
-                wait_for_shutdown(&mut commands).await;
+                params.publish(|s| s.state = TorrentState::Error(message));
+                wait_for_shutdown(&params, &mut commands, &mut keeper).await;
                 return;
             }
         };
@@ -239,11 +268,30 @@ pub(crate) fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-async fn wait_for_shutdown(commands: &mut mpsc::Receiver<TorrentCommand>) {
+/// A failed torrent: nothing runs, but its record still takes new goals and queue places.
+async fn wait_for_shutdown(
+    params: &TorrentParams,
+    commands: &mut mpsc::Receiver<TorrentCommand>,
+    keeper: &mut record::Keeper,
+) {
     while let Some(cmd) = commands.recv().await {
-        if let TorrentCommand::Shutdown(done) = cmd {
-            let _ = done.send(());
-            return;
+        match cmd {
+            TorrentCommand::Shutdown(done) => {
+                keeper.save_now(now()).await;
+                let _ = done.send(());
+                return;
+            }
+            TorrentCommand::SetSeedGoals(goals) => {
+                keeper.record.goals = goals;
+                keeper.save_soon(now());
+                params.publish(|s| s.seed_goals = goals);
+            }
+            TorrentCommand::SaveRecord => {
+                keeper.save_soon(now());
+                let position = keeper.queue_position();
+                params.publish(|s| s.queue_position = position);
+            }
+            _ => {}
         }
     }
 }

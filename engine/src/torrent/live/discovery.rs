@@ -80,3 +80,26 @@ impl Torrent {
         true
     }
 }
+
+impl Torrent {
+    /// Tell trackers we stop for now (queued, a goal reached), if we told them we started.
+    pub(super) fn announce_stopped_for_now(&mut self) {
+        let Some(tiers) = self.announcer.stop_for_now(now()) else {
+            return;
+        };
+        let req = self.announce_request(Event::Stopped);
+        let tx = self.internal_tx.clone();
+        announce::spawn_announce(
+            self.p.tracker.clone(),
+            tiers,
+            req,
+            move |tiers, event, result| {
+                let _ = tx.send(Internal::AnnounceDone {
+                    tiers,
+                    event,
+                    result,
+                });
+            },
+        );
+    }
+}

@@ -69,6 +69,10 @@ impl Torrent {
             TorrentState::Error(e.clone())
         } else if self.paused {
             TorrentState::Paused
+        } else if let Some(goal) = self.finished {
+            TorrentState::Finished(goal)
+        } else if self.queued {
+            TorrentState::Queued
         } else if wanted_have_bytes == wanted_bytes {
             // Every wanted piece is here (all of them unless files are skipped): seeding.
             TorrentState::Seeding
@@ -97,8 +101,14 @@ impl Torrent {
             .collect();
         let files = self.file_progress();
         let trackers = self.announcer.status();
-        self.p.status.send_modify(|s| {
+        let record = &self.keeper.record;
+        self.p.publish(|s| {
             s.state = state;
+            s.all_time_downloaded = record.downloaded;
+            s.all_time_uploaded = record.uploaded;
+            s.seeding_time = self.keeper.seeding();
+            s.seed_goals = record.goals;
+            s.queue_position = self.keeper.queue_position();
             s.have_bytes = have_bytes;
             s.wanted_bytes = wanted_bytes;
             s.wanted_have_bytes = wanted_have_bytes;

@@ -1,0 +1,516 @@
+//! The durable per-torrent record, `<state>/torrents/<info-hash hex>.record`: what a torrent
+//! keeps across restarts beyond its pieces (which storage keeps): when it was added, all-time
+//! payload totals, seeding time, its seeding goals and whether it reached one, its place in
+//! the queue, and the file priorities and sequential flag (kept and round-tripped here; the
+//! picker's side acts on them).
+//!
+//! Bencoded and versioned; read through the bounded scanner with a size cap. A damaged,
+//! oversized or foreign-version record is ignored with a warning (the torrent starts afresh),
+//! never fatal. Written durably (`durable::write_atomic`) by one writer at a time, in order:
+//! a late write of an older snapshot never replaces a newer one, and nothing is written after
+//! the session forgot the torrent (`Session::remove`).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bencode::{self, Limits};
+use crate::queue::{Goal, GoalReached, SeedGoals};
+use crate::types::InfoHash;
+
+/// The folder of records under the state folder.
+pub(crate) const RECORD_DIR: &str = "torrents";
+/// The record format this code writes and reads.
+const VERSION: i64 = 1;
+/// Largest record read: one byte per file for up to 100,000 files (metainfo's cap on files)
+/// plus a few numbers; anything larger is not a record of ours.
+pub(crate) const MAX_RECORD_SIZE: usize = 128 * 1024;
+/// Bencode nesting a record needs: one dictionary.
+const MAX_DEPTH: usize = 4;
+/// Totals are written at most this often while they change (and at pause, completion, a goal
+/// reached and shutdown): a crash loses at most this much of the counts.
+pub(crate) const SAVE_INTERVAL: Duration = Duration::from_secs(60);
+/// Highest file priority (0 skip, 1 normal, 2 high).
+const MAX_PRIORITY: u8 = 2;
+/// A ratio goal is kept in thousandths (bencode has no fractions).
+const RATIO_SCALE: f64 = 1000.0;
+/// A goal turned off, on disk (absent: the session's default).
+const GOAL_OFF: i64 = -1;
+
+/// What a torrent keeps across restarts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct TorrentRecord {
+    /// When it was first added (unix seconds).
+    pub added_at: u64,
+    /// All-time payload bytes received.
+    pub downloaded: u64,
+    /// All-time payload bytes sent.
+    pub uploaded: u64,
+    /// Seconds spent seeding, over every run.
+    pub seeding_secs: u64,
+    /// Its own seeding goals.
+    pub goals: SeedGoals,
+    /// It stopped seeding at this goal (and stays stopped until resumed).
+    pub finished: Option<GoalReached>,
+    /// Its place in the queue (lower first).
+    pub queue_position: u64,
+    /// One byte per file: 0 skip, 1 normal, 2 high (empty: all normal).
+    pub file_priorities: Vec<u8>,
+    /// Pieces in order (for playing while downloading).
+    pub sequential: bool,
+}
+
+/// Why a record was not read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecordError {
+    /// Reading the file failed.
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    /// Larger than any record we write.
+    #[error("larger than {MAX_RECORD_SIZE} bytes")]
+    TooLarge,
+    /// Not bencode of the expected shape.
+    #[error("damaged: {0}")]
+    Bencode(#[from] bencode::BencodeError),
+    /// Written by another version of the format.
+    #[error("format version {0} is not {VERSION}")]
+    Version(i64),
+    /// A field out of range.
+    #[error("damaged: {0}")]
+    Invalid(&'static str),
+}
+
+/// The record as bencoded (keys sorted by serde_bencode).
+#[derive(Serialize, Deserialize)]
+struct OnDisk {
+    version: i64,
+    added_at: u64,
+    downloaded: u64,
+    uploaded: u64,
+    seeding_secs: u64,
+    /// Absent: the session's default; -1: off; else thousandths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ratio_goal_milli: Option<i64>,
+    /// Absent: the session's default; -1: off; else seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time_goal_secs: Option<i64>,
+    /// `ratio` or `time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    finished: Option<String>,
+    queue_position: u64,
+    #[serde(default, with = "serde_bytes")]
+    file_priorities: Vec<u8>,
+    #[serde(default)]
+    sequential: u8,
+}
+
+impl TorrentRecord {
+    /// A record for a torrent added now.
+    pub(crate) fn fresh(queue_position: u64) -> Self {
+        TorrentRecord {
+            added_at: unix_now(),
+            queue_position,
+            ..Default::default()
+        }
+    }
+
+    /// The bencoded form.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let on_disk = OnDisk {
+            version: VERSION,
+            added_at: self.added_at,
+            downloaded: self.downloaded,
+            uploaded: self.uploaded,
+            seeding_secs: self.seeding_secs,
+            ratio_goal_milli: match self.goals.ratio {
+                Goal::Global => None,
+                Goal::Off => Some(GOAL_OFF),
+                Goal::Value(r) => {
+                    Some((r * RATIO_SCALE).round().clamp(0.0, i64::MAX as f64) as i64)
+                }
+            },
+            time_goal_secs: match self.goals.time {
+                Goal::Global => None,
+                Goal::Off => Some(GOAL_OFF),
+                Goal::Value(t) => Some(i64::try_from(t.as_secs()).unwrap_or(i64::MAX)),
+            },
+            finished: self.finished.map(|g| g.label().to_string()),
+            queue_position: self.queue_position,
+            file_priorities: self.file_priorities.clone(),
+            sequential: u8::from(self.sequential),
+        };
+        // A struct of integers and byte strings always serialises.
+        serde_bencode::to_bytes(&on_disk).expect("a record always encodes")
+    }
+
+    /// Parse a record, checked (size, shape, version, ranges) before use.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        if bytes.len() > MAX_RECORD_SIZE {
+            return Err(RecordError::TooLarge);
+        }
+        let limits = Limits {
+            max_depth: MAX_DEPTH,
+            max_size: MAX_RECORD_SIZE,
+        };
+        let d: OnDisk = bencode::decode(bytes, limits)?;
+        if d.version != VERSION {
+            return Err(RecordError::Version(d.version));
+        }
+        let ratio = match d.ratio_goal_milli {
+            None => Goal::Global,
+            Some(GOAL_OFF) => Goal::Off,
+            Some(m) if m >= 0 => Goal::Value(m as f64 / RATIO_SCALE),
+            Some(_) => return Err(RecordError::Invalid("negative ratio goal")),
+        };
+        let time = match d.time_goal_secs {
+            None => Goal::Global,
+            Some(GOAL_OFF) => Goal::Off,
+            Some(s) if s >= 0 => Goal::Value(Duration::from_secs(s as u64)),
+            Some(_) => return Err(RecordError::Invalid("negative time goal")),
+        };
+        let finished = match d.finished.as_deref() {
+            None => None,
+            Some("ratio") => Some(GoalReached::Ratio),
+            Some("time") => Some(GoalReached::Time),
+            Some(_) => return Err(RecordError::Invalid("unknown goal reached")),
+        };
+        if d.file_priorities.iter().any(|&p| p > MAX_PRIORITY) {
+            return Err(RecordError::Invalid("file priority out of range"));
+        }
+        if d.sequential > 1 {
+            return Err(RecordError::Invalid("sequential is not 0 or 1"));
+        }
+        Ok(TorrentRecord {
+            added_at: d.added_at,
+            downloaded: d.downloaded,
+            uploaded: d.uploaded,
+            seeding_secs: d.seeding_secs,
+            goals: SeedGoals { ratio, time },
+            finished,
+            queue_position: d.queue_position,
+            file_priorities: d.file_priorities,
+            sequential: d.sequential == 1,
+        })
+    }
+}
+
+/// Seconds since the unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Where a torrent's record lives.
+pub(crate) fn record_path(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
+    state_dir
+        .join(RECORD_DIR)
+        .join(format!("{}.record", info_hash.to_hex()))
+}
+
+/// Read a record (blocking; small and capped). `Ok(None)`: there is none.
+pub(crate) fn read(path: &Path) -> Result<Option<TorrentRecord>, RecordError> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut bytes = Vec::new();
+    // One byte over the cap tells an oversized file without reading all of it.
+    file.take(MAX_RECORD_SIZE as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    TorrentRecord::decode(&bytes).map(Some)
+}
+
+/// Order of writes to one record file.
+#[derive(Default)]
+struct WriteOrder {
+    /// Sequence handed to the latest snapshot.
+    issued: u64,
+    /// Sequence of the snapshot on disk.
+    written: u64,
+    /// The torrent was removed: write nothing more.
+    forgotten: bool,
+}
+
+/// One torrent's record file, shared by the session (which forgets it) and the torrent task
+/// (which writes it).
+#[derive(Clone)]
+pub(crate) struct RecordFile {
+    path: PathBuf,
+    order: Arc<Mutex<WriteOrder>>,
+}
+
+impl RecordFile {
+    pub(crate) fn new(state_dir: &Path, info_hash: &InfoHash) -> Self {
+        RecordFile {
+            path: record_path(state_dir, info_hash),
+            order: Arc::default(),
+        }
+    }
+
+    /// The kept record, or `None` (none, or unusable: then a warning says why).
+    pub(crate) fn load(&self) -> Option<TorrentRecord> {
+        match read(&self.path) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "torrent record ignored");
+                None
+            }
+        }
+    }
+
+    /// Write `record` durably, unless a newer snapshot got there first or the torrent was
+    /// forgotten meanwhile.
+    pub(crate) async fn save(&self, record: &TorrentRecord) -> std::io::Result<()> {
+        let seq = {
+            let mut o = self.order.lock().expect("lock poisoned only by a panic");
+            o.issued += 1;
+            o.issued
+        };
+        let bytes = record.encode();
+        let path = self.path.clone();
+        let order = self.order.clone();
+        tokio::task::spawn_blocking(move || {
+            // Held across the write: writers of this file take turns.
+            let mut o = order.lock().expect("lock poisoned only by a panic");
+            if o.forgotten || o.written > seq {
+                return Ok(());
+            }
+            crate::durable::write_atomic(&path, &bytes)?;
+            o.written = seq;
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    /// Delete the record and write nothing more (blocking; the torrent is being removed).
+    pub(crate) fn forget(&self) {
+        let mut o = self.order.lock().expect("lock poisoned only by a panic");
+        o.forgotten = true;
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "torrent record not removed")
+            }
+        }
+    }
+}
+
+/// The torrent task's side: the record in memory, this run's additions, and when to write.
+pub(crate) struct Keeper {
+    file: RecordFile,
+    /// The record as it stands (totals include this run).
+    pub record: TorrentRecord,
+    /// Totals when this run started.
+    base_downloaded: u64,
+    base_uploaded: u64,
+    /// Seeding time, to the sub-second.
+    seeding: Duration,
+    /// Queue position, set by the session.
+    position: Arc<AtomicU64>,
+    /// What was last written, and when.
+    saved: Option<TorrentRecord>,
+    last_save: Option<Instant>,
+}
+
+impl Keeper {
+    /// `saved`: the record was read from disk (else it is written at the first chance).
+    pub(crate) fn new(
+        file: RecordFile,
+        record: TorrentRecord,
+        saved: bool,
+        position: Arc<AtomicU64>,
+    ) -> Self {
+        Keeper {
+            file,
+            base_downloaded: record.downloaded,
+            base_uploaded: record.uploaded,
+            seeding: Duration::from_secs(record.seeding_secs),
+            saved: saved.then(|| record.clone()),
+            record,
+            position,
+            last_save: None,
+        }
+    }
+
+    /// This run's payload totals so far.
+    pub(crate) fn set_run_totals(&mut self, downloaded: u64, uploaded: u64) {
+        self.record.downloaded = self.base_downloaded.saturating_add(downloaded);
+        self.record.uploaded = self.base_uploaded.saturating_add(uploaded);
+    }
+
+    /// Time spent seeding since the last call.
+    pub(crate) fn add_seeding(&mut self, d: Duration) {
+        self.seeding = self.seeding.saturating_add(d);
+        self.record.seeding_secs = self.seeding.as_secs();
+    }
+
+    /// Its place in the queue now.
+    pub(crate) fn queue_position(&self) -> u64 {
+        self.position.load(Ordering::Relaxed)
+    }
+
+    /// All-time seeding time.
+    pub(crate) fn seeding(&self) -> Duration {
+        self.seeding
+    }
+
+    /// Write if anything changed and the last write is [`SAVE_INTERVAL`] old (or none yet).
+    pub(crate) fn save_if_due(&mut self, now: Instant) {
+        if self
+            .last_save
+            .is_some_and(|t| now.duration_since(t) < SAVE_INTERVAL)
+        {
+            return;
+        }
+        self.save_soon(now);
+    }
+
+    /// Write now if anything changed, without waiting for the write.
+    pub(crate) fn save_soon(&mut self, now: Instant) {
+        if let Some(snapshot) = self.snapshot_if_changed(now) {
+            let file = self.file.clone();
+            tokio::spawn(async move {
+                if let Err(e) = file.save(&snapshot).await {
+                    tracing::warn!(error = %e, "torrent record not saved");
+                }
+            });
+        }
+    }
+
+    /// Write now if anything changed, and wait for it (shutdown).
+    pub(crate) async fn save_now(&mut self, now: Instant) {
+        if let Some(snapshot) = self.snapshot_if_changed(now) {
+            if let Err(e) = self.file.save(&snapshot).await {
+                tracing::warn!(error = %e, "torrent record not saved");
+            }
+        }
+    }
+
+    fn snapshot_if_changed(&mut self, now: Instant) -> Option<TorrentRecord> {
+        self.record.queue_position = self.position.load(Ordering::Relaxed);
+        if self.saved.as_ref() == Some(&self.record) {
+            return None;
+        }
+        self.saved = Some(self.record.clone());
+        self.last_save = Some(now);
+        Some(self.record.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> TorrentRecord {
+        TorrentRecord {
+            added_at: 1_700_000_000,
+            downloaded: 5 << 30,
+            uploaded: 12_345,
+            seeding_secs: 3_600,
+            goals: SeedGoals {
+                ratio: Goal::Value(1.5),
+                time: Goal::Off,
+            },
+            finished: Some(GoalReached::Time),
+            queue_position: 7,
+            file_priorities: vec![0, 1, 2, 1],
+            sequential: true,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let r = sample();
+        assert_eq!(TorrentRecord::decode(&r.encode()).unwrap(), r);
+        let plain = TorrentRecord::fresh(3);
+        let back = TorrentRecord::decode(&plain.encode()).unwrap();
+        assert_eq!(back, plain);
+        assert_eq!(back.goals, SeedGoals::default());
+    }
+
+    #[test]
+    fn damaged_records_are_refused() {
+        let good = sample().encode();
+        // Cut short, junk, and every truncation.
+        for end in 0..good.len() {
+            assert!(TorrentRecord::decode(&good[..end]).is_err(), "cut at {end}");
+        }
+        assert!(TorrentRecord::decode(b"not bencode").is_err());
+        // Well-formed but out of range.
+        let text = String::from_utf8_lossy(&good).into_owned();
+        let bad_prio = text.replace("4:\0\x01\x02\x01", "4:\0\x01\x09\x01");
+        assert!(matches!(
+            TorrentRecord::decode(bad_prio.as_bytes()),
+            Err(RecordError::Invalid(_))
+        ));
+        let future = text.replace("7:versioni1e", "7:versioni2e");
+        assert!(matches!(
+            TorrentRecord::decode(future.as_bytes()),
+            Err(RecordError::Version(2))
+        ));
+        let negative = text.replace("16:ratio_goal_millii1500e", "16:ratio_goal_millii-5e");
+        assert!(matches!(
+            TorrentRecord::decode(negative.as_bytes()),
+            Err(RecordError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_records_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.record");
+        std::fs::write(&path, vec![b'x'; MAX_RECORD_SIZE + 10]).unwrap();
+        assert!(matches!(read(&path), Err(RecordError::TooLarge)));
+        assert!(read(&dir.path().join("none.record")).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn saved_loaded_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = InfoHash([7; 20]);
+        let file = RecordFile::new(dir.path(), &hash);
+        assert!(file.load().is_none());
+        file.save(&sample()).await.unwrap();
+        assert_eq!(file.load(), Some(sample()));
+        // A damaged file reads as none (with a warning), not as an error.
+        std::fs::write(record_path(dir.path(), &hash), b"d7:versioni1e").unwrap();
+        assert!(file.load().is_none());
+        file.forget();
+        assert!(!record_path(dir.path(), &hash).exists());
+        // Nothing is written after the torrent was forgotten.
+        file.save(&sample()).await.unwrap();
+        assert!(!record_path(dir.path(), &hash).exists());
+    }
+
+    #[tokio::test]
+    async fn keeper_adds_this_run_and_saves_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = RecordFile::new(dir.path(), &InfoHash([1; 20]));
+        let mut old = sample();
+        old.finished = None;
+        let position = Arc::new(AtomicU64::new(2));
+        let mut k = Keeper::new(file.clone(), old.clone(), true, position);
+        let t0 = Instant::now();
+        k.save_now(t0).await;
+        // Only the position changed (the session set it): that is written.
+        assert_eq!(file.load().unwrap().queue_position, 2);
+        k.set_run_totals(10, 20);
+        k.add_seeding(Duration::from_millis(1500));
+        k.save_now(t0).await;
+        let back = file.load().unwrap();
+        assert_eq!(back.downloaded, old.downloaded + 10);
+        assert_eq!(back.uploaded, old.uploaded + 20);
+        assert_eq!(back.seeding_secs, old.seeding_secs + 1);
+        // Totals for the run replace (not add to) the previous call's.
+        k.set_run_totals(11, 20);
+        assert_eq!(k.record.downloaded, old.downloaded + 11);
+    }
+}
