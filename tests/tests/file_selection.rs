@@ -218,3 +218,69 @@ async fn skipped_files_never_appear_and_remove_with_data_deletes_only_ours() {
     leecher.shutdown(Duration::from_secs(5)).await;
     seeder.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_choice_and_order_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // A seed of its own data: the choice is kept whatever the transfer does.
+    let source = write_payload(dir.path(), "payload", 9);
+    let meta = make_torrent(&source, vec![], PAYLOAD_PIECE_LENGTH);
+    let n = meta.info.layout.files.len();
+    let mut chosen = vec![FilePriority::Normal; n];
+    chosen[0] = FilePriority::Skip;
+    chosen[n - 1] = FilePriority::High;
+
+    let s = start_session(dir.path(), Arc::new(FsBackend::new()), vec![]).await;
+    let h = s.add(meta.clone()).unwrap();
+    wait_seeding(&h, Duration::from_secs(30)).await;
+    h.set_file_priorities(chosen.clone()).await.unwrap();
+    h.set_sequential(true).await;
+    wait_for(&h, "the choice applied", |st| {
+        st.sequential
+            && st
+                .files
+                .iter()
+                .map(|f| f.priority)
+                .eq(chosen.iter().copied())
+    })
+    .await;
+    s.shutdown(Duration::from_secs(5)).await;
+
+    // A new process would add the same .torrent with no choice: the record's comes back.
+    let s = start_session(dir.path(), Arc::new(FsBackend::new()), vec![]).await;
+    let h = s.add(meta.clone()).unwrap();
+    wait_for(&h, "the kept choice", |st| {
+        st.sequential
+            && st
+                .files
+                .iter()
+                .map(|f| f.priority)
+                .eq(chosen.iter().copied())
+    })
+    .await;
+    s.shutdown(Duration::from_secs(5)).await;
+
+    // A choice made at add wins over the kept one.
+    let s = start_session(dir.path(), Arc::new(FsBackend::new()), vec![]).await;
+    let mut wanted = vec![FilePriority::Normal; n];
+    wanted[1] = FilePriority::High;
+    let h = s
+        .add_with(
+            meta.clone(),
+            TorrentOptions {
+                file_priorities: wanted.clone(),
+                sequential: false,
+            },
+        )
+        .unwrap();
+    wait_for(&h, "the choice given at add", |st| {
+        !st.sequential
+            && st
+                .files
+                .iter()
+                .map(|f| f.priority)
+                .eq(wanted.iter().copied())
+    })
+    .await;
+    s.shutdown(Duration::from_secs(5)).await;
+}

@@ -3,10 +3,13 @@
 #
 #   tests/tui/tmux_test.sh [path/to/zigtorrent]     (or set ZIGTORRENT_BIN)
 #
-# A headless zigtorrent seeds an 8 MiB payload on loopback (upload-limited so the download
-# takes a few seconds). The menu runs inside a private tmux server on an empty watch folder; the
-# script drops the .torrent in, reads the screen with `tmux capture-pane` until the torrent shows
-# 100 % and seeding, presses q, and checks exit status 0 and byte-identical files.
+# A headless zigtorrent seeds an 8 MiB payload and a 1 MiB file on loopback (upload-limited so
+# the download takes a few seconds). The menu runs inside a private tmux server on an empty
+# watch folder; the script reads the screen with `tmux capture-pane` while it drops the .torrent
+# in, skips one of its files in the detail view, waits for 100 % and seeding (the skipped file
+# never appears), shows the help, adds the second torrent with `a`, sorts and filters, removes
+# the first with its data (`d`, `D`), restarts the menu at 80x24 (the removal holds), quits
+# during a recheck, and checks exit status 0 and byte-identical files.
 # Everything it starts is stopped by PID (and its own tmux server by socket name).
 # Set KEEP_SCREEN=FILE to keep screen captures (FILE, FILE.downloading, FILE.detail, FILE.80x24).
 set -euo pipefail
@@ -125,6 +128,13 @@ mv "$WORK/client/torrents/.payload.torrent.tmp" "$WORK/client/torrents/payload.t
 dropped=$SECONDS
 wait_screen "payload .*(checking|downloading|seeding)" 5
 echo "torrent shown $((SECONDS - dropped)) s after the drop"
+# Choose files at once (the seeder is upload-limited): skip sub/small.bin, the second file.
+tmux -L "$SOCK" send-keys -t zt Enter
+wait_screen "sub/small\.bin +normal" 5
+tmux -L "$SOCK" send-keys -t zt j x
+wait_screen "sub/small\.bin +skip" 5
+tmux -L "$SOCK" send-keys -t zt Escape
+wait_screen "ZigTorrent — 1 torrents" 5
 saw_progress=no
 deadline=$((SECONDS + 90))
 while ((SECONDS < deadline)); do
@@ -140,6 +150,9 @@ while ((SECONDS < deadline)); do
 done
 grep -Eq "payload .* 100\.0% seeding" "$WORK/screen.txt" || fail "payload never reached 100 % seeding"
 [[ $saw_progress == yes ]] || echo "note: the download finished before a downloading frame was captured"
+# What is wanted is there; the skipped file never appears at its final path.
+cmp "$WORK/seed/downloads/payload/big.bin" "$WORK/client/downloads/payload/big.bin" || fail "big.bin differs"
+[[ ! -e "$WORK/client/downloads/payload/sub/small.bin" ]] || fail "the skipped file appeared"
 wait_screen "│ 1 seeding" 5
 
 # `?` shows the keys.
@@ -171,7 +184,7 @@ wait_screen "ZigTorrent — 2 torrents" 5
 
 # The detail view, then back.
 tmux -L "$SOCK" send-keys -t zt Enter
-wait_screen "files \(2\)" 5
+wait_screen "files \(2" 5
 wait_screen "sub/small\.bin" 5
 if [[ -n "${KEEP_SCREEN:-}" ]]; then cp "$WORK/screen.txt" "$KEEP_SCREEN.detail"; fi
 tmux -L "$SOCK" send-keys -t zt Escape
@@ -184,9 +197,13 @@ tmux -L "$SOCK" send-keys -t zt s s s s s s
 wait_screen "sorted by name" 5
 tmux -L "$SOCK" send-keys -t zt g d
 wait_screen "Remove payload from the session" 5
-tmux -L "$SOCK" send-keys -t zt y
-wait_screen "removed payload" 10
+tmux -L "$SOCK" send-keys -t zt D
+wait_screen "removed payload and deleted its data" 10
 wait_screen "ZigTorrent — 1 torrents" 5
+# Its data is gone; the .torrent, the other torrent and the folders stay.
+[[ ! -e "$WORK/client/downloads/payload" ]] || fail "the removed torrent's data is still there"
+[[ -f "$WORK/client/torrents/payload.torrent" ]] || fail "the .torrent file was deleted"
+cmp "$WORK/seed/downloads/second.bin" "$WORK/client/downloads/second.bin" || fail "second.bin was touched"
 quit_menu
 start_menu 80 24
 wait_screen "second\.bin" 15
@@ -202,9 +219,7 @@ quit_at=$SECONDS
 quit_menu
 took=$((SECONDS - quit_at))
 ((took <= 5)) || fail "took $took s to quit"
-cmp "$WORK/seed/downloads/payload/big.bin" "$WORK/client/downloads/payload/big.bin" || fail "big.bin differs"
-cmp "$WORK/seed/downloads/payload/sub/small.bin" "$WORK/client/downloads/payload/sub/small.bin" || fail "small.bin differs"
 [[ -z "$(find "$WORK/client/downloads" -name '*.part')" ]] || fail ".part files left behind"
 [[ -f "$WORK/client/torrents/payload.torrent" ]] || fail "the .torrent file was touched"
 cmp "$WORK/seed/downloads/second.bin" "$WORK/client/downloads/second.bin" || fail "second.bin differs"
-echo "PASS: menu showed the dropped torrent to 100 % seeding, added one with a, sorted, filtered, removed one for good, quit during a recheck with 0 in ${took}s, files intact"
+echo "PASS: menu showed the dropped torrent to 100 % seeding with a file skipped, added one with a, sorted, filtered, removed one with its data for good, quit during a recheck with 0 in ${took}s, files intact"
