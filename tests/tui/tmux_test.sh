@@ -193,7 +193,13 @@ if [[ -n "${KEEP_SCREEN:-}" ]]; then cp "$WORK/screen.txt" "$KEEP_SCREEN"; fi
 
 # Remove the watch-folder torrent (sorted by name, it is the first row): it stays removed at
 # the next start although its .torrent is still in the watch folder.
-tmux -L "$SOCK" send-keys -t zt s s s s s s
+# `s` steps through the sort keys back to the name.
+for _ in $(seq 12); do
+    tmux -L "$SOCK" send-keys -t zt s
+    sleep 0.3
+    capture
+    grep -q "sorted by name" "$WORK/screen.txt" && break
+done
 wait_screen "sorted by name" 5
 tmux -L "$SOCK" send-keys -t zt g d
 wait_screen "Remove payload from the session" 5
