@@ -24,15 +24,8 @@ const ENV_PREFIX: &str = "ZIGTORRENT";
 /// environment; see `--print-config`.
 #[derive(Args, Debug, Default)]
 pub struct RunArgs {
-    /// Watch folder of .torrent files [default: torrents].
-    #[arg(long, value_name = "DIR")]
-    torrents: Option<PathBuf>,
-    /// Where downloads go [default: downloads].
-    #[arg(long, value_name = "DIR")]
-    downloads: Option<PathBuf>,
-    /// Where resume state and the log go [default: <downloads>/.zigtorrent].
-    #[arg(long, value_name = "DIR")]
-    state: Option<PathBuf>,
+    #[command(flatten)]
+    folders: FolderArgs,
     /// Transport backend: tcp, utp, or both (uTP first, TCP fallback) [default: both].
     #[arg(long)]
     transport: Option<String>,
@@ -109,9 +102,6 @@ pub struct RunArgs {
     /// ZIGTORRENT_INFO_HASH).
     #[arg(long, value_name = "PROGRAM")]
     on_complete: Option<PathBuf>,
-    /// Read options from this file instead of ./zigtorrent.toml and the XDG config folder.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
     /// Print the merged options (defaults, file, environment, flags) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -121,22 +111,29 @@ pub struct RunArgs {
     pub sources: Vec<String>,
 }
 
-/// Arguments of `zigtorrent add`: the folders name the client to hand the torrents to, with
-/// the same defaults, config file and environment as `run`.
-#[derive(Args, Debug, Default)]
-pub struct AddArgs {
-    /// Watch folder of the client [default: torrents].
+/// The folders (and the config file naming them) that `run` works on and `add` hands to.
+#[derive(Args, Debug, Default, Clone)]
+pub struct FolderArgs {
+    /// Watch folder of .torrent and .magnet files [default: torrents].
     #[arg(long, value_name = "DIR")]
     torrents: Option<PathBuf>,
-    /// Downloads folder of the client [default: downloads].
+    /// Where downloads go [default: downloads].
     #[arg(long, value_name = "DIR")]
     downloads: Option<PathBuf>,
-    /// State folder of the client [default: <downloads>/.zigtorrent].
+    /// Where resume state and the log go [default: <downloads>/.zigtorrent].
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
     /// Read options from this file instead of ./zigtorrent.toml and the XDG config folder.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+/// Arguments of `zigtorrent add`: the folders name the client to hand the torrents to, with
+/// the same defaults, config file and environment as `run`.
+#[derive(Args, Debug, Default)]
+pub struct AddArgs {
+    #[command(flatten)]
+    folders: FolderArgs,
     /// What to add: .torrent files, http(s) URLs of .torrent files, or magnet links.
     #[arg(value_name = "SOURCE", required = true)]
     pub sources: Vec<String>,
@@ -146,10 +143,7 @@ impl AddArgs {
     /// The client's options, as `run` with the same folder flags would merge them.
     pub fn load(&self) -> anyhow::Result<Settings> {
         let run = RunArgs {
-            torrents: self.torrents.clone(),
-            downloads: self.downloads.clone(),
-            state: self.state.clone(),
-            config: self.config.clone(),
+            folders: self.folders.clone(),
             ..RunArgs::default()
         };
         Ok(run.load()?.settings)
@@ -279,6 +273,7 @@ impl RunArgs {
             .set_default("log_level", "warn,librqbit_utp=error,mainline=off")?;
         let mut files = Vec::new();
         let explicit = self
+            .folders
             .config
             .clone()
             .or_else(|| var("ZIGTORRENT_CONFIG").map(PathBuf::from));
@@ -322,9 +317,12 @@ impl RunArgs {
                 .with_list_parse_key("dht_bootstrap"),
         );
         builder = builder
-            .set_override_option("torrents", path_flag("--torrents", &self.torrents)?)?
-            .set_override_option("downloads", path_flag("--downloads", &self.downloads)?)?
-            .set_override_option("state", path_flag("--state", &self.state)?)?
+            .set_override_option("torrents", path_flag("--torrents", &self.folders.torrents)?)?
+            .set_override_option(
+                "downloads",
+                path_flag("--downloads", &self.folders.downloads)?,
+            )?
+            .set_override_option("state", path_flag("--state", &self.folders.state)?)?
             .set_override_option("transport", self.transport.clone())?
             .set_override_option("storage", self.storage.clone())?
             .set_override_option("listen", self.listen)?

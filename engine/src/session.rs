@@ -575,22 +575,25 @@ impl Session {
     /// Stop and remove one torrent (its data stays; its record, with its all-time totals and
     /// goals, is forgotten).
     pub async fn remove(&self, info_hash: InfoHash) -> bool {
+        self.take_out(info_hash).await.is_some()
+    }
+
+    /// Take a torrent out of the session: stop it, forget its record, let the queue move on.
+    /// Returns what it was added from and its file choice.
+    async fn take_out(&self, info_hash: InfoHash) -> Option<(Source, crate::selection::Selection)> {
         let entry = self
             .shared
             .torrents
             .lock()
             .expect("lock poisoned only by a panic")
-            .remove(&info_hash);
-        match entry {
-            Some(e) => {
-                let record = e.record.clone();
-                stop_torrent(e, Duration::from_secs(4)).await;
-                let _ = tokio::task::spawn_blocking(move || record.forget()).await;
-                self.shared.reschedule.notify_one();
-                true
-            }
-            None => false,
-        }
+            .remove(&info_hash)?;
+        let source = entry.source.clone();
+        let selection = entry.selection.get();
+        let record = entry.record.clone();
+        stop_torrent(entry, Duration::from_secs(4)).await;
+        let _ = tokio::task::spawn_blocking(move || record.forget()).await;
+        self.shared.reschedule.notify_one();
+        Some((source, selection))
     }
 
     /// Stop and remove one torrent, then delete the data it wrote: its incomplete data and
@@ -604,21 +607,9 @@ impl Session {
         &self,
         info_hash: InfoHash,
     ) -> Result<Option<DeletedData>, StorageError> {
-        let entry = self
-            .shared
-            .torrents
-            .lock()
-            .expect("lock poisoned only by a panic")
-            .remove(&info_hash);
-        let Some(entry) = entry else {
+        let Some((source, skipped)) = self.take_out(info_hash).await else {
             return Ok(None);
         };
-        let source = entry.source.clone();
-        let skipped = entry.selection.get();
-        let record = entry.record.clone();
-        stop_torrent(entry, Duration::from_secs(4)).await;
-        let _ = tokio::task::spawn_blocking(move || record.forget()).await;
-        self.shared.reschedule.notify_one();
         let c = &self.shared.config;
         let (metadata_path, saved) = saved_metadata(&c.state_dir, info_hash).await;
         let layout = match (&source, saved) {
