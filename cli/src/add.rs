@@ -15,6 +15,7 @@ pub fn add(args: AddArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let running = crate::instance::running_pid(&s.state);
+    let state = std::path::absolute(&s.state).unwrap_or_else(|_| s.state.clone());
     let mut failed = 0;
     for source in &args.sources {
         let result = runtime
@@ -28,8 +29,8 @@ pub fn add(args: AddArgs) -> anyhow::Result<()> {
             Ok((name, Some(_))) => match running {
                 Some(pid) => println!("{name}: handed to the running client (PID {pid})"),
                 None => println!(
-                    "{name}: no client is running on {}; it starts with the next `zigtorrent run`",
-                    s.state.display()
+                    "{name}: no client is running on {}; it starts with the next `zigtorrent run` there",
+                    state.display()
                 ),
             },
             Err(e) => {

@@ -22,7 +22,7 @@ pub const HISTORY_LEN: usize = 60;
 /// Rows PageUp/PageDown move.
 const PAGE: isize = 10;
 
-/// More rows than the help screen has at any width (it is clamped when drawn).
+/// More rows than the help screen has at any width (until it is first drawn).
 const HELP_ROWS_MAX: usize = 200;
 
 /// Longest text the prompt takes (a magnet link with many trackers is a few KiB).
@@ -258,6 +258,9 @@ pub struct App {
     pub problem_row: usize,
     /// First line shown in the help screen.
     pub help_row: usize,
+    /// The largest useful first rows of the help and problems screens, as last drawn (they
+    /// depend on the terminal's size): scrolling stops there.
+    pub scroll_ends: std::cell::Cell<(usize, usize)>,
 }
 
 impl App {
@@ -287,6 +290,7 @@ impl App {
             tab_rows: [0; 4],
             problem_row: 0,
             help_row: 0,
+            scroll_ends: std::cell::Cell::new((HELP_ROWS_MAX, usize::MAX)),
         }
     }
 
@@ -374,7 +378,7 @@ impl App {
                 text: reason.clone(),
                 error: true,
             }),
-            FolderEvent::Duplicate { path, of, name } => self.set_note(FolderNote {
+            FolderEvent::Duplicate { path, of, name, .. } => self.set_note(FolderNote {
                 path: path.clone(),
                 text: format!("duplicate of {} ({name})", file_name(of)),
                 error: false,
@@ -642,9 +646,11 @@ impl App {
 
     fn on_scroll_key(&mut self, code: KeyCode, what: Scroll) {
         let (row, len) = match what {
-            // The drawing stops at the help's real end, which depends on the width.
-            Scroll::Help => (&mut self.help_row, HELP_ROWS_MAX),
-            Scroll::Problems(n) => (&mut self.problem_row, n),
+            Scroll::Help => (&mut self.help_row, self.scroll_ends.get().0 + 1),
+            Scroll::Problems(n) => (
+                &mut self.problem_row,
+                n.min(self.scroll_ends.get().1.saturating_add(1)),
+            ),
             Scroll::Tab(n) => (&mut self.tab_rows[self.tab.index()], n),
         };
         let last = len.saturating_sub(1) as isize;
@@ -742,6 +748,8 @@ pub fn goals_text(g: &SeedGoals) -> String {
     format!("{ratio} {time}")
 }
 
+/// Smallest ratio goal taken (records keep thousandths, as `--seed-ratio`).
+const MIN_RATIO_GOAL: f64 = 0.001;
 /// Largest ratio goal taken (as `--seed-ratio`).
 const MAX_RATIO_GOAL: f64 = 1e6;
 /// Longest time goal taken, in minutes (a century, as `--seed-time`).
@@ -758,10 +766,12 @@ pub fn parse_goals(text: &str) -> Result<SeedGoals, String> {
         "-" => Goal::Global,
         _ => match r.parse::<f64>() {
             Ok(0.0) => Goal::Off,
-            Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_RATIO_GOAL => Goal::Value(v),
+            Ok(v) if v.is_finite() && (MIN_RATIO_GOAL..=MAX_RATIO_GOAL).contains(&v) => {
+                Goal::Value(v)
+            }
             _ => {
                 return Err(format!(
-                    "goals: ratio {r:?} is not a number from 0 to 1000000"
+                    "goals: ratio {r:?} is not 0 or a number from 0.001 to 1000000"
                 ))
             }
         },
@@ -925,7 +935,7 @@ mod tests {
         let g = parse_goals("0 -").unwrap();
         assert_eq!((g.ratio, g.time), (Goal::Off, Goal::Global));
         assert_eq!(parse_goals("").unwrap(), SeedGoals::default());
-        for bad in ["x", "-1", "NaN", "inf", "1 2 3", "1 -5", "1e9"] {
+        for bad in ["x", "-1", "NaN", "inf", "1 2 3", "1 -5", "1e9", "0.0001"] {
             assert!(parse_goals(bad).is_err(), "{bad}");
         }
     }

@@ -54,17 +54,25 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Characters that must not reach a terminal from hostile text: controls (C0, DEL, C1: escape
-/// sequences, line breaks that forge lines) and the invisible format characters that reorder
-/// or hide text (bidi overrides and isolates, zero-width ones, line/paragraph separators).
+/// sequences, line breaks that forge lines) and the invisible characters that reorder or hide
+/// text (bidi overrides and isolates, zero-width ones, line/paragraph separators, the soft
+/// hyphen, Hangul fillers, the Mongolian vowel separator, tag characters).
 pub fn is_unsafe(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061C}'
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
                 | '\u{200B}'..='\u{200F}'
                 | '\u{2028}'..='\u{202E}'
                 | '\u{2060}'..='\u{2069}'
+                | '\u{3164}'
                 | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{E0000}'..='\u{E007F}'
         )
 }
 
@@ -77,6 +85,10 @@ mod tests {
             "a?[31mb?c?d?e?f"
         );
         assert_eq!(super::printable("plain ünïcode 名前"), "plain ünïcode 名前");
+        assert_eq!(
+            super::printable("a\u{AD}b\u{3164}c\u{E0041}d\u{115F}e"),
+            "a?b?c?d?e"
+        );
     }
 
     #[test]

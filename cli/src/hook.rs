@@ -100,6 +100,9 @@ pub async fn run(
             let program = program.clone();
             let slots = slots.clone();
             tokio::spawn(async move {
+                if slots.available_permits() == 0 {
+                    tracing::warn!(program = %program.display(), %name, "waiting: {MAX_RUNNING} on-complete programs are still running");
+                }
                 let Ok(_slot) = slots.acquire_owned().await else {
                     return;
                 };

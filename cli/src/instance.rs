@@ -87,9 +87,11 @@ pub fn running_pid(state_dir: &Path) -> Option<u32> {
     let text = text.get(..text.len().min(MAX_PID_BYTES as usize))?;
     let pid: u32 = std::str::from_utf8(text).ok()?.trim().parse().ok()?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    // This very binary (whatever it is called), or one named `zigtorrent` (a binary replaced
+    // while running reads `zigtorrent (deleted)`).
+    let ours = std::env::current_exe().ok().is_some_and(|me| me == exe);
     let name = exe.file_name()?.to_string_lossy().into_owned();
-    // A binary replaced while running reads `zigtorrent (deleted)`.
-    (name == "zigtorrent" || name == "zigtorrent (deleted)").then_some(pid)
+    (ours || name == "zigtorrent" || name == "zigtorrent (deleted)").then_some(pid)
 }
 
 /// The PID the holder wrote, if it is there yet.
@@ -142,13 +144,13 @@ mod tests {
     fn the_running_holder_is_found_by_its_pid() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(running_pid(dir.path()), None);
-        // The test binary is not a `zigtorrent`: a live PID of another program does not count.
-        std::fs::write(
-            dir.path().join(LOCK_FILE),
-            format!("{}\n", std::process::id()),
-        )
-        .unwrap();
+        // A live PID of another program (init) does not count.
+        std::fs::write(dir.path().join(LOCK_FILE), "1\n").unwrap();
         assert_eq!(running_pid(dir.path()), None);
+        // This binary does, whatever its name.
+        let me = std::process::id();
+        std::fs::write(dir.path().join(LOCK_FILE), format!("{me}\n")).unwrap();
+        assert_eq!(running_pid(dir.path()), Some(me));
     }
 
     #[test]

@@ -13,7 +13,6 @@
 //! with the watch folder's caps), a magnet link must parse, and a URL must be `http(s)` and
 //! answer within [`FETCH_TIMEOUT`] with a valid `.torrent` of at most `MAX_TORRENT_SIZE` bytes.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -174,12 +173,13 @@ pub fn store(state: &Path, resolved: &Resolved) -> anyhow::Result<Option<PathBuf
     Ok(Some(path))
 }
 
-/// Torrents removed in the menu whose watch-folder file should stay ignored.
+/// Torrents removed in the menu whose watch-folder files should stay ignored.
 #[derive(Debug, Default)]
 pub struct Removals {
     file: PathBuf,
-    /// Info-hash → identity of the watch-folder file it was removed with.
-    entries: BTreeMap<InfoHash, String>,
+    /// (info-hash, identity of a watch-folder file holding it), oldest first. One torrent may
+    /// have several files (copies under other names).
+    entries: Vec<(InfoHash, String)>,
 }
 
 impl Removals {
@@ -189,13 +189,13 @@ impl Removals {
         let file = state.join("removed");
         let mut r = Removals {
             file,
-            entries: BTreeMap::new(),
+            entries: Vec::new(),
         };
-        let text = match crate::read_file(&r.file, MAX_REMOVALS_FILE) {
+        let text = match crate::read_state_file(&r.file, MAX_REMOVALS_FILE) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(_) if !r.file.exists() => return r,
             Err(e) => {
-                tracing::warn!(error = %e, "removal list ignored");
+                tracing::warn!(error = %format!("{e:#}"), "removal list ignored");
                 return r;
             }
         };
@@ -210,35 +210,38 @@ impl Removals {
             };
             let mut h = [0u8; 20];
             if hex::decode_to_slice(hash, &mut h).is_ok() {
-                r.entries.insert(InfoHash(h), identity.to_string());
+                r.entries.push((InfoHash(h), identity.to_string()));
             }
         }
         r
     }
 
-    /// Whether the torrent was removed along with this version of its file.
+    /// Whether the torrent was removed along with this version of this file.
     pub fn is_removed(&self, hash: &InfoHash, identity: &str) -> bool {
-        self.entries.get(hash).is_some_and(|i| i == identity)
+        self.entries.iter().any(|(h, i)| h == hash && i == identity)
     }
 
     /// Whether the torrent is on the list at all.
     pub fn contains(&self, hash: &InfoHash) -> bool {
-        self.entries.contains_key(hash)
+        self.entries.iter().any(|(h, _)| h == hash)
     }
 
-    /// Remember a removal and save the list.
-    pub fn remember(&mut self, hash: InfoHash, identity: String) -> anyhow::Result<()> {
-        self.entries.insert(hash, identity);
-        while self.entries.len() > MAX_REMOVALS {
-            let first = *self.entries.keys().next().expect("not empty");
-            self.entries.remove(&first);
-        }
+    /// Remember a removal with the identities of every file that holds the torrent, and save
+    /// the list. Beyond [`MAX_REMOVALS`] entries the oldest go.
+    pub fn remember(&mut self, hash: InfoHash, identities: Vec<String>) -> anyhow::Result<()> {
+        self.entries.retain(|(h, _)| *h != hash);
+        self.entries
+            .extend(identities.into_iter().map(|i| (hash, i)));
+        let over = self.entries.len().saturating_sub(MAX_REMOVALS);
+        self.entries.drain(..over);
         self.save()
     }
 
-    /// Forget a removal (the file changed: it is a new add) and save the list.
+    /// Forget a removal (a file changed: it is a new add) and save the list.
     pub fn forget(&mut self, hash: &InfoHash) -> anyhow::Result<()> {
-        if self.entries.remove(hash).is_some() {
+        let before = self.entries.len();
+        self.entries.retain(|(h, _)| h != hash);
+        if self.entries.len() != before {
             self.save()?;
         }
         Ok(())
@@ -268,30 +271,38 @@ impl Removals {
     }
 }
 
-/// After the torrent from `origin` was removed in the menu: a file of `<state>/added/` is
-/// deleted; a file of the watch folder is remembered so the next start skips it.
+/// After a torrent was removed in the menu: its files in `<state>/added/` are deleted; its
+/// files in the watch folder (every copy that holds it) are remembered, so later starts skip
+/// them while they stay unchanged.
 pub fn on_removed(
     state: &Path,
     removals: &std::sync::Mutex<Removals>,
     hash: InfoHash,
-    origin: &Path,
+    origins: &[PathBuf],
 ) -> anyhow::Result<()> {
     let added = added_dir(state);
-    if origin.parent() == Some(added.as_path()) {
-        return match std::fs::remove_file(origin) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot delete {}", origin.display())),
-        };
+    let mut identities = Vec::new();
+    for origin in origins {
+        if origin.parent() == Some(added.as_path()) {
+            match std::fs::remove_file(origin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot delete {}", origin.display()))
+                }
+            }
+        } else if let Some(identity) = crate::watch::identity(origin) {
+            // A file gone already brings nothing back.
+            identities.push(identity);
+        }
     }
-    let Some(identity) = crate::watch::identity(origin) else {
-        // The file is gone already: nothing will bring the torrent back.
+    if identities.is_empty() {
         return Ok(());
-    };
+    }
     removals
         .lock()
         .map_err(|_| anyhow::anyhow!("removal list poisoned"))?
-        .remember(hash, identity)
+        .remember(hash, identities)
 }
 
 #[cfg(test)]
@@ -303,13 +314,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Removals::load(dir.path());
         let h = InfoHash([5; 20]);
-        r.remember(h, "1 2 3".into()).unwrap();
+        r.remember(h, vec!["1 2 3".into(), "5 6 7".into()]).unwrap();
         let r = Removals::load(dir.path());
         assert!(r.is_removed(&h, "1 2 3"));
+        assert!(r.is_removed(&h, "5 6 7"), "every copy is remembered");
         assert!(!r.is_removed(&h, "1 2 4"), "a changed file is a new add");
         std::fs::write(dir.path().join("removed"), b"garbage\n").unwrap();
         let r = Removals::load(dir.path());
         assert!(!r.contains(&h));
+    }
+
+    #[test]
+    fn a_removal_covers_every_copy_and_deletes_added_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(added_dir(&state)).unwrap();
+        let (a, b) = (dir.path().join("a.torrent"), dir.path().join("b.torrent"));
+        let kept = added_dir(&state).join("x.torrent");
+        for f in [&a, &b, &kept] {
+            std::fs::write(f, b"d1:xi1ee").unwrap();
+        }
+        let removals = std::sync::Mutex::new(Removals::load(&state));
+        let h = InfoHash([3; 20]);
+        on_removed(&state, &removals, h, &[a.clone(), b.clone(), kept.clone()]).unwrap();
+        assert!(!kept.exists(), "the added copy is deleted");
+        let r = Removals::load(&state);
+        for f in [&a, &b] {
+            assert!(r.is_removed(&h, &crate::watch::identity(f).unwrap()), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn the_oldest_removals_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Removals::load(dir.path());
+        for i in 0..MAX_REMOVALS as u32 + 1 {
+            let mut h = [0xffu8; 20];
+            h[..4].copy_from_slice(&i.to_be_bytes());
+            r.entries.push((InfoHash(h), "x".into()));
+        }
+        // The newest, with the smallest hash of all, stays.
+        r.remember(InfoHash([0; 20]), vec!["y".into()]).unwrap();
+        assert!(r.is_removed(&InfoHash([0; 20]), "y"));
+        assert_eq!(r.entries.len(), MAX_REMOVALS);
+        let mut first = [0xffu8; 20];
+        first[..4].copy_from_slice(&0u32.to_be_bytes());
+        assert!(!r.contains(&InfoHash(first)), "the oldest went");
     }
 
     #[tokio::test]

@@ -136,10 +136,35 @@ fn info(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Read a file we were pointed at, with context for the error line.
+/// Read a file we were pointed at, with context for the error line. Never blocks: opened
+/// `O_NONBLOCK | O_NOCTTY`, and anything but a regular file on the open descriptor (a FIFO, a
+/// device, a folder) is refused, as is a file over `max` bytes. Links are followed: the path is
+/// the user's own choice.
 pub(crate) fn read_file(path: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    read_regular(path, max, true)
+}
+
+/// [`read_file`] for the client's own files in the state folder: a link is refused too.
+pub(crate) fn read_state_file(path: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    read_regular(path, max, false)
+}
+
+fn read_regular(path: &std::path::Path, max: u64, follow: bool) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
-    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let f = std::fs::File::options()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let md = f
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    anyhow::ensure!(md.is_file(), "{} is not a regular file", path.display());
     let mut bytes = Vec::new();
     f.take(max + 1)
         .read_to_end(&mut bytes)

@@ -408,7 +408,7 @@ fn print_folder_event(ev: &FolderEvent) -> bool {
             );
             true
         }
-        FolderEvent::Duplicate { path, of, name } => emit(&[format!(
+        FolderEvent::Duplicate { path, of, name, .. } => emit(&[format!(
             "duplicate: {} holds {}, already loaded from {}",
             format::printable(&path.display().to_string()),
             format::printable(name),

@@ -601,10 +601,13 @@ pub fn parse_ratio(s: &str) -> Result<f64, String> {
     check_ratio(v, s)
 }
 
+/// Smallest ratio goal: records keep goals in thousandths.
+const MIN_SEED_RATIO: f64 = 0.001;
+
 fn check_ratio(v: f64, s: &str) -> Result<f64, String> {
-    if !v.is_finite() || !(0.0..=MAX_SEED_RATIO).contains(&v) {
+    if !v.is_finite() || !(0.0..=MAX_SEED_RATIO).contains(&v) || (v > 0.0 && v < MIN_SEED_RATIO) {
         return Err(format!(
-            "bad ratio '{s}': expected a number from 0 (no goal) to {MAX_SEED_RATIO}"
+            "bad ratio '{s}': expected 0 (no goal) or a number from {MIN_SEED_RATIO} to {MAX_SEED_RATIO}"
         ));
     }
     Ok(v)

@@ -101,8 +101,9 @@ pub async fn serve(
         watch: absolute(&s.torrents),
         downloads: absolute(&s.downloads),
     };
-    // Where each torrent came from (for removals that must hold across restarts).
-    let mut origins: HashMap<InfoHash, PathBuf> = HashMap::new();
+    // The files each torrent came from, copies included (for removals that must hold across
+    // restarts).
+    let mut origins: HashMap<InfoHash, Vec<PathBuf>> = HashMap::new();
     let mut keys = EventStream::new();
     let mut redraw = tokio::time::interval(REDRAW_INTERVAL);
     redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -120,8 +121,13 @@ pub async fn serve(
             }
             Some(ev) = folder_events.recv() => {
                 log_folder_event(&ev);
-                if let FolderEvent::Added { path, info_hash, .. } = &ev {
-                    origins.insert(*info_hash, path.clone());
+                if let FolderEvent::Added { path, info_hash, .. }
+                | FolderEvent::Duplicate { path, info_hash, .. } = &ev
+                {
+                    let files = origins.entry(*info_hash).or_default();
+                    if !files.contains(path) {
+                        files.push(path.clone());
+                    }
                 }
                 app.on_folder_event(&ev);
             }
@@ -240,7 +246,7 @@ fn start_action(
     action: Action,
     running: &Running,
     shown: &[TorrentStatus],
-    origins: &HashMap<InfoHash, PathBuf>,
+    origins: &HashMap<InfoHash, Vec<PathBuf>>,
     actions: &mut JoinSet<String>,
     app: &mut App,
 ) {
@@ -301,49 +307,34 @@ fn start_action(
         Action::Remove(h) => {
             let name = name_of(h);
             app.message = Some(format!("removing {name}"));
-            let origin = origins.get(&h).cloned();
-            let state = running.state.clone();
-            let removals = running.removals.clone();
+            let forget = forget_sources(running, origins, h);
             actions.spawn(async move {
                 if !session.remove(h).await {
                     return format!("{name} was already removed");
                 }
-                // Stays removed at the next start, though its file is still there.
-                if let Some(origin) = origin {
-                    let kept = tokio::task::spawn_blocking(move || {
-                        library::on_removed(&state, &removals, h, &origin)
-                    })
-                    .await;
-                    if let Ok(Err(e)) | Err(e) = kept.map_err(anyhow::Error::from) {
-                        return format!(
-                            "removed {name}, but it may come back at the next start: {e:#}"
-                        );
+                match forget.await {
+                    Ok(()) => format!("removed {name} (data kept)"),
+                    Err(e) => {
+                        format!("removed {name}, but it may come back at the next start: {e:#}")
                     }
                 }
-                format!("removed {name} (data kept)")
             });
         }
         Action::RemoveWithData(h) => {
             let name = name_of(h);
             app.message = Some(format!("removing {name} and its data"));
-            let origin = origins.get(&h).cloned();
-            let state = running.state.clone();
-            let removals = running.removals.clone();
+            let forget = forget_sources(running, origins, h);
             actions.spawn(async move {
-                let deleted = match session.remove_with_data(h).await {
+                let deleted = session.remove_with_data(h).await;
+                // Out of the session whatever the deletion did: it must not come back.
+                if let Err(e) = forget.await {
+                    tracing::warn!(%name, error = %format!("{e:#}"), "removal not remembered");
+                }
+                let deleted = match deleted {
                     Ok(Some(d)) => d,
                     Ok(None) => return format!("{name} was already removed"),
-                    Err(e) => return format!("{name}: data not deleted: {e}"),
+                    Err(e) => return format!("removed {name}; its data was not deleted: {e}"),
                 };
-                if let Some(origin) = origin {
-                    let kept = tokio::task::spawn_blocking(move || {
-                        library::on_removed(&state, &removals, h, &origin)
-                    })
-                    .await;
-                    if let Ok(Err(e)) | Err(e) = kept.map_err(anyhow::Error::from) {
-                        tracing::warn!(%name, error = %format!("{e:#}"), "removal not remembered");
-                    }
-                }
                 for (path, why) in &deleted.kept {
                     tracing::info!(path = %path.display(), %why, "kept");
                 }
@@ -428,5 +419,25 @@ fn start_action(
             });
         }
         Action::Quit | Action::ForceQuit => {}
+    }
+}
+
+/// Make a removal hold across restarts: delete the torrent's files in `<state>/added/`, and
+/// remember its watch-folder files (see [`library::on_removed`]). Runs when awaited, on the
+/// blocking pool.
+fn forget_sources(
+    running: &Running,
+    origins: &HashMap<InfoHash, Vec<PathBuf>>,
+    h: InfoHash,
+) -> impl std::future::Future<Output = anyhow::Result<()>> {
+    let files = origins.get(&h).cloned().unwrap_or_default();
+    let state = running.state.clone();
+    let removals = running.removals.clone();
+    async move {
+        if files.is_empty() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || library::on_removed(&state, &removals, h, &files))
+            .await?
     }
 }

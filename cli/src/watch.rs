@@ -63,6 +63,8 @@ pub enum FolderEvent {
     Duplicate {
         /// The file.
         path: PathBuf,
+        /// The torrent both files hold.
+        info_hash: InfoHash,
         /// The file it was first loaded from.
         of: PathBuf,
         /// Torrent name.
@@ -351,7 +353,12 @@ impl WatchFolder {
                     _ => {
                         let of = owner.unwrap_or_else(|| PathBuf::from("(already loaded)"));
                         self.flagged.insert(path.clone());
-                        events.push(FolderEvent::Duplicate { path, of, name });
+                        events.push(FolderEvent::Duplicate {
+                            path,
+                            info_hash: h,
+                            of,
+                            name,
+                        });
                     }
                 }
                 let _ = hash;

@@ -288,14 +288,16 @@ fn a_torrent_error_is_one_error_line_in_headless_mode() {
 fn other_commands_still_end_on_a_stop_signal() {
     use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
-    // `info` of a FIFO nobody writes to waits in open() until stopped.
-    let fifo = dir.path().join("pipe.torrent");
-    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
-    assert!(made.success());
+    // `add` of a URL whose server never answers waits (up to its 30 s timeout) until stopped.
+    // The kernel completes the connection from the listen backlog; nobody reads it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/x.torrent", silent.local_addr().unwrap());
     for (signal, number) in [("-INT", 2), ("-TERM", 15)] {
         let mut child = bin()
-            .arg("info")
-            .arg(&fifo)
+            .arg("add")
+            .arg("--downloads")
+            .arg(dir.path())
+            .arg(&url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -315,10 +317,33 @@ fn other_commands_still_end_on_a_stop_signal() {
             if start.elapsed() > Duration::from_secs(20) {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("`info` ignored {signal}");
+                panic!("`add` ignored {signal}");
             }
             std::thread::sleep(Duration::from_millis(20));
         };
         assert_eq!(status.signal(), Some(number), "{status}");
+    }
+    // A FIFO given to `info` or `add` is refused at once (it would wait for a writer forever).
+    let fifo = dir.path().join("pipe.torrent");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for args in [
+        vec!["info"],
+        vec!["add", "--downloads", dir.path().to_str().unwrap()],
+    ] {
+        let out = bin()
+            .args(&args)
+            .arg(&fifo)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("not a regular file"),
+            "{stderr}"
+        );
     }
 }

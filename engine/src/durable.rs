@@ -1,6 +1,7 @@
 //! Durable small files in the state folder (kept metadata, torrent records): written whole to
 //! a temporary file beside the target, fsynced, renamed over it, and the folder fsynced, so a
-//! crash leaves either the old file or the new one, never a torn mix.
+//! crash leaves either the old file or the new one, never a torn mix. Read back with
+//! [`read_state_file`], which never blocks on whatever was put in the file's place.
 
 use std::io::Write;
 use std::path::Path;
@@ -32,6 +33,33 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Read a small file of the state folder: at most `max + 1` bytes (more than `max` tells the
+/// caller the file is over its cap without reading all of it); `Ok(None)` if it is missing.
+/// Never blocks and never follows a link: opened `O_NONBLOCK | O_NOFOLLOW | O_NOCTTY`, and
+/// anything but a regular file on the open descriptor (a FIFO planted there would otherwise
+/// stall the caller, and with it the session) is `InvalidData`.
+pub(crate) fn read_state_file(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    if !file.metadata()?.file_type().is_file() {
+        return Err(invalid("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
 /// [`write_atomic`] on tokio's blocking pool.
 pub(crate) async fn write_atomic_async(
     path: std::path::PathBuf,
@@ -58,5 +86,37 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("x.record")]);
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_or_a_link_in_place_of_a_state_file_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.record");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo (coreutils) runs");
+        assert!(made.success());
+        let e = read_state_file(&fifo, 100).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"abc").unwrap();
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(read_state_file(&link, 100).is_err());
+        assert_eq!(read_state_file(&target, 3).unwrap().unwrap(), b"abc");
+        assert_eq!(
+            read_state_file(&target, 1).unwrap().unwrap(),
+            b"ab",
+            "over the cap"
+        );
+        assert!(read_state_file(&dir.path().join("none"), 2)
+            .unwrap()
+            .is_none());
     }
 }

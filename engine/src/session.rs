@@ -742,7 +742,9 @@ fn queue_order(torrents: &HashMap<InfoHash, Entry>) -> Vec<(InfoHash, &Entry)> {
 
 /// What slot a torrent wants, from its published state.
 fn queue_kind(s: &TorrentStatus) -> QueueKind {
-    let complete = s.pieces_total > 0 && s.pieces_have == s.pieces_total;
+    // Complete for the user: every wanted piece is in (files may be skipped; a magnet
+    // without metadata knows no pieces and is a download).
+    let complete = s.pieces_total > 0 && s.wanted_have_bytes >= s.wanted_bytes;
     match s.state {
         TorrentState::FetchingMetadata | TorrentState::Downloading => QueueKind::Download,
         TorrentState::Seeding => QueueKind::Seed,
@@ -1046,7 +1048,16 @@ mod tests {
         // metadata (no pieces known) is a download.
         assert_eq!(kind(&s, TorrentState::Queued), QueueKind::Download);
         s.pieces_have = 4;
+        s.wanted_have_bytes = 100;
         assert_eq!(kind(&s, TorrentState::Queued), QueueKind::Seed);
+        // Files skipped: complete once the wanted pieces are in, though others are missing
+        // (counted as a download, it would take a download slot, seed, and flap).
+        s.pieces_have = 2;
+        s.wanted_bytes = 50;
+        s.wanted_have_bytes = 50;
+        assert_eq!(kind(&s, TorrentState::Queued), QueueKind::Seed);
+        s.wanted_have_bytes = 25;
+        assert_eq!(kind(&s, TorrentState::Queued), QueueKind::Download);
         let magnet = TorrentStatus::new("m".into(), InfoHash([2; 20]), 0, 0);
         assert_eq!(kind(&magnet, TorrentState::Queued), QueueKind::Download);
     }

@@ -23,8 +23,9 @@
 //! never finalized: pieces it shares with wanted files are written to its part file under the
 //! state folder, and stay there even when all its pieces are complete. A skipped empty file is
 //! not created. Un-skipped, it is finalized (or created) at once if complete. Someone's file at
-//! a skipped file's final path is neither adopted nor moved after a recheck (a piece it shares
-//! with a wanted file is still compared with it, as for any file we did not write).
+//! a skipped file's final path is not looked at (the user chose not to have that file: pieces
+//! it shares with wanted files go to its part file), neither adopted nor moved; un-skipping the
+//! file later meets it like any file found in the way.
 //!
 //! ## Data the client did not write
 //!
@@ -460,6 +461,37 @@ impl Inner {
         let skipped: Vec<bool> = (0..finals.len())
             .map(|i| spec.skipped_files.get(i).copied().unwrap_or(false))
             .collect();
+        // Someone's file at a skipped file's final path: neither ours nor wanted, so it is
+        // not looked at (comparing pieces shared with wanted files against it would stop the
+        // torrent over a file the user chose not to have). The bytes we keep of a skipped file
+        // live in its part file, if any.
+        let mut ignored_final = false;
+        for i in 0..finals.len() {
+            if skipped[i]
+                && !trusted[i]
+                && layout.files[i].length > 0
+                && observed[i].location == Location::Final
+            {
+                observed[i] = match stat(&part_at(i))? {
+                    Some(m) => Observed {
+                        location: Location::Part,
+                        stamp: Stamp::of(&m),
+                        both: false,
+                    },
+                    None => Observed {
+                        location: Location::Absent,
+                        stamp: Stamp::default(),
+                        both: false,
+                    },
+                };
+                ignored_final = true;
+            }
+        }
+        if ignored_final {
+            if let Some((b, bf)) = &record {
+                trusted = file_trust(&layout, b, bf, &observed, legacy);
+            }
+        }
         let adopted: Vec<bool> = (0..finals.len())
             .map(|i| {
                 trusted[i]

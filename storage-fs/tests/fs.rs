@@ -1446,11 +1446,51 @@ async fn a_users_file_at_a_skipped_files_path_is_neither_adopted_nor_moved() {
     }
     assert!(!s.is_finalized(1), "a skipped file is not taken as ours");
     assert_eq!(inode(&c.dl("t/s")), ino);
-    assert!(!exists(&c.part(1)), "nor moved into the incomplete area");
+    assert_eq!(
+        fs::read(c.dl("t/s")).unwrap(),
+        c.file_bytes(1),
+        "nor changed"
+    );
+    // Its bytes from pieces shared with wanted files go to its own part file, as for any
+    // skipped file: the user's file is not moved there.
+    assert!(
+        !exists(&c.part(1)) || inode(&c.part(1)) != ino,
+        "nor moved into the incomplete area"
+    );
     s.flush().await.unwrap();
     drop(s);
     let deleted = FsBackend::new().delete_data(c.spec.clone()).await.unwrap();
     assert_eq!(fs::read(c.dl("t/s")).unwrap(), c.file_bytes(1));
     assert!(!exists(&c.dl("t/a")) && !exists(&c.dl("t/b")));
     assert_eq!(deleted.kept.len(), 1, "{:?}", deleted.kept);
+}
+
+/// Review finding: skipping a file because you already have your own (different) copy of it
+/// must not stop the torrent; your file stays as it is.
+#[tokio::test]
+async fn a_different_file_of_yours_at_a_skipped_path_does_not_stop_the_download() {
+    let c = with_skipped();
+    fs::create_dir_all(c.dl("t")).unwrap();
+    fs::write(
+        c.dl("t/s"),
+        b"my own notes, nothing like the torrent's bytes",
+    )
+    .unwrap();
+    let ino = inode(&c.dl("t/s"));
+    let s = c.open().await;
+    c.recheck(&*s).await;
+    for p in 0..4 {
+        c.complete(&*s, p).await;
+    }
+    assert!(
+        s.is_finalized(0) && s.is_finalized(3),
+        "the wanted files are done"
+    );
+    assert!(!s.is_finalized(1));
+    assert_eq!(inode(&c.dl("t/s")), ino);
+    assert_eq!(
+        fs::read(c.dl("t/s")).unwrap(),
+        b"my own notes, nothing like the torrent's bytes"
+    );
+    s.flush().await.unwrap();
 }

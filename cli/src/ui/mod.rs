@@ -280,11 +280,15 @@ fn draw_problems(f: &mut Frame, area: Rect, app: &App, problems: &[Problem]) {
         .map(|p| wrap(&format!("{}: {}", p.tag, p.text), inner.saturating_sub(2)))
         .collect();
     // From the chosen problem on; near the end, earlier ones fill the screen.
-    let mut first = app.problem_row.min(problems.len().saturating_sub(1));
     let rows_from = |i: usize| wrapped[i..].iter().map(Vec::len).sum::<usize>();
-    while first > 0 && rows_from(first - 1) <= height {
-        first -= 1;
+    // The last screenful starts here: scrolling further shows nothing new.
+    let mut last_first = problems.len().saturating_sub(1);
+    while last_first > 0 && rows_from(last_first - 1) <= height {
+        last_first -= 1;
     }
+    let (help_end, _) = app.scroll_ends.get();
+    app.scroll_ends.set((help_end, last_first));
+    let first = app.problem_row.min(last_first);
     let mut lines: Vec<Line> = Vec::new();
     let mut shown = 0;
     for (p, body) in problems.iter().zip(&wrapped).skip(first) {
@@ -347,7 +351,10 @@ fn help_lines(width: usize) -> Vec<Line<'static>> {
 fn draw_help(f: &mut Frame, area: Rect, app: &App) {
     let lines = help_lines(area.width.saturating_sub(2) as usize);
     let height = area.height.saturating_sub(2) as usize;
-    let first = app.help_row.min(lines.len().saturating_sub(height.max(1)));
+    let last_first = lines.len().saturating_sub(height.max(1));
+    let (_, problems_end) = app.scroll_ends.get();
+    app.scroll_ends.set((last_first, problems_end));
+    let first = app.help_row.min(last_first);
     let shown = lines.len().saturating_sub(first).min(height);
     f.render_widget(
         Paragraph::new(lines.clone())

@@ -347,6 +347,7 @@ fn problems_are_counted_apart_and_all_reachable() {
     }
     app.on_folder_event(&FolderEvent::Duplicate {
         path: PathBuf::from("/w/copy.torrent"),
+        info_hash: InfoHash([7; 20]),
         of: PathBuf::from("/w/ubuntu.torrent"),
         name: "ubuntu.iso".into(),
     });
@@ -438,6 +439,12 @@ fn help_lists_every_key_and_scrolls_on_a_small_screen() {
             assert!(seen.contains(k), "help misses {k:?}\n{seen}");
         }
     }
+    // From the end, one key up moves one line up (the end is where the drawing stopped).
+    app.on_key(key(KeyCode::End), &ts);
+    let end = screen(&render(&mut app, &mut ts, 60, 15));
+    app.on_key(key(KeyCode::Up), &ts);
+    let up = screen(&render(&mut app, &mut ts, 60, 15));
+    assert_ne!(end, up, "scrolled up from the end");
     app.on_key(key(KeyCode::Esc), &ts);
     assert_eq!(app.view, View::List);
 }

@@ -10,7 +10,6 @@
 //! a late write of an older snapshot never replaces a newer one, and nothing is written after
 //! the session forgot the torrent (`Session::remove`).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -129,8 +128,10 @@ impl TorrentRecord {
             ratio_goal_milli: match self.goals.ratio {
                 Goal::Global => None,
                 Goal::Off => Some(GOAL_OFF),
+                // Never 0 for a goal (0 would read back as "reached at once"): the smallest kept
+                // goal is 1/RATIO_SCALE.
                 Goal::Value(r) => {
-                    Some((r * RATIO_SCALE).round().clamp(0.0, i64::MAX as f64) as i64)
+                    Some((r * RATIO_SCALE).round().clamp(1.0, i64::MAX as f64) as i64)
                 }
             },
             time_goal_secs: match self.goals.time {
@@ -214,16 +215,10 @@ pub(crate) fn record_path(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
 
 /// Read a record (blocking; small and capped). `Ok(None)`: there is none.
 pub(crate) fn read(path: &Path) -> Result<Option<TorrentRecord>, RecordError> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let mut bytes = Vec::new();
-    // One byte over the cap tells an oversized file without reading all of it.
-    file.take(MAX_RECORD_SIZE as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    TorrentRecord::decode(&bytes).map(Some)
+    match crate::durable::read_state_file(path, MAX_RECORD_SIZE as u64)? {
+        Some(bytes) => TorrentRecord::decode(&bytes).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Order of writes to one record file.
