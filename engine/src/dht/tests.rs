@@ -89,8 +89,15 @@ async fn a_restart_bootstraps_from_the_saved_nodes() {
     let b = node(5, Bootstrap::Nobody, None).await;
     let a = node(6, from(&b), Some(state.clone())).await;
     assert!(a.bootstrapped().await);
-    let extra: SocketAddr = "127.0.0.9:7000".parse().expect("literal");
-    a.add_node(extra);
+    // A node added at run time is saved once it answered.
+    let extra = node(9, Bootstrap::Nobody, None).await;
+    a.add_node(extra.local_addr());
+    for _ in 0..100 {
+        if a.node_count().await >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     a.shutdown().await.expect("state file written");
 
     let text = std::fs::read_to_string(&state).expect("state file exists");
@@ -100,7 +107,12 @@ async fn a_restart_bootstraps_from_the_saved_nodes() {
         SocketAddr::V6(_) => unreachable!("the DHT is IPv4 only"),
     };
     assert!(saved.contains(&b_addr), "{saved:?}");
-    assert!(saved.contains(&"127.0.0.9:7000".parse().expect("literal")));
+    let extra_addr = match extra.local_addr() {
+        SocketAddr::V4(v4) => v4,
+        SocketAddr::V6(_) => unreachable!("the DHT is IPv4 only"),
+    };
+    assert!(saved.contains(&extra_addr), "{saved:?}");
+    extra.shutdown().await.expect("no state file");
     let leftovers: Vec<_> = std::fs::read_dir(state.parent().expect("has a parent"))
         .expect("dir")
         .filter_map(Result::ok)
@@ -178,33 +190,54 @@ fn state_is_capped() {
     assert_eq!(parse_state(&long).len(), MAX_SAVED_NODES);
 }
 
-#[test]
-fn add_node_keeps_the_newest_distinct_ipv4_nodes() {
-    // add_node touches no socket; the bookkeeping is checked on the queue directly.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let mut cfg = DhtConfig::new(on(10));
-        cfg.bootstrap = Bootstrap::Nobody;
-        let a = Dht::start(cfg).await.expect("start");
-        a.add_node("[::1]:6881".parse().expect("literal"));
-        a.add_node("10.0.0.1:0".parse().expect("literal"));
-        for i in 0..MAX_SAVED_NODES as u32 + 3 {
-            a.add_node(SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i), 6881)));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_node_joins_the_running_table() {
+    let b = node(20, Bootstrap::Nobody, None).await;
+    let a = node(21, Bootstrap::Nobody, None).await;
+    assert!(!a.bootstrapped().await, "nobody to bootstrap from");
+    assert_eq!(a.node_count().await, 0);
+    a.add_node("[::1]:6881".parse().expect("literal"));
+    a.add_node(b.local_addr());
+    // The ping's answer arrives within the query timeout; poll the count, bounded.
+    let mut count = 0;
+    for _ in 0..100 {
+        count = a.node_count().await;
+        if count > 0 {
+            break;
         }
-        a.add_node(SocketAddr::from((Ipv4Addr::from(0x0a00_0005), 6881)));
-        {
-            let added = lock(&a.added);
-            assert_eq!(added.len(), MAX_SAVED_NODES);
-            assert_eq!(
-                added.front(),
-                Some(&SocketAddrV4::new(Ipv4Addr::from(0x0a00_0003), 6881))
-            );
-        }
-        a.shutdown().await.expect("no state file");
-    });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count, 1, "B answered A's ping and is in A's table");
+    for n in [a, b] {
+        n.shutdown().await.expect("no state file");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_nodes_find_what_each_other_announced() {
+    let first = node(30, Bootstrap::Nobody, None).await;
+    let mut nodes = Vec::new();
+    for n in 31..38 {
+        let d = node(n, from(&first), None).await;
+        assert!(d.bootstrapped().await, "node {n} joins");
+        nodes.push(d);
+    }
+    // Each of the seven announces its own torrent; then each finds every other's.
+    let hash = |n: usize| InfoHash([0x10 + n as u8; 20]);
+    for (i, d) in nodes.iter().enumerate() {
+        collect(d.get_peers(hash(i), Some(7000 + i as u16))).await;
+    }
+    for (i, d) in nodes.iter().enumerate() {
+        let j = (i + 3) % nodes.len();
+        let found = collect(d.get_peers(hash(j), None)).await;
+        let want = SocketAddr::from(([127, 0, 0, 31 + j as u8], 7000 + j as u16));
+        assert_eq!(found, vec![want], "node {i} looking for node {j}'s torrent");
+    }
+    let from_first = collect(first.get_peers(hash(0), None)).await;
+    assert_eq!(from_first, vec![SocketAddr::from(([127, 0, 0, 31], 7000))]);
+    for d in nodes.into_iter().chain([first]) {
+        d.shutdown().await.expect("no state file");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
