@@ -31,7 +31,7 @@ pub const MAX_DATAGRAM: usize = 2048;
 pub const MAX_TID_LEN: usize = 16;
 
 /// Longest write token accepted. BEP 5 leaves the form to the node; libtorrent's are 4 bytes,
-/// ours 20 (a SHA-1).
+/// ours 8 (`node::TOKEN_LEN`).
 pub const MAX_TOKEN_LEN: usize = 64;
 
 /// Contacts read from one `nodes` string. K = 8 is what BEP 5 responders send; a few send 16.

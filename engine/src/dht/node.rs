@@ -87,6 +87,10 @@ pub const MAINTENANCE: Duration = Duration::from_secs(15);
 /// Questionable nodes pinged per maintenance round.
 const PINGS_PER_ROUND: usize = 4;
 
+/// Bytes of SHA-1(secret, IP) given as a write token: 64 bits cannot be guessed within a
+/// token's 10-minute life, and short tokens keep answers small (libtorrent's are 4 bytes).
+pub const TOKEN_LEN: usize = 8;
+
 /// Tunables of a [`Node`].
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -671,7 +675,7 @@ impl Node {
             IpAddr::V4(v4) => h.update(v4.octets()),
             IpAddr::V6(v6) => h.update(v6.octets()),
         }
-        h.finalize().to_vec()
+        h.finalize()[..TOKEN_LEN].to_vec()
     }
 
     fn token_ok(&self, token: &[u8], ip: &IpAddr) -> bool {
