@@ -269,3 +269,36 @@ async fn hostile_datagrams_do_not_stop_the_node() {
         n.shutdown().await.expect("no state file");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_byte_transaction_id_is_answered_over_the_socket() {
+    let b = node(22, Bootstrap::Nobody, None).await;
+    let client = UdpSocket::bind(on(23)).expect("bind");
+    // A bound on a lost datagram only; the answer normally comes in microseconds.
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let query = krpc::encode_query(
+        b"\x8a\x03",
+        &krpc::Id([0x33; 20]),
+        &krpc::Query::GetPeers {
+            info_hash: krpc::Id([0x44; 20]),
+        },
+        true,
+    );
+    client.send_to(&query, b.local_addr()).expect("send");
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 2048];
+        let (n, _) = client.recv_from(&mut buf).expect("an answer");
+        buf[..n].to_vec()
+    })
+    .await
+    .expect("join");
+    let m = krpc::decode(&reply).expect("a well-formed answer");
+    assert_eq!(m.tid, b"\x8a\x03");
+    let krpc::Body::Response(r) = m.body else {
+        panic!("a response, not {:?}", m.body)
+    };
+    assert!(r.id.is_some() && r.token.is_some());
+    b.shutdown().await.expect("no state file");
+}
