@@ -487,3 +487,48 @@ fn cancelled_and_excess_lookups_are_bounded() {
     );
     assert!(n.pending.len() <= MAX_IN_FLIGHT);
 }
+
+#[test]
+fn quiet_nodes_are_pinged_and_stale_buckets_refreshed() {
+    let t0 = Instant::now();
+    let mut net = Net::new(30);
+    let mut n = Node::new(config(), t0, 9);
+    n.bootstrap(vec![net.nodes[0].1], t0);
+    let (_, t1) = run(&mut n, &mut net, t0, t0 + Duration::from_secs(10));
+    let known = n.node_count(t1);
+    assert!(known > 0);
+    // Nothing due yet: a maintenance round sends nothing while every node is good.
+    let soon = t1 + MAINTENANCE;
+    n.handle_timeout(soon);
+    assert!(sent(&mut n).is_empty());
+    // Fifteen quiet minutes later: pings for questionable nodes, a find_node to refresh.
+    let later = t1 + crate::dht::table::GOOD_FOR + MAINTENANCE;
+    n.handle_timeout(later);
+    let out = sent(&mut n);
+    let pings = out
+        .iter()
+        .filter(|(_, m)| {
+            matches!(
+                m.body,
+                Body::Query {
+                    query: Query::Ping,
+                    ..
+                }
+            )
+        })
+        .count();
+    let refresh = out
+        .iter()
+        .filter(|(_, m)| {
+            matches!(
+                m.body,
+                Body::Query {
+                    query: Query::FindNode { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(pings, PINGS_PER_ROUND.min(known), "{out:?}");
+    assert!(refresh >= 1, "{out:?}");
+}
