@@ -12,10 +12,12 @@
 //!   never make the decoder allocate more than a few times its own size.
 //! - Lists from the wire are capped, not rejected: at most [`MAX_NODES`] contacts and
 //!   [`MAX_VALUES`] peers are read from one response; the rest is ignored.
-//! - IPv4 only: `nodes6` and 18-byte `values` (BEP 32) are skipped, never an error.
+//! - IPv6 (BEP 32): `nodes6` (38-byte entries) and 18-byte `values` are read beside `nodes` and
+//!   6-byte values; a query's `want` (`n4`, `n6`) is reported as is. We never send `want`: each
+//!   family is queried on its own socket.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde_bencode::value::Value;
 
@@ -55,8 +57,14 @@ pub const ID_LEN: usize = 20;
 /// Compact node info: 20-byte id, 4-byte IPv4, 2-byte port (BEP 5).
 const COMPACT_NODE_LEN: usize = 26;
 
+/// Compact IPv6 node info: 20-byte id, 16-byte IPv6, 2-byte port (BEP 32).
+const COMPACT_NODE6_LEN: usize = 38;
+
 /// Compact peer info: 4-byte IPv4, 2-byte port (BEP 5).
 const COMPACT_PEER_LEN: usize = 6;
+
+/// Compact IPv6 peer info: 16-byte IPv6, 2-byte port (BEP 32).
+const COMPACT_PEER6_LEN: usize = 18;
 
 /// A 160-bit DHT id (node id, info-hash or lookup target).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,8 +107,17 @@ impl Id {
 pub struct Contact {
     /// Its node id.
     pub id: Id,
-    /// Where it listens.
-    pub addr: SocketAddrV4,
+    /// Where it listens (IPv4 from `nodes`, IPv6 from `nodes6`).
+    pub addr: SocketAddr,
+}
+
+/// BEP 32 `want`: which families of nodes the querier asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Want {
+    /// `n4`: IPv4 nodes.
+    pub v4: bool,
+    /// `n6`: IPv6 nodes.
+    pub v6: bool,
 }
 
 /// The four BEP 5 queries, and any other method (answered with error 204).
@@ -139,10 +156,11 @@ pub enum Query {
 pub struct Response {
     /// The responder's id.
     pub id: Option<Id>,
-    /// Closer nodes (`nodes`), at most [`MAX_NODES`].
+    /// Closer nodes: IPv4 ones from `nodes`, IPv6 ones from `nodes6`, at most [`MAX_NODES`] of
+    /// each.
     pub nodes: Vec<Contact>,
-    /// Peers (`values`), IPv4 only, at most [`MAX_VALUES`].
-    pub values: Vec<SocketAddrV4>,
+    /// Peers (`values`, 6-byte IPv4 or 18-byte IPv6 entries), at most [`MAX_VALUES`].
+    pub values: Vec<SocketAddr>,
     /// The write token of a `get_peers` response.
     pub token: Option<Vec<u8>>,
 }
@@ -158,6 +176,8 @@ pub enum Body {
         query: Query,
         /// BEP 43: the querier is read-only (never put it in a routing table).
         read_only: bool,
+        /// BEP 32: the node families asked for (`None`: the query's own family).
+        want: Option<Want>,
     },
     /// A response; its `id` is checked by the caller (a response without one is useless but
     /// still ends the transaction).
@@ -322,10 +342,21 @@ fn decode_query(top: &Dict) -> Result<Body, &'static str> {
         other => Query::Unknown(other[..other.len().min(32)].to_vec()),
     };
     let read_only = int(top, "ro") == Some(1);
+    let want = match get(args, "want") {
+        Some(Value::List(l)) => {
+            let has = |w: &[u8]| l.iter().any(|v| matches!(v, Value::Bytes(b) if b == w));
+            Some(Want {
+                v4: has(b"n4"),
+                v6: has(b"n6"),
+            })
+        }
+        _ => None,
+    };
     Ok(Body::Query {
         id,
         query,
         read_only,
+        want,
     })
 }
 
@@ -334,27 +365,28 @@ fn decode_response(r: &Dict) -> Result<Response, &'static str> {
         Some(b) => Some(Id::from_slice(b).ok_or("response id is not 20 bytes")?),
         None => None,
     };
-    let nodes = match bytes(r, "nodes") {
-        Some(n) if n.len() % COMPACT_NODE_LEN != 0 => return Err("nodes not a multiple of 26"),
-        Some(n) => n
-            .chunks_exact(COMPACT_NODE_LEN)
-            .take(MAX_NODES)
-            .filter_map(|c| {
+    let mut nodes = Vec::new();
+    for (key, len, reason) in [
+        ("nodes", COMPACT_NODE_LEN, "nodes not a multiple of 26"),
+        ("nodes6", COMPACT_NODE6_LEN, "nodes6 not a multiple of 38"),
+    ] {
+        match bytes(r, key) {
+            Some(n) if n.len() % len != 0 => return Err(reason),
+            Some(n) => nodes.extend(n.chunks_exact(len).take(MAX_NODES).filter_map(|c| {
                 let id = Id::from_slice(&c[..ID_LEN])?;
                 Some(Contact {
                     id,
                     addr: compact_peer(&c[ID_LEN..])?,
                 })
-            })
-            .collect(),
-        None => Vec::new(),
-    };
+            })),
+            None => {}
+        }
+    }
     let values = match get(r, "values") {
         Some(Value::List(l)) => l
             .iter()
             .filter_map(|v| match v {
-                // 18-byte IPv6 values (BEP 32) and junk are skipped.
-                Value::Bytes(b) if b.len() == COMPACT_PEER_LEN => compact_peer(b),
+                Value::Bytes(b) => compact_peer(b),
                 _ => None,
             })
             .take(MAX_VALUES)
@@ -374,16 +406,29 @@ fn decode_response(r: &Dict) -> Result<Response, &'static str> {
     })
 }
 
-/// A compact IPv4 peer; `None` for port 0 or the unspecified address (nobody listens there).
-fn compact_peer(b: &[u8]) -> Option<SocketAddrV4> {
-    let [a, b2, c, d, p1, p2] = <[u8; COMPACT_PEER_LEN]>::try_from(b).ok()?;
-    let ip = Ipv4Addr::new(a, b2, c, d);
-    let port = u16::from_be_bytes([p1, p2]);
-    (port != 0 && !ip.is_unspecified()).then_some(SocketAddrV4::new(ip, port))
+/// A compact peer: 6 bytes IPv4 or 18 bytes IPv6 (BEP 32), port last; `None` for another length,
+/// port 0 or the unspecified address (nobody listens there).
+fn compact_peer(b: &[u8]) -> Option<SocketAddr> {
+    let (ip, port) = match b.len() {
+        COMPACT_PEER_LEN => {
+            let o: [u8; 4] = b[..4].try_into().ok()?;
+            (IpAddr::V4(Ipv4Addr::from(o)), &b[4..])
+        }
+        COMPACT_PEER6_LEN => {
+            let o: [u8; 16] = b[..16].try_into().ok()?;
+            (IpAddr::V6(Ipv6Addr::from(o)), &b[16..])
+        }
+        _ => return None,
+    };
+    let port = u16::from_be_bytes([port[0], port[1]]);
+    (port != 0 && !ip.is_unspecified()).then_some(SocketAddr::new(ip, port))
 }
 
-fn compact(addr: &SocketAddrV4) -> Vec<u8> {
-    let mut v = addr.ip().octets().to_vec();
+fn compact(addr: &SocketAddr) -> Vec<u8> {
+    let mut v = match addr.ip() {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
     v.extend_from_slice(&addr.port().to_be_bytes());
     v
 }
@@ -448,13 +493,20 @@ pub fn encode_query(tid: &[u8], id: &Id, query: &Query, read_only: bool) -> Vec<
 pub fn encode_response(tid: &[u8], id: &Id, r: &Response) -> Vec<u8> {
     let mut body = Dict::new();
     body.insert(key("id"), b(&id.0));
-    if !r.nodes.is_empty() {
-        let mut nodes = Vec::with_capacity(r.nodes.len().min(MAX_NODES) * COMPACT_NODE_LEN);
-        for c in r.nodes.iter().take(MAX_NODES) {
+    for (name, v6) in [("nodes", false), ("nodes6", true)] {
+        let mut nodes = Vec::new();
+        for c in r
+            .nodes
+            .iter()
+            .filter(|c| c.addr.is_ipv6() == v6)
+            .take(MAX_NODES)
+        {
             nodes.extend_from_slice(&c.id.0);
             nodes.extend_from_slice(&compact(&c.addr));
         }
-        body.insert(key("nodes"), Value::Bytes(nodes));
+        if !nodes.is_empty() {
+            body.insert(key(name), Value::Bytes(nodes));
+        }
     }
     if !r.values.is_empty() {
         let values = r
@@ -539,7 +591,8 @@ mod tests {
                         Body::Query {
                             id: ID,
                             query: q.clone(),
-                            read_only: ro
+                            read_only: ro,
+                            want: None,
                         }
                     );
                 }
@@ -558,9 +611,45 @@ mod tests {
             Body::Query {
                 id: ID,
                 query: Query::GetPeers { info_hash: HASH },
-                read_only: false
+                read_only: false,
+                want: None,
             }
         );
+    }
+
+    #[test]
+    fn ipv6_nodes_values_and_want_are_read() {
+        let r = Response {
+            id: Some(ID),
+            nodes: vec![
+                Contact {
+                    id: HASH,
+                    addr: "127.0.0.5:7000".parse().expect("literal"),
+                },
+                Contact {
+                    id: ID,
+                    addr: "[::1]:7001".parse().expect("literal"),
+                },
+            ],
+            values: vec![
+                "10.1.2.3:6881".parse().expect("literal"),
+                "[2001:db8::1]:6882".parse().expect("literal"),
+            ],
+            token: None,
+        };
+        let bytes = encode_response(b"6", &ID, &r);
+        assert!(bytes.windows(6).any(|w| w == b"nodes6"));
+        assert_eq!(decode(&bytes).expect("decodes").body, Body::Response(r));
+
+        let mut q = b"d1:ad2:id20:".to_vec();
+        q.extend_from_slice(&ID.0);
+        q.extend_from_slice(b"6:target20:");
+        q.extend_from_slice(&HASH.0);
+        q.extend_from_slice(b"4:wantl2:n42:n6ee1:q9:find_node1:t2:aa1:y1:qe");
+        let Body::Query { want, .. } = decode(&q).expect("decodes").body else {
+            panic!("a query")
+        };
+        assert_eq!(want, Some(Want { v4: true, v6: true }));
     }
 
     #[test]
@@ -594,11 +683,11 @@ mod tests {
             nodes: (0..40u32)
                 .map(|i| Contact {
                     id: HASH,
-                    addr: SocketAddrV4::new(Ipv4Addr::from(0x0a00_0001 + i), 1),
+                    addr: SocketAddr::from((Ipv4Addr::from(0x0a00_0001 + i), 1)),
                 })
                 .collect(),
             values: (0..300u32)
-                .map(|i| SocketAddrV4::new(Ipv4Addr::from(0x0a00_0001 + i), 1))
+                .map(|i| SocketAddr::from((Ipv4Addr::from(0x0a00_0001 + i), 1)))
                 .collect(),
             token: None,
         };

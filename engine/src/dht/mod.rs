@@ -21,7 +21,8 @@
 //! Bounds here: one search yields at most [`DhtConfig::max_peers_per_search`] distinct addresses
 //! and lasts at most [`SEARCH_DEADLINE`]; at most [`MAX_CONCURRENT_SEARCHES`] run at once (later
 //! ones wait); the command queue holds [`COMMAND_QUEUE`]; the state file holds at most
-//! [`MAX_SAVED_NODES`]. Not done: IPv6 (BEP 32), BEP 42 node ids, BEP 44 storage.
+//! [`MAX_SAVED_NODES`]. IPv6 (BEP 32) runs on a second, IPv6-only socket when the host has
+//! IPv6 and the node listens on all interfaces. Not done: BEP 42 node ids, BEP 44 storage.
 
 pub mod krpc;
 pub mod node;
@@ -29,7 +30,7 @@ pub mod table;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -71,7 +72,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// most 160 buckets of 8 (BEP 5 `K`), and a few hundred live nodes are plenty to rejoin.
 pub const MAX_SAVED_NODES: usize = 256;
 
-/// Largest state file read: `MAX_SAVED_NODES` lines of at most 21 bytes (`255.255.255.255:65535`)
+/// Largest state file read: `MAX_SAVED_NODES` lines of at most 48 bytes (an IPv6 address with
+/// its port in brackets; IPv4 lines are at most 21)
 /// plus the header, with room to spare.
 const MAX_STATE_FILE_BYTES: u64 = 16 * 1024;
 
@@ -97,10 +99,13 @@ pub enum Bootstrap {
 /// How to start a [`Dht`].
 #[derive(Debug, Clone)]
 pub struct DhtConfig {
-    /// The UDP address to bind (IPv4 only). Give it the `--listen` port number: when uTP already
-    /// holds that UDP port, the node binds an ephemeral port on the same IP instead and
+    /// The IPv4 UDP address to bind. Give it the `--listen` port number: when uTP already holds
+    /// that UDP port, the node binds an ephemeral port on the same IP instead and
     /// [`Dht::local_addr`] says which.
     pub listen: SocketAddr,
+    /// The IPv6 UDP address to bind as well (BEP 32), if any; port 0 means "the port `listen`
+    /// got", falling back to an ephemeral one. A host without IPv6 only logs that it is off.
+    pub listen6: Option<SocketAddr>,
     /// First contacts; the nodes of `state_file` are always tried as well.
     pub bootstrap: Bootstrap,
     /// Keeps the routing table across restarts: read at start, written atomically at shutdown.
@@ -110,10 +115,13 @@ pub struct DhtConfig {
 }
 
 impl DhtConfig {
-    /// A node on `listen` with the public routers, no state file and the default limits.
+    /// A node on `listen` with the public routers, no state file and the default limits; when
+    /// `listen` is the unspecified IPv4 address (all interfaces), also on all IPv6 interfaces.
     pub fn new(listen: SocketAddr) -> DhtConfig {
+        let all = listen.ip() == IpAddr::from([0u8; 4]);
         DhtConfig {
             listen,
+            listen6: all.then_some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))),
             bootstrap: Bootstrap::PublicRouters,
             state_file: None,
             max_peers_per_search: DEFAULT_MAX_PEERS_PER_SEARCH,
@@ -124,8 +132,8 @@ impl DhtConfig {
 /// Why the DHT could not start or save its state.
 #[derive(Debug, thiserror::Error)]
 pub enum DhtError {
-    /// The node speaks IPv4 only (BEP 32 is not done).
-    #[error("the DHT listens on IPv4 only, not {0}")]
+    /// [`DhtConfig::listen`] must be IPv4 (IPv6 goes in [`DhtConfig::listen6`]).
+    #[error("the DHT's main socket is IPv4, not {0}")]
     Ipv6NotSupported(SocketAddr),
     /// Neither the asked port nor an ephemeral one could be bound.
     #[error("cannot bind the DHT's UDP socket on {addr}: {source}")]
@@ -152,6 +160,7 @@ pub enum DhtError {
 /// file and waits until the socket is closed.
 pub struct Dht {
     local_addr: SocketAddr,
+    local_addr6: Option<SocketAddr>,
     state_file: Option<PathBuf>,
     commands: mpsc::Sender<Command>,
     bootstrapped: watch::Receiver<Option<usize>>,
@@ -171,15 +180,15 @@ impl std::fmt::Debug for Dht {
 
 /// What the handle asks of the driver.
 enum Command {
-    Bootstrap(Vec<SocketAddrV4>),
+    Bootstrap(Vec<SocketAddr>),
     Search {
         info_hash: InfoHash,
         announce: Option<u16>,
         tx: mpsc::Sender<SocketAddr>,
     },
-    AddNode(SocketAddrV4),
+    AddNode(SocketAddr),
     NodeCount(oneshot::Sender<usize>),
-    Shutdown(oneshot::Sender<Vec<SocketAddrV4>>),
+    Shutdown(oneshot::Sender<Vec<SocketAddr>>),
 }
 
 impl Dht {
@@ -200,24 +209,41 @@ impl Dht {
             addr: cfg.listen,
             source,
         })?;
+        let socket6 = match cfg.listen6 {
+            Some(SocketAddr::V6(want)) => {
+                let port = if want.port() == 0 {
+                    local_addr.port()
+                } else {
+                    want.port()
+                };
+                bind6(SocketAddr::new(IpAddr::V6(*want.ip()), port))
+            }
+            _ => None,
+        };
+        let local_addr6 = socket6.as_ref().and_then(|s| s.local_addr().ok());
         let names: Vec<String> = match &cfg.bootstrap {
             Bootstrap::PublicRouters => PUBLIC_ROUTERS.iter().map(|s| s.to_string()).collect(),
             Bootstrap::Nodes(nodes) => nodes.clone(),
             Bootstrap::Nobody => Vec::new(),
         };
-        tracing::info!(%local_addr, saved = saved.len(), "DHT started");
+        tracing::info!(%local_addr, ?local_addr6, saved = saved.len(), "DHT started");
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let (boot_tx, bootstrapped) = watch::channel(None);
         let max_peers_per_search = cfg.max_peers_per_search.clamp(1, MAX_PEERS_PER_SEARCH);
         let node = Node::new(
             NodeConfig {
                 max_peers_per_search,
+                ipv6: socket6.is_some(),
             },
             tokio::time::Instant::now().into_std(),
             rand::random(),
         );
         let warn_unanswered = !names.is_empty() || !saved.is_empty();
-        let driver = tokio::spawn(run_driver(socket, node, rx, boot_tx, warn_unanswered));
+        let sockets = Sockets {
+            v4: socket,
+            v6: socket6,
+        };
+        let driver = tokio::spawn(run_driver(sockets, node, rx, boot_tx, warn_unanswered));
         // Resolution may wait on DNS; the node answers queries meanwhile.
         let to_driver = commands.clone();
         tokio::spawn(async move {
@@ -225,10 +251,7 @@ impl Dht {
             for name in names {
                 let lookup = tokio::net::lookup_host(name.clone());
                 match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
-                    Ok(Ok(found)) => addrs.extend(found.filter_map(|a| match a {
-                        SocketAddr::V4(v4) => Some(v4),
-                        SocketAddr::V6(_) => None,
-                    })),
+                    Ok(Ok(found)) => addrs.extend(found),
                     _ => tracing::debug!(%name, "DHT bootstrap name did not resolve"),
                 }
             }
@@ -236,6 +259,7 @@ impl Dht {
         });
         Ok(Dht {
             local_addr,
+            local_addr6,
             state_file: cfg.state_file,
             commands,
             bootstrapped,
@@ -244,13 +268,18 @@ impl Dht {
         })
     }
 
-    /// The UDP address the node is bound to.
+    /// The IPv4 UDP address the node is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
-    /// One search for peers of `info_hash`: the receiver yields distinct addresses (IPv4; at most
-    /// `max_peers_per_search`) and closes when the search ends. With `announce_port`, the node
+    /// The IPv6 UDP address the node is bound to, if it runs on IPv6 too (BEP 32).
+    pub fn local_addr6(&self) -> Option<SocketAddr> {
+        self.local_addr6
+    }
+
+    /// One search for peers of `info_hash` (in each family the node runs): the receiver yields
+    /// distinct addresses (at most `max_peers_per_search` per family) and closes when the search ends. With `announce_port`, the node
     /// then announces itself for that hash on that port (the TCP/uTP port; never the implied port,
     /// since the DHT socket may not be the one peers connect to), and the receiver closes after
     /// the announces are answered or timed out. Dropping the receiver stops the search.
@@ -261,7 +290,7 @@ impl Dht {
     ) -> mpsc::Receiver<SocketAddr> {
         // Large enough for every address one search may report, so the driver never waits on a
         // slow reader (it serves every search and query).
-        let (tx, rx) = mpsc::channel(self.max_peers_per_search);
+        let (tx, rx) = mpsc::channel(self.max_peers_per_search * 2);
         let cmd = Command::Search {
             info_hash,
             announce: announce_port,
@@ -275,13 +304,13 @@ impl Dht {
     }
 
     /// Pings a node learnt outside the DHT (a `.torrent`'s `nodes` key, a PORT message); it joins
-    /// the routing table (and so the state file) if it answers. IPv6 addresses are ignored.
+    /// the routing table (and so the state file) if it answers. IPv6 addresses are ignored
+    /// unless the node runs on IPv6.
     pub fn add_node(&self, addr: SocketAddr) {
-        let SocketAddr::V4(v4) = addr else { return };
-        if v4.port() == 0 || v4.ip().is_unspecified() {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
             return;
         }
-        let _ = self.commands.try_send(Command::AddNode(v4));
+        let _ = self.commands.try_send(Command::AddNode(addr));
     }
 
     /// Nodes in the routing table that are not bad.
@@ -350,47 +379,124 @@ async fn bind(listen: SocketAddrV4) -> Result<UdpSocket, DhtError> {
     }
 }
 
+/// An IPv6-only socket on `listen` (or an ephemeral port when that one is taken); `None`, logged,
+/// when the host has no IPv6. IPv6-only, so it never takes the IPv4 socket's port number.
+fn bind6(listen: SocketAddr) -> Option<UdpSocket> {
+    let open = |addr: SocketAddr| -> std::io::Result<UdpSocket> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_only_v6(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        UdpSocket::from_std(s.into())
+    };
+    let got = match open(listen) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && listen.port() != 0 => {
+            open(SocketAddr::new(listen.ip(), 0))
+        }
+        other => other,
+    };
+    match got {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::info!(%listen, "DHT runs on IPv4 only: no IPv6 socket ({e})");
+            None
+        }
+    }
+}
+
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// The driver: one loop owning the socket and the node. It sends what the node queues, hands
+/// The driver's sockets: IPv4 always, IPv6 when the host has it.
+struct Sockets {
+    v4: UdpSocket,
+    v6: Option<UdpSocket>,
+}
+
+impl Sockets {
+    async fn send(&self, to: SocketAddr, bytes: &[u8]) {
+        let socket = match (to, &self.v6) {
+            (SocketAddr::V4(_), _) => &self.v4,
+            (SocketAddr::V6(_), Some(v6)) => v6,
+            (SocketAddr::V6(_), None) => return,
+        };
+        if let Err(e) = socket.send_to(bytes, to).await {
+            tracing::trace!(%to, "DHT send failed: {e}");
+        }
+    }
+
+    /// The next datagram from either socket.
+    async fn recv(
+        &self,
+        buf4: &mut [u8],
+        buf6: &mut [u8],
+    ) -> (std::io::Result<(usize, SocketAddr)>, bool) {
+        match &self.v6 {
+            None => (self.v4.recv_from(buf4).await, false),
+            Some(v6) => tokio::select! {
+                r = self.v4.recv_from(buf4) => (r, false),
+                r = v6.recv_from(buf6) => (r, true),
+            },
+        }
+    }
+}
+
+/// One search as the caller sees it: its channel and how many family lookups still run.
+struct Search {
+    tx: mpsc::Sender<SocketAddr>,
+    lookups: usize,
+}
+
+/// The driver: one loop owning the sockets and the node. It sends what the node queues, hands
 /// datagrams, commands and deadlines to it, and routes its events to the searches' channels.
 async fn run_driver(
-    socket: UdpSocket,
+    sockets: Sockets,
     mut node: Node,
     mut commands: mpsc::Receiver<Command>,
     bootstrapped: watch::Sender<Option<usize>>,
     warn_unanswered: bool,
 ) {
-    let mut searches: HashMap<LookupId, mpsc::Sender<SocketAddr>> = HashMap::new();
+    // Each family lookup points at its search; a search ends when its last lookup does.
+    let mut by_lookup: HashMap<LookupId, u64> = HashMap::new();
+    let mut searches: HashMap<u64, Search> = HashMap::new();
+    let mut next_search = 0u64;
     // One byte more than the largest datagram accepted, so an oversized one is recognised.
-    let mut buf = vec![0u8; krpc::MAX_DATAGRAM + 1];
+    let mut buf4 = vec![0u8; krpc::MAX_DATAGRAM + 1];
+    let mut buf6 = vec![0u8; krpc::MAX_DATAGRAM + 1];
+    let families: &[bool] = if sockets.v6.is_some() {
+        &[false, true]
+    } else {
+        &[false]
+    };
     let mut warned = false;
     loop {
         while let Some((to, bytes)) = node.poll_transmit() {
-            if let Err(e) = socket.send_to(&bytes, to).await {
-                tracing::trace!(%to, "DHT send failed: {e}");
-            }
+            sockets.send(to, &bytes).await;
         }
         while let Some(event) = node.poll_event() {
             match event {
                 Event::Peers { lookup, peers } => {
-                    let Some(tx) = searches.get(&lookup) else {
+                    let Some(search) = by_lookup.get(&lookup).and_then(|s| searches.get(s)) else {
                         continue;
                     };
                     // The channel holds every address a search may yield, so only a closed
-                    // receiver fails here.
-                    let closed = peers
-                        .into_iter()
-                        .any(|p| tx.try_send(SocketAddr::V4(p)).is_err());
-                    if closed {
-                        searches.remove(&lookup);
-                        node.cancel(lookup);
+                    // receiver fails here (noticed below).
+                    for p in peers {
+                        let _ = search.tx.try_send(p);
                     }
                 }
                 Event::Done { lookup, .. } => {
-                    searches.remove(&lookup);
+                    if let Some(key) = by_lookup.remove(&lookup) {
+                        if let Some(search) = searches.get_mut(&key) {
+                            search.lookups = search.lookups.saturating_sub(1);
+                            if search.lookups == 0 {
+                                // Dropping the sender closes the caller's channel.
+                                searches.remove(&key);
+                            }
+                        }
+                    }
                 }
                 Event::Bootstrapped { nodes } => {
                     if nodes == 0 && warn_unanswered && !warned {
@@ -405,19 +511,28 @@ async fn run_driver(
             }
         }
         // Searches whose receiver went away stop here rather than run to their end.
-        let gone: Vec<LookupId> = searches
+        let gone: Vec<u64> = searches
             .iter()
-            .filter(|(_, tx)| tx.is_closed())
-            .map(|(id, _)| *id)
+            .filter(|(_, s)| s.tx.is_closed())
+            .map(|(k, _)| *k)
             .collect();
-        for id in gone {
-            searches.remove(&id);
-            node.cancel(id);
+        for key in gone {
+            searches.remove(&key);
+            let lookups: Vec<LookupId> = by_lookup
+                .iter()
+                .filter(|(_, k)| **k == key)
+                .map(|(l, _)| *l)
+                .collect();
+            for l in lookups {
+                by_lookup.remove(&l);
+                node.cancel(l);
+            }
         }
         let deadline = tokio::time::Instant::from_std(node.poll_timeout());
         tokio::select! {
-            got = socket.recv_from(&mut buf) => match got {
+            (got, v6) = sockets.recv(&mut buf4, &mut buf6) => match got {
                 Ok((n, from)) if n <= krpc::MAX_DATAGRAM => {
+                    let buf = if v6 { &buf6 } else { &buf4 };
                     node.handle_datagram(from, &buf[..n], now());
                 }
                 Ok(_) => {}
@@ -435,8 +550,13 @@ async fn run_driver(
                 }
                 Some(Command::Bootstrap(nodes)) => node.bootstrap(nodes, now()),
                 Some(Command::Search { info_hash, announce, tx }) => {
-                    let id = node.get_peers(krpc::Id(info_hash.0), announce, now());
-                    searches.insert(id, tx);
+                    let key = next_search;
+                    next_search += 1;
+                    searches.insert(key, Search { tx, lookups: families.len() });
+                    for &v6 in families {
+                        let id = node.get_peers(krpc::Id(info_hash.0), announce, v6, now());
+                        by_lookup.insert(id, key);
+                    }
                 }
                 Some(Command::AddNode(addr)) => node.add_node(addr, now()),
                 Some(Command::NodeCount(reply)) => {
@@ -448,19 +568,19 @@ async fn run_driver(
     }
 }
 
-/// Parses a state file: the header line, then one `IPv4:PORT` per line. Lines that do not parse
+/// Parses a state file: the header line, then one `IPv4:PORT` or `[IPv6]:PORT` per line. Lines that do not parse
 /// are skipped; at most [`MAX_SAVED_NODES`] distinct nodes are kept. A wrong header yields none.
-pub fn parse_state(text: &str) -> Vec<SocketAddrV4> {
+pub fn parse_state(text: &str) -> Vec<SocketAddr> {
     let mut lines = text.lines();
     if lines.next().map(str::trim) != Some(STATE_FILE_HEADER) {
         return Vec::new();
     }
-    let mut out: Vec<SocketAddrV4> = Vec::new();
+    let mut out: Vec<SocketAddr> = Vec::new();
     for line in lines {
         if out.len() >= MAX_SAVED_NODES {
             break;
         }
-        let Ok(addr) = line.trim().parse::<SocketAddrV4>() else {
+        let Ok(addr) = line.trim().parse::<SocketAddr>() else {
             continue;
         };
         if addr.port() != 0 && !addr.ip().is_unspecified() && !out.contains(&addr) {
@@ -471,7 +591,7 @@ pub fn parse_state(text: &str) -> Vec<SocketAddrV4> {
 }
 
 /// The text [`parse_state`] reads back: header, then the first [`MAX_SAVED_NODES`] distinct nodes.
-pub fn format_state(nodes: &[SocketAddrV4]) -> String {
+pub fn format_state(nodes: &[SocketAddr]) -> String {
     let mut text = String::from(STATE_FILE_HEADER);
     text.push('\n');
     let mut seen = HashSet::new();
@@ -486,7 +606,7 @@ pub fn format_state(nodes: &[SocketAddrV4]) -> String {
     text
 }
 
-fn read_state_file(path: &Path) -> Result<Vec<SocketAddrV4>, DhtError> {
+fn read_state_file(path: &Path) -> Result<Vec<SocketAddr>, DhtError> {
     use std::io::Read;
     let err = |source| DhtError::StateFile {
         path: path.to_path_buf(),
@@ -507,7 +627,7 @@ fn read_state_file(path: &Path) -> Result<Vec<SocketAddrV4>, DhtError> {
 
 /// Writes to a temporary file beside `path`, fsyncs it, renames it over `path` and fsyncs the
 /// folder, so a crash leaves either the old file or the new one.
-fn write_state_file(path: &Path, nodes: &[SocketAddrV4]) -> Result<(), DhtError> {
+fn write_state_file(path: &Path, nodes: &[SocketAddr]) -> Result<(), DhtError> {
     let err = |source| DhtError::StateFile {
         path: path.to_path_buf(),
         source,

@@ -14,14 +14,14 @@
 //! tracked.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha1::{Digest, Sha1};
 
-use super::krpc::{self, Body, Contact, Id, Query, Response, ID_LEN};
+use super::krpc::{self, Body, Contact, Id, Query, Response, Want, ID_LEN};
 use super::table::{Insert, Table, K};
 
 /// Lookup parallelism: BEP 5 and Kademlia use 3; a little more makes lookups on a lossy network
@@ -96,6 +96,8 @@ pub const TOKEN_LEN: usize = 8;
 pub struct NodeConfig {
     /// Most distinct addresses one lookup reports.
     pub max_peers_per_search: usize,
+    /// Whether the node has an IPv6 socket (BEP 32); without one, IPv6 is ignored.
+    pub ipv6: bool,
 }
 
 /// A lookup's handle.
@@ -110,7 +112,7 @@ pub enum Event {
         /// The lookup.
         lookup: LookupId,
         /// Addresses not reported before by this lookup.
-        peers: Vec<SocketAddrV4>,
+        peers: Vec<SocketAddr>,
     },
     /// A `get_peers` lookup ended (its announces answered or timed out).
     Done {
@@ -119,9 +121,10 @@ pub enum Event {
         /// Distinct peers it reported.
         found: usize,
     },
-    /// A bootstrap lookup ended; `nodes` are in the routing table now.
+    /// The bootstrap lookups (one per address family) ended; `nodes` are in the routing tables
+    /// now.
     Bootstrapped {
-        /// Nodes in the table.
+        /// Nodes in the tables.
         nodes: usize,
     },
 }
@@ -138,7 +141,7 @@ enum Purpose {
 
 #[derive(Debug)]
 struct Pending {
-    to: SocketAddrV4,
+    to: SocketAddr,
     deadline: Instant,
     purpose: Purpose,
 }
@@ -155,7 +158,7 @@ enum CandState {
 struct Candidate {
     /// Unknown for bootstrap addresses until they answer.
     id: Option<Id>,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     state: CandState,
 }
 
@@ -177,12 +180,14 @@ enum Phase {
 struct Lookup {
     target: Id,
     kind: LookupKind,
+    /// The family it runs in (BEP 32: each family is its own DHT).
+    v6: bool,
     candidates: Vec<Candidate>,
     /// Every address ever made a candidate, so none is asked twice.
-    seen: HashSet<SocketAddrV4>,
+    seen: HashSet<SocketAddr>,
     in_flight: usize,
     queries: usize,
-    peers: HashSet<SocketAddrV4>,
+    peers: HashSet<SocketAddr>,
     phase: Phase,
     deadline: Instant,
 }
@@ -206,8 +211,11 @@ impl Lookup {
             .collect()
     }
 
-    fn add_candidate(&mut self, id: Option<Id>, addr: SocketAddrV4) {
-        if self.seen.len() >= MAX_LOOKUP_QUERIES * 2 || !self.seen.insert(addr) {
+    fn add_candidate(&mut self, id: Option<Id>, addr: SocketAddr) {
+        if addr.is_ipv6() != self.v6
+            || self.seen.len() >= MAX_LOOKUP_QUERIES * 2
+            || !self.seen.insert(addr)
+        {
             return;
         }
         self.candidates.push(Candidate {
@@ -231,13 +239,13 @@ impl Lookup {
 
 #[derive(Debug, Default)]
 struct PeerStore {
-    by_hash: HashMap<Id, Vec<(SocketAddrV4, Instant)>>,
+    by_hash: HashMap<Id, Vec<(SocketAddr, Instant)>>,
     total: usize,
 }
 
 impl PeerStore {
     /// Stores (or refreshes) `peer` for `hash`; false when a cap refuses it.
-    fn add(&mut self, hash: Id, peer: SocketAddrV4, now: Instant) -> bool {
+    fn add(&mut self, hash: Id, peer: SocketAddr, now: Instant) -> bool {
         if !self.by_hash.contains_key(&hash) && self.by_hash.len() >= MAX_HASHES {
             return false;
         }
@@ -269,14 +277,14 @@ impl PeerStore {
         true
     }
 
-    /// Up to `n` peers of `hash`, most recently announced first.
-    fn get(&self, hash: &Id, n: usize, now: Instant) -> Vec<SocketAddrV4> {
+    /// Up to `n` peers of `hash` of one family, most recently announced first.
+    fn get(&self, hash: &Id, n: usize, v6: bool, now: Instant) -> Vec<SocketAddr> {
         let Some(list) = self.by_hash.get(hash) else {
             return Vec::new();
         };
-        let mut live: Vec<&(SocketAddrV4, Instant)> = list
+        let mut live: Vec<&(SocketAddr, Instant)> = list
             .iter()
-            .filter(|(_, t)| now.saturating_duration_since(*t) < PEER_TTL)
+            .filter(|(a, t)| a.is_ipv6() == v6 && now.saturating_duration_since(*t) < PEER_TTL)
             .collect();
         live.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
         live.into_iter().take(n).map(|(a, _)| *a).collect()
@@ -328,7 +336,8 @@ impl Limiter {
 #[derive(Debug)]
 pub struct Node {
     own: Id,
-    table: Table,
+    /// Routing tables: IPv4, IPv6 (BEP 32 keeps the families apart).
+    tables: [Table; 2],
     rng: StdRng,
     secret: [u8; ID_LEN],
     previous_secret: [u8; ID_LEN],
@@ -337,12 +346,12 @@ pub struct Node {
     pending: HashMap<Vec<u8>, Pending>,
     lookups: BTreeMap<LookupId, Lookup>,
     /// Lookups waiting for a free slot (see [`MAX_LOOKUPS`]).
-    waiting: VecDeque<(LookupId, Id, LookupKind)>,
+    waiting: VecDeque<(LookupId, Id, LookupKind, bool)>,
     next_lookup: u64,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<Event>,
     limiter: Limiter,
-    bootstrap: Vec<SocketAddrV4>,
+    bootstrap: Vec<SocketAddr>,
     next_maintenance: Instant,
     config: NodeConfig,
 }
@@ -354,7 +363,7 @@ impl Node {
         let own = Id(rng.gen());
         Node {
             own,
-            table: Table::new(own, now),
+            tables: [Table::new(own, now), Table::new(own, now)],
             secret: rng.gen(),
             previous_secret: rng.gen(),
             rng,
@@ -378,35 +387,70 @@ impl Node {
         self.own
     }
 
+    fn table(&self, v6: bool) -> &Table {
+        &self.tables[usize::from(v6)]
+    }
+
+    fn table_mut(&mut self, v6: bool) -> &mut Table {
+        &mut self.tables[usize::from(v6)]
+    }
+
+    /// The families the node runs: IPv4, and IPv6 when it has a socket for it.
+    fn families(&self) -> &'static [bool] {
+        if self.config.ipv6 {
+            &[false, true]
+        } else {
+            &[false]
+        }
+    }
+
     /// Joins the network through `nodes` (resolved bootstrap routers and saved nodes): a
-    /// `find_node` lookup of our own id. They are tried again whenever the table is empty.
-    /// Reports [`Event::Bootstrapped`] when it ends.
-    pub fn bootstrap(&mut self, nodes: Vec<SocketAddrV4>, now: Instant) {
+    /// `find_node` lookup of our own id per family. They are tried again whenever a table is
+    /// empty. Reports [`Event::Bootstrapped`] when the lookups end.
+    pub fn bootstrap(&mut self, nodes: Vec<SocketAddr>, now: Instant) {
         for n in nodes {
+            if n.is_ipv6() && !self.config.ipv6 {
+                continue;
+            }
             if !self.bootstrap.contains(&n) && self.bootstrap.len() < super::MAX_SAVED_NODES {
                 self.bootstrap.push(n);
             }
         }
-        self.start(self.own, LookupKind::FindNode { bootstrap: true }, now);
+        // IPv6 first: a lookup with no contacts ends at once, and the report waits for the last.
+        for v6 in self.families().iter().rev() {
+            let has_contacts =
+                self.bootstrap.iter().any(|a| a.is_ipv6() == *v6) || self.table(*v6).len(now) > 0;
+            // IPv4 always runs, so a bootstrap with nothing at all still reports its end.
+            if !v6 || has_contacts {
+                self.start(self.own, LookupKind::FindNode { bootstrap: true }, *v6, now);
+            }
+        }
     }
 
     /// Pings `addr` (a node learnt outside the DHT); it joins the table if it answers.
-    pub fn add_node(&mut self, addr: SocketAddrV4, now: Instant) {
-        if addr.port() != 0 && !addr.ip().is_unspecified() {
+    pub fn add_node(&mut self, addr: SocketAddr, now: Instant) {
+        let usable = addr.port() != 0 && !addr.ip().is_unspecified();
+        if usable && (addr.is_ipv4() || self.config.ipv6) {
             self.send_query(addr, &Query::Ping, Purpose::Ping, now);
         }
     }
 
-    /// Starts a `get_peers` lookup of `info_hash`; with `announce`, announces that port to the
-    /// closest nodes that gave a token once the search ends.
-    pub fn get_peers(&mut self, info_hash: Id, announce: Option<u16>, now: Instant) -> LookupId {
-        self.start(info_hash, LookupKind::GetPeers { announce }, now)
+    /// Starts a `get_peers` lookup of `info_hash` in one family (`v6`); with `announce`,
+    /// announces that port to the closest nodes that gave a token once the search ends.
+    pub fn get_peers(
+        &mut self,
+        info_hash: Id,
+        announce: Option<u16>,
+        v6: bool,
+        now: Instant,
+    ) -> LookupId {
+        self.start(info_hash, LookupKind::GetPeers { announce }, v6, now)
     }
 
     /// Stops a lookup; no more events come for it.
     pub fn cancel(&mut self, lookup: LookupId) {
         self.lookups.remove(&lookup);
-        self.waiting.retain(|(id, _, _)| *id != lookup);
+        self.waiting.retain(|(id, _, _, _)| *id != lookup);
         for p in self.pending.values_mut() {
             if matches!(p.purpose, Purpose::Lookup(l) | Purpose::Announce(l) if l == lookup) {
                 // Still counted in flight until it answers or times out; then nobody cares.
@@ -415,14 +459,14 @@ impl Node {
         }
     }
 
-    /// Nodes in the table that are not bad, good ones first (for the state file).
-    pub fn live_nodes(&self, now: Instant) -> Vec<SocketAddrV4> {
-        self.table.live_nodes(now)
+    /// Nodes in the tables that are not bad, IPv4 first, good ones first (for the state file).
+    pub fn live_nodes(&self, now: Instant) -> Vec<SocketAddr> {
+        self.tables.iter().flat_map(|t| t.live_nodes(now)).collect()
     }
 
-    /// Nodes in the table that are not bad.
+    /// Nodes in the tables that are not bad.
     pub fn node_count(&self, now: Instant) -> usize {
-        self.table.len(now)
+        self.tables.iter().map(|t| t.len(now)).sum()
     }
 
     /// Lookups running or waiting.
@@ -452,25 +496,26 @@ impl Node {
         t
     }
 
-    fn start(&mut self, target: Id, kind: LookupKind, now: Instant) -> LookupId {
+    fn start(&mut self, target: Id, kind: LookupKind, v6: bool, now: Instant) -> LookupId {
         let id = LookupId(self.next_lookup);
         self.next_lookup += 1;
         if self.lookups.len() >= MAX_LOOKUPS {
             if self.waiting.len() >= MAX_WAITING_LOOKUPS {
                 self.finish(id, kind, 0, now);
             } else {
-                self.waiting.push_back((id, target, kind));
+                self.waiting.push_back((id, target, kind, v6));
             }
             return id;
         }
-        self.run(id, target, kind, now);
+        self.run(id, target, kind, v6, now);
         id
     }
 
-    fn run(&mut self, id: LookupId, target: Id, kind: LookupKind, now: Instant) {
+    fn run(&mut self, id: LookupId, target: Id, kind: LookupKind, v6: bool, now: Instant) {
         let mut l = Lookup {
             target,
             kind,
+            v6,
             candidates: Vec::new(),
             seen: HashSet::new(),
             in_flight: 0,
@@ -479,7 +524,7 @@ impl Node {
             phase: Phase::Search,
             deadline: now + LOOKUP_DEADLINE,
         };
-        for c in self.table.closest(&target, K * 2, now) {
+        for c in self.table(v6).closest(&target, K * 2, now) {
             l.add_candidate(Some(c.id), c.addr);
         }
         if l.candidates.len() < K || matches!(kind, LookupKind::FindNode { bootstrap: true }) {
@@ -491,14 +536,14 @@ impl Node {
             // Peers announced to us count too: in a small DHT we may be the closest node.
             let local = self
                 .store
-                .get(&target, self.config.max_peers_per_search, now);
+                .get(&target, self.config.max_peers_per_search, v6, now);
             self.report_peers(id, &mut l, local);
         }
         self.lookups.insert(id, l);
         self.step(id, now);
     }
 
-    fn report_peers(&mut self, id: LookupId, l: &mut Lookup, values: Vec<SocketAddrV4>) {
+    fn report_peers(&mut self, id: LookupId, l: &mut Lookup, values: Vec<SocketAddr>) {
         let mut fresh = Vec::new();
         for v in values {
             if l.peers.len() >= self.config.max_peers_per_search.max(1) {
@@ -585,7 +630,7 @@ impl Node {
             announce: Some(port),
         } = l.kind
         {
-            let targets: Vec<(SocketAddrV4, Vec<u8>)> = l
+            let targets: Vec<(SocketAddr, Vec<u8>)> = l
                 .window()
                 .into_iter()
                 .filter_map(|i| match &l.candidates[i].state {
@@ -621,8 +666,14 @@ impl Node {
         match kind {
             LookupKind::GetPeers { .. } => self.events.push_back(Event::Done { lookup: id, found }),
             LookupKind::FindNode { bootstrap: true } => {
-                let nodes = self.table.len(now);
-                self.events.push_back(Event::Bootstrapped { nodes });
+                // One report when the last family's bootstrap ends.
+                let boot = LookupKind::FindNode { bootstrap: true };
+                let more = self.lookups.values().any(|l| l.kind == boot)
+                    || self.waiting.iter().any(|w| w.2 == boot);
+                if !more {
+                    let nodes = self.node_count(now);
+                    self.events.push_back(Event::Bootstrapped { nodes });
+                }
             }
             LookupKind::FindNode { bootstrap: false } => {}
         }
@@ -631,15 +682,15 @@ impl Node {
     /// Starts waiting lookups while there is room.
     fn start_waiting(&mut self, now: Instant) {
         while self.lookups.len() < MAX_LOOKUPS {
-            let Some((id, target, kind)) = self.waiting.pop_front() else {
+            let Some((id, target, kind, v6)) = self.waiting.pop_front() else {
                 break;
             };
-            self.run(id, target, kind, now);
+            self.run(id, target, kind, v6, now);
         }
     }
 
     /// Queues a query; false when too many are in flight.
-    fn send_query(&mut self, to: SocketAddrV4, q: &Query, purpose: Purpose, now: Instant) -> bool {
+    fn send_query(&mut self, to: SocketAddr, q: &Query, purpose: Purpose, now: Instant) -> bool {
         if self.pending.len() >= MAX_IN_FLIGHT || self.outbox.len() >= MAX_OUTBOX {
             return false;
         }
@@ -658,7 +709,7 @@ impl Node {
                 purpose,
             },
         );
-        self.outbox.push_back((SocketAddr::V4(to), bytes));
+        self.outbox.push_back((to, bytes));
         true
     }
 
@@ -686,10 +737,7 @@ impl Node {
     /// One received datagram. Anything malformed is dropped (a malformed query with a usable
     /// transaction id is answered with error 203); nothing here can panic on input.
     pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) {
-        let SocketAddr::V4(from4) = from else {
-            return;
-        };
-        if from4.port() == 0 {
+        if from.port() == 0 || (from.is_ipv6() && !self.config.ipv6) {
             return;
         }
         let msg = match krpc::decode(bytes) {
@@ -711,31 +759,46 @@ impl Node {
                 id,
                 query,
                 read_only,
-            } => self.handle_query(from4, msg.tid, id, query, read_only, now),
-            Body::Response(r) => self.handle_reply(from4, &msg.tid, Some(r), now),
-            Body::Error { .. } => self.handle_reply(from4, &msg.tid, None, now),
+                want,
+            } => self.handle_query(from, msg.tid, (id, read_only, want), query, now),
+            Body::Response(r) => self.handle_reply(from, &msg.tid, Some(r), now),
+            Body::Error { .. } => self.handle_reply(from, &msg.tid, None, now),
         }
+    }
+
+    /// The K closest nodes to `target` of the families `want` asks for (BEP 32), or else of
+    /// the querier's own family.
+    fn closest_for(&self, target: &Id, want: Option<Want>, v6: bool, now: Instant) -> Vec<Contact> {
+        let want = want.unwrap_or(Want { v4: !v6, v6 });
+        let mut nodes = Vec::new();
+        if want.v4 {
+            nodes.extend(self.table(false).closest(target, K, now));
+        }
+        if want.v6 && self.config.ipv6 {
+            nodes.extend(self.table(true).closest(target, K, now));
+        }
+        nodes
     }
 
     fn handle_query(
         &mut self,
-        from: SocketAddrV4,
+        from: SocketAddr,
         tid: Vec<u8>,
-        id: Id,
+        (id, read_only, want): (Id, bool, Option<Want>),
         query: Query,
-        read_only: bool,
         now: Instant,
     ) {
-        let ip = IpAddr::V4(*from.ip());
+        let ip = from.ip();
+        let v6 = from.is_ipv6();
         if !self.limiter.allow(ip, now) {
             return;
         }
-        let to = SocketAddr::V4(from);
+        let to = from;
         let reply = match query {
             Query::Ping => krpc::encode_response(&tid, &self.own, &Response::default()),
             Query::FindNode { target } => {
                 let r = Response {
-                    nodes: self.table.closest(&target, K, now),
+                    nodes: self.closest_for(&target, want, v6, now),
                     ..Response::default()
                 };
                 krpc::encode_response(&tid, &self.own, &r)
@@ -743,8 +806,8 @@ impl Node {
             Query::GetPeers { info_hash } => {
                 let r = Response {
                     id: None,
-                    nodes: self.table.closest(&info_hash, K, now),
-                    values: self.store.get(&info_hash, krpc::MAX_VALUES_SENT, now),
+                    nodes: self.closest_for(&info_hash, want, v6, now),
+                    values: self.store.get(&info_hash, krpc::MAX_VALUES_SENT, v6, now),
                     token: Some(self.token(&self.secret, &ip)),
                 };
                 krpc::encode_response(&tid, &self.own, &r)
@@ -759,10 +822,7 @@ impl Node {
                     krpc::encode_error(&tid, krpc::code::PROTOCOL, "bad token")
                 } else {
                     let port = if implied_port { from.port() } else { port };
-                    if self
-                        .store
-                        .add(info_hash, SocketAddrV4::new(*from.ip(), port), now)
-                    {
+                    if self.store.add(info_hash, SocketAddr::new(ip, port), now) {
                         krpc::encode_response(&tid, &self.own, &Response::default())
                     } else {
                         krpc::encode_error(&tid, krpc::code::GENERIC, "peer store full")
@@ -778,9 +838,9 @@ impl Node {
             // BEP 43: read-only nodes never enter a routing table.
             return;
         }
-        self.table.heard_query(&id, from, now);
+        self.table_mut(v6).heard_query(&id, from, now);
         let already = self.pending.values().any(|p| p.to == from);
-        if !already && self.table.would_take(&id, now) {
+        if !already && self.table(v6).would_take(&id, now) {
             // A stranger who queried us: it joins once it answers a ping (a spoofed source
             // never does). This is how the first node of a network learns the others.
             self.send_query(from, &Query::Ping, Purpose::Ping, now);
@@ -788,7 +848,7 @@ impl Node {
     }
 
     /// A response (`r` is `Some`) or an error (`None`) with transaction id `tid`.
-    fn handle_reply(&mut self, from: SocketAddrV4, tid: &[u8], r: Option<Response>, now: Instant) {
+    fn handle_reply(&mut self, from: SocketAddr, tid: &[u8], r: Option<Response>, now: Instant) {
         match self.pending.get(tid) {
             Some(p) if p.to == from => {}
             // Unknown, or from another address than we asked: ignored (spoofing defence).
@@ -799,8 +859,9 @@ impl Node {
         };
         let responder = r.as_ref().and_then(|r| r.id);
         if let Some(id) = responder {
-            if let Insert::Full { ping: Some(old) } =
-                self.table.heard_response(Contact { id, addr: from }, now)
+            if let Insert::Full { ping: Some(old) } = self
+                .table_mut(from.is_ipv6())
+                .heard_response(Contact { id, addr: from }, now)
             {
                 if !self.pending.values().any(|q| q.to == old) {
                     self.send_query(old, &Query::Ping, Purpose::Ping, now);
@@ -864,7 +925,7 @@ impl Node {
             let Some(p) = self.pending.remove(&tid) else {
                 continue;
             };
-            self.table.failed(&p.to);
+            self.table_mut(p.to.is_ipv6()).failed(&p.to);
             match p.purpose {
                 Purpose::Ping => {}
                 Purpose::Lookup(lid) => {
@@ -913,24 +974,29 @@ impl Node {
             self.secret_since = now;
         }
         self.store.expire(now);
-        for addr in self.table.questionable(PINGS_PER_ROUND, now) {
-            if !self.pending.values().any(|p| p.to == addr) {
-                self.send_query(addr, &Query::Ping, Purpose::Ping, now);
+        for &v6 in self.families() {
+            for addr in self.table(v6).questionable(PINGS_PER_ROUND, now) {
+                if !self.pending.values().any(|p| p.to == addr) {
+                    self.send_query(addr, &Query::Ping, Purpose::Ping, now);
+                }
             }
-        }
-        let bootstrapping = self
-            .lookups
-            .values()
-            .any(|l| matches!(l.kind, LookupKind::FindNode { .. }));
-        if bootstrapping {
-            return;
-        }
-        if self.table.len(now) == 0 {
-            if !self.bootstrap.is_empty() {
-                self.start(self.own, LookupKind::FindNode { bootstrap: true }, now);
+            let busy = self
+                .lookups
+                .values()
+                .any(|l| l.v6 == v6 && matches!(l.kind, LookupKind::FindNode { .. }));
+            if busy {
+                continue;
             }
-        } else if let Some(target) = self.table.stale_bucket(now, self.rng.gen()) {
-            self.start(target, LookupKind::FindNode { bootstrap: false }, now);
+            if self.table(v6).len(now) == 0 {
+                if self.bootstrap.iter().any(|a| a.is_ipv6() == v6) {
+                    self.start(self.own, LookupKind::FindNode { bootstrap: true }, v6, now);
+                }
+            } else {
+                let random = self.rng.gen();
+                if let Some(target) = self.table_mut(v6).stale_bucket(now, random) {
+                    self.start(target, LookupKind::FindNode { bootstrap: false }, v6, now);
+                }
+            }
         }
     }
 }

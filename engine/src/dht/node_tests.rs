@@ -7,18 +7,12 @@ use std::net::Ipv4Addr;
 fn config() -> NodeConfig {
     NodeConfig {
         max_peers_per_search: 100,
+        ipv6: true,
     }
 }
 
 fn addr(last: u8, port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(10, 0, 0, last), port))
-}
-
-fn v4(a: SocketAddr) -> SocketAddrV4 {
-    match a {
-        SocketAddr::V4(v) => v,
-        SocketAddr::V6(_) => unreachable!("tests use IPv4"),
-    }
 }
 
 /// Everything the node queued, decoded.
@@ -100,7 +94,7 @@ fn answers_each_query_kind_echoing_the_tid() {
     ));
     assert_eq!(
         got.values,
-        vec![SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 6881)]
+        vec![SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 6881))]
     );
 
     let unknown = ask(&mut n, from, b"u", Query::Unknown(b"get".to_vec()), t0);
@@ -176,8 +170,8 @@ fn the_peer_store_is_capped_and_forgets_after_thirty_minutes() {
     // implied_port: the source port counts.
     announce(&mut n, ip(0), HASH, true, t0);
     assert_eq!(
-        n.store.get(&HASH, 10, t0),
-        vec![SocketAddrV4::new(ip(0), 4000)]
+        n.store.get(&HASH, 10, false, t0),
+        vec![SocketAddr::from((ip(0), 4000))]
     );
     for i in 1..(MAX_PEERS_PER_HASH as u32 + 20) {
         announce(&mut n, ip(i), HASH, false, t0);
@@ -209,7 +203,7 @@ fn the_peer_store_is_capped_and_forgets_after_thirty_minutes() {
     // 30 minutes later everything is gone.
     let later = t0 + PEER_TTL;
     n.handle_timeout(later);
-    assert!(n.store.get(&HASH, 10, later).is_empty());
+    assert!(n.store.get(&HASH, 10, false, later).is_empty());
     assert_eq!(n.store.total, 0);
     assert!(n.store.by_hash.is_empty());
 }
@@ -257,7 +251,7 @@ fn a_querier_joins_the_table_only_after_answering_a_ping() {
     n.handle_datagram(addr(8, 7000), &reply, t0);
     assert_eq!(n.node_count(t0), 0);
     n.handle_datagram(stranger, &reply, t0);
-    assert_eq!(n.live_nodes(t0), vec![v4(stranger)]);
+    assert_eq!(n.live_nodes(t0), vec![stranger]);
 
     // A read-only querier (BEP 43) is answered but never pinged.
     let ro = krpc::encode_query(b"q2", &Id([0x78; ID_LEN]), &Query::Ping, true);
@@ -269,21 +263,21 @@ fn a_querier_joins_the_table_only_after_answering_a_ping() {
 /// with the 8 closest to the target; the holder (closest to HASH) also returns a peer. Nodes in
 /// `dead` never answer.
 struct Net {
-    nodes: Vec<(Id, SocketAddrV4)>,
-    dead: HashSet<SocketAddrV4>,
-    peer: SocketAddrV4,
-    announced: Vec<(SocketAddrV4, u16, Vec<u8>)>,
+    nodes: Vec<(Id, SocketAddr)>,
+    dead: HashSet<SocketAddr>,
+    peer: SocketAddr,
+    announced: Vec<(SocketAddr, u16, Vec<u8>)>,
     queries: usize,
 }
 
 impl Net {
     fn new(count: u32) -> Net {
         let mut rng = StdRng::seed_from_u64(77);
-        let nodes: Vec<(Id, SocketAddrV4)> = (0..count)
+        let nodes: Vec<(Id, SocketAddr)> = (0..count)
             .map(|i| {
                 (
                     Id(rng.gen()),
-                    SocketAddrV4::new(Ipv4Addr::from(0x0c00_0001 + i), 6881),
+                    SocketAddr::from((Ipv4Addr::from(0x0c00_0001 + i), 6881)),
                 )
             })
             .collect();
@@ -296,18 +290,18 @@ impl Net {
         }
     }
 
-    fn closest(&self, target: &Id) -> Vec<(Id, SocketAddrV4)> {
+    fn closest(&self, target: &Id) -> Vec<(Id, SocketAddr)> {
         let mut v = self.nodes.clone();
         v.sort_by_key(|(id, _)| id.distance(target));
         v
     }
 
-    fn token(addr: &SocketAddrV4) -> Vec<u8> {
+    fn token(addr: &SocketAddr) -> Vec<u8> {
         format!("tok{}", addr.ip()).into_bytes()
     }
 
     /// The remote node at `to` answers `m` (or `None` if dead or unknown).
-    fn answer(&mut self, to: SocketAddrV4, m: &Message) -> Option<Vec<u8>> {
+    fn answer(&mut self, to: SocketAddr, m: &Message) -> Option<Vec<u8>> {
         self.queries += 1;
         let me = self.nodes.iter().find(|(_, a)| *a == to)?.0;
         if self.dead.contains(&to) {
@@ -361,7 +355,7 @@ fn run(n: &mut Node, net: &mut Net, mut now: Instant, until: Instant) -> (Vec<Ev
         let out = sent(n);
         let quiet = out.is_empty();
         for (to, m) in out {
-            if let Some(reply) = net.answer(v4(to), &m) {
+            if let Some(reply) = net.answer(to, &m) {
                 n.handle_datagram(to, &reply, now);
             }
         }
@@ -398,7 +392,7 @@ fn a_lookup_over_a_scripted_network_ends_and_announces_to_the_closest() {
         "{events:?}"
     );
     let before = net.queries;
-    let lookup = n.get_peers(HASH, Some(6000), t1);
+    let lookup = n.get_peers(HASH, Some(6000), false, t1);
     let (events, t2) = run(&mut n, &mut net, t1, t1 + Duration::from_secs(30));
     assert_eq!(
         events,
@@ -412,7 +406,7 @@ fn a_lookup_over_a_scripted_network_ends_and_announces_to_the_closest() {
     );
     // Announced on our port, with each node's own token, to K live nodes, among them every
     // live node of the K closest (what lies beyond depends on what the responders knew).
-    let to: HashSet<SocketAddrV4> = net.announced.iter().map(|(a, _, _)| *a).collect();
+    let to: HashSet<SocketAddr> = net.announced.iter().map(|(a, _, _)| *a).collect();
     assert_eq!(to.len(), K, "{to:?}");
     assert_eq!(net.announced.len(), K, "one announce per node");
     assert!(to.iter().all(|a| !net.dead.contains(a)));
@@ -442,7 +436,7 @@ fn a_lookup_with_nobody_answering_ends_empty() {
     net.dead = net.nodes.iter().map(|(_, a)| *a).collect();
     let mut n = Node::new(config(), t0, 7);
     n.bootstrap(net.nodes.iter().map(|(_, a)| *a).collect(), t0);
-    let lookup = n.get_peers(HASH, Some(6000), t0);
+    let lookup = n.get_peers(HASH, Some(6000), false, t0);
     let (events, t1) = run(&mut n, &mut net, t0, t0 + Duration::from_secs(10));
     assert!(
         events.contains(&Event::Bootstrapped { nodes: 0 }),
@@ -466,7 +460,7 @@ fn cancelled_and_excess_lookups_are_bounded() {
     let mut n = Node::new(config(), t0, 8);
     n.bootstrap(vec!["10.7.7.7:1".parse().expect("literal")], t0);
     let ids: Vec<LookupId> = (0..MAX_LOOKUPS as u8 + 5)
-        .map(|i| n.get_peers(Id([i; ID_LEN]), None, t0))
+        .map(|i| n.get_peers(Id([i; ID_LEN]), None, false, t0))
         .collect();
     assert_eq!(n.lookups.len(), MAX_LOOKUPS);
     // The bootstrap lookup counts too.
@@ -531,4 +525,82 @@ fn quiet_nodes_are_pinged_and_stale_buckets_refreshed() {
         .count();
     assert_eq!(pings, PINGS_PER_ROUND.min(known), "{out:?}");
     assert!(refresh >= 1, "{out:?}");
+}
+
+#[test]
+fn ipv6_queriers_get_nodes6_and_want_picks_the_families() {
+    let t0 = Instant::now();
+    let mut n = Node::new(config(), t0, 10);
+    // One node of each family in the tables (they answered a ping).
+    let four: SocketAddr = "10.0.0.4:4000".parse().expect("literal");
+    let six: SocketAddr = "[2001:db8::6]:6000".parse().expect("literal");
+    for (addr, b) in [(four, 0x04u8), (six, 0x06)] {
+        n.add_node(addr, t0);
+        let (_, ping) = sent(&mut n).pop().expect("a ping");
+        let reply = krpc::encode_response(&ping.tid, &Id([b; ID_LEN]), &Response::default());
+        n.handle_datagram(addr, &reply, t0);
+    }
+    assert_eq!(n.node_count(t0), 2);
+    let family = |r: &Response| -> Vec<bool> { r.nodes.iter().map(|c| c.addr.is_ipv6()).collect() };
+    let from6: SocketAddr = "[2001:db8::9]:1".parse().expect("literal");
+    let r = response(ask(
+        &mut n,
+        from6,
+        b"a",
+        Query::FindNode { target: HASH },
+        t0,
+    ));
+    assert_eq!(family(&r), vec![true], "an IPv6 querier gets IPv6 nodes");
+    let r = response(ask(
+        &mut n,
+        addr(1, 1),
+        b"b",
+        Query::FindNode { target: HASH },
+        t0,
+    ));
+    assert_eq!(family(&r), vec![false]);
+    // BEP 32 `want`: both families.
+    let mut q = b"d1:ad2:id20:".to_vec();
+    q.extend_from_slice(&[0x99; ID_LEN]);
+    q.extend_from_slice(b"6:target20:");
+    q.extend_from_slice(&HASH.0);
+    q.extend_from_slice(b"4:wantl2:n42:n6ee1:q9:find_node1:t2:ww1:y1:qe");
+    n.handle_datagram(addr(1, 1), &q, t0);
+    let out = sent(&mut n);
+    let Body::Response(r) = &out[0].1.body else {
+        panic!("a response: {out:?}")
+    };
+    assert_eq!(family(r), vec![false, true]);
+
+    // Values are given per family: an IPv6 announce is not handed to an IPv4 querier.
+    let token = n.token(&n.secret, &from6.ip());
+    let ann = Query::AnnouncePeer {
+        info_hash: HASH,
+        port: 7000,
+        implied_port: false,
+        token,
+    };
+    assert!(matches!(
+        ask(&mut n, from6, b"c", ann, t0).body,
+        Body::Response(_)
+    ));
+    let got4 = response(ask(
+        &mut n,
+        addr(1, 1),
+        b"d",
+        Query::GetPeers { info_hash: HASH },
+        t0,
+    ));
+    assert!(got4.values.is_empty());
+    let got6 = response(ask(
+        &mut n,
+        from6,
+        b"e",
+        Query::GetPeers { info_hash: HASH },
+        t0,
+    ));
+    assert_eq!(
+        got6.values,
+        vec!["[2001:db8::9]:7000".parse::<SocketAddr>().expect("literal")]
+    );
 }

@@ -1,4 +1,4 @@
-//! The routing table (BEP 5): which nodes we know, how good they are, who is closest to an id.
+//! A routing table (BEP 5; one per address family, BEP 32): which nodes we know, how good they are, who is closest to an id.
 //! Sans-IO: time comes in as `now`.
 //!
 //! It owns the buckets and the state of each node in them. It never sends anything: it says
@@ -10,7 +10,7 @@
 //! [`MAX_BUCKETS`] × [`K`] nodes. A node enters only after it answered one of our queries, so a
 //! spoofed source address cannot fill the table.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::krpc::{Contact, Id, ID_LEN};
@@ -81,7 +81,7 @@ pub enum Insert {
     /// questionable one, if any, so its fate can be settled and room made.
     Full {
         /// A questionable node of that bucket.
-        ping: Option<SocketAddrV4>,
+        ping: Option<SocketAddr>,
     },
     /// Our own id, or an id already held at another address: ignored.
     Refused,
@@ -221,14 +221,14 @@ impl Table {
         });
     }
 
-    fn remove_addr(&mut self, addr: &SocketAddrV4) {
+    fn remove_addr(&mut self, addr: &SocketAddr) {
         for b in &mut self.buckets {
             b.nodes.retain(|e| e.contact.addr != *addr);
         }
     }
 
     /// Node `id` queried us: it stays good while it keeps doing so (if it answered before).
-    pub fn heard_query(&mut self, id: &Id, addr: SocketAddrV4, now: Instant) {
+    pub fn heard_query(&mut self, id: &Id, addr: SocketAddr, now: Instant) {
         if let Some((b, i)) = self.find(id) {
             let e = &mut self.buckets[b].nodes[i];
             if e.contact.addr == addr {
@@ -238,7 +238,7 @@ impl Table {
     }
 
     /// A query to `addr` timed out.
-    pub fn failed(&mut self, addr: &SocketAddrV4) {
+    pub fn failed(&mut self, addr: &SocketAddr) {
         for b in &mut self.buckets {
             for e in &mut b.nodes {
                 if e.contact.addr == *addr {
@@ -263,7 +263,7 @@ impl Table {
     }
 
     /// Nodes that are not bad (good ones first), for the state file.
-    pub fn live_nodes(&self, now: Instant) -> Vec<SocketAddrV4> {
+    pub fn live_nodes(&self, now: Instant) -> Vec<SocketAddr> {
         let mut v: Vec<&Entry> = self
             .buckets
             .iter()
@@ -289,7 +289,7 @@ impl Table {
     }
 
     /// Questionable nodes, least recently heard first, at most `n`: to be pinged.
-    pub fn questionable(&self, n: usize, now: Instant) -> Vec<SocketAddrV4> {
+    pub fn questionable(&self, n: usize, now: Instant) -> Vec<SocketAddr> {
         let mut v: Vec<&Entry> = self
             .buckets
             .iter()
@@ -345,7 +345,7 @@ mod tests {
         id[16..].copy_from_slice(&n.to_be_bytes());
         Contact {
             id: Id(id),
-            addr: SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + n), 6881),
+            addr: SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + n), 6881)),
         }
     }
 
@@ -403,14 +403,14 @@ mod tests {
         let mut t = Table::new(own, t0);
         let me = Contact {
             id: own,
-            addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
         };
         assert_eq!(t.heard_response(me, t0), Insert::Refused);
         let a = contact(0x80, 1);
         t.heard_response(a, t0);
         let thief = Contact {
             id: a.id,
-            addr: SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 1),
+            addr: SocketAddr::from((Ipv4Addr::new(10, 9, 9, 9), 1)),
         };
         assert_eq!(t.heard_response(thief, t0), Insert::Refused);
         assert_eq!(t.live_nodes(t0), vec![a.addr]);

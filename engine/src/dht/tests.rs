@@ -102,15 +102,9 @@ async fn a_restart_bootstraps_from_the_saved_nodes() {
 
     let text = std::fs::read_to_string(&state).expect("state file exists");
     let saved = parse_state(&text);
-    let b_addr = match b.local_addr() {
-        SocketAddr::V4(v4) => v4,
-        SocketAddr::V6(_) => unreachable!("the DHT is IPv4 only"),
-    };
+    let b_addr = b.local_addr();
     assert!(saved.contains(&b_addr), "{saved:?}");
-    let extra_addr = match extra.local_addr() {
-        SocketAddr::V4(v4) => v4,
-        SocketAddr::V6(_) => unreachable!("the DHT is IPv4 only"),
-    };
+    let extra_addr = extra.local_addr();
     assert!(saved.contains(&extra_addr), "{saved:?}");
     extra.shutdown().await.expect("no state file");
     let leftovers: Vec<_> = std::fs::read_dir(state.parent().expect("has a parent"))
@@ -160,14 +154,15 @@ async fn ipv6_is_refused() {
 
 #[test]
 fn state_text_round_trips_and_skips_bad_lines() {
-    let nodes: Vec<SocketAddrV4> = vec![
+    let nodes: Vec<SocketAddr> = vec![
+        "[::1]:5".parse().expect("literal"),
         "10.0.0.1:6881".parse().expect("literal"),
         "127.0.0.2:4000".parse().expect("literal"),
     ];
     assert_eq!(parse_state(&format_state(&nodes)), nodes);
 
     let text = format!(
-        "{STATE_FILE_HEADER}\nnot an address\n0.0.0.0:1\n10.0.0.1:0\n[::1]:5\n\
+        "{STATE_FILE_HEADER}\nnot an address\n0.0.0.0:1\n[::]:7\n10.0.0.1:0\n[::1]:5\n\
          10.0.0.1:6881\n10.0.0.1:6881\n 127.0.0.2:4000 \n"
     );
     assert_eq!(parse_state(&text), nodes);
@@ -177,8 +172,8 @@ fn state_text_round_trips_and_skips_bad_lines() {
 
 #[test]
 fn state_is_capped() {
-    let many: Vec<SocketAddrV4> = (0..MAX_SAVED_NODES as u32 + 50)
-        .map(|i| SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 6881))
+    let many: Vec<SocketAddr> = (0..MAX_SAVED_NODES as u32 + 50)
+        .map(|i| SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i), 6881)))
         .collect();
     let text = format_state(&many);
     assert!(text.len() as u64 <= MAX_STATE_FILE_BYTES);
@@ -301,4 +296,39 @@ async fn a_two_byte_transaction_id_is_answered_over_the_socket() {
     };
     assert!(r.id.is_some() && r.token.is_some());
     b.shutdown().await.expect("no state file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_find_each_other_over_ipv6() {
+    let v6 = |n: u8, bootstrap| {
+        let mut cfg = DhtConfig::new(on(n));
+        cfg.listen6 = Some("[::1]:0".parse().expect("literal"));
+        cfg.bootstrap = bootstrap;
+        cfg
+    };
+    let b = Dht::start(v6(40, Bootstrap::Nobody)).await.expect("start");
+    let b6 = b.local_addr6().expect("an IPv6 socket on ::1");
+    // Only B's IPv6 address is known: the IPv4 DHT stays empty, so what is found came over IPv6.
+    let a = Dht::start(v6(41, Bootstrap::Nodes(vec![b6.to_string()])))
+        .await
+        .expect("start");
+    let c = Dht::start(v6(42, Bootstrap::Nodes(vec![b6.to_string()])))
+        .await
+        .expect("start");
+    assert!(a.bootstrapped().await && c.bootstrapped().await);
+    let hash = InfoHash([0x66; 20]);
+    collect(a.get_peers(hash, Some(6100))).await;
+    let found = collect(c.get_peers(hash, None)).await;
+    assert_eq!(
+        found,
+        vec!["[::1]:6100".parse::<SocketAddr>().expect("literal")]
+    );
+    // A node on one IPv4 address does not open IPv6 unless asked.
+    assert_eq!(DhtConfig::new(on(43)).listen6, None);
+    assert!(DhtConfig::new("0.0.0.0:6881".parse().expect("literal"))
+        .listen6
+        .is_some());
+    for n in [a, b, c] {
+        n.shutdown().await.expect("no state file");
+    }
 }
