@@ -248,12 +248,19 @@ impl Dht {
         let to_driver = commands.clone();
         tokio::spawn(async move {
             let mut addrs = saved;
-            for name in names {
-                let lookup = tokio::net::lookup_host(name.clone());
+            // All at once: searches wait for this (see the driver), so it must not take long.
+            let lookups = names.iter().map(|name| async move {
+                let lookup = tokio::net::lookup_host(name.as_str());
                 match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
-                    Ok(Ok(found)) => addrs.extend(found),
-                    _ => tracing::debug!(%name, "DHT bootstrap name did not resolve"),
+                    Ok(Ok(found)) => found.collect(),
+                    _ => {
+                        tracing::debug!(%name, "DHT bootstrap name did not resolve");
+                        Vec::new()
+                    }
                 }
+            });
+            for found in futures::future::join_all(lookups).await {
+                addrs.extend(found);
             }
             let _ = to_driver.send(Command::Bootstrap(addrs)).await;
         });
@@ -449,6 +456,35 @@ struct Search {
     lookups: usize,
 }
 
+/// A search as asked for: the torrent, the port to announce, where its addresses go.
+type SearchRequest = (InfoHash, Option<u16>, mpsc::Sender<SocketAddr>);
+
+/// Starts one lookup per family for a search and remembers which search each belongs to.
+fn start_search(
+    node: &mut Node,
+    (searches, by_lookup, next): (
+        &mut HashMap<u64, Search>,
+        &mut HashMap<LookupId, u64>,
+        &mut u64,
+    ),
+    families: &[bool],
+    (info_hash, announce, tx): SearchRequest,
+) {
+    let key = *next;
+    *next += 1;
+    searches.insert(
+        key,
+        Search {
+            tx,
+            lookups: families.len(),
+        },
+    );
+    for &v6 in families {
+        let id = node.get_peers(krpc::Id(info_hash.0), announce, v6, now());
+        by_lookup.insert(id, key);
+    }
+}
+
 /// The driver: one loop owning the sockets and the node. It sends what the node queues, hands
 /// datagrams, commands and deadlines to it, and routes its events to the searches' channels.
 async fn run_driver(
@@ -471,6 +507,9 @@ async fn run_driver(
         &[false]
     };
     let mut warned = false;
+    // Searches asked for before the bootstrap addresses are known wait for them (at most
+    // RESOLVE_TIMEOUT): run at once, they would find nobody and retry only much later.
+    let mut deferred: Option<Vec<SearchRequest>> = Some(Vec::new());
     loop {
         while let Some((to, bytes)) = node.poll_transmit() {
             sockets.send(to, &bytes).await;
@@ -548,16 +587,33 @@ async fn run_driver(
                     let _ = reply.send(node.live_nodes(now()));
                     return;
                 }
-                Some(Command::Bootstrap(nodes)) => node.bootstrap(nodes, now()),
-                Some(Command::Search { info_hash, announce, tx }) => {
-                    let key = next_search;
-                    next_search += 1;
-                    searches.insert(key, Search { tx, lookups: families.len() });
-                    for &v6 in families {
-                        let id = node.get_peers(krpc::Id(info_hash.0), announce, v6, now());
-                        by_lookup.insert(id, key);
+                Some(Command::Bootstrap(nodes)) => {
+                    node.bootstrap(nodes, now());
+                    for (info_hash, announce, tx) in deferred.take().unwrap_or_default() {
+                        start_search(
+                            &mut node,
+                            (&mut searches, &mut by_lookup, &mut next_search),
+                            families,
+                            (info_hash, announce, tx),
+                        );
                     }
                 }
+                Some(Command::Search { info_hash, announce, tx }) => match &mut deferred {
+                    // Bounded: one command each, and the command queue is.
+                    Some(waiting) if waiting.len() < COMMAND_QUEUE => {
+                        waiting.push((info_hash, announce, tx));
+                    }
+                    // Beyond that the sender is dropped: the search ends with nothing found.
+                    Some(_) => {}
+                    None => {
+                        start_search(
+                            &mut node,
+                            (&mut searches, &mut by_lookup, &mut next_search),
+                            families,
+                            (info_hash, announce, tx),
+                        );
+                    }
+                },
                 Some(Command::AddNode(addr)) => node.add_node(addr, now()),
                 Some(Command::NodeCount(reply)) => {
                     let _ = reply.send(node.node_count(now()));
