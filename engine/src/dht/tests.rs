@@ -144,7 +144,8 @@ async fn a_taken_port_falls_back_to_an_ephemeral_one() {
 }
 
 #[tokio::test]
-async fn ipv6_is_refused() {
+async fn an_ipv6_main_address_is_refused() {
+    // IPv6 goes in `listen6`; the main socket is IPv4.
     let cfg = DhtConfig::new("[::1]:0".parse().expect("literal"));
     assert!(matches!(
         Dht::start(cfg).await,
