@@ -309,6 +309,39 @@ def regressions():
     yield "bep10_handshake", "list-as-handshake", b"\0li5ee"
 
 
+def krpc_seeds():
+    """KRPC datagrams (BEP 5): every query and response kind, 2- and 4-byte transaction ids as
+    libtorrent and others send them, BEP 43 `ro`, errors, and near misses."""
+    nid = bytes(range(20))
+    ih = bytes(range(100, 120))
+    node = nid + bytes([127, 0, 0, 1, 0x1a, 0xe1])
+    def q(tid, method, args, extra=b""):
+        return (b"d1:ad" + args + b"e1:q" + ben(method) + extra + b"1:t" + ben(tid)
+                + b"1:y1:qe")
+    idarg = b"2:id20:" + nid
+    yield "ping-tid2", q(b"\x8a\x03", b"ping", idarg)
+    yield "ping-tid4", q(b"abcd", b"ping", idarg)
+    yield "ping-ro", q(b"aa", b"ping", idarg, b"2:roi1e")
+    yield "find-node", q(b"aa", b"find_node", idarg + b"6:target20:" + ih)
+    yield "get-peers", q(b"\x00\x01", b"get_peers", idarg + b"9:info_hash20:" + ih)
+    yield "announce", q(b"aa", b"announce_peer", idarg + b"9:info_hash20:" + ih
+                        + b"4:porti6881e5:token4:\x01\x02\x03\x04")
+    yield "announce-implied", q(b"aa", b"announce_peer", idarg + b"12:implied_porti1e9:info_hash20:"
+                                + ih + b"4:porti0e5:token4:abcd")
+    yield "unknown-method", q(b"aa", b"sample_infohashes", idarg + b"6:target20:" + ih)
+    yield "resp-nodes", (b"d1:rd2:id20:" + nid + b"5:nodes" + ben(node * 8) + b"e1:t2:aa1:y1:re")
+    values = b"l" + b"".join(ben(bytes([10, 0, 0, i, 0x1a, 0xe1])) for i in range(1, 20)) + b"e"
+    yield "resp-values", (b"d1:rd2:id20:" + nid + b"5:token4:abcd6:values" + values
+                          + b"e1:t2:aa1:y1:re")
+    yield "resp-values6", (b"d1:rd2:id20:" + nid + b"5:token4:abcd6:valuesl18:" + bytes(18)
+                           + b"ee1:t2:aa1:y1:re")
+    yield "error", b"d1:eli203e9:bad tokene1:t2:aa1:y1:ee"
+    yield "bad-nodes-len", (b"d1:rd2:id20:" + nid + b"5:nodes25:" + bytes(25) + b"e1:t2:aa1:y1:re")
+    yield "bad-id-len", q(b"aa", b"ping", b"2:id19:" + nid[:19])
+    yield "tid-17", q(b"a" * 17, b"ping", idarg)
+    yield "no-args", b"d1:q4:ping1:t2:aa1:y1:qe"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zigtorrent", help="binary used to add real torrents made by `create`")
@@ -324,6 +357,7 @@ def main():
         "ut_metadata": ut_metadata_seeds(),
         "ut_pex": ut_pex_seeds(),
         "bep10_handshake": bep10_seeds(),
+        "krpc": krpc_seeds(),
     }
     for target, seeds in groups.items():
         for name, data in seeds:

@@ -340,7 +340,10 @@ mod tests {
         assert!(!kept.exists(), "the added copy is deleted");
         let r = Removals::load(&state);
         for f in [&a, &b] {
-            assert!(r.is_removed(&h, &crate::watch::identity(f).unwrap()), "{f:?}");
+            assert!(
+                r.is_removed(&h, &crate::watch::identity(f).unwrap()),
+                "{f:?}"
+            );
         }
     }
 

@@ -94,7 +94,7 @@ pub struct RunArgs {
     /// Complete torrents seeding at once; the rest wait queued; 0: no limit [default: 0].
     #[arg(long, value_name = "N")]
     max_active_seeds: Option<usize>,
-    /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: warn,librqbit_utp=error,mainline=off].
+    /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: warn,librqbit_utp=error].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
     /// When a torrent finishes downloading, run PROGRAM with its name and its path as the two
@@ -268,9 +268,7 @@ impl RunArgs {
             // swarms gain.
             .set_default("max_active_seeds", 0)?
             // librqbit-utp warns at every start when the kernel caps its UDP buffer: noise.
-            // mainline logs an error every few seconds while the DHT cannot bootstrap (offline):
-            // the session says it once instead.
-            .set_default("log_level", "warn,librqbit_utp=error,mainline=off")?;
+            .set_default("log_level", "warn,librqbit_utp=error")?;
         let mut files = Vec::new();
         let explicit = self
             .folders
@@ -721,7 +719,7 @@ mod tests {
         assert_eq!(s.transport, "both");
         assert_eq!(s.download_limit, 0);
         assert!(!s.headless);
-        assert_eq!(s.log_level, "warn,librqbit_utp=error,mainline=off");
+        assert_eq!(s.log_level, "warn,librqbit_utp=error");
     }
 
     #[test]

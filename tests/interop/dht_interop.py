@@ -47,6 +47,10 @@ def dht_settings(port, bootstrap):
         # Ports below 1024 and some ranges are skipped as "dark internet"; ephemeral ports are not,
         # but keep every loopback node usable.
         "dht_ignore_dark_internet": False,
+        # libtorrent bans an IP that sends it 50 DHT packets within 10 s (5 minutes). Every node
+        # here is 127.0.0.1, so the whole network's chatter (and a test polling get_peers) counts
+        # as one sender: lift the ban, or a busy moment silences everyone for the rest of a test.
+        "dht_block_ratelimit": 100000,
         "enable_lsd": False,
         "enable_upnp": False,
         "enable_natpmp": False,

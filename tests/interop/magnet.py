@@ -9,6 +9,9 @@ Scenarios (each prints PASS/FAIL with a reason; exit status 1 if any failed):
   m_serve     a libtorrent magnet leecher gets metadata and data from zigtorrent alone
   m_dht       a magnet with nothing but the info-hash: zigtorrent finds a libtorrent seeder
               through a small loopback DHT of libtorrent nodes (`--dht-bootstrap`)
+  m_dht_serve zigtorrent seeds and announces through a loopback DHT of libtorrent nodes; a
+              libtorrent leecher whose only DHT bootstrap is zigtorrent's node must query it
+              (2-byte transaction ids) to find the network, then finds and downloads from us
   m_pex       zigtorrent knows only a (throttled) libtorrent leecher and learns the seeder
               through that peer's PEX (BEP 11), then downloads from the seeder
   m_tr_seed   Transmission seeds; zigtorrent joins from a magnet naming it in `x.pe`
@@ -169,6 +172,57 @@ def m_dht(ctx):
         raise H.CheckFailed("the DHT routing table was not kept in the state folder")
     return (f"{secs:.1f}s from start, seeder 127.0.0.1:{seeder_port} found through the DHT "
             f"(bootstrap {boot}); SIGINT exit 0 in {stop_secs:.1f}s")
+
+
+def m_dht_serve(ctx):
+    src, name, torrents, downloads, state, t, ih = _setup(ctx, "single", 32 * 1024, in_watch=True)
+    shutil.copy(src, os.path.join(downloads, name))
+    # Three: with two, the second libtorrent node learns nobody (its bootstrap is a "router").
+    nodes = D.start_network(3)
+    zport = H.free_port()
+    logp = os.path.join(ctx.dir, "zigtorrent.log")
+    # --transport tcp: the DHT then takes the UDP port of --listen itself (uTP does not hold it).
+    z = ctx.zig.run(torrents, downloads, state, logp, listen=zport,
+                    extra=["--dht-bootstrap", f"127.0.0.1:{nodes[0][1]}"])
+    # Our seeder announces once its first search ends; wait until a libtorrent node has it.
+    sha = L.lt.sha1_hash(bytes.fromhex(ih))
+    deadline = time.time() + 60
+    stored = False
+    while time.time() < deadline and not stored:
+        if H.reap_if_exited(z) is not None:
+            raise H.CheckFailed(f"zigtorrent exited early ({z.returncode}):\n{H.tail(logp)}")
+        nodes[1][0].dht_get_peers(sha)
+        time.sleep(1)
+        for a in nodes[1][0].pop_alerts():
+            if isinstance(a, L.lt.dht_get_peers_reply_alert):
+                stored = stored or any(pe[1] == zport for pe in a.peers())
+    if not stored:
+        raise H.CheckFailed(f"zigtorrent's announce never reached the libtorrent DHT\n{H.tail(logp)}")
+    # The leecher knows nothing but our DHT node: no tracker, no peer, no other bootstrap.
+    lport = H.free_port()
+    leech = L.session(lport, extra=D.dht_settings(lport, f"127.0.0.1:{zport}"))
+    dst = ctx.sub("leech")
+    h = L.add(leech, t, dst)
+    t0 = time.time()
+    last_announce = 0.0
+    seen = set()
+    while not h.status().is_seeding:
+        if time.time() - t0 > TIMEOUT:
+            raise H.CheckFailed(f"libtorrent leecher: {h.status().progress:.0%} after {TIMEOUT}s, "
+                                f"DHT nodes {D.dht_nodes(leech)}, peers {sorted(seen)}\n{H.tail(logp)}")
+        if time.time() - last_announce > 5:
+            h.force_dht_announce()
+            last_announce = time.time()
+        seen.update((p[0], p[1]) for p in L.peers(h))
+        time.sleep(0.2)
+    secs = time.time() - t0
+    _compare(src, os.path.join(dst, name), "libtorrent's copy")
+    learnt = D.dht_nodes(leech)
+    if learnt == 0:
+        raise H.CheckFailed("the leecher's DHT table is empty: it never learnt nodes from ours")
+    stop_secs, _ = H.graceful_stop(z, signal.SIGINT)
+    return (f"libtorrent leecher bootstrapped from our node only ({learnt} DHT nodes learnt), found "
+            f"and downloaded from us in {secs:.1f}s; SIGINT exit 0 in {stop_secs:.1f}s")
 
 
 def m_pex(ctx):
@@ -346,7 +400,7 @@ def m_restart(ctx):
     return f"restart seeded from kept metadata; SIGINT exit 0 in {stop_secs:.1f}s"
 
 
-SCENARIOS = [m_tracker, m_xpe, m_dht, m_serve, m_pex, m_tr_seed, m_tr_leech, m_qbt_seed, m_qbt_leech,
+SCENARIOS = [m_tracker, m_xpe, m_dht, m_dht_serve, m_serve, m_pex, m_tr_seed, m_tr_leech, m_qbt_seed, m_qbt_leech,
              m_restart]
 
 

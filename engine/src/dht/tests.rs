@@ -89,18 +89,24 @@ async fn a_restart_bootstraps_from_the_saved_nodes() {
     let b = node(5, Bootstrap::Nobody, None).await;
     let a = node(6, from(&b), Some(state.clone())).await;
     assert!(a.bootstrapped().await);
-    let extra: SocketAddr = "127.0.0.9:7000".parse().expect("literal");
-    a.add_node(extra);
+    // A node added at run time is saved once it answered.
+    let extra = node(9, Bootstrap::Nobody, None).await;
+    a.add_node(extra.local_addr());
+    for _ in 0..100 {
+        if a.node_count().await >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     a.shutdown().await.expect("state file written");
 
     let text = std::fs::read_to_string(&state).expect("state file exists");
     let saved = parse_state(&text);
-    let b_addr = match b.local_addr() {
-        SocketAddr::V4(v4) => v4,
-        SocketAddr::V6(_) => unreachable!("the DHT is IPv4 only"),
-    };
+    let b_addr = b.local_addr();
     assert!(saved.contains(&b_addr), "{saved:?}");
-    assert!(saved.contains(&"127.0.0.9:7000".parse().expect("literal")));
+    let extra_addr = extra.local_addr();
+    assert!(saved.contains(&extra_addr), "{saved:?}");
+    extra.shutdown().await.expect("no state file");
     let leftovers: Vec<_> = std::fs::read_dir(state.parent().expect("has a parent"))
         .expect("dir")
         .filter_map(Result::ok)
@@ -138,7 +144,8 @@ async fn a_taken_port_falls_back_to_an_ephemeral_one() {
 }
 
 #[tokio::test]
-async fn ipv6_is_refused() {
+async fn an_ipv6_main_address_is_refused() {
+    // IPv6 goes in `listen6`; the main socket is IPv4.
     let cfg = DhtConfig::new("[::1]:0".parse().expect("literal"));
     assert!(matches!(
         Dht::start(cfg).await,
@@ -148,14 +155,15 @@ async fn ipv6_is_refused() {
 
 #[test]
 fn state_text_round_trips_and_skips_bad_lines() {
-    let nodes: Vec<SocketAddrV4> = vec![
+    let nodes: Vec<SocketAddr> = vec![
+        "[::1]:5".parse().expect("literal"),
         "10.0.0.1:6881".parse().expect("literal"),
         "127.0.0.2:4000".parse().expect("literal"),
     ];
     assert_eq!(parse_state(&format_state(&nodes)), nodes);
 
     let text = format!(
-        "{STATE_FILE_HEADER}\nnot an address\n0.0.0.0:1\n10.0.0.1:0\n[::1]:5\n\
+        "{STATE_FILE_HEADER}\nnot an address\n0.0.0.0:1\n[::]:7\n10.0.0.1:0\n[::1]:5\n\
          10.0.0.1:6881\n10.0.0.1:6881\n 127.0.0.2:4000 \n"
     );
     assert_eq!(parse_state(&text), nodes);
@@ -165,8 +173,8 @@ fn state_text_round_trips_and_skips_bad_lines() {
 
 #[test]
 fn state_is_capped() {
-    let many: Vec<SocketAddrV4> = (0..MAX_SAVED_NODES as u32 + 50)
-        .map(|i| SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 6881))
+    let many: Vec<SocketAddr> = (0..MAX_SAVED_NODES as u32 + 50)
+        .map(|i| SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i), 6881)))
         .collect();
     let text = format_state(&many);
     assert!(text.len() as u64 <= MAX_STATE_FILE_BYTES);
@@ -178,33 +186,54 @@ fn state_is_capped() {
     assert_eq!(parse_state(&long).len(), MAX_SAVED_NODES);
 }
 
-#[test]
-fn add_node_keeps_the_newest_distinct_ipv4_nodes() {
-    // add_node touches no socket; the bookkeeping is checked on the queue directly.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let mut cfg = DhtConfig::new(on(10));
-        cfg.bootstrap = Bootstrap::Nobody;
-        let a = Dht::start(cfg).await.expect("start");
-        a.add_node("[::1]:6881".parse().expect("literal"));
-        a.add_node("10.0.0.1:0".parse().expect("literal"));
-        for i in 0..MAX_SAVED_NODES as u32 + 3 {
-            a.add_node(SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i), 6881)));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_node_joins_the_running_table() {
+    let b = node(20, Bootstrap::Nobody, None).await;
+    let a = node(21, Bootstrap::Nobody, None).await;
+    assert!(!a.bootstrapped().await, "nobody to bootstrap from");
+    assert_eq!(a.node_count().await, 0);
+    a.add_node("[::1]:6881".parse().expect("literal"));
+    a.add_node(b.local_addr());
+    // The ping's answer arrives within the query timeout; poll the count, bounded.
+    let mut count = 0;
+    for _ in 0..100 {
+        count = a.node_count().await;
+        if count > 0 {
+            break;
         }
-        a.add_node(SocketAddr::from((Ipv4Addr::from(0x0a00_0005), 6881)));
-        {
-            let added = lock(&a.added);
-            assert_eq!(added.len(), MAX_SAVED_NODES);
-            assert_eq!(
-                added.front(),
-                Some(&SocketAddrV4::new(Ipv4Addr::from(0x0a00_0003), 6881))
-            );
-        }
-        a.shutdown().await.expect("no state file");
-    });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count, 1, "B answered A's ping and is in A's table");
+    for n in [a, b] {
+        n.shutdown().await.expect("no state file");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_nodes_find_what_each_other_announced() {
+    let first = node(30, Bootstrap::Nobody, None).await;
+    let mut nodes = Vec::new();
+    for n in 31..38 {
+        let d = node(n, from(&first), None).await;
+        assert!(d.bootstrapped().await, "node {n} joins");
+        nodes.push(d);
+    }
+    // Each of the seven announces its own torrent; then each finds every other's.
+    let hash = |n: usize| InfoHash([0x10 + n as u8; 20]);
+    for (i, d) in nodes.iter().enumerate() {
+        collect(d.get_peers(hash(i), Some(7000 + i as u16))).await;
+    }
+    for (i, d) in nodes.iter().enumerate() {
+        let j = (i + 3) % nodes.len();
+        let found = collect(d.get_peers(hash(j), None)).await;
+        let want = SocketAddr::from(([127, 0, 0, 31 + j as u8], 7000 + j as u16));
+        assert_eq!(found, vec![want], "node {i} looking for node {j}'s torrent");
+    }
+    let from_first = collect(first.get_peers(hash(0), None)).await;
+    assert_eq!(from_first, vec![SocketAddr::from(([127, 0, 0, 31], 7000))]);
+    for d in nodes.into_iter().chain([first]) {
+        d.shutdown().await.expect("no state file");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,6 +262,74 @@ async fn hostile_datagrams_do_not_stop_the_node() {
     let a = node(19, from(&b), None).await;
     assert!(a.bootstrapped().await);
     for n in [a, b] {
+        n.shutdown().await.expect("no state file");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_byte_transaction_id_is_answered_over_the_socket() {
+    let b = node(22, Bootstrap::Nobody, None).await;
+    let client = UdpSocket::bind(on(23)).expect("bind");
+    // A bound on a lost datagram only; the answer normally comes in microseconds.
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let query = krpc::encode_query(
+        b"\x8a\x03",
+        &krpc::Id([0x33; 20]),
+        &krpc::Query::GetPeers {
+            info_hash: krpc::Id([0x44; 20]),
+        },
+        true,
+    );
+    client.send_to(&query, b.local_addr()).expect("send");
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 2048];
+        let (n, _) = client.recv_from(&mut buf).expect("an answer");
+        buf[..n].to_vec()
+    })
+    .await
+    .expect("join");
+    let m = krpc::decode(&reply).expect("a well-formed answer");
+    assert_eq!(m.tid, b"\x8a\x03");
+    let krpc::Body::Response(r) = m.body else {
+        panic!("a response, not {:?}", m.body)
+    };
+    assert!(r.id.is_some() && r.token.is_some());
+    b.shutdown().await.expect("no state file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_find_each_other_over_ipv6() {
+    let v6 = |n: u8, bootstrap| {
+        let mut cfg = DhtConfig::new(on(n));
+        cfg.listen6 = Some("[::1]:0".parse().expect("literal"));
+        cfg.bootstrap = bootstrap;
+        cfg
+    };
+    let b = Dht::start(v6(40, Bootstrap::Nobody)).await.expect("start");
+    let b6 = b.local_addr6().expect("an IPv6 socket on ::1");
+    // Only B's IPv6 address is known: the IPv4 DHT stays empty, so what is found came over IPv6.
+    let a = Dht::start(v6(41, Bootstrap::Nodes(vec![b6.to_string()])))
+        .await
+        .expect("start");
+    let c = Dht::start(v6(42, Bootstrap::Nodes(vec![b6.to_string()])))
+        .await
+        .expect("start");
+    assert!(a.bootstrapped().await && c.bootstrapped().await);
+    let hash = InfoHash([0x66; 20]);
+    collect(a.get_peers(hash, Some(6100))).await;
+    let found = collect(c.get_peers(hash, None)).await;
+    assert_eq!(
+        found,
+        vec!["[::1]:6100".parse::<SocketAddr>().expect("literal")]
+    );
+    // A node on one IPv4 address does not open IPv6 unless asked.
+    assert_eq!(DhtConfig::new(on(43)).listen6, None);
+    assert!(DhtConfig::new("0.0.0.0:6881".parse().expect("literal"))
+        .listen6
+        .is_some());
+    for n in [a, b, c] {
         n.shutdown().await.expect("no state file");
     }
 }

@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("ut_pex", ut_pex),
     ("bep10_handshake", bep10_handshake),
     ("lsd_announce", lsd_announce),
+    ("krpc", krpc),
 ];
 
 /// [`bencode::scan`] with the limits `.torrent` files get: a success means one well-formed
@@ -426,4 +427,70 @@ pub fn lsd_announce(data: &[u8]) {
         .expect("a formatted announce parses");
     assert_eq!(again.port, ann.port);
     assert_eq!(again.info_hashes, ann.info_hashes);
+}
+
+/// [`crate::dht::krpc::decode`] (BEP 5 datagrams), then the same bytes into a DHT node: a
+/// message keeps a 1..=16-byte transaction id and lists within their caps; a query or response
+/// encodes and decodes back to the same message (values cut to what we send); the node never
+/// panics and answers with at most one well-formed datagram.
+pub fn krpc(data: &[u8]) {
+    use crate::dht::krpc::{self, Body, MAX_NODES, MAX_TID_LEN, MAX_VALUES, MAX_VALUES_SENT};
+    use crate::dht::node::{Node, NodeConfig};
+
+    if let Ok(m) = krpc::decode(data) {
+        assert!(!m.tid.is_empty() && m.tid.len() <= MAX_TID_LEN);
+        match &m.body {
+            Body::Query {
+                id,
+                query,
+                read_only,
+                want: _,
+            } => {
+                // We never send `want` (BEP 32): each family is queried on its own socket.
+                let again = krpc::encode_query(&m.tid, id, query, *read_only);
+                let mut without_want = m.clone();
+                if let Body::Query { want, .. } = &mut without_want.body {
+                    *want = None;
+                }
+                assert_eq!(krpc::decode(&again), Ok(without_want));
+            }
+            Body::Response(r) => {
+                assert!(r.nodes.len() <= 2 * MAX_NODES && r.values.len() <= MAX_VALUES);
+                assert!(r
+                    .values
+                    .iter()
+                    .all(|v| v.port() != 0 && !v.ip().is_unspecified()));
+                if let Some(id) = r.id {
+                    let again = krpc::encode_response(&m.tid, &id, r);
+                    let mut cut = r.clone();
+                    cut.values.truncate(MAX_VALUES_SENT);
+                    assert_eq!(
+                        krpc::decode(&again).map(|m| m.body),
+                        Ok(Body::Response(cut))
+                    );
+                }
+            }
+            Body::Error { .. } => {}
+        }
+    }
+    let now = std::time::Instant::now();
+    let mut node = Node::new(
+        NodeConfig {
+            max_peers_per_search: 10,
+            ipv6: true,
+        },
+        now,
+        1,
+    );
+    let from = std::net::SocketAddr::from(([10, 0, 0, 1], 6881));
+    node.handle_datagram(from, data, now);
+    let mut answers = 0;
+    while let Some((to, bytes)) = node.poll_transmit() {
+        assert!(bytes.len() <= krpc::MAX_DATAGRAM);
+        let reply = krpc::decode(&bytes).expect("the node sends well-formed KRPC");
+        if to == from && !matches!(reply.body, Body::Query { .. }) {
+            answers += 1;
+        }
+    }
+    assert!(answers <= 1);
 }

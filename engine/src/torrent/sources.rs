@@ -54,8 +54,7 @@ impl DiscoverySlot {
 }
 
 /// Give the DHT the nodes a `.torrent` names (BEP 5 `nodes`), resolved off the torrent task.
-/// The DHT crate cannot add a bare node to a running table, so they join the routing table kept
-/// for the next start (see `dht::Dht::add_node`).
+/// The node pings each; those that answer join the routing table (see `dht::Dht::add_node`).
 pub(super) fn learn_dht_nodes(discovery: &Option<DiscoverySlot>, nodes: &[(String, u16)]) {
     let Some(dht) = discovery.as_ref().and_then(|d| d.dht()) else {
         return;
