@@ -113,6 +113,11 @@ pub(crate) fn delete_data(
         Err(e) => return Err(StorageError::from_io(&parts, e)),
     }
     remove_file(&resume_path, &mut out)?;
+    // A move left unsettled no longer has a record to vouch for anything.
+    remove_file(
+        &crate::relocate::journal_path(&spec.state_dir, &spec.info_hash),
+        &mut out,
+    )?;
     if let Some(marker) =
         claims.forget_marker(&spec.info_hash, layout, &spec.download_dir, &spec.state_dir)
     {
