@@ -113,6 +113,12 @@ pub struct SessionConfig {
     /// Complete torrents seeding at once; the rest wait `Queued`. `None` (the default): no
     /// limit.
     pub max_active_seeds: Option<usize>,
+    /// Move each torrent's files here when it completes (every wanted piece verified), keeping
+    /// their relative paths, and seed from there; `None` (the default): they stay. A torrent
+    /// may have its own ([`TorrentHandle::set_completed_dir`]). Only files the storage backend
+    /// vouches it wrote move, never over a name taken there (see
+    /// [`StorageBackend::move_data`](crate::StorageBackend::move_data)).
+    pub completed_dir: Option<PathBuf>,
 }
 
 impl SessionConfig {
@@ -139,6 +145,7 @@ impl SessionConfig {
             seed_time: None,
             max_active_downloads: None,
             max_active_seeds: None,
+            completed_dir: None,
         }
     }
 }
@@ -264,6 +271,16 @@ impl TorrentHandle {
         let _ = self
             .commands
             .send(TorrentCommand::SetSeedGoals(goals))
+            .await;
+    }
+    /// Give this torrent its own completed folder (kept in its record), or `None` to follow
+    /// the session's ([`SessionConfig::completed_dir`]). Takes effect when it next completes;
+    /// a torrent already complete stays where it is. Shown in
+    /// [`TorrentStatus::completed_dir`].
+    pub async fn set_completed_dir(&self, dir: Option<PathBuf>) {
+        let _ = self
+            .commands
+            .send(TorrentCommand::SetCompletedDir(dir))
             .await;
     }
 }
@@ -499,6 +516,13 @@ impl Session {
         status.seeding_time = Duration::from_secs(record.seeding_secs);
         status.seed_goals = record.goals;
         status.queue_position = record.queue_position;
+        // Where its files are: moved to a completed folder earlier, or the session's folder.
+        let download_dir = record
+            .download_dir
+            .clone()
+            .unwrap_or_else(|| self.shared.config.download_dir.clone());
+        status.download_dir = download_dir.clone();
+        status.completed_dir = record.completed_dir.clone();
         let position = Arc::new(AtomicU64::new(record.queue_position));
         let added_at = record.added_at;
         let keeper = Keeper::new(record_file.clone(), record, saved, position.clone());
@@ -518,7 +542,8 @@ impl Session {
             tracker: self.shared.tracker.clone(),
             peer_id: c.peer_id,
             listen_port: self.shared.listen_port,
-            download_dir: c.download_dir.clone(),
+            download_dir,
+            completed_dir: c.completed_dir.clone(),
             state_dir: c.state_dir.clone(),
             extra_peers: c.extra_peers.clone(),
             max_peers: c.max_peers_per_torrent,
@@ -616,6 +641,8 @@ impl Session {
         let source = entry.source.clone();
         let skipped = entry.selection.get();
         let record = entry.record.clone();
+        // Its files may have moved to a completed folder.
+        let download_dir = entry.handle.status.borrow().download_dir.clone();
         stop_torrent(entry, Duration::from_secs(4)).await;
         let _ = tokio::task::spawn_blocking(move || record.forget()).await;
         self.shared.reschedule.notify_one();
@@ -631,7 +658,11 @@ impl Session {
             info_hash,
             skipped_files: skipped.skipped_for(&layout),
             layout,
-            download_dir: c.download_dir.clone(),
+            download_dir: if download_dir.as_os_str().is_empty() {
+                c.download_dir.clone()
+            } else {
+                download_dir
+            },
             state_dir: c.state_dir.clone(),
         };
         let mut deleted = self.shared.backend.delete_data(spec).await?;
