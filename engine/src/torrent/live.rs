@@ -376,7 +376,11 @@ impl Torrent {
             .completed_dir
             .clone()
             .or_else(|| self.p.completed_dir.clone())?;
-        (to != self.p.download_dir).then_some(to)
+        // Absolute: it is kept in the record, and a relative one would change with the
+        // working folder.
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        let to = abs(&to);
+        (to != abs(&self.p.download_dir)).then_some(to)
     }
 
     /// Nothing left to download: every wanted piece is verified (all of them, unless the user

@@ -333,6 +333,9 @@ pub(crate) fn set_completed_dir(
     keeper: &mut record::Keeper,
     dir: Option<PathBuf>,
 ) {
+    // Absolute: a relative one would change with the working folder (and records keep only
+    // absolute folders).
+    let dir = dir.map(|d| std::path::absolute(&d).unwrap_or(d));
     keeper.record.completed_dir = dir.clone();
     keeper.save_soon(now());
     params.publish(|s| s.completed_dir = dir);
