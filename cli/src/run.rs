@@ -110,11 +110,18 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
             s.state.display()
         );
     }
+    let completed = match &s.completed {
+        Some(dir) => Some(check_completed(dir, &s.state)?),
+        None => None,
+    };
     // The state folder first: its lock must be held before anything looks inside the folders.
     create_folder("state", &s.state)?;
     let lock = crate::instance::acquire(&s.state)?;
     create_folder("torrents", &s.torrents)?;
     create_folder("downloads", &s.downloads)?;
+    if let Some(dir) = &completed {
+        create_folder("completed", dir)?;
+    }
     if signals.arrived() {
         return Ok(());
     }
@@ -134,6 +141,7 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
         config.upload_limit = s.upload_limit;
         config.lsd = s.lsd;
         config.pex = s.pex;
+        config.completed_dir = completed;
         (
             config.seed_ratio,
             config.seed_time,
@@ -201,6 +209,41 @@ fn same_folder(a: &Path, b: &Path) -> bool {
         Some(out)
     };
     norm(a).is_some_and(|x| Some(x) == norm(b))
+}
+
+/// The completed folder as an absolute path (kept in torrents' records), refused where a
+/// torrent moved there could reach the client's own files: the state folder itself, a folder
+/// inside it, or a folder holding it (unless the state folder's name starts with
+/// `.zigtorrent`, which no torrent may use as its top name).
+fn check_completed(dir: &Path, state: &Path) -> anyhow::Result<PathBuf> {
+    let abs =
+        std::path::absolute(dir).with_context(|| format!("completed folder {}", dir.display()))?;
+    let canonical = std::fs::canonicalize(&abs).unwrap_or_else(|_| abs.clone());
+    if canonical.ancestors().any(|a| same_folder(a, state)) {
+        bail!(
+            "the completed folder {} is the state folder or inside it: torrents could reach the client's own files",
+            dir.display()
+        );
+    }
+    let state_abs = std::fs::canonicalize(state)
+        .or_else(|_| std::path::absolute(state))
+        .unwrap_or_else(|_| state.to_path_buf());
+    let reserved = state_abs
+        .file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b".zigtorrent"));
+    if !reserved
+        && state_abs
+            .ancestors()
+            .skip(1)
+            .any(|a| same_folder(a, &canonical))
+    {
+        bail!(
+            "the state folder {} is inside the completed folder {}: a torrent moved there could reach the client's own files",
+            state.display(),
+            dir.display()
+        );
+    }
+    Ok(abs)
 }
 
 /// Create `dir` if missing; it must be a directory.
