@@ -44,6 +44,8 @@ struct Table {
     roots: HashMap<(PathBuf, Vec<u8>), Owner>,
     /// Whether each download folder's file system folds case.
     folds_case: HashMap<PathBuf, bool>,
+    /// Torrents whose files are being moved (`relocate`): not opened meanwhile.
+    moving: std::collections::HashSet<InfoHash>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +68,19 @@ impl Drop for Claim {
         if t.roots.get(&self.key) == Some(&self.owner) {
             t.roots.remove(&self.key);
         }
+    }
+}
+
+/// A move in progress (see [`Claims::begin_move`]); ends when dropped.
+#[derive(Debug)]
+pub(crate) struct MoveGuard {
+    claims: Arc<Claims>,
+    info_hash: InfoHash,
+}
+
+impl Drop for MoveGuard {
+    fn drop(&mut self) {
+        lock(&self.claims.inner).moving.remove(&self.info_hash);
     }
 }
 
@@ -144,6 +159,14 @@ impl Claims {
             info_hash,
             generation: t.next_generation,
         };
+        if t.moving.contains(&info_hash) {
+            return Err(StorageError::Io {
+                path: download_dir.to_path_buf(),
+                source: std::io::Error::other(
+                    "its files are being moved to the completed folder; try again once that is done",
+                ),
+            });
+        }
         let k = (dl, root_key);
         match t.roots.get(&k) {
             Some(other) if other.info_hash != info_hash => {
@@ -166,6 +189,19 @@ impl Claims {
             claims: self.clone(),
             key: k,
             owner,
+        })
+    }
+
+    /// Mark `info_hash` as being moved, so no storage of it opens until the guard drops;
+    /// `None` if one is open (or another move of it runs).
+    pub(crate) fn begin_move(self: &Arc<Self>, info_hash: InfoHash) -> Option<MoveGuard> {
+        let mut t = lock(&self.inner);
+        if t.roots.values().any(|o| o.info_hash == info_hash) || !t.moving.insert(info_hash) {
+            return None;
+        }
+        Some(MoveGuard {
+            claims: self.clone(),
+            info_hash,
         })
     }
 
@@ -351,6 +387,27 @@ mod tests {
         assert!(check_within_torrent(&layout(&["t/README", "t/readme"]), dl, false).is_ok());
         assert!(check_within_torrent(&layout(&["t/README", "t/readme"]), dl, true).is_err());
         assert!(check_within_torrent(&layout(&["t/Dir/a", "t/dir"]), dl, true).is_err());
+    }
+
+    #[test]
+    fn a_torrent_being_moved_never_opens_and_an_open_one_never_moves() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dl = tmp.path().join("dl");
+        fs::create_dir(&dl).unwrap();
+        let state = tmp.path().join("state");
+        let claims = Arc::new(Claims::default());
+        let (a, b) = (InfoHash([1; 20]), InfoHash([2; 20]));
+        let moving = claims.begin_move(a).expect("nothing open");
+        assert!(claims.begin_move(a).is_none(), "one move at a time");
+        assert!(claims.claim(a, &layout(&["t/x"]), &dl, &state).is_err());
+        // Other torrents are not held up.
+        let other = claims.claim(b, &layout(&["u/x"]), &dl, &state).unwrap();
+        drop(moving);
+        let open = claims.claim(a, &layout(&["t/x"]), &dl, &state).unwrap();
+        assert!(claims.begin_move(a).is_none(), "open: not moved");
+        drop(open);
+        assert!(claims.begin_move(a).is_some());
+        drop(other);
     }
 
     #[test]

@@ -42,6 +42,7 @@ use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use zigtorrent_engine::{InfoHash, MoveOutcome, PathConflict, StorageError, StorageSpec};
 
@@ -180,15 +181,16 @@ fn taken(path: PathBuf) -> StorageError {
 pub(crate) fn move_data(
     spec: &StorageSpec,
     to: &Path,
-    claims: &Claims,
+    claims: &Arc<Claims>,
     force_copy: bool,
 ) -> Result<MoveOutcome, StorageError> {
-    if claims.is_open(&spec.info_hash) {
+    // Held to the end: the torrent's storage cannot open while its files move.
+    let Some(_moving) = claims.begin_move(spec.info_hash) else {
         return Err(StorageError::Io {
             path: spec.download_dir.clone(),
             source: std::io::Error::other("the torrent's storage is still open"),
         });
-    }
+    };
     for f in &spec.layout.files {
         check_relative(&f.path)?;
     }
@@ -221,6 +223,21 @@ pub(crate) fn move_data(
         };
         if let Some(why) = why {
             reasons.push((src, why.to_string()));
+        }
+    }
+    // A wanted file at its final path that the record does not call finished (a flush that
+    // did not happen): moving the rest would split the torrent.
+    let skipped = |i: usize| spec.skipped_files.get(i).copied().unwrap_or(false);
+    let mut moving = vec![false; spec.layout.files.len()];
+    for &i in &files {
+        moving[i] = true;
+    }
+    for (i, f) in spec.layout.files.iter().enumerate() {
+        if f.length > 0 && !skipped(i) && !moving[i] {
+            let src = from.join(&f.path);
+            if lstat(&src)?.is_some() {
+                reasons.push((src, "not recorded as finished by this client".into()));
+            }
         }
     }
     if !reasons.is_empty() {
