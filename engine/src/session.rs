@@ -328,6 +328,8 @@ struct Shared {
     queue_limits: Mutex<QueueLimits>,
     /// Default seeding goals (ratio, time), read by every torrent at each check.
     seed_defaults: watch::Sender<(Option<f64>, Option<Duration>)>,
+    /// The completed folder torrents without their own move to (see `set_completed_dir`).
+    completed_dir: watch::Sender<Option<PathBuf>>,
     /// Told when a torrent's state changes kind, one is added or removed, or the queue
     /// changes: the scheduler then runs [`queue::plan`].
     reschedule: Arc<Notify>,
@@ -362,6 +364,10 @@ impl Session {
             seeds: config.max_active_seeds,
         };
         let seed_defaults = (config.seed_ratio, config.seed_time);
+        let completed_dir = config
+            .completed_dir
+            .clone()
+            .map(|d| std::path::absolute(&d).unwrap_or(d));
         let shared = Arc::new(Shared {
             peer_slots: Arc::new(Semaphore::new(config.max_peers_total)),
             incoming_slots: Arc::new(Semaphore::new(
@@ -382,6 +388,7 @@ impl Session {
             discovery_task: Mutex::new(None),
             queue_limits: Mutex::new(queue_limits),
             seed_defaults: watch::Sender::new(seed_defaults),
+            completed_dir: watch::Sender::new(completed_dir),
             reschedule: Arc::new(Notify::new()),
             scheduler_task: Mutex::new(None),
         });
@@ -543,7 +550,7 @@ impl Session {
             peer_id: c.peer_id,
             listen_port: self.shared.listen_port,
             download_dir,
-            completed_dir: c.completed_dir.clone(),
+            completed_dir: self.shared.completed_dir.subscribe(),
             state_dir: c.state_dir.clone(),
             extra_peers: c.extra_peers.clone(),
             max_peers: c.max_peers_per_torrent,
@@ -721,6 +728,19 @@ impl Session {
     /// check the new ones within a second; finished torrents stay finished until resumed.
     pub fn set_seed_goal_defaults(&self, ratio: Option<f64>, time: Option<Duration>) {
         self.shared.seed_defaults.send_replace((ratio, time));
+    }
+
+    /// The session's completed folder (see [`SessionConfig::completed_dir`]).
+    pub fn completed_dir(&self) -> Option<PathBuf> {
+        self.shared.completed_dir.borrow().clone()
+    }
+
+    /// Change the session's completed folder (`None`: finished torrents stay where they are).
+    /// Torrents without their own folder use the new one when they next complete; the caller
+    /// checks it as for [`SessionConfig::completed_dir`] (not the state folder, for one).
+    pub fn set_completed_dir(&self, dir: Option<PathBuf>) {
+        let dir = dir.map(|d| std::path::absolute(&d).unwrap_or(d));
+        self.shared.completed_dir.send_replace(dir);
     }
 
     /// The limits on active downloads and seeds.

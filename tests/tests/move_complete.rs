@@ -79,18 +79,38 @@ fn exists(p: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_download_moves_and_seeds_from_there_also_after_a_restart() {
+    moves_and_seeds(false).await;
+}
+
+/// The path a move across file systems takes (copy, fsync, compare, no-replace rename, remove
+/// the source), forced on one; the folder is set while the session runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_by_copy_seeds_from_there_also_after_a_restart() {
+    moves_and_seeds(true).await;
+}
+
+async fn moves_and_seeds(copy_moves: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (seeder, meta, source, seed_addr) = seeder(dir.path(), 31).await;
     let leech_dir = dir.path().join("leech");
     let done = dir.path().join("done");
 
+    let backend = if copy_moves {
+        FsBackend::new().with_copy_moves()
+    } else {
+        FsBackend::new()
+    };
     let leecher = session_with_completed(
         &leech_dir,
-        Some(done.clone()),
-        Arc::new(FsBackend::new()),
+        (!copy_moves).then(|| done.clone()),
+        Arc::new(backend),
         vec![seed_addr],
     )
     .await;
+    if copy_moves {
+        leecher.set_completed_dir(Some(done.clone()));
+    }
+    assert_eq!(leecher.completed_dir(), Some(done.clone()));
     let h = leecher.add(meta.clone()).unwrap();
     let st = wait_for(&h, "seeding from the completed folder", false, |s| {
         s.state == TorrentState::Seeding && s.download_dir == done
@@ -100,6 +120,16 @@ async fn a_finished_download_moves_and_seeds_from_there_also_after_a_restart() {
     assert!(st.move_refused.is_none() && st.moving_to.is_none());
     assert_same_files(&source, &done.join("payload"));
     assert!(!exists(&leech_dir.join("payload")), "nothing left behind");
+    let mut names: Vec<_> = std::fs::read_dir(done.join("payload"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["a.bin", "empty.txt", "sub"],
+        "no temporary copy left"
+    );
     seeder.shutdown(Duration::from_secs(5)).await;
 
     // It seeds from the new place: a third client gets everything from it alone.

@@ -375,7 +375,7 @@ impl Torrent {
             .record
             .completed_dir
             .clone()
-            .or_else(|| self.p.completed_dir.clone())?;
+            .or_else(|| self.p.completed_dir.borrow().clone())?;
         // Absolute: it is kept in the record, and a relative one would change with the
         // working folder.
         let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());

@@ -114,8 +114,9 @@ pub(crate) struct TorrentParams {
     pub listen_port: u16,
     /// Where its files are (changes when they move to the completed folder).
     pub download_dir: PathBuf,
-    /// The session's completed folder (the record may name the torrent's own).
-    pub completed_dir: Option<PathBuf>,
+    /// The session's completed folder, which the user may change (the record may name the
+    /// torrent's own).
+    pub completed_dir: watch::Receiver<Option<PathBuf>>,
     pub state_dir: PathBuf,
     pub extra_peers: Vec<SocketAddr>,
     pub max_peers: usize,
