@@ -88,6 +88,16 @@ fn lock(m: &Mutex<Table>) -> MutexGuard<'_, Table> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The torrent's top name: its file, or its folder.
+fn root_name(layout: &Layout) -> Result<&std::ffi::OsStr, StorageError> {
+    layout
+        .files
+        .first()
+        .and_then(|f| f.path.components().next())
+        .map(|c| c.as_os_str())
+        .ok_or(StorageError::NotSupported("a torrent without files"))
+}
+
 fn conflict(path: PathBuf, why: PathConflict) -> StorageError {
     StorageError::PathInUse { path, why }
 }
@@ -112,18 +122,79 @@ impl Claims {
         download_dir: &Path,
         state_dir: &Path,
     ) -> Result<Claim, StorageError> {
+        let (k, marker) = self.check(info_hash, layout, download_dir, state_dir)?;
+        let mut t = lock(&self.inner);
+        if t.moving.contains(&info_hash) {
+            return Err(StorageError::Io {
+                path: download_dir.to_path_buf(),
+                source: std::io::Error::other(
+                    "its files are being moved to the completed folder; try again once that is done",
+                ),
+            });
+        }
+        match t.roots.get(&k) {
+            Some(other) if other.info_hash != info_hash => {
+                return Err(conflict(
+                    download_dir.join(root_name(layout)?),
+                    PathConflict::OtherTorrent(other.info_hash),
+                ));
+            }
+            _ => {}
+        }
+        t.next_generation += 1;
+        let owner = Owner {
+            info_hash,
+            generation: t.next_generation,
+        };
+        t.roots.insert(k.clone(), owner);
+        drop(t);
+        if marker_owner(&marker) != Some(info_hash) {
+            // Best effort: without it, only the restart-order protection is lost.
+            if let Err(e) = write_marker(&marker, &info_hash) {
+                tracing::warn!(error = %e, path = %marker.display(), "cannot record a path claim");
+            }
+        }
+        Ok(Claim {
+            claims: self.clone(),
+            key: k,
+            owner,
+        })
+    }
+
+    /// Whether [`Claims::claim`] would give `info_hash` the paths of `layout` under
+    /// `download_dir` (an existing folder), without claiming them: the checks a move makes
+    /// before it takes a torrent there.
+    pub(crate) fn check_free(
+        &self,
+        info_hash: InfoHash,
+        layout: &Layout,
+        download_dir: &Path,
+        state_dir: &Path,
+    ) -> Result<(), StorageError> {
+        let (k, _) = self.check(info_hash, layout, download_dir, state_dir)?;
+        match lock(&self.inner).roots.get(&k) {
+            Some(other) if other.info_hash != info_hash => Err(conflict(
+                download_dir.join(root_name(layout)?),
+                PathConflict::OtherTorrent(other.info_hash),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The checks of a claim that need no table: paths inside the torrent, the state folder,
+    /// reserved names, another torrent's lasting marker. Returns the table key and the marker.
+    fn check(
+        &self,
+        info_hash: InfoHash,
+        layout: &Layout,
+        download_dir: &Path,
+        state_dir: &Path,
+    ) -> Result<((PathBuf, Vec<u8>), PathBuf), StorageError> {
         let dl =
             fs::canonicalize(download_dir).map_err(|e| StorageError::from_io(download_dir, e))?;
         let fold = self.folds_case(&dl);
         check_within_torrent(layout, download_dir, fold)?;
-        let Some(root) = layout
-            .files
-            .first()
-            .and_then(|f| f.path.components().next())
-        else {
-            return Err(StorageError::NotSupported("a torrent without files"));
-        };
-        let root = root.as_os_str();
+        let root = root_name(layout)?;
         let root_key = key(root.as_bytes(), fold);
         let root_path = download_dir.join(root);
         if let Ok(state) = fs::canonicalize(state_dir) {
@@ -153,43 +224,7 @@ impl Claims {
                 return Err(conflict(root_path, PathConflict::OtherTorrent(owner)));
             }
         }
-        let mut t = lock(&self.inner);
-        t.next_generation += 1;
-        let owner = Owner {
-            info_hash,
-            generation: t.next_generation,
-        };
-        if t.moving.contains(&info_hash) {
-            return Err(StorageError::Io {
-                path: download_dir.to_path_buf(),
-                source: std::io::Error::other(
-                    "its files are being moved to the completed folder; try again once that is done",
-                ),
-            });
-        }
-        let k = (dl, root_key);
-        match t.roots.get(&k) {
-            Some(other) if other.info_hash != info_hash => {
-                return Err(conflict(
-                    root_path,
-                    PathConflict::OtherTorrent(other.info_hash),
-                ));
-            }
-            _ => {}
-        }
-        t.roots.insert(k.clone(), owner);
-        drop(t);
-        if marker_owner(&marker) != Some(info_hash) {
-            // Best effort: without it, only the restart-order protection is lost.
-            if let Err(e) = write_marker(&marker, &info_hash) {
-                tracing::warn!(error = %e, path = %marker.display(), "cannot record a path claim");
-            }
-        }
-        Ok(Claim {
-            claims: self.clone(),
-            key: k,
-            owner,
-        })
+        Ok(((dl, root_key), marker))
     }
 
     /// Mark `info_hash` as being moved, so no storage of it opens until the guard drops;

@@ -243,15 +243,16 @@ pub(crate) fn move_data(
     if !reasons.is_empty() {
         return Ok(MoveOutcome::NotMoved { reasons });
     }
-    // Nothing at any destination name, before anything moves.
+    // Nothing at any destination name, and the place free for this torrent (not another
+    // torrent's, not the client's own), before anything moves.
     for &i in &files {
         let dst = to.join(&spec.layout.files[i].path);
         if lstat(&dst)?.is_some() {
             return Err(taken(dst));
         }
     }
-
     create_root(to)?;
+    claims.check_free(spec.info_hash, &spec.layout, to, &spec.state_dir)?;
     let journal = journal_path(&spec.state_dir, &spec.info_hash);
     write_journal(
         &spec.state_dir,

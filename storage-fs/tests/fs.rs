@@ -1687,3 +1687,31 @@ async fn a_different_file_at_both_places_is_never_removed() {
     assert_eq!(fs::read(c.dl("t/a")).unwrap(), b"someone's");
     assert_eq!(fs::read(done.join("t/a")).unwrap(), c.file_bytes(0));
 }
+
+#[tokio::test]
+async fn a_move_into_another_torrents_folder_is_refused_before_anything_moves() {
+    let backend = FsBackend::new();
+    let c = finished(&backend).await;
+    let done = c.root.join("done");
+    // Another torrent with the same top folder already lives in the completed folder.
+    let other = StorageSpec {
+        info_hash: InfoHash([0xcd; 20]),
+        layout: Arc::new(Layout::new(PL, [(PathBuf::from("t/other"), 100)])),
+        download_dir: done.clone(),
+        state_dir: c.spec.state_dir.clone(),
+        skipped_files: Vec::new(),
+    };
+    let open = backend.open(other).await.unwrap();
+    let err = backend
+        .move_data(c.spec.clone(), done.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StorageError::PathInUse { why: PathConflict::OtherTorrent(h), .. } if *h == InfoHash([0xcd; 20])),
+        "{err}"
+    );
+    assert!(!exists(&done.join("t/a")));
+    assert_eq!(fs::read(c.dl("t/a")).unwrap(), c.file_bytes(0));
+    drop(open);
+    trusted_at(&backend, &c.spec).await;
+}
