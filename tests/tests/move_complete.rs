@@ -271,3 +271,29 @@ async fn a_torrents_own_completed_folder_wins_and_is_kept() {
     assert_eq!(st.download_dir, own);
     leecher.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_cannot_move_keeps_the_torrent_seeding_where_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeder, meta, _source, seed_addr) = seeder(dir.path(), 35).await;
+    let leech_dir = dir.path().join("leech");
+    let done = dir.path().join("done");
+    let leecher = session_with_completed(
+        &leech_dir,
+        Some(done.clone()),
+        Arc::new(zigtorrent_engine::MemoryBackend::new()),
+        vec![seed_addr],
+    )
+    .await;
+    let h = leecher.add(meta.clone()).unwrap();
+    let st = wait_for(&h, "seeding where it is", false, |s| {
+        s.state == TorrentState::Seeding && s.move_refused.is_some() && s.completed_at.is_some()
+    })
+    .await;
+    let note = st.move_refused.unwrap();
+    assert!(note.contains("cannot"), "{note}");
+    assert_eq!(st.download_dir, leech_dir);
+    assert_eq!(st.pieces_have, st.pieces_total);
+    leecher.shutdown(Duration::from_secs(5)).await;
+    seeder.shutdown(Duration::from_secs(5)).await;
+}
