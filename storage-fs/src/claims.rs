@@ -227,8 +227,9 @@ impl Claims {
         Ok(((dl, root_key), marker))
     }
 
-    /// Mark `info_hash` as being moved, so no storage of it opens until the guard drops;
-    /// `None` if one is open (or another move of it runs).
+    /// Mark `info_hash` as being moved (or its data deleted), so no storage of it opens and
+    /// no other move or deletion of it starts until the guard drops; `None` if one is open or
+    /// another such operation runs.
     pub(crate) fn begin_move(self: &Arc<Self>, info_hash: InfoHash) -> Option<MoveGuard> {
         let mut t = lock(&self.inner);
         if t.roots.values().any(|o| o.info_hash == info_hash) || !t.moving.insert(info_hash) {
@@ -238,14 +239,6 @@ impl Claims {
             claims: self.clone(),
             info_hash,
         })
-    }
-
-    /// Whether a storage of `info_hash` from this backend is open (holds a claim).
-    pub(crate) fn is_open(&self, info_hash: &InfoHash) -> bool {
-        lock(&self.inner)
-            .roots
-            .values()
-            .any(|o| o.info_hash == *info_hash)
     }
 
     /// The torrent's data is gone: forget its lasting claim on its root (the marker), if the

@@ -257,9 +257,10 @@ pub(crate) fn move_data(
     write_journal(
         &spec.state_dir,
         &journal,
+        // Absolute, so that a start from another working folder still finds both places.
         &Journal {
-            from: from.to_path_buf(),
-            to: to.to_path_buf(),
+            from: std::path::absolute(from).map_err(|e| StorageError::from_io(from, e))?,
+            to: std::path::absolute(to).map_err(|e| StorageError::from_io(to, e))?,
         },
     )?;
     let mut done = Vec::new();
@@ -289,9 +290,9 @@ pub(crate) fn settle(spec: &StorageSpec, claims: &Claims) -> Result<(), StorageE
         return Ok(());
     };
     let here = spec.download_dir.as_path();
-    let other = if here == journal.to {
+    let other = if same_dir(here, &journal.to) {
         journal.from.as_path()
-    } else if here == journal.from {
+    } else if same_dir(here, &journal.from) {
         journal.to.as_path()
     } else {
         tracing::warn!(
@@ -307,6 +308,16 @@ pub(crate) fn settle(spec: &StorageSpec, claims: &Claims) -> Result<(), StorageE
         remove_empty_folders(spec, other);
     }
     remove_journal(&spec.state_dir, &path)
+}
+
+/// Whether two names lead to the same folder (`./dl` and `/home/u/dl`, or through a link).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let norm = |p: &Path| {
+        fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    norm(a) == norm(b)
 }
 
 /// Bring `files` from `from` to `to` (noting in `done` each one moved), then record the

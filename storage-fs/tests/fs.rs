@@ -1715,3 +1715,21 @@ async fn a_move_into_another_torrents_folder_is_refused_before_anything_moves() 
     drop(open);
     trusted_at(&backend, &c.spec).await;
 }
+
+#[tokio::test]
+async fn a_pending_move_is_settled_whatever_name_the_folder_is_opened_by() {
+    let backend = FsBackend::new();
+    let c = finished(&backend).await;
+    let done = c.root.join("done");
+    backend
+        .move_data(c.spec.clone(), done.clone())
+        .await
+        .unwrap();
+    // The same folder, reached through a link of the user's.
+    let link = c.root.join("link-to-done");
+    std::os::unix::fs::symlink(&done, &link).unwrap();
+    trusted_at(&backend, &moved_to(&c, &link)).await;
+    assert!(!exists(&journal(&c)), "settled");
+    assert_eq!(fs::read(done.join("t/a")).unwrap(), c.file_bytes(0));
+    assert!(!exists(&c.dl("t/a")));
+}
