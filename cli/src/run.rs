@@ -464,9 +464,12 @@ fn print_folder_event(ev: &FolderEvent) -> bool {
 /// Headless: one `error: <name>: <reason>` line on stderr when a torrent enters an error
 /// state, not one per status interval. The same error is reported again only after the
 /// torrent left it (a recheck that failed the same way twice is two events).
+/// Likewise one `note: <name>: not moved to <dir>: <why>` line when a finished torrent could
+/// not move to the completed folder.
 #[derive(Default)]
 struct ErrorLines {
     reported: HashMap<InfoHash, String>,
+    notes: HashMap<InfoHash, String>,
 }
 
 impl ErrorLines {
@@ -475,7 +478,19 @@ impl ErrorLines {
         let mut lines = Vec::new();
         self.reported
             .retain(|h, _| torrents.iter().any(|t| t.info_hash == *h));
+        self.notes
+            .retain(|h, _| torrents.iter().any(|t| t.info_hash == *h));
         for t in torrents {
+            if let Some(note) = &t.move_refused {
+                if self.notes.get(&t.info_hash) != Some(note) {
+                    lines.push(format!(
+                        "note: {}: {}",
+                        format::printable(&t.name),
+                        format::printable(note)
+                    ));
+                    self.notes.insert(t.info_hash, note.clone());
+                }
+            }
             let TorrentState::Error(reason) = &t.state else {
                 self.reported.remove(&t.info_hash);
                 continue;
@@ -578,5 +593,18 @@ mod tests {
             .report(&[torrent(1, "pack", TorrentState::Checking { progress: 0.0 })])
             .is_empty());
         assert_eq!(errors.report(&[broken("recheck failed: gone")]).len(), 1);
+    }
+
+    #[test]
+    fn a_refused_move_is_one_note() {
+        let mut lines = ErrorLines::default();
+        let mut t = torrent(3, "kept", TorrentState::Seeding);
+        assert!(lines.report(std::slice::from_ref(&t)).is_empty());
+        t.move_refused = Some("not moved to /done: /dl/kept/a: found in place".into());
+        assert_eq!(
+            lines.report(std::slice::from_ref(&t)),
+            ["note: kept: not moved to /done: /dl/kept/a: found in place"]
+        );
+        assert!(lines.report(std::slice::from_ref(&t)).is_empty(), "once");
     }
 }
