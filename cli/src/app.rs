@@ -723,6 +723,16 @@ pub fn problems(app: &App, torrents: &[TorrentStatus]) -> Vec<Problem> {
                     .into_owned(),
             });
         }
+        if let Some(why) = &t.move_refused {
+            out.push(Problem {
+                tag: "note",
+                text: printable(&format!(
+                    "{}: not moved to the completed folder: {why}",
+                    t.name
+                ))
+                .into_owned(),
+            });
+        }
         if let Some(e) = &t.tracker_error {
             out.push(Problem {
                 tag: "tracker",

@@ -64,7 +64,7 @@ impl Completions {
     }
 }
 
-/// Where a torrent's data is: its file, or its top folder, under `downloads`.
+/// Where a torrent's data is: its file, or its top folder, under `downloads` (its folder).
 pub fn data_path(downloads: &Path, t: &TorrentStatus) -> PathBuf {
     let top = t
         .files
@@ -95,7 +95,13 @@ pub async fn run(
         let snapshot: Vec<TorrentStatus> = s.torrents().iter().map(|t| t.status()).collect();
         drop(s);
         for t in completions.new_ones(&snapshot) {
-            let path = data_path(&downloads, t);
+            // The torrent's own folder: the completed folder once its files moved there.
+            let base = if t.download_dir.as_os_str().is_empty() {
+                downloads.clone()
+            } else {
+                std::path::absolute(&t.download_dir).unwrap_or_else(|_| t.download_dir.clone())
+            };
+            let path = data_path(&base, t);
             let (name, hash) = (t.name.clone(), t.info_hash);
             let program = program.clone();
             let slots = slots.clone();

@@ -110,11 +110,18 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
             s.state.display()
         );
     }
+    let completed = match &s.completed {
+        Some(dir) => Some(check_completed(dir, &s.state)?),
+        None => None,
+    };
     // The state folder first: its lock must be held before anything looks inside the folders.
     create_folder("state", &s.state)?;
     let lock = crate::instance::acquire(&s.state)?;
     create_folder("torrents", &s.torrents)?;
     create_folder("downloads", &s.downloads)?;
+    if let Some(dir) = &completed {
+        create_folder("completed", dir)?;
+    }
     if signals.arrived() {
         return Ok(());
     }
@@ -134,6 +141,7 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
         config.upload_limit = s.upload_limit;
         config.lsd = s.lsd;
         config.pex = s.pex;
+        config.completed_dir = completed;
         (
             config.seed_ratio,
             config.seed_time,
@@ -201,6 +209,41 @@ fn same_folder(a: &Path, b: &Path) -> bool {
         Some(out)
     };
     norm(a).is_some_and(|x| Some(x) == norm(b))
+}
+
+/// The completed folder as an absolute path (kept in torrents' records), refused where a
+/// torrent moved there could reach the client's own files: the state folder itself, a folder
+/// inside it, or a folder holding it (unless the state folder's name starts with
+/// `.zigtorrent`, which no torrent may use as its top name).
+fn check_completed(dir: &Path, state: &Path) -> anyhow::Result<PathBuf> {
+    let abs =
+        std::path::absolute(dir).with_context(|| format!("completed folder {}", dir.display()))?;
+    let canonical = std::fs::canonicalize(&abs).unwrap_or_else(|_| abs.clone());
+    if canonical.ancestors().any(|a| same_folder(a, state)) {
+        bail!(
+            "the completed folder {} is the state folder or inside it: torrents could reach the client's own files",
+            dir.display()
+        );
+    }
+    let state_abs = std::fs::canonicalize(state)
+        .or_else(|_| std::path::absolute(state))
+        .unwrap_or_else(|_| state.to_path_buf());
+    let reserved = state_abs
+        .file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b".zigtorrent"));
+    if !reserved
+        && state_abs
+            .ancestors()
+            .skip(1)
+            .any(|a| same_folder(a, &canonical))
+    {
+        bail!(
+            "the state folder {} is inside the completed folder {}: a torrent moved there could reach the client's own files",
+            state.display(),
+            dir.display()
+        );
+    }
+    Ok(abs)
 }
 
 /// Create `dir` if missing; it must be a directory.
@@ -421,9 +464,12 @@ fn print_folder_event(ev: &FolderEvent) -> bool {
 /// Headless: one `error: <name>: <reason>` line on stderr when a torrent enters an error
 /// state, not one per status interval. The same error is reported again only after the
 /// torrent left it (a recheck that failed the same way twice is two events).
+/// Likewise one `note: <name>: not moved to <dir>: <why>` line when a finished torrent could
+/// not move to the completed folder.
 #[derive(Default)]
 struct ErrorLines {
     reported: HashMap<InfoHash, String>,
+    notes: HashMap<InfoHash, String>,
 }
 
 impl ErrorLines {
@@ -432,7 +478,19 @@ impl ErrorLines {
         let mut lines = Vec::new();
         self.reported
             .retain(|h, _| torrents.iter().any(|t| t.info_hash == *h));
+        self.notes
+            .retain(|h, _| torrents.iter().any(|t| t.info_hash == *h));
         for t in torrents {
+            if let Some(note) = &t.move_refused {
+                if self.notes.get(&t.info_hash) != Some(note) {
+                    lines.push(format!(
+                        "note: {}: {}",
+                        format::printable(&t.name),
+                        format::printable(note)
+                    ));
+                    self.notes.insert(t.info_hash, note.clone());
+                }
+            }
             let TorrentState::Error(reason) = &t.state else {
                 self.reported.remove(&t.info_hash);
                 continue;
@@ -535,5 +593,18 @@ mod tests {
             .report(&[torrent(1, "pack", TorrentState::Checking { progress: 0.0 })])
             .is_empty());
         assert_eq!(errors.report(&[broken("recheck failed: gone")]).len(), 1);
+    }
+
+    #[test]
+    fn a_refused_move_is_one_note() {
+        let mut lines = ErrorLines::default();
+        let mut t = torrent(3, "kept", TorrentState::Seeding);
+        assert!(lines.report(std::slice::from_ref(&t)).is_empty());
+        t.move_refused = Some("not moved to /done: /dl/kept/a: found in place".into());
+        assert_eq!(
+            lines.report(std::slice::from_ref(&t)),
+            ["note: kept: not moved to /done: /dl/kept/a: found in place"]
+        );
+        assert!(lines.report(std::slice::from_ref(&t)).is_empty(), "once");
     }
 }

@@ -102,6 +102,10 @@ pub struct RunArgs {
     /// ZIGTORRENT_INFO_HASH).
     #[arg(long, value_name = "PROGRAM")]
     on_complete: Option<PathBuf>,
+    /// Move each torrent's files here when it finishes downloading (keeping their paths) and
+    /// seed from there; only files this client wrote move, never over a name already taken.
+    #[arg(long, value_name = "DIR")]
+    completed: Option<PathBuf>,
     /// Print the merged options (defaults, file, environment, flags) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -213,6 +217,9 @@ pub struct Settings {
     /// Program run when a torrent finishes downloading.
     #[serde(default)]
     pub on_complete: Option<PathBuf>,
+    /// Folder finished torrents move to (none: they stay in `downloads`).
+    #[serde(default)]
+    pub completed: Option<PathBuf>,
 }
 
 /// Where the merged options came from, for `--print-config`.
@@ -346,7 +353,8 @@ impl RunArgs {
             .set_override_option(
                 "on_complete",
                 path_flag("--on-complete", &self.on_complete)?,
-            )?;
+            )?
+            .set_override_option("completed", path_flag("--completed", &self.completed)?)?;
         if !self.dht_bootstrap.is_empty() {
             // Naming bootstrap nodes on the command line asks for a DHT.
             builder = builder
@@ -446,6 +454,7 @@ const KEYS: &[&str] = &[
     "max_active_seeds",
     "log_level",
     "on_complete",
+    "completed",
 ];
 
 /// `ZIGTORRENT_*` variables that are not options: the config file, and the binary used by
@@ -875,7 +884,7 @@ mod tests {
     fn keys_list_matches_the_settings_fields() {
         let dir = tempfile::tempdir().unwrap();
         // Optional keys are printed only when set.
-        let s = args(&["--on-complete", "true"])
+        let s = args(&["--on-complete", "true", "--completed", "/done"])
             .load_with(&[], Some(dir.path()))
             .unwrap()
             .settings;

@@ -53,7 +53,8 @@ pub use session::{AddTorrent, Session, SessionConfig, SessionError, TorrentHandl
 pub use status::{FileStatus, PeerStatus, TorrentState, TorrentStatus};
 pub use storage::memory::MemoryBackend;
 pub use storage::{
-    DeletedData, Layout, PathConflict, Resume, Storage, StorageBackend, StorageError, StorageSpec,
+    DeletedData, Layout, MoveOutcome, PathConflict, Resume, Storage, StorageBackend, StorageError,
+    StorageSpec,
 };
 pub use transport::{BoxStream, Listener, Transport, TransportError, TransportOptions};
 pub use types::{Bitfield, BlockRef, InfoHash, PeerId, PieceIndex};

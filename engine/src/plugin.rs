@@ -546,6 +546,14 @@ impl StorageBackend for PluginStorageBackend {
     async fn delete_data(&self, spec: StorageSpec) -> Result<DeletedData, StorageError> {
         self.inner.delete_data(spec).await
     }
+
+    async fn move_data(
+        &self,
+        spec: StorageSpec,
+        to: std::path::PathBuf,
+    ) -> Result<crate::storage::MoveOutcome, StorageError> {
+        self.inner.move_data(spec, to).await
+    }
 }
 
 /// A plugin's transport factory, keeping its library loaded.

@@ -113,6 +113,12 @@ pub struct SessionConfig {
     /// Complete torrents seeding at once; the rest wait `Queued`. `None` (the default): no
     /// limit.
     pub max_active_seeds: Option<usize>,
+    /// Move each torrent's files here when it completes (every wanted piece verified), keeping
+    /// their relative paths, and seed from there; `None` (the default): they stay. A torrent
+    /// may have its own ([`TorrentHandle::set_completed_dir`]). Only files the storage backend
+    /// vouches it wrote move, never over a name taken there (see
+    /// [`StorageBackend::move_data`](crate::StorageBackend::move_data)).
+    pub completed_dir: Option<PathBuf>,
 }
 
 impl SessionConfig {
@@ -139,6 +145,7 @@ impl SessionConfig {
             seed_time: None,
             max_active_downloads: None,
             max_active_seeds: None,
+            completed_dir: None,
         }
     }
 }
@@ -266,6 +273,16 @@ impl TorrentHandle {
             .send(TorrentCommand::SetSeedGoals(goals))
             .await;
     }
+    /// Give this torrent its own completed folder (kept in its record), or `None` to follow
+    /// the session's ([`SessionConfig::completed_dir`]). Takes effect when it next completes;
+    /// a torrent already complete stays where it is. Shown in
+    /// [`TorrentStatus::completed_dir`].
+    pub async fn set_completed_dir(&self, dir: Option<PathBuf>) {
+        let _ = self
+            .commands
+            .send(TorrentCommand::SetCompletedDir(dir))
+            .await;
+    }
 }
 
 struct Entry {
@@ -311,6 +328,8 @@ struct Shared {
     queue_limits: Mutex<QueueLimits>,
     /// Default seeding goals (ratio, time), read by every torrent at each check.
     seed_defaults: watch::Sender<(Option<f64>, Option<Duration>)>,
+    /// The completed folder torrents without their own move to (see `set_completed_dir`).
+    completed_dir: watch::Sender<Option<PathBuf>>,
     /// Told when a torrent's state changes kind, one is added or removed, or the queue
     /// changes: the scheduler then runs [`queue::plan`].
     reschedule: Arc<Notify>,
@@ -345,6 +364,10 @@ impl Session {
             seeds: config.max_active_seeds,
         };
         let seed_defaults = (config.seed_ratio, config.seed_time);
+        let completed_dir = config
+            .completed_dir
+            .clone()
+            .map(|d| std::path::absolute(&d).unwrap_or(d));
         let shared = Arc::new(Shared {
             peer_slots: Arc::new(Semaphore::new(config.max_peers_total)),
             incoming_slots: Arc::new(Semaphore::new(
@@ -365,6 +388,7 @@ impl Session {
             discovery_task: Mutex::new(None),
             queue_limits: Mutex::new(queue_limits),
             seed_defaults: watch::Sender::new(seed_defaults),
+            completed_dir: watch::Sender::new(completed_dir),
             reschedule: Arc::new(Notify::new()),
             scheduler_task: Mutex::new(None),
         });
@@ -499,6 +523,13 @@ impl Session {
         status.seeding_time = Duration::from_secs(record.seeding_secs);
         status.seed_goals = record.goals;
         status.queue_position = record.queue_position;
+        // Where its files are: moved to a completed folder earlier, or the session's folder.
+        let download_dir = record
+            .download_dir
+            .clone()
+            .unwrap_or_else(|| self.shared.config.download_dir.clone());
+        status.download_dir = download_dir.clone();
+        status.completed_dir = record.completed_dir.clone();
         let position = Arc::new(AtomicU64::new(record.queue_position));
         let added_at = record.added_at;
         let keeper = Keeper::new(record_file.clone(), record, saved, position.clone());
@@ -518,7 +549,8 @@ impl Session {
             tracker: self.shared.tracker.clone(),
             peer_id: c.peer_id,
             listen_port: self.shared.listen_port,
-            download_dir: c.download_dir.clone(),
+            download_dir,
+            completed_dir: self.shared.completed_dir.subscribe(),
             state_dir: c.state_dir.clone(),
             extra_peers: c.extra_peers.clone(),
             max_peers: c.max_peers_per_torrent,
@@ -579,8 +611,12 @@ impl Session {
     }
 
     /// Take a torrent out of the session: stop it, forget its record, let the queue move on.
-    /// Returns what it was added from and its file choice.
-    async fn take_out(&self, info_hash: InfoHash) -> Option<(Source, crate::selection::Selection)> {
+    /// Returns what it was added from, its file choice, and the folder its files are in (they
+    /// may have moved to a completed folder; empty: the session's download folder).
+    async fn take_out(
+        &self,
+        info_hash: InfoHash,
+    ) -> Option<(Source, crate::selection::Selection, PathBuf)> {
         let entry = self
             .shared
             .torrents
@@ -590,10 +626,11 @@ impl Session {
         let source = entry.source.clone();
         let selection = entry.selection.get();
         let record = entry.record.clone();
+        let download_dir = entry.handle.status.borrow().download_dir.clone();
         stop_torrent(entry, Duration::from_secs(4)).await;
         let _ = tokio::task::spawn_blocking(move || record.forget()).await;
         self.shared.reschedule.notify_one();
-        Some((source, selection))
+        Some((source, selection, download_dir))
     }
 
     /// Stop and remove one torrent, then delete the data it wrote: its incomplete data and
@@ -607,7 +644,7 @@ impl Session {
         &self,
         info_hash: InfoHash,
     ) -> Result<Option<DeletedData>, StorageError> {
-        let Some((source, skipped)) = self.take_out(info_hash).await else {
+        let Some((source, skipped, download_dir)) = self.take_out(info_hash).await else {
             return Ok(None);
         };
         let c = &self.shared.config;
@@ -622,7 +659,11 @@ impl Session {
             info_hash,
             skipped_files: skipped.skipped_for(&layout),
             layout,
-            download_dir: c.download_dir.clone(),
+            download_dir: if download_dir.as_os_str().is_empty() {
+                c.download_dir.clone()
+            } else {
+                download_dir
+            },
             state_dir: c.state_dir.clone(),
         };
         let mut deleted = self.shared.backend.delete_data(spec).await?;
@@ -681,6 +722,19 @@ impl Session {
     /// check the new ones within a second; finished torrents stay finished until resumed.
     pub fn set_seed_goal_defaults(&self, ratio: Option<f64>, time: Option<Duration>) {
         self.shared.seed_defaults.send_replace((ratio, time));
+    }
+
+    /// The session's completed folder (see [`SessionConfig::completed_dir`]).
+    pub fn completed_dir(&self) -> Option<PathBuf> {
+        self.shared.completed_dir.borrow().clone()
+    }
+
+    /// Change the session's completed folder (`None`: finished torrents stay where they are).
+    /// Torrents without their own folder use the new one when they next complete; the caller
+    /// checks it as for [`SessionConfig::completed_dir`] (not the state folder, for one).
+    pub fn set_completed_dir(&self, dir: Option<PathBuf>) {
+        let dir = dir.map(|d| std::path::absolute(&d).unwrap_or(d));
+        self.shared.completed_dir.send_replace(dir);
     }
 
     /// The limits on active downloads and seeds.

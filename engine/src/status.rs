@@ -122,6 +122,17 @@ pub struct TorrentStatus {
     /// announces `completed`). `None` while downloading, and for a torrent that was complete
     /// when it started.
     pub completed_at: Option<std::time::SystemTime>,
+    /// The folder its files are in (paths in [`TorrentStatus::files`] are relative to it): the
+    /// session's download folder, or the completed folder they were moved to.
+    pub download_dir: PathBuf,
+    /// Its own completed folder, if set ([`crate::TorrentHandle::set_completed_dir`]);
+    /// `None`: the session's ([`crate::SessionConfig::completed_dir`]) applies.
+    pub completed_dir: Option<PathBuf>,
+    /// Its files are being moved to this folder right now (no peers meanwhile).
+    pub moving_to: Option<PathBuf>,
+    /// Why it was not moved to its completed folder when it completed (files it did not write
+    /// itself, or a storage backend that cannot move); it seeds from where it is.
+    pub move_refused: Option<String>,
 }
 
 /// One connected peer.
@@ -198,6 +209,10 @@ impl TorrentStatus {
             peers: Vec::new(),
             files: Vec::new(),
             trackers: Vec::new(),
+            download_dir: PathBuf::new(),
+            completed_dir: None,
+            moving_to: None,
+            move_refused: None,
             next_announce: None,
             pieces: Bitfield::new(pieces_total as usize),
             completed_at: None,

@@ -44,6 +44,8 @@ struct Table {
     roots: HashMap<(PathBuf, Vec<u8>), Owner>,
     /// Whether each download folder's file system folds case.
     folds_case: HashMap<PathBuf, bool>,
+    /// Torrents whose files are being moved (`relocate`): not opened meanwhile.
+    moving: std::collections::HashSet<InfoHash>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,8 +71,31 @@ impl Drop for Claim {
     }
 }
 
+/// A move in progress (see [`Claims::begin_move`]); ends when dropped.
+#[derive(Debug)]
+pub(crate) struct MoveGuard {
+    claims: Arc<Claims>,
+    info_hash: InfoHash,
+}
+
+impl Drop for MoveGuard {
+    fn drop(&mut self) {
+        lock(&self.claims.inner).moving.remove(&self.info_hash);
+    }
+}
+
 fn lock(m: &Mutex<Table>) -> MutexGuard<'_, Table> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The torrent's top name: its file, or its folder.
+fn root_name(layout: &Layout) -> Result<&std::ffi::OsStr, StorageError> {
+    layout
+        .files
+        .first()
+        .and_then(|f| f.path.components().next())
+        .map(|c| c.as_os_str())
+        .ok_or(StorageError::NotSupported("a torrent without files"))
 }
 
 fn conflict(path: PathBuf, why: PathConflict) -> StorageError {
@@ -97,18 +122,79 @@ impl Claims {
         download_dir: &Path,
         state_dir: &Path,
     ) -> Result<Claim, StorageError> {
+        let (k, marker) = self.check(info_hash, layout, download_dir, state_dir)?;
+        let mut t = lock(&self.inner);
+        if t.moving.contains(&info_hash) {
+            return Err(StorageError::Io {
+                path: download_dir.to_path_buf(),
+                source: std::io::Error::other(
+                    "its files are being moved to the completed folder; try again once that is done",
+                ),
+            });
+        }
+        match t.roots.get(&k) {
+            Some(other) if other.info_hash != info_hash => {
+                return Err(conflict(
+                    download_dir.join(root_name(layout)?),
+                    PathConflict::OtherTorrent(other.info_hash),
+                ));
+            }
+            _ => {}
+        }
+        t.next_generation += 1;
+        let owner = Owner {
+            info_hash,
+            generation: t.next_generation,
+        };
+        t.roots.insert(k.clone(), owner);
+        drop(t);
+        if marker_owner(&marker) != Some(info_hash) {
+            // Best effort: without it, only the restart-order protection is lost.
+            if let Err(e) = write_marker(&marker, &info_hash) {
+                tracing::warn!(error = %e, path = %marker.display(), "cannot record a path claim");
+            }
+        }
+        Ok(Claim {
+            claims: self.clone(),
+            key: k,
+            owner,
+        })
+    }
+
+    /// Whether [`Claims::claim`] would give `info_hash` the paths of `layout` under
+    /// `download_dir` (an existing folder), without claiming them: the checks a move makes
+    /// before it takes a torrent there.
+    pub(crate) fn check_free(
+        &self,
+        info_hash: InfoHash,
+        layout: &Layout,
+        download_dir: &Path,
+        state_dir: &Path,
+    ) -> Result<(), StorageError> {
+        let (k, _) = self.check(info_hash, layout, download_dir, state_dir)?;
+        match lock(&self.inner).roots.get(&k) {
+            Some(other) if other.info_hash != info_hash => Err(conflict(
+                download_dir.join(root_name(layout)?),
+                PathConflict::OtherTorrent(other.info_hash),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The checks of a claim that need no table: paths inside the torrent, the state folder,
+    /// reserved names, another torrent's lasting marker. Returns the table key and the marker.
+    fn check(
+        &self,
+        info_hash: InfoHash,
+        layout: &Layout,
+        download_dir: &Path,
+        state_dir: &Path,
+    ) -> Result<((PathBuf, Vec<u8>), PathBuf), StorageError> {
         let dl =
             fs::canonicalize(download_dir).map_err(|e| StorageError::from_io(download_dir, e))?;
         let fold = self.folds_case(&dl);
         check_within_torrent(layout, download_dir, fold)?;
-        let Some(root) = layout
-            .files
-            .first()
-            .and_then(|f| f.path.components().next())
-        else {
-            return Err(StorageError::NotSupported("a torrent without files"));
-        };
-        let root = root.as_os_str();
+        let root = root_name(layout)?;
         let root_key = key(root.as_bytes(), fold);
         let root_path = download_dir.join(root);
         if let Ok(state) = fs::canonicalize(state_dir) {
@@ -138,43 +224,21 @@ impl Claims {
                 return Err(conflict(root_path, PathConflict::OtherTorrent(owner)));
             }
         }
-        let mut t = lock(&self.inner);
-        t.next_generation += 1;
-        let owner = Owner {
-            info_hash,
-            generation: t.next_generation,
-        };
-        let k = (dl, root_key);
-        match t.roots.get(&k) {
-            Some(other) if other.info_hash != info_hash => {
-                return Err(conflict(
-                    root_path,
-                    PathConflict::OtherTorrent(other.info_hash),
-                ));
-            }
-            _ => {}
-        }
-        t.roots.insert(k.clone(), owner);
-        drop(t);
-        if marker_owner(&marker) != Some(info_hash) {
-            // Best effort: without it, only the restart-order protection is lost.
-            if let Err(e) = write_marker(&marker, &info_hash) {
-                tracing::warn!(error = %e, path = %marker.display(), "cannot record a path claim");
-            }
-        }
-        Ok(Claim {
-            claims: self.clone(),
-            key: k,
-            owner,
-        })
+        Ok(((dl, root_key), marker))
     }
 
-    /// Whether a storage of `info_hash` from this backend is open (holds a claim).
-    pub(crate) fn is_open(&self, info_hash: &InfoHash) -> bool {
-        lock(&self.inner)
-            .roots
-            .values()
-            .any(|o| o.info_hash == *info_hash)
+    /// Mark `info_hash` as being moved (or its data deleted), so no storage of it opens and
+    /// no other move or deletion of it starts until the guard drops; `None` if one is open or
+    /// another such operation runs.
+    pub(crate) fn begin_move(self: &Arc<Self>, info_hash: InfoHash) -> Option<MoveGuard> {
+        let mut t = lock(&self.inner);
+        if t.roots.values().any(|o| o.info_hash == info_hash) || !t.moving.insert(info_hash) {
+            return None;
+        }
+        Some(MoveGuard {
+            claims: self.clone(),
+            info_hash,
+        })
     }
 
     /// The torrent's data is gone: forget its lasting claim on its root (the marker), if the
@@ -351,6 +415,27 @@ mod tests {
         assert!(check_within_torrent(&layout(&["t/README", "t/readme"]), dl, false).is_ok());
         assert!(check_within_torrent(&layout(&["t/README", "t/readme"]), dl, true).is_err());
         assert!(check_within_torrent(&layout(&["t/Dir/a", "t/dir"]), dl, true).is_err());
+    }
+
+    #[test]
+    fn a_torrent_being_moved_never_opens_and_an_open_one_never_moves() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dl = tmp.path().join("dl");
+        fs::create_dir(&dl).unwrap();
+        let state = tmp.path().join("state");
+        let claims = Arc::new(Claims::default());
+        let (a, b) = (InfoHash([1; 20]), InfoHash([2; 20]));
+        let moving = claims.begin_move(a).expect("nothing open");
+        assert!(claims.begin_move(a).is_none(), "one move at a time");
+        assert!(claims.claim(a, &layout(&["t/x"]), &dl, &state).is_err());
+        // Other torrents are not held up.
+        let other = claims.claim(b, &layout(&["u/x"]), &dl, &state).unwrap();
+        drop(moving);
+        let open = claims.claim(a, &layout(&["t/x"]), &dl, &state).unwrap();
+        assert!(claims.begin_move(a).is_none(), "open: not moved");
+        drop(open);
+        assert!(claims.begin_move(a).is_some());
+        drop(other);
     }
 
     #[test]

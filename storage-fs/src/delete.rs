@@ -28,6 +28,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use zigtorrent_engine::{DeletedData, StorageError, StorageSpec};
 
@@ -38,14 +39,17 @@ use crate::resume::{self, Location, Stamp, LEGACY_VERSION};
 /// Delete what we wrote for `spec`'s torrent (see the module doc).
 pub(crate) fn delete_data(
     spec: &StorageSpec,
-    claims: &Claims,
+    claims: &Arc<Claims>,
 ) -> Result<DeletedData, StorageError> {
-    if claims.is_open(&spec.info_hash) {
+    // Held to the end: the torrent cannot open, or move, while its data goes.
+    let Some(_busy) = claims.begin_move(spec.info_hash) else {
         return Err(StorageError::Io {
             path: spec.download_dir.clone(),
-            source: std::io::Error::other("the torrent's storage is still open"),
+            source: std::io::Error::other(
+                "the torrent's storage is still open, or its files are moving",
+            ),
         });
-    }
+    };
     let layout = &spec.layout;
     for f in &layout.files {
         check_relative(&f.path)?;
@@ -113,6 +117,11 @@ pub(crate) fn delete_data(
         Err(e) => return Err(StorageError::from_io(&parts, e)),
     }
     remove_file(&resume_path, &mut out)?;
+    // A move left unsettled no longer has a record to vouch for anything.
+    remove_file(
+        &crate::relocate::journal_path(&spec.state_dir, &spec.info_hash),
+        &mut out,
+    )?;
     if let Some(marker) =
         claims.forget_marker(&spec.info_hash, layout, &spec.download_dir, &spec.state_dir)
     {

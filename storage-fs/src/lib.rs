@@ -19,12 +19,14 @@
 //!
 //! Modules: `storage` (the backend and per-torrent storage), `resume` (the resume file format),
 //! `paths` (path safety, durable folder creation), `cache` (bounded descriptor cache), `delete`
-//! (deleting a removed torrent's data: only what this client wrote).
+//! (deleting a removed torrent's data: only what this client wrote), `relocate` (moving a
+//! finished torrent to another folder, and settling a move a crash interrupted).
 
 mod cache;
 mod claims;
 mod delete;
 mod paths;
+mod relocate;
 mod resume;
 mod storage;
 mod writeback;

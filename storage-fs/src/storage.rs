@@ -89,8 +89,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use zigtorrent_engine::storage::Resume;
 use zigtorrent_engine::{
-    Bitfield, DeletedData, InfoHash, Layout, PathConflict, PieceIndex, Storage, StorageBackend,
-    StorageError, StorageSpec,
+    Bitfield, DeletedData, InfoHash, Layout, MoveOutcome, PathConflict, PieceIndex, Storage,
+    StorageBackend, StorageError, StorageSpec,
 };
 
 use crate::cache::{FdCache, Handle};
@@ -106,6 +106,8 @@ use crate::resume::{self, FileRecord, Location, ResumeBody, Stamp, LEGACY_VERSIO
 pub struct FsBackend {
     max_open_files: usize,
     claims: Arc<Claims>,
+    /// Moves of finished torrents copy even on one file system (see `with_copy_moves`).
+    copy_moves: bool,
 }
 
 impl FsBackend {
@@ -122,7 +124,15 @@ impl FsBackend {
         FsBackend {
             max_open_files: n.max(1),
             claims: Arc::new(Claims::default()),
+            copy_moves: false,
         }
+    }
+
+    /// Move finished torrents ([`StorageBackend::move_data`]) by copy, verify and remove even
+    /// where a rename would do: the path a move across file systems takes, for tests on one.
+    pub fn with_copy_moves(mut self) -> Self {
+        self.copy_moves = true;
+        self
     }
 }
 
@@ -151,6 +161,13 @@ impl StorageBackend for FsBackend {
     async fn delete_data(&self, spec: StorageSpec) -> Result<DeletedData, StorageError> {
         let claims = self.claims.clone();
         blocking(move || crate::delete::delete_data(&spec, &claims)).await
+    }
+
+    /// See `relocate.rs`: only what this client wrote, never over anything.
+    async fn move_data(&self, spec: StorageSpec, to: PathBuf) -> Result<MoveOutcome, StorageError> {
+        let claims = self.claims.clone();
+        let copy = self.copy_moves;
+        blocking(move || crate::relocate::move_data(&spec, &to, &claims, copy)).await
     }
 }
 
@@ -343,6 +360,8 @@ impl Inner {
         create_root(&spec.state_dir)?;
         // Before touching anything: is every path this torrent's alone?
         let claim = claims.claim(spec.info_hash, &layout, &spec.download_dir, &spec.state_dir)?;
+        // A move a crash interrupted is finished (or undone) before anything is looked at.
+        crate::relocate::settle(&spec, claims)?;
         let finals: Vec<PathBuf> = layout
             .files
             .iter()

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use zigtorrent_engine::storage::Resume;
 use zigtorrent_engine::{
-    Bitfield, InfoHash, Layout, PathConflict, Storage, StorageBackend, StorageError, StorageSpec,
+    Bitfield, InfoHash, Layout, MoveOutcome, PathConflict, Storage, StorageBackend, StorageError,
+    StorageSpec,
 };
 use zigtorrent_storage_fs::FsBackend;
 
@@ -1493,4 +1494,282 @@ async fn a_different_file_of_yours_at_a_skipped_path_does_not_stop_the_download(
         b"my own notes, nothing like the torrent's bytes"
     );
     s.flush().await.unwrap();
+}
+
+// ---- Moving a finished torrent to another folder (`StorageBackend::move_data`) ----
+
+/// A finished torrent of three files (one empty) in `t/`, flushed and closed.
+async fn finished(backend: &FsBackend) -> Case {
+    let c = Case::new(&[("t/a", 20_000), ("t/sub/b", 30_000), ("t/empty", 0)]);
+    let s = backend.open(c.spec.clone()).await.unwrap();
+    for p in 0..c.spec.layout.piece_count() {
+        c.complete(&*s, p).await;
+    }
+    s.flush().await.unwrap();
+    drop(s);
+    c
+}
+
+fn moved_to(c: &Case, dir: &Path) -> StorageSpec {
+    StorageSpec {
+        download_dir: dir.to_path_buf(),
+        ..c.spec.clone()
+    }
+}
+
+fn journal(c: &Case) -> PathBuf {
+    c.spec
+        .state_dir
+        .join(format!("{}.move", c.spec.info_hash.to_hex()))
+}
+
+/// Open at `spec` and insist every piece is trusted without hashing.
+async fn trusted_at(backend: &FsBackend, spec: &StorageSpec) {
+    let s = backend.open(spec.clone()).await.unwrap();
+    match s.resume() {
+        Resume::Trusted(set) => assert!(set.is_full(), "only {:?}", set.count_ones()),
+        other => panic!("after the move the data must be trusted, got {other:?}"),
+    }
+    assert!((0..3).all(|f| s.is_finalized(f)));
+}
+
+#[tokio::test]
+async fn a_finished_torrent_moves_by_rename_and_reopens_trusted() {
+    let backend = FsBackend::new();
+    let c = finished(&backend).await;
+    let done = c.root.join("done");
+    let inodes = [inode(&c.dl("t/a")), inode(&c.dl("t/sub/b"))];
+    // Never while the torrent is open.
+    let open = backend.open(c.spec.clone()).await.unwrap();
+    assert!(backend
+        .move_data(c.spec.clone(), done.clone())
+        .await
+        .is_err());
+    drop(open);
+
+    let out = backend
+        .move_data(c.spec.clone(), done.clone())
+        .await
+        .unwrap();
+    let MoveOutcome::Moved { files } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(files.len(), 3);
+    assert_eq!(tree(&done), ["t", "t/a", "t/empty", "t/sub", "t/sub/b"]);
+    assert_eq!(fs::read(done.join("t/a")).unwrap(), c.file_bytes(0));
+    assert_eq!(fs::read(done.join("t/sub/b")).unwrap(), c.file_bytes(1));
+    assert_eq!(
+        [inode(&done.join("t/a")), inode(&done.join("t/sub/b"))],
+        inodes,
+        "one file system: renamed, not copied"
+    );
+    assert!(!exists(&c.dl("t/a")) && !exists(&c.dl("t/sub/b")));
+    assert!(
+        exists(&journal(&c)),
+        "kept until the torrent opens at the new place"
+    );
+
+    trusted_at(&backend, &moved_to(&c, &done)).await;
+    assert!(!exists(&journal(&c)), "settled by the open");
+    assert!(!exists(&c.dl("t")), "the emptied folders go");
+    assert!(
+        c.spec.download_dir.is_dir(),
+        "never the download folder itself"
+    );
+}
+
+#[tokio::test]
+async fn a_move_by_copy_verifies_and_reopens_trusted() {
+    let backend = FsBackend::new().with_copy_moves();
+    let c = finished(&backend).await;
+    let done = c.root.join("done");
+    let old = inode(&c.dl("t/a"));
+    let out = backend
+        .move_data(c.spec.clone(), done.clone())
+        .await
+        .unwrap();
+    assert!(matches!(out, MoveOutcome::Moved { .. }), "{out:?}");
+    assert_ne!(inode(&done.join("t/a")), old, "copied");
+    assert_eq!(fs::read(done.join("t/a")).unwrap(), c.file_bytes(0));
+    assert_eq!(fs::read(done.join("t/sub/b")).unwrap(), c.file_bytes(1));
+    assert_eq!(
+        tree(&done),
+        ["t", "t/a", "t/empty", "t/sub", "t/sub/b"],
+        "no temporary copy left behind"
+    );
+    assert!(!exists(&c.dl("t/a")) && !exists(&c.dl("t/sub/b")));
+    trusted_at(&backend, &moved_to(&c, &done)).await;
+}
+
+#[tokio::test]
+async fn a_taken_name_at_the_destination_moves_nothing_and_overwrites_nothing() {
+    for backend in [FsBackend::new(), FsBackend::new().with_copy_moves()] {
+        let c = finished(&backend).await;
+        let done = c.root.join("done");
+        fs::create_dir_all(done.join("t/sub")).unwrap();
+        fs::write(done.join("t/sub/b"), b"the user's").unwrap();
+        let ino = inode(&c.dl("t/a"));
+        let err = backend
+            .move_data(c.spec.clone(), done.clone())
+            .await
+            .unwrap_err();
+        match &err {
+            StorageError::PathInUse { path, why } => {
+                assert_eq!(path, &done.join("t/sub/b"));
+                assert_eq!(*why, PathConflict::DestinationTaken);
+            }
+            e => panic!("{e}"),
+        }
+        assert!(err.to_string().contains("t/sub/b"), "{err}");
+        assert_eq!(fs::read(done.join("t/sub/b")).unwrap(), b"the user's");
+        assert!(!exists(&done.join("t/a")));
+        assert_eq!(
+            inode(&c.dl("t/a")),
+            ino,
+            "the source stays exactly as it was"
+        );
+        assert!(!exists(&journal(&c)));
+        trusted_at(&backend, &c.spec).await;
+    }
+}
+
+#[tokio::test]
+async fn files_found_in_place_do_not_move() {
+    let c = Case::new(&[("t/a", 20_000), ("t/sub/b", 30_000), ("t/empty", 0)]);
+    fs::create_dir_all(c.dl("t/sub")).unwrap();
+    fs::write(c.dl("t/a"), c.file_bytes(0)).unwrap();
+    let backend = FsBackend::new();
+    let s = backend.open(c.spec.clone()).await.unwrap();
+    c.recheck(&*s).await;
+    for p in 0..c.spec.layout.piece_count() {
+        if !s.has_piece(p) {
+            c.complete(&*s, p).await;
+        }
+    }
+    s.flush().await.unwrap();
+    drop(s);
+    let done = c.root.join("done");
+    let out = backend
+        .move_data(c.spec.clone(), done.clone())
+        .await
+        .unwrap();
+    let MoveOutcome::NotMoved { reasons } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert_eq!(reasons[0].0, c.dl("t/a"));
+    assert!(
+        !exists(&done.join("t")),
+        "nothing moved, not even the files we wrote"
+    );
+    assert_eq!(fs::read(c.dl("t/sub/b")).unwrap(), c.file_bytes(1));
+    trusted_at(&backend, &c.spec).await;
+}
+
+#[tokio::test]
+async fn a_move_not_yet_recorded_rolls_back_at_the_next_open() {
+    // The engine records the new folder only after `move_data`: a crash before that opens the
+    // torrent at the old folder, and the files go back there.
+    for backend in [FsBackend::new(), FsBackend::new().with_copy_moves()] {
+        let c = finished(&backend).await;
+        let done = c.root.join("done");
+        backend
+            .move_data(c.spec.clone(), done.clone())
+            .await
+            .unwrap();
+        trusted_at(&backend, &c.spec).await;
+        assert_eq!(fs::read(c.dl("t/sub/b")).unwrap(), c.file_bytes(1));
+        assert!(!exists(&done.join("t/a")) && !exists(&done.join("t/sub/b")));
+        assert!(!exists(&journal(&c)));
+    }
+}
+
+#[tokio::test]
+async fn a_move_cut_short_is_finished_at_the_next_open() {
+    let backend = FsBackend::new();
+    let c = finished(&backend).await;
+    let done = c.root.join("done");
+    backend
+        .move_data(c.spec.clone(), done.clone())
+        .await
+        .unwrap();
+    // As if the crash came before `b` moved, and while `a`'s copy was in place but its source
+    // not yet removed.
+    fs::rename(done.join("t/sub/b"), c.dl("t/sub/b")).unwrap();
+    fs::copy(done.join("t/a"), c.dl("t/a")).unwrap();
+    trusted_at(&backend, &moved_to(&c, &done)).await;
+    assert_eq!(fs::read(done.join("t/sub/b")).unwrap(), c.file_bytes(1));
+    assert_eq!(fs::read(done.join("t/a")).unwrap(), c.file_bytes(0));
+    assert!(!exists(&c.dl("t/a")) && !exists(&c.dl("t/sub/b")));
+    assert!(!exists(&journal(&c)));
+}
+
+#[tokio::test]
+async fn a_different_file_at_both_places_is_never_removed() {
+    let backend = FsBackend::new();
+    let c = finished(&backend).await;
+    let done = c.root.join("done");
+    backend
+        .move_data(c.spec.clone(), done.clone())
+        .await
+        .unwrap();
+    // Someone put other bytes at the old place meanwhile: neither copy is removed.
+    fs::write(c.dl("t/a"), b"someone's").unwrap();
+    let err = backend
+        .open(moved_to(&c, &done))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, StorageError::PathInUse { path, why: PathConflict::DestinationTaken } if path == &done.join("t/a")),
+        "{err}"
+    );
+    assert_eq!(fs::read(c.dl("t/a")).unwrap(), b"someone's");
+    assert_eq!(fs::read(done.join("t/a")).unwrap(), c.file_bytes(0));
+}
+
+#[tokio::test]
+async fn a_move_into_another_torrents_folder_is_refused_before_anything_moves() {
+    let backend = FsBackend::new();
+    let c = finished(&backend).await;
+    let done = c.root.join("done");
+    // Another torrent with the same top folder already lives in the completed folder.
+    let other = StorageSpec {
+        info_hash: InfoHash([0xcd; 20]),
+        layout: Arc::new(Layout::new(PL, [(PathBuf::from("t/other"), 100)])),
+        download_dir: done.clone(),
+        state_dir: c.spec.state_dir.clone(),
+        skipped_files: Vec::new(),
+    };
+    let open = backend.open(other).await.unwrap();
+    let err = backend
+        .move_data(c.spec.clone(), done.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StorageError::PathInUse { why: PathConflict::OtherTorrent(h), .. } if *h == InfoHash([0xcd; 20])),
+        "{err}"
+    );
+    assert!(!exists(&done.join("t/a")));
+    assert_eq!(fs::read(c.dl("t/a")).unwrap(), c.file_bytes(0));
+    drop(open);
+    trusted_at(&backend, &c.spec).await;
+}
+
+#[tokio::test]
+async fn a_pending_move_is_settled_whatever_name_the_folder_is_opened_by() {
+    let backend = FsBackend::new();
+    let c = finished(&backend).await;
+    let done = c.root.join("done");
+    backend
+        .move_data(c.spec.clone(), done.clone())
+        .await
+        .unwrap();
+    // The same folder, reached through a link of the user's.
+    let link = c.root.join("link-to-done");
+    std::os::unix::fs::symlink(&done, &link).unwrap();
+    trusted_at(&backend, &moved_to(&c, &link)).await;
+    assert!(!exists(&journal(&c)), "settled");
+    assert_eq!(fs::read(done.join("t/a")).unwrap(), c.file_bytes(0));
+    assert!(!exists(&c.dl("t/a")));
 }

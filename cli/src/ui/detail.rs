@@ -133,6 +133,20 @@ fn head(t: &TorrentStatus, width: usize) -> Vec<Line<'static>> {
         )),
         Line::from(ellipsize(&format!("info-hash {}", t.info_hash), width)).dim(),
     ];
+    if let Some(to) = &t.moving_to {
+        lines.push(Line::from(ellipsize_start(
+            &printable(&format!("moving its files to {}", to.display())),
+            width,
+        )));
+    } else if !t.download_dir.as_os_str().is_empty() {
+        lines.push(
+            Line::from(ellipsize_start(
+                &printable(&format!("in {}", t.download_dir.display())),
+                width,
+            ))
+            .dim(),
+        );
+    }
     if let TorrentState::Error(e) = &t.state {
         for l in wrap(
             &printable(&format!("error: {e} (fix it, then press r to recheck)")),

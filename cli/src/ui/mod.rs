@@ -184,6 +184,9 @@ pub fn scroll_offset(cursor: usize, height: usize, total: usize) -> usize {
 }
 
 fn state_text(s: &TorrentStatus) -> String {
+    if s.moving_to.is_some() {
+        return "moving".into();
+    }
     match &s.state {
         TorrentState::Checking { progress } => format!("check {:.0}%", progress * 100.0),
         TorrentState::Finished(goal) => format!("done ({})", goal.label()),

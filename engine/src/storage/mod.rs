@@ -30,6 +30,13 @@
 //!   can vouch it wrote, and folders of the torrent's paths left empty; never a file it did not
 //!   write, never the download folder itself, never anything outside the torrent's own paths, and
 //!   never through a symbolic link.
+//! - **Move only what it wrote, never over anything.** [`StorageBackend::move_data`] (the
+//!   torrent is no longer open) moves a finished torrent's files to another download folder,
+//!   keeping their relative paths, only when it can vouch it wrote every one of them (else it
+//!   moves nothing and says why); a name already taken at the destination is an error and
+//!   nothing is overwritten. Every step leaves each file whole at one place or the other, and
+//!   the next [`StorageBackend::open`] settles a move a crash interrupted: opened at the new
+//!   folder it finishes the move, at the old one it moves the files back.
 //!
 //! Backends register a [`StorageBackend`] (the factory) under a name in the registry.
 
@@ -186,6 +193,22 @@ pub struct DeletedData {
     pub kept: Vec<(PathBuf, String)>,
 }
 
+/// What [`StorageBackend::move_data`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MoveOutcome {
+    /// Every finished file is now under the new folder (relative paths, as in the layout).
+    Moved {
+        /// The files moved.
+        files: Vec<PathBuf>,
+    },
+    /// Nothing moved: the backend cannot vouch it wrote these files (found in place and
+    /// adopted, changed since, no record), so the torrent stays where it is.
+    NotMoved {
+        /// Each file in the way, with the reason.
+        reasons: Vec<(PathBuf, String)>,
+    },
+}
+
 /// What a backend learned about existing data when it opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resume {
@@ -242,6 +265,12 @@ pub enum PathConflict {
     /// needs a folder.
     #[error("is in the way: not a regular file (a folder, link or device where a file belongs), or a file where a folder belongs; move it away, then recheck")]
     NotAFile,
+    /// The folder a finished torrent moves to already has something at this name: nothing
+    /// is overwritten, and the torrent's data stays where it was.
+    #[error(
+        "is already taken in the folder the torrent moves to; nothing was moved or overwritten"
+    )]
+    DestinationTaken,
     /// Another torrent in the session already uses it.
     #[error("is already used by torrent {0}")]
     OtherTorrent(InfoHash),
@@ -385,6 +414,16 @@ pub trait StorageBackend: Send + Sync {
     async fn delete_data(&self, spec: StorageSpec) -> Result<DeletedData, StorageError> {
         let _ = spec;
         Err(StorageError::NotSupported("deleting data"))
+    }
+
+    /// Move the finished files of the torrent in `spec` (whose storage was dropped) from
+    /// `spec.download_dir` to the folder `to`, keeping relative paths (see the module contract).
+    /// Once this returns `Moved`, the next [`StorageBackend::open`] at `to` completes the move
+    /// and one at `spec.download_dir` undoes it: the caller commits by recording `to` as the
+    /// torrent's folder, then opens there. The default moves nothing.
+    async fn move_data(&self, spec: StorageSpec, to: PathBuf) -> Result<MoveOutcome, StorageError> {
+        let _ = (spec, to);
+        Err(StorageError::NotSupported("moving data"))
     }
 }
 

@@ -5,6 +5,10 @@
 //!   is slow enough (and its pace known) to interrupt a download half-way.
 //! - [`FaultyBackend`]: writes start failing with "no space left on device" after a number of
 //!   good ones, to check that a disk error pauses the torrent and loses nothing verified.
+//! - [`CountingBackend`]: counts reads, to check that a torrent opened again is trusted
+//!   without hashing its data.
+//!
+//! Each forwards `delete_data` and `move_data` to the backend it wraps.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::storage::{Resume, Storage, StorageBackend, StorageError, StorageSpec};
+use crate::storage::{
+    DeletedData, MoveOutcome, Resume, Storage, StorageBackend, StorageError, StorageSpec,
+};
 use crate::types::{Bitfield, PieceIndex};
 
 /// What a decorated storage does differently from the one it wraps.
@@ -26,6 +32,29 @@ struct Quirks {
     read_turn: Arc<tokio::sync::Mutex<()>>,
     /// Writes left before every write fails (shared by all torrents of the backend).
     writes_left: Option<Arc<AtomicUsize>>,
+    /// Reads so far (shared by all torrents of the backend).
+    reads: Arc<AtomicUsize>,
+}
+
+/// Wraps a backend and counts the reads of all its torrents.
+pub struct CountingBackend {
+    inner: Arc<dyn StorageBackend>,
+    quirks: Quirks,
+}
+
+impl CountingBackend {
+    /// Count the reads of `inner`'s torrents.
+    pub fn new(inner: Arc<dyn StorageBackend>) -> Self {
+        CountingBackend {
+            inner,
+            quirks: Quirks::default(),
+        }
+    }
+
+    /// Reads so far.
+    pub fn reads(&self) -> usize {
+        self.quirks.reads.load(Ordering::SeqCst)
+    }
 }
 
 /// Wraps a backend; reads take turns, and each sleeps `delay` first.
@@ -63,33 +92,39 @@ impl FaultyBackend {
     }
 }
 
-#[async_trait]
-impl StorageBackend for SlowBackend {
-    fn name(&self) -> &str {
-        "slow"
-    }
-    async fn open(&self, spec: StorageSpec) -> Result<Arc<dyn Storage>, StorageError> {
-        let inner = self.inner.open(spec).await?;
-        Ok(Arc::new(Quirky {
-            inner,
-            quirks: self.quirks.clone(),
-        }))
-    }
+/// The `StorageBackend` of a decorator: opens the wrapped backend's storage under [`Quirky`],
+/// forwards the rest.
+macro_rules! decorated_backend {
+    ($ty:ty, $name:literal) => {
+        #[async_trait]
+        impl StorageBackend for $ty {
+            fn name(&self) -> &str {
+                $name
+            }
+            async fn open(&self, spec: StorageSpec) -> Result<Arc<dyn Storage>, StorageError> {
+                let inner = self.inner.open(spec).await?;
+                Ok(Arc::new(Quirky {
+                    inner,
+                    quirks: self.quirks.clone(),
+                }))
+            }
+            async fn delete_data(&self, spec: StorageSpec) -> Result<DeletedData, StorageError> {
+                self.inner.delete_data(spec).await
+            }
+            async fn move_data(
+                &self,
+                spec: StorageSpec,
+                to: PathBuf,
+            ) -> Result<MoveOutcome, StorageError> {
+                self.inner.move_data(spec, to).await
+            }
+        }
+    };
 }
 
-#[async_trait]
-impl StorageBackend for FaultyBackend {
-    fn name(&self) -> &str {
-        "faulty"
-    }
-    async fn open(&self, spec: StorageSpec) -> Result<Arc<dyn Storage>, StorageError> {
-        let inner = self.inner.open(spec).await?;
-        Ok(Arc::new(Quirky {
-            inner,
-            quirks: self.quirks.clone(),
-        }))
-    }
-}
+decorated_backend!(SlowBackend, "slow");
+decorated_backend!(FaultyBackend, "faulty");
+decorated_backend!(CountingBackend, "counting");
 
 /// The one decorated `Storage`: forwards everything, applying its quirks.
 struct Quirky {
@@ -121,6 +156,7 @@ impl Storage for Quirky {
         self.inner.write(piece, offset, chunks).await
     }
     async fn read(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StorageError> {
+        self.quirks.reads.fetch_add(1, Ordering::SeqCst);
         if !self.quirks.read_delay.is_zero() {
             let _turn = self.quirks.read_turn.lock().await;
             tokio::time::sleep(self.quirks.read_delay).await;

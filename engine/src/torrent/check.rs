@@ -26,6 +26,8 @@ pub(super) struct Checked {
     pub peers: Vec<std::net::SocketAddr>,
     /// Commands that arrived while checking, in order.
     pub held: Vec<TorrentCommand>,
+    /// It completed just before (and moved): the live phase announces it.
+    pub completing: bool,
 }
 
 /// Commands kept while checking (each may hold a connection that dialled us).
@@ -35,6 +37,7 @@ const MAX_HELD: usize = 32;
 pub(super) struct Checking {
     metainfo: Arc<Metainfo>,
     peers: Vec<std::net::SocketAddr>,
+    completing: bool,
 }
 
 impl Checking {
@@ -42,7 +45,14 @@ impl Checking {
         Checking {
             metainfo,
             peers: Vec::new(),
+            completing: false,
         }
+    }
+
+    /// It completed just before and its files moved: announced complete once live.
+    pub(super) fn completing(mut self) -> Self {
+        self.completing = true;
+        self
     }
 
     /// Addresses to dial as soon as the torrent is live.
@@ -57,7 +67,11 @@ impl Checking {
         params: &TorrentParams,
         commands: &mut mpsc::Receiver<TorrentCommand>,
     ) -> Option<Phase> {
-        let Checking { metainfo, peers } = self;
+        let Checking {
+            metainfo,
+            peers,
+            completing,
+        } = self;
         let layout = Arc::new(metainfo.info.layout.clone());
         let spec = StorageSpec {
             info_hash: metainfo.info_hash,
@@ -112,6 +126,7 @@ impl Checking {
             have,
             peers,
             held,
+            completing,
         }))
     }
 }

@@ -449,6 +449,9 @@ impl<'a> Fetcher<'a> {
                 let position = self.keeper.queue_position();
                 self.p.publish(|s| s.queue_position = position);
             }
+            TorrentCommand::SetCompletedDir(dir) => {
+                super::set_completed_dir(self.p, self.keeper, dir)
+            }
             TorrentCommand::Shutdown(_) => unreachable!("handled in run"),
         }
     }

@@ -228,6 +228,26 @@ pub(super) struct Torrent {
     /// The user's choice as last applied to the picker and storage (one entry per file).
     file_priorities: Vec<FilePriority>,
     sequential: bool,
+    /// It just completed and its files go to this completed folder: the task stops its
+    /// peers and storage and hands over to the move (see `super::relocate`).
+    move_to: Option<PathBuf>,
+}
+
+/// Why the live phase ended.
+pub(super) enum Exit {
+    /// Shut down (or the session dropped the torrent).
+    Shutdown,
+    /// Complete, with its files bound for this folder: peers and storage are stopped.
+    Move(PathBuf),
+}
+
+/// What the move takes over from a stopped live phase.
+pub(super) struct Stopped {
+    pub p: TorrentParams,
+    pub keeper: Keeper,
+    pub storage: Arc<dyn Storage>,
+    /// Known peer addresses, dialled again once the torrent is live at its new place.
+    pub peers: Vec<SocketAddr>,
 }
 
 impl Torrent {
@@ -238,6 +258,7 @@ impl Torrent {
         storage: Arc<dyn Storage>,
         have: Bitfield,
         keeper: Keeper,
+        completing: bool,
     ) -> Self {
         let mut p = p;
         let mut keeper = keeper;
@@ -275,8 +296,17 @@ impl Torrent {
             known.insert(*addr, KnownPeer::default());
         }
         let lost = Bitfield::new(layout.piece_count() as usize);
-        // Complete at start (every wanted piece there): `completed` was announced before.
-        let sent_completed = picker.is_complete();
+        // Complete at start (every wanted piece there): `completed` was announced before,
+        // unless it completed just now and moved first (then it is announced from here).
+        let sent_completed = picker.is_complete() && !completing;
+        let at = std::time::SystemTime::now();
+        p.status.send_modify(|s| {
+            // Shown with the completion, so a reader (`--on-complete`) sees both at once.
+            s.download_dir = p.download_dir.clone();
+            if completing && s.completed_at.is_none() {
+                s.completed_at = Some(at);
+            }
+        });
         Torrent {
             layout,
             storage,
@@ -321,9 +351,36 @@ impl Torrent {
             wasted: 0,
             file_priorities,
             sequential: selection.sequential,
+            move_to: None,
             metainfo,
             p,
         }
+    }
+
+    /// Take apart a stopped torrent for the move.
+    pub(super) fn into_stopped(self) -> Stopped {
+        let peers = self.known.keys().copied().collect();
+        Stopped {
+            p: self.p,
+            keeper: self.keeper,
+            storage: self.storage,
+            peers,
+        }
+    }
+
+    /// The folder its files go to on completion, if not there already.
+    fn move_target(&self) -> Option<PathBuf> {
+        let to = self
+            .keeper
+            .record
+            .completed_dir
+            .clone()
+            .or_else(|| self.p.completed_dir.borrow().clone())?;
+        // Absolute: it is kept in the record, and a relative one would change with the
+        // working folder.
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        let to = abs(&to);
+        (to != abs(&self.p.download_dir)).then_some(to)
     }
 
     /// Nothing left to download: every wanted piece is verified (all of them, unless the user
@@ -340,9 +397,9 @@ impl Torrent {
     /// Run until shut down; `held` are commands that arrived while checking, taken first.
     pub(super) async fn run(
         &mut self,
-        mut commands: mpsc::Receiver<TorrentCommand>,
+        commands: &mut mpsc::Receiver<TorrentCommand>,
         held: Vec<TorrentCommand>,
-    ) {
+    ) -> Exit {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sources::learn_dht_nodes(&self.p.discovery, &self.metainfo.dht_nodes);
@@ -355,7 +412,7 @@ impl Torrent {
                 TorrentCommand::Shutdown(reply) => {
                     self.shutdown().await;
                     let _ = reply.send(());
-                    return;
+                    return Exit::Shutdown;
                 }
                 cmd => self.on_command(cmd),
             }
@@ -368,9 +425,9 @@ impl Torrent {
                     Some(TorrentCommand::Shutdown(reply)) => {
                         self.shutdown().await;
                         let _ = reply.send(());
-                        return;
+                        return Exit::Shutdown;
                     }
-                    None => { self.shutdown().await; return; }
+                    None => { self.shutdown().await; return Exit::Shutdown; }
                     Some(cmd) => self.on_command(cmd),
                 },
                 // Before peer events: under a steady stream of blocks the once-a-second work
@@ -388,6 +445,10 @@ impl Torrent {
                         }
                     }
                 }
+            }
+            if let Some(to) = self.move_to.take() {
+                self.drain().await;
+                return Exit::Move(to);
             }
         }
     }
@@ -477,6 +538,9 @@ impl Torrent {
             }
             TorrentCommand::SelectionChanged => self.on_selection_changed(),
             TorrentCommand::SaveRecord => self.save_record_soon(),
+            TorrentCommand::SetCompletedDir(dir) => {
+                super::set_completed_dir(&self.p, &mut self.keeper, dir)
+            }
             TorrentCommand::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -1014,6 +1078,12 @@ impl Torrent {
         // Once per torrent (also when un-skipped files complete it again later). An announce
         // in flight (e.g. `started`, when the download was quick) defers it to the next tick.
         if !self.sent_completed {
+            if let Some(to) = self.move_target() {
+                // Shown complete and announced from the new place, once the files are there
+                // (so `--on-complete` gets the path they end up at).
+                self.move_to = Some(to);
+                return;
+            }
             // For the user (`--on-complete`), the moment it completed, whether or not the
             // announce can go now.
             if self.p.status.borrow().completed_at.is_none() {
@@ -1026,6 +1096,15 @@ impl Torrent {
     }
 
     async fn shutdown(&mut self) {
+        self.drain().await;
+        if let Some(tiers) = self.announcer.take_for_stop() {
+            let req = self.announce_request(Event::Stopped);
+            announce::announce_stopped(&self.p.tracker, tiers, req).await;
+        }
+    }
+
+    /// Close every peer, let work in flight finish (bounded), flush, save the record.
+    async fn drain(&mut self) {
         self.close_all_peers();
         // Let pieces being hashed and written, a running flush and a running announce finish,
         // briefly: the whole stop must fit the session's budget.
@@ -1060,10 +1139,6 @@ impl Torrent {
         self.keeper.set_run_totals(self.downloaded, self.uploaded);
         self.keeper.save_now(now()).await;
         self.publish();
-        if let Some(tiers) = self.announcer.take_for_stop() {
-            let req = self.announce_request(Event::Stopped);
-            announce::announce_stopped(&self.p.tracker, tiers, req).await;
-        }
     }
 }
 

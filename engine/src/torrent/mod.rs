@@ -9,7 +9,8 @@
 //! next one, or until the session shuts the torrent down.
 //!
 //! Modules: `fetch` (metadata from peers, BEP 9), `check` (storage opened, resume state
-//! trusted or data hashed), `live` (peers, requests, pieces, choking), `announce` (trackers, one
+//! trusted or data hashed), `live` (peers, requests, pieces, choking), `relocate` (a complete
+//! torrent's files moved to its completed folder), `announce` (trackers, one
 //! source of peer addresses), `peers` (address book and admission), `smart_ban` (who sent bad
 //! data).
 
@@ -19,6 +20,7 @@ mod fetch;
 mod live;
 pub(crate) mod peers;
 pub(crate) mod record;
+mod relocate;
 mod smart_ban;
 pub(crate) mod sources;
 
@@ -70,6 +72,8 @@ pub enum TorrentCommand {
     SetSeedGoals(crate::queue::SeedGoals),
     /// Write the record soon (the session changed its queue position).
     SaveRecord,
+    /// The torrent's own completed folder (`None`: the session's).
+    SetCompletedDir(Option<PathBuf>),
     /// Stop: flush, save resume state, announce `stopped`; reply when done.
     Shutdown(oneshot::Sender<()>),
 }
@@ -108,7 +112,11 @@ pub(crate) struct TorrentParams {
     pub tracker: TrackerClient,
     pub peer_id: PeerId,
     pub listen_port: u16,
+    /// Where its files are (changes when they move to the completed folder).
     pub download_dir: PathBuf,
+    /// The session's completed folder, which the user may change (the record may name the
+    /// torrent's own).
+    pub completed_dir: watch::Receiver<Option<PathBuf>>,
     pub state_dir: PathBuf,
     pub extra_peers: Vec<SocketAddr>,
     pub max_peers: usize,
@@ -213,7 +221,7 @@ enum Phase {
 
 /// Run one torrent until shut down; `keeper` holds its record.
 pub(crate) async fn run_torrent(
-    params: TorrentParams,
+    mut params: TorrentParams,
     source: Source,
     mut commands: mpsc::Receiver<TorrentCommand>,
     mut keeper: record::Keeper,
@@ -229,11 +237,34 @@ pub(crate) async fn run_torrent(
             Phase::FetchingMetadata(fetch) => fetch.run(&params, &mut commands, &mut keeper).await,
             Phase::Checking(check) => check.run(&params, &mut commands).await,
             Phase::Live(c) => {
-                let mut torrent =
-                    live::Torrent::new(params, c.metainfo, c.layout, c.storage, c.have, keeper);
+                let metainfo = c.metainfo.clone();
+                let mut torrent = live::Torrent::new(
+                    params,
+                    c.metainfo,
+                    c.layout,
+                    c.storage,
+                    c.have,
+                    keeper,
+                    c.completing,
+                );
                 torrent.add_known(c.peers);
-                torrent.run(commands, c.held).await;
-                return;
+                match torrent.run(&mut commands, c.held).await {
+                    live::Exit::Shutdown => return,
+                    live::Exit::Move(to) => {
+                        let stopped = torrent.into_stopped();
+                        params = stopped.p;
+                        keeper = stopped.keeper;
+                        relocate::move_complete(
+                            &mut params,
+                            &mut keeper,
+                            metainfo,
+                            stopped.storage,
+                            stopped.peers,
+                            to,
+                        )
+                        .await
+                    }
+                }
             }
             Phase::Failed(message) => {
                 params.publish(|s| s.state = TorrentState::Error(message));
@@ -291,9 +322,24 @@ async fn wait_for_shutdown(
                 let position = keeper.queue_position();
                 params.publish(|s| s.queue_position = position);
             }
+            TorrentCommand::SetCompletedDir(dir) => set_completed_dir(params, keeper, dir),
             _ => {}
         }
     }
+}
+
+/// Keep the torrent's own completed folder in its record and show it.
+pub(crate) fn set_completed_dir(
+    params: &TorrentParams,
+    keeper: &mut record::Keeper,
+    dir: Option<PathBuf>,
+) {
+    // Absolute: a relative one would change with the working folder (and records keep only
+    // absolute folders).
+    let dir = dir.map(|d| std::path::absolute(&d).unwrap_or(d));
+    keeper.record.completed_dir = dir.clone();
+    keeper.save_soon(now());
+    params.publish(|s| s.completed_dir = dir);
 }
 
 /// A status for a torrent that has just been added.

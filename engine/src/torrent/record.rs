@@ -1,8 +1,9 @@
 //! The durable per-torrent record, `<state>/torrents/<info-hash hex>.record`: what a torrent
 //! keeps across restarts beyond its pieces (which storage keeps): when it was added, all-time
 //! payload totals, seeding time, its seeding goals and whether it reached one, its place in
-//! the queue, and the file priorities and sequential flag (kept and round-tripped here; the
-//! picker's side acts on them).
+//! the queue, the file priorities and sequential flag (kept and round-tripped here; the
+//! picker's side acts on them), the folder its files are in once moved there when complete,
+//! and its own completed folder.
 //!
 //! Bencoded and versioned; read through the bounded scanner with a size cap. A damaged,
 //! oversized or foreign-version record is ignored with a warning (the torrent starts afresh),
@@ -39,6 +40,8 @@ const MAX_PRIORITY: u8 = 2;
 const RATIO_SCALE: f64 = 1000.0;
 /// A goal turned off, on disk (absent: the session's default).
 const GOAL_OFF: i64 = -1;
+/// Longest folder path kept: Linux's `PATH_MAX`.
+const MAX_DIR_LEN: usize = 4096;
 
 /// What a torrent keeps across restarts.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -61,6 +64,11 @@ pub(crate) struct TorrentRecord {
     pub file_priorities: Vec<u8>,
     /// Pieces in order (for playing while downloading).
     pub sequential: bool,
+    /// The folder its files were moved to when it completed (`None`: the session's download
+    /// folder). Written only once the move is done: the commit point of the move.
+    pub download_dir: Option<PathBuf>,
+    /// Its own completed folder (`None`: the session's, if any).
+    pub completed_dir: Option<PathBuf>,
 }
 
 /// Why a record was not read.
@@ -105,6 +113,29 @@ struct OnDisk {
     file_priorities: Vec<u8>,
     #[serde(default)]
     sequential: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    download_dir: Option<serde_bytes::ByteBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    completed_dir: Option<serde_bytes::ByteBuf>,
+}
+
+fn dir_to_disk(dir: &Option<PathBuf>) -> Option<serde_bytes::ByteBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    dir.as_ref()
+        .map(|d| serde_bytes::ByteBuf::from(d.as_os_str().as_bytes().to_vec()))
+}
+
+/// A folder from disk: absolute, no NUL, at most [`MAX_DIR_LEN`] bytes.
+fn dir_from_disk(bytes: Option<serde_bytes::ByteBuf>) -> Result<Option<PathBuf>, RecordError> {
+    use std::os::unix::ffi::OsStringExt;
+    let Some(bytes) = bytes else {
+        return Ok(None);
+    };
+    let bytes = bytes.into_vec();
+    if bytes.len() > MAX_DIR_LEN || bytes.contains(&0) || bytes.first() != Some(&b'/') {
+        return Err(RecordError::Invalid("folder is not an absolute path"));
+    }
+    Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(bytes))))
 }
 
 impl TorrentRecord {
@@ -143,6 +174,8 @@ impl TorrentRecord {
             queue_position: self.queue_position,
             file_priorities: self.file_priorities.clone(),
             sequential: u8::from(self.sequential),
+            download_dir: dir_to_disk(&self.download_dir),
+            completed_dir: dir_to_disk(&self.completed_dir),
         };
         // A struct of integers and byte strings always serialises.
         serde_bencode::to_bytes(&on_disk).expect("a record always encodes")
@@ -195,6 +228,8 @@ impl TorrentRecord {
             queue_position: d.queue_position,
             file_priorities: d.file_priorities,
             sequential: d.sequential == 1,
+            download_dir: dir_from_disk(d.download_dir)?,
+            completed_dir: dir_from_disk(d.completed_dir)?,
         })
     }
 }
@@ -380,6 +415,15 @@ impl Keeper {
         }
     }
 
+    /// Write now, whether or not anything changed, and say whether it worked (the commit point
+    /// of a move).
+    pub(crate) async fn save_checked(&mut self, now: Instant) -> std::io::Result<()> {
+        self.record.queue_position = self.position.load(Ordering::Relaxed);
+        self.saved = Some(self.record.clone());
+        self.last_save = Some(now);
+        self.file.save(&self.record).await
+    }
+
     /// Write now if anything changed, and wait for it (shutdown).
     pub(crate) async fn save_now(&mut self, now: Instant) {
         if let Some(snapshot) = self.snapshot_if_changed(now) {
@@ -418,6 +462,8 @@ mod tests {
             queue_position: 7,
             file_priorities: vec![0, 1, 2, 1],
             sequential: true,
+            download_dir: Some("/data/done".into()),
+            completed_dir: Some("/data/done".into()),
         }
     }
 
@@ -450,6 +496,14 @@ mod tests {
         assert!(matches!(
             TorrentRecord::decode(future.as_bytes()),
             Err(RecordError::Version(2))
+        ));
+        let relative = text.replace(
+            "12:download_dir10:/data/done",
+            "12:download_dir10:data/done/",
+        );
+        assert!(matches!(
+            TorrentRecord::decode(relative.as_bytes()),
+            Err(RecordError::Invalid(_))
         ));
         let negative = text.replace("16:ratio_goal_millii1500e", "16:ratio_goal_millii-5e");
         assert!(matches!(
