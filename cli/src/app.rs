@@ -298,6 +298,10 @@ impl App {
     /// its torrent.
     pub fn arrange(&mut self, torrents: &mut Vec<TorrentStatus>) {
         self.unfiltered = torrents.len();
+        // Only a torrent gone from the session keeps its claim on the selection; one merely
+        // filtered out gives it to the row the user sees highlighted.
+        let in_session = |h: &InfoHash| torrents.iter().any(|t| t.info_hash == *h);
+        let selected_in_session = self.selected_hash.as_ref().is_some_and(in_session);
         if !self.filter.is_empty() {
             let needle = self.filter.to_lowercase();
             torrents.retain(|t| {
@@ -346,8 +350,11 @@ impl App {
             }
         } else {
             self.selected = self.selected.min(torrents.len() - 1);
-            // A selected torrent that is gone for now keeps its claim (see `selected_hash`).
-            if self.selected_hash.is_none() {
+            let shown = self
+                .selected_hash
+                .is_some_and(|h| torrents.iter().any(|t| t.info_hash == h));
+            // A selected torrent gone from the session for now (a recheck) keeps its claim.
+            if !shown && (self.selected_hash.is_none() || selected_in_session) {
                 self.selected_hash = Some(torrents[self.selected].info_hash);
             }
         }
@@ -883,6 +890,25 @@ mod tests {
         assert_eq!(
             app.on_key(key(KeyCode::Char('p')), &back),
             Some(Action::TogglePause(b))
+        );
+    }
+
+    #[test]
+    fn a_filter_hands_the_selection_to_the_row_shown() {
+        let mut app = App::new(6881, "tcp".into());
+        let mut ts = torrents(&["a", "b", "c"]);
+        app.arrange(&mut ts);
+        assert_eq!(ts[app.selected].name, "a");
+        app.filter = "c".into();
+        let mut ts = torrents(&["a", "b", "c"]);
+        app.arrange(&mut ts);
+        assert_eq!(ts[app.selected].name, "c");
+        app.filter.clear();
+        let mut ts = torrents(&["a", "b", "c"]);
+        app.arrange(&mut ts);
+        assert_eq!(
+            ts[app.selected].name, "c",
+            "the row the user saw stays selected"
         );
     }
 

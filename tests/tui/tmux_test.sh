@@ -86,13 +86,13 @@ done
 PORT=$(sed -n 's/^listening on port \([0-9]*\).*/\1/p' "$WORK/seed.log" | head -1)
 [[ -n "$PORT" ]] || fail "no port in seeder output"
 
-# start_menu COLS ROWS: the menu in a tmux window of that size; the shell records its exit
-# status in $WORK/exit_status.
+# start_menu COLS ROWS [EXTRA ARGS]: the menu in a tmux window of that size; the shell records
+# its exit status in $WORK/exit_status.
 start_menu() {
     rm -f "$WORK/exit_status"
     tmux -L "$SOCK" kill-server 2>/dev/null || true
     tmux -L "$SOCK" -f /dev/null new-session -d -s zt -x "$1" -y "$2" \
-        "cd '$WORK/client' && '$BIN' run --torrents torrents --downloads downloads --listen 0 --bind 127.0.0.1 --peer 127.0.0.1:$PORT; echo \$? > '$WORK/exit_status'"
+        "cd '$WORK/client' && '$BIN' run --torrents torrents --downloads downloads --listen 0 --bind 127.0.0.1 --peer 127.0.0.1:$PORT ${3:-}; echo \$? > '$WORK/exit_status'"
     PANE_SHELL=$(tmux -L "$SOCK" display-message -p -t zt '#{pane_pid}')
     CLIENT_PID=""
     for _ in $(seq 50); do
@@ -228,4 +228,65 @@ took=$((SECONDS - quit_at))
 [[ -z "$(find "$WORK/client/downloads" -name '*.part')" ]] || fail ".part files left behind"
 [[ -f "$WORK/client/torrents/payload.torrent" ]] || fail "the .torrent file was touched"
 cmp "$WORK/seed/downloads/second.bin" "$WORK/client/downloads/second.bin" || fail "second.bin differs"
-echo "PASS: menu showed the dropped torrent to 100 % seeding with a file skipped, added one with a, sorted, filtered, removed one with its data for good, quit during a recheck with 0 in ${took}s, files intact"
+
+# Sequential order, seen from outside in the piece map. One download slot, held by a magnet
+# nobody has: the payload, added with `a`, waits queued (fetching nothing) while `o` turns
+# sequential on; removing the magnet frees the slot. While it downloads, no verified piece may
+# lie past the first missing one (in flight, `▒`, may).
+HOLDER="magnet:?xt=urn:btih:$(printf '5a%.0s' $(seq 20))&dn=slot-holder"
+start_menu 140 40 "--max-active-downloads 1 '$HOLDER'"
+wait_screen "slot-holder .*metadata" 15
+tmux -L "$SOCK" send-keys -t zt a
+wait_screen "add \(path, URL or magnet\)" 5
+tmux -L "$SOCK" send-keys -t zt -l "$WORK/payload.torrent"
+tmux -L "$SOCK" send-keys -t zt Enter
+wait_screen "payload .*queued" 15
+# Sorted by name: payload, second.bin, slot-holder. The payload's pieces tab, in order on.
+tmux -L "$SOCK" send-keys -t zt g
+tmux -L "$SOCK" send-keys -t zt Enter
+wait_screen "┌ payload " 5
+tmux -L "$SOCK" send-keys -t zt o
+wait_screen "payload: downloading in order" 5
+tmux -L "$SOCK" send-keys -t zt 4
+wait_screen "pieces: 0 of 513" 5
+# Pause the slot holder (two torrents on with `]`, back with `[`): the payload starts.
+tmux -L "$SOCK" send-keys -t zt ] ]
+wait_screen "┌ slot-holder " 5
+tmux -L "$SOCK" send-keys -t zt p
+wait_screen "paused slot-holder" 5
+tmux -L "$SOCK" send-keys -t zt [ [
+wait_screen "┌ payload " 5
+mid=0
+deadline=$((SECONDS + 60))
+while ((SECONDS < deadline)); do
+    capture
+    verdict=$(/usr/bin/python3 - "$WORK/screen.txt" <<'PY'
+import re, sys
+lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
+start = next(i for i, l in enumerate(lines) if "pieces:" in l and "of 513" in l)
+m = re.search(r"pieces: (\d+) of 513", lines[start])
+have = int(m.group(1))
+cells = ""
+for l in lines[start + 1:]:
+    if l.startswith("└"):
+        break
+    cells += l.strip("│")
+cells = cells.strip()
+first_missing = cells.find("·")
+ahead = cells[first_missing:].count("█") if first_missing >= 0 else 0
+print("done" if have == 513 else ("bad %d %s" % (ahead, cells) if ahead else "mid %d" % have))
+PY
+)
+    case "$verdict" in
+        done) break ;;
+        bad*) fail "sequential: a verified piece past the first missing one: $verdict" ;;
+        mid*) if [[ ${verdict#mid } -ge 20 && ${verdict#mid } -le 490 ]]; then mid=$((mid + 1)); fi ;;
+    esac
+    sleep 0.2
+done
+((mid >= 2)) || fail "sequential: the piece map was never read mid-download ($mid frames)"
+echo "sequential order held in $mid frames of the piece map"
+quit_menu
+cmp "$WORK/seed/downloads/payload/big.bin" "$WORK/client/downloads/payload/big.bin" || fail "big.bin differs"
+cmp "$WORK/seed/downloads/payload/sub/small.bin" "$WORK/client/downloads/payload/sub/small.bin" || fail "small.bin differs"
+echo "PASS: menu showed the dropped torrent to 100 % seeding with a file skipped, added one with a, sorted, filtered, removed one with its data for good, quit during a recheck with 0 in ${took}s, downloaded in order, files intact"
