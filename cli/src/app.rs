@@ -896,18 +896,18 @@ mod tests {
     #[test]
     fn a_filter_hands_the_selection_to_the_row_shown() {
         let mut app = App::new(6881, "tcp".into());
-        let mut ts = torrents(&["a", "b", "c"]);
+        let mut ts = torrents(&["apple", "berry", "cherry"]);
         app.arrange(&mut ts);
-        assert_eq!(ts[app.selected].name, "a");
-        app.filter = "c".into();
-        let mut ts = torrents(&["a", "b", "c"]);
+        assert_eq!(ts[app.selected].name, "apple");
+        app.filter = "cherry".into();
+        let mut ts = torrents(&["apple", "berry", "cherry"]);
         app.arrange(&mut ts);
-        assert_eq!(ts[app.selected].name, "c");
+        assert_eq!(ts[app.selected].name, "cherry");
         app.filter.clear();
-        let mut ts = torrents(&["a", "b", "c"]);
+        let mut ts = torrents(&["apple", "berry", "cherry"]);
         app.arrange(&mut ts);
         assert_eq!(
-            ts[app.selected].name, "c",
+            ts[app.selected].name, "cherry",
             "the row the user saw stays selected"
         );
     }
