@@ -182,7 +182,8 @@ tmux -L "$SOCK" send-keys -t zt Enter
 tmux -L "$SOCK" send-keys -t zt Escape
 wait_screen "ZigTorrent — 2 torrents" 5
 
-# The detail view, then back.
+# The detail view of the first row (the payload, sorted by size), then back.
+tmux -L "$SOCK" send-keys -t zt g
 tmux -L "$SOCK" send-keys -t zt Enter
 wait_screen "files \(2" 5
 wait_screen "sub/small\.bin" 5
