@@ -510,7 +510,21 @@ impl Session {
         if let Source::Metainfo(m) = &source {
             // What is wanted is known from the start (the live phase keeps it up to date).
             let layout = &m.info.layout;
-            let wanted = PiecePriorities::from_files(layout, &chosen.priorities_for(layout));
+            let priorities = chosen.priorities_for(layout);
+            // The files are known from the start too: a torrent that stops in error before it
+            // runs (a file in the way) still lists them, so one can be skipped and rechecked.
+            status.files = layout
+                .files
+                .iter()
+                .zip(&priorities)
+                .map(|(f, p)| crate::status::FileStatus {
+                    path: f.path.clone(),
+                    length: f.length,
+                    have_bytes: 0,
+                    priority: *p,
+                })
+                .collect();
+            let wanted = PiecePriorities::from_files(layout, &priorities);
             status.wanted_bytes = wanted
                 .wanted
                 .iter_ones()

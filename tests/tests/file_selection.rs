@@ -284,3 +284,65 @@ async fn the_file_choice_and_order_survive_a_restart() {
     .await;
     s.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Someone's file in the way stops a torrent before it runs; its files are still listed, so
+/// the user can skip that one and recheck, and the rest seeds without touching their file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torrent_stopped_by_a_file_in_the_way_recovers_by_skipping_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A seeder of the same payload: the pieces b.bin shares with wanted files need its bytes.
+    let seed_dir = dir.path().join("seed");
+    let seeded = write_payload(&seed_dir, "payload", 11);
+    let meta = make_torrent(&seeded, vec![], PAYLOAD_PIECE_LENGTH);
+    let seeder = start_session(&seed_dir, Arc::new(FsBackend::new()), vec![]).await;
+    wait_seeding(&seeder.add(meta.clone()).unwrap(), Duration::from_secs(30)).await;
+    let peer = format!("127.0.0.1:{}", seeder.listen_port())
+        .parse()
+        .unwrap();
+
+    let here = dir.path().join("here");
+    let source = write_payload(&here, "payload", 11);
+    // The user's own, different b.bin where the torrent's is; the torrent never ran here, so
+    // no resume state vouches for anything.
+    let theirs = vec![0x5a; 300 * 1024];
+    std::fs::write(source.join("sub/deeper/b.bin"), &theirs).unwrap();
+    let s = start_session(&here, Arc::new(FsBackend::new()), vec![peer]).await;
+    let h = s.add(meta.clone()).unwrap();
+    assert!(!h.status().files.is_empty(), "files listed from the start");
+    wait_for_state(&h, |st| matches!(st, TorrentState::Error(_))).await;
+    let TorrentState::Error(e) = h.status().state else {
+        unreachable!("waited for it")
+    };
+    assert!(e.contains("b.bin"), "{e}");
+    let b = file(&meta, "b.bin");
+    assert_eq!(
+        h.status().files.len(),
+        meta.info.layout.files.len(),
+        "still listed in error"
+    );
+    let mut chosen = vec![FilePriority::Normal; meta.info.layout.files.len()];
+    chosen[b] = FilePriority::Skip;
+    h.set_file_priorities(chosen).await.unwrap();
+    let h = s.recheck(meta.info_hash).await.unwrap();
+    wait_for(&h, "seeding what is wanted", |st| {
+        st.state == TorrentState::Seeding
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(source.join("sub/deeper/b.bin")).unwrap(),
+        theirs
+    );
+    s.shutdown(Duration::from_secs(5)).await;
+    seeder.shutdown(Duration::from_secs(5)).await;
+}
+
+async fn wait_for_state(h: &TorrentHandle, done: impl Fn(&TorrentState) -> bool) {
+    let mut rx = h.subscribe();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !done(&rx.borrow_and_update().state) {
+            rx.changed().await.expect("torrent task alive");
+        }
+    })
+    .await
+    .expect("state reached in time");
+}
