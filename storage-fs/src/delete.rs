@@ -30,7 +30,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use zigtorrent_engine::{DeletedData, StorageError, StorageSpec};
+use zigtorrent_engine::{DeletedData, Layout, StorageError, StorageSpec};
 
 use crate::claims::Claims;
 use crate::paths::{check_relative, parts_dir};
@@ -129,15 +129,7 @@ pub(crate) fn delete_data(
     }
 
     // Folders of the torrent's paths, deepest first; only empty ones go.
-    let folders: BTreeSet<PathBuf> = layout
-        .files
-        .iter()
-        .flat_map(|f| f.path.ancestors().skip(1).map(Path::to_path_buf))
-        .filter(|p| !p.as_os_str().is_empty())
-        .collect();
-    let mut folders: Vec<PathBuf> = folders.into_iter().collect();
-    folders.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for rel in folders {
+    for rel in torrent_folders(layout) {
         if through_link(&spec.download_dir, &rel.join("x")) {
             continue;
         }
@@ -176,4 +168,18 @@ fn remove_file(path: &Path, out: &mut DeletedData) -> Result<(), StorageError> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StorageError::from_io(path, e)),
     }
+}
+
+/// The folders of a torrent's paths (relative), deepest first, so that removing each one that
+/// is empty in turn removes a tree emptied from the bottom.
+pub(crate) fn torrent_folders(layout: &Layout) -> Vec<PathBuf> {
+    let folders: BTreeSet<PathBuf> = layout
+        .files
+        .iter()
+        .flat_map(|f| f.path.ancestors().skip(1).map(Path::to_path_buf))
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    let mut folders: Vec<PathBuf> = folders.into_iter().collect();
+    folders.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    folders
 }

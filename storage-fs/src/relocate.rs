@@ -37,7 +37,6 @@
 //! [`PathConflict::DestinationTaken`]: zigtorrent_engine::PathConflict::DestinationTaken
 //! [`FsBackend::with_copy_moves`]: crate::FsBackend::with_copy_moves
 
-use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -485,16 +484,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Folders of the torrent's paths under `base` left empty by the move, deepest first (`rmdir`
 /// only: a folder holding anything stays).
 fn remove_empty_folders(spec: &StorageSpec, base: &Path) {
-    let folders: BTreeSet<PathBuf> = spec
-        .layout
-        .files
-        .iter()
-        .flat_map(|f| f.path.ancestors().skip(1).map(Path::to_path_buf))
-        .filter(|p| !p.as_os_str().is_empty())
-        .collect();
-    let mut folders: Vec<PathBuf> = folders.into_iter().collect();
-    folders.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for rel in folders {
+    for rel in crate::delete::torrent_folders(&spec.layout) {
         let dir = base.join(&rel);
         if lstat(&dir).ok().flatten().is_some_and(|m| m.is_dir()) {
             let _ = fs::remove_dir(&dir);

@@ -63,6 +63,12 @@ impl Torrent {
         let Some(tiers) = self.announcer.begin(now()) else {
             return false;
         };
+        self.send_announce(tiers, event);
+        true
+    }
+
+    /// Send `event` to `tiers` in a task; the result comes back as `Internal::AnnounceDone`.
+    fn send_announce(&mut self, tiers: TrackerTiers, event: Event) {
         let req = self.announce_request(event);
         let tx = self.internal_tx.clone();
         announce::spawn_announce(
@@ -77,7 +83,6 @@ impl Torrent {
                 });
             },
         );
-        true
     }
 }
 
@@ -87,19 +92,6 @@ impl Torrent {
         let Some(tiers) = self.announcer.stop_for_now(now()) else {
             return;
         };
-        let req = self.announce_request(Event::Stopped);
-        let tx = self.internal_tx.clone();
-        announce::spawn_announce(
-            self.p.tracker.clone(),
-            tiers,
-            req,
-            move |tiers, event, result| {
-                let _ = tx.send(Internal::AnnounceDone {
-                    tiers,
-                    event,
-                    result,
-                });
-            },
-        );
+        self.send_announce(tiers, Event::Stopped);
     }
 }
