@@ -11,6 +11,9 @@ VmHWM and wait4's ru_maxrss). Every download is then SHA-1 checked against the s
 Payloads (cached in --work, default /tmp/zt-bench):
   big   one 1 GiB file, 1 MiB pieces
   many  ~1,000 files of 1 KiB-1 MiB in nested folders (~256 MiB), 256 KiB pieces
+  enc   the `big` file again from a seeder forcing MSE/PE with RC4 (libtorrent's leecher forcing
+        it too, zigtorrent with `--encryption require`); with `big` in the same run the summary
+        gives the encrypted/plaintext ratio per client
   utp   the uTP row: bench_utp.py, one run of 1 GiB over uTP only (libtorrent -> libtorrent,
         libtorrent -> zigtorrent, zigtorrent -> libtorrent; see that file)
 
@@ -54,13 +57,14 @@ def many_layout():
 PAYLOADS = {
     "big": {"piece": MIB},
     "many": {"piece": 256 * 1024},
+    "enc": {"piece": MIB, "encryption": "forced"},
 }
 
 
 def prepare(work, which):
     """(payload path, torrent path, {rel: (size, sha1)}) for a payload, generating it once."""
     pay = os.path.join(work, "payloads")
-    if which == "big":
+    if which in ("big", "enc"):
         src = L.make_single(pay, "big-1GiB.bin", 1 << 30, seed="zt-bench-big")
     else:
         src = L.make_multi(pay, "many", many_layout(), seed="zt-bench-many")
@@ -141,12 +145,16 @@ def warm_cache(src):
                     pass
 
 
-def start_seeder(work, torrent, src):
+def encryption(which):
+    return PAYLOADS[which].get("encryption", "default")
+
+
+def start_seeder(work, which, torrent, src):
     port = H.free_port()
-    logp = os.path.join(work, "logs", f"seeder-{os.path.basename(torrent)}.log")
+    logp = os.path.join(work, "logs", f"seeder-{which}.log")
     p = H.spawn(["/usr/bin/python3", "-u", LT_PY, "seed", "--torrent", torrent, "--save-path",
-                 os.path.dirname(src), "--port", str(port)], "libtorrent seeder", logp,
-                persistent=True)
+                 os.path.dirname(src), "--port", str(port), "--encryption", encryption(which)],
+                "libtorrent seeder", logp, persistent=True)
     deadline = time.time() + 300  # a full recheck of 1 GiB on a slow disk
     while time.time() < deadline:
         text = open(logp).read() if os.path.exists(logp) else ""
@@ -158,7 +166,7 @@ def start_seeder(work, torrent, src):
     raise H.CheckFailed(f"seeder not ready after 300s:\n{H.tail(logp)}")
 
 
-def run_zig(zig, work, tag, torrent, src, want, seed_port, timeout):
+def run_zig(zig, work, tag, torrent, src, want, seed_port, timeout, extra=()):
     base = os.path.join(work, "runs", tag)
     shutil.rmtree(base, ignore_errors=True)
     torrents, downloads, state = (os.path.join(base, d) for d in ("torrents", "downloads", "state"))
@@ -174,7 +182,7 @@ def run_zig(zig, work, tag, torrent, src, want, seed_port, timeout):
     # check (every size right, no .part left) is what ends the clock. Walking ~1,000 files at
     # that rate would load the machine under test.
     p = zig.run(torrents, downloads, state, logp, listen=H.free_port(),
-                peers=[f"127.0.0.1:{seed_port}"], extra=["--status-interval", "0.05"])
+                peers=[f"127.0.0.1:{seed_port}"], extra=["--status-interval", "0.05", *extra])
     mem = Mem(p.pid)
     seen = 0
     while True:
@@ -197,7 +205,7 @@ def run_zig(zig, work, tag, torrent, src, want, seed_port, timeout):
     return secs, ru, mem, note
 
 
-def run_lt(work, tag, torrent, src, want, seed_port, timeout):
+def run_lt(work, tag, torrent, src, want, seed_port, timeout, enc="default"):
     base = os.path.join(work, "runs", tag)
     shutil.rmtree(base, ignore_errors=True)
     os.makedirs(base)
@@ -207,7 +215,8 @@ def run_lt(work, tag, torrent, src, want, seed_port, timeout):
     t0 = time.time()
     p = H.spawn(["/usr/bin/python3", "-u", LT_PY, "leech", "--torrent", torrent, "--save-path", base,
                  "--port", str(H.free_port()), "--peer", f"127.0.0.1:{seed_port}",
-                 "--timeout", str(timeout), "--keep-seeding"], "libtorrent leecher", logp)
+                 "--timeout", str(timeout), "--keep-seeding", "--encryption", enc],
+                "libtorrent leecher", logp)
     mem = Mem(p.pid)
     while True:
         text = open(logp).read() if os.path.exists(logp) else ""
@@ -249,7 +258,8 @@ def main():
     ap.add_argument("--bin", default=default_bin, help="zigtorrent binary (default: %(default)s)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--payload", default="big,many,utp",
-                    help="comma list of: big, many (over TCP), utp (bench_utp.py: 1 GiB over uTP)")
+                    help="comma list of: big, many, enc (over TCP), utp (bench_utp.py: 1 GiB "
+                         "over uTP)")
     ap.add_argument("--utp-size", type=int, default=1 << 30, help="bytes for the utp row")
     ap.add_argument("--work", default="/tmp/zt-bench", help="payload cache and scratch folder")
     ap.add_argument("--lt-only", action="store_true", help="libtorrent leecher only (baseline)")
@@ -275,11 +285,13 @@ def main():
         src, torrent, want = prepare(args.work, which)
         total = sum(s for s, _ in want.values())
         warm_cache(src)
-        seeder, seed_port = start_seeder(args.work, torrent, src)
+        seeder, seed_port = start_seeder(args.work, which, torrent, src)
+        enc = encryption(which)
+        zig_extra = ["--encryption", "require"] if enc == "forced" else []
         # One uncounted download primes the seeder (libtorrent maps the payload and faults its
         # pages in on first use); otherwise whichever client goes first pays for that.
         H.log(f"{which}: warm-up download (not counted)")
-        run_lt(args.work, f"{which}-warmup", torrent, src, want, seed_port, args.timeout)
+        run_lt(args.work, f"{which}-warmup", torrent, src, want, seed_port, args.timeout, enc)
         for r in range(args.rounds):
             order = clients if r % 2 == 0 else list(reversed(clients))
             for client in order:
@@ -288,10 +300,10 @@ def main():
                 try:
                     if client == "zigtorrent":
                         secs, ru, mem, note = run_zig(zig, args.work, tag, torrent, src, want,
-                                                      seed_port, args.timeout)
+                                                      seed_port, args.timeout, zig_extra)
                     else:
                         secs, ru, mem, note = run_lt(args.work, tag, torrent, src, want,
-                                                     seed_port, args.timeout)
+                                                     seed_port, args.timeout, enc)
                 except H.CheckFailed as e:
                     failures.append(f"{tag}: {e}")
                     H.log(f"{tag}: FAILED: {e}")
@@ -336,6 +348,14 @@ def main():
             if ratios:
                 print(f"{which:8} median ratio zigtorrent/libtorrent MB/s: "
                       f"{statistics.median(ratios):.2f} (per round: {', '.join(f'{x:.2f}' for x in ratios)})")
+    if "big" in payloads and "enc" in payloads:
+        for client in clients:
+            med = {w: statistics.median([x["mbps"] for x in rows
+                                         if (x["payload"], x["client"]) == (w, client)] or [0])
+                   for w in ("big", "enc")}
+            if med["big"]:
+                print(f"{'enc':8} {client:11} encrypted/plaintext median MB/s: "
+                      f"{med['enc'] / med['big']:.2f} ({med['enc']:.1f} / {med['big']:.1f})")
     if utp_row:
         print(f"utp      {utp_row['size'] / 1e6:.0f} MB, one run, uTP only on both sides: "
               f"libtorrent->libtorrent {utp_row['lt_to_lt']} MB/s, "

@@ -481,7 +481,8 @@ class Transmission:
     What it takes to use it on loopback:
     - Transmission 3.00 drops peers on 127.x that a tracker hands out (only a peer it is told
       about directly, or one that dials in, is used), so tests make zigtorrent dial it (`--peer`).
-    - `encryption` 0 means "prefer plaintext": we do not speak MSE/PE.
+    - `encryption` 0 prefers plaintext (the suites that test the wire protocol itself), 1 prefers
+      MSE/PE (Transmission's own default), 2 requires it (tests/interop/encryption.py).
     - `utp` decides whether it speaks uTP besides TCP on `peer_port` (TCP and UDP, same number).
     - It decides whom to unchoke, and which peers it is interested in, on a 10 s pulse
       (peer-mgr.c RECHOKE_PERIOD_MSEC), so in either direction the first bytes flow ~10 s
@@ -491,7 +492,7 @@ class Transmission:
 
     STATUS_SEEDING = 6  # tr_torrent_activity TR_STATUS_SEED
 
-    def __init__(self, workdir, download_dir, utp, label="transmission-daemon"):
+    def __init__(self, workdir, download_dir, utp, label="transmission-daemon", encryption=0):
         self.dir = workdir
         self.peer_port, self.rpc_port = free_port(), free_port()
         self._session_id = ""
@@ -511,7 +512,8 @@ class Transmission:
             "lpd-enabled": False,
             "pex-enabled": False,
             "utp-enabled": bool(utp),
-            "encryption": 0,
+            # 0 prefers plaintext, 1 prefers encryption, 2 requires it (tr_encryption_mode).
+            "encryption": encryption,
             "download-dir": download_dir,
             "incomplete-dir-enabled": False,
             "speed-limit-up-enabled": False,
@@ -586,10 +588,10 @@ class Aria2:
     - aria2 cannot be told about a peer: it learns peers from trackers (or DHT, PEX, LPD, all
       off here). A tracker on 127.0.0.1 is fine: aria2 uses 127.x peers as given, and other
       peers find it there too, so no `--bt-external-ip` is needed.
-    - It opens outgoing connections with an MSE/PE handshake; we do not speak MSE, so we drop
-      it and aria2 retries in plaintext, which it does only while `bt-require-crypto` is false
-      and `bt-min-crypto-level` is `plain`. Those are its defaults; they are set explicitly here
-      because a user's aria2.conf could change them (and `--no-conf` keeps that file out).
+    - It opens outgoing connections with an MSE/PE handshake and falls back to plaintext only
+      while `bt-require-crypto` is false and `bt-min-crypto-level` is `plain` (its defaults, set
+      explicitly because a user's aria2.conf could change them; `--no-conf` keeps that file out).
+      `require_crypto=True` makes it insist on RC4 both ways (tests/interop/encryption.py).
     - As a leecher it announces new pieces with a whole BITFIELD message, mid-connection,
       whenever that is no longer than the HAVEs it replaces: 5 + bitfield bytes <= 9 x new
       pieces (DefaultBtInteractive::checkHave). On a torrent of up to ~32 pieces that is its
@@ -598,7 +600,7 @@ class Aria2:
     - `--stop-with-process` ties it to this driver, so it cannot outlive a killed test.
     """
 
-    def __init__(self, workdir, label="aria2c"):
+    def __init__(self, workdir, label="aria2c", require_crypto=False):
         self.dir = workdir
         self.port, self.rpc_port = free_port(), free_port()
         self.secret = os.urandom(8).hex()
@@ -607,7 +609,8 @@ class Aria2:
                 f"--rpc-listen-port={self.rpc_port}", f"--rpc-secret={self.secret}",
                 f"--listen-port={self.port}", "--enable-dht=false", "--enable-dht6=false",
                 "--bt-enable-lpd=false", "--enable-peer-exchange=false", "--disable-ipv6=true",
-                "--bt-require-crypto=false", "--bt-min-crypto-level=plain",
+                *(["--bt-require-crypto=true", "--bt-min-crypto-level=arc4"] if require_crypto
+                  else ["--bt-require-crypto=false", "--bt-min-crypto-level=plain"]),
                 "--file-allocation=none", "--auto-file-renaming=false",
                 "--summary-interval=0", "--console-log-level=warn",
                 f"--log={self.log}", "--log-level=info",

@@ -181,6 +181,15 @@ def info_hash(torrent_file):
 # Sessions
 
 
+# MSE/PE settings by name (`--encryption` of the seed and leech commands): `forced` is RC4 or
+# nothing, both ways (enc_policy.forced = 0, enc_level.rc4 = 2); `disabled` plaintext only.
+ENCRYPTION = {
+    "default": {},
+    "forced": {"in_enc_policy": 0, "out_enc_policy": 0, "allowed_enc_level": 2, "prefer_rc4": True},
+    "disabled": {"in_enc_policy": 2, "out_enc_policy": 2, "allowed_enc_level": 1},
+}
+
+
 def session(port, upload_rate_limit=0, utp=False, extra=None):
     """A libtorrent session listening on 127.0.0.1:`port` with every discovery feature off.
 
@@ -328,7 +337,8 @@ def wait_checked(handle, timeout=60):
 
 
 def _cmd_seed(args):
-    ses = session(args.port, upload_rate_limit=args.upload_limit)
+    ses = session(args.port, upload_rate_limit=args.upload_limit,
+                  extra=ENCRYPTION[args.encryption])
     h = add(ses, args.torrent, args.save_path, seed_mode=args.seed_mode)
     st = wait_checked(h)
     if not st.is_seeding:
@@ -340,7 +350,7 @@ def _cmd_seed(args):
 
 
 def _cmd_leech(args):
-    ses = session(args.port)
+    ses = session(args.port, extra=ENCRYPTION[args.encryption])
     start = time.time()
     h = add(ses, args.torrent, args.save_path)
     for p in args.peer:
@@ -382,6 +392,7 @@ def main(argv=None):
     s.add_argument("--upload-limit", type=int, default=0, help="bytes/s, 0 = unlimited")
     s.add_argument("--seed-mode", action="store_true", help="trust the data (no full recheck)")
     s.add_argument("--verbose", action="store_true")
+    s.add_argument("--encryption", choices=sorted(ENCRYPTION), default="default")
     l = sub.add_parser("leech", help="download a torrent, print DONE <seconds> <bytes>")
     l.add_argument("--torrent", required=True)
     l.add_argument("--save-path", required=True)
@@ -390,6 +401,7 @@ def main(argv=None):
     l.add_argument("--timeout", type=float, default=600)
     l.add_argument("--keep-seeding", action="store_true")
     l.add_argument("--verbose", action="store_true")
+    l.add_argument("--encryption", choices=sorted(ENCRYPTION), default="default")
     args = ap.parse_args(argv)
     return {"seed": _cmd_seed, "leech": _cmd_leech}[args.cmd](args)
 

@@ -5,8 +5,9 @@ What it takes to use it on loopback, headless, in a test:
   profile's `qBittorrent.conf`, so nothing waits for a human; the Web UI listens on 127.0.0.1.
 - DHT, PEX and LSD are off, so every peer comes from the test; several peers on 127.0.0.1 are
   allowed (`MultiConnectionsPerIp`).
-- Encryption is set to "disabled" (2): we do not speak MSE/PE yet, and qBittorrent would
-  otherwise try it first on every outgoing connection.
+- `encryption`: 0 allows MSE/PE (qBittorrent's default), 1 requires it, 2 disables it (the
+  default here, for the suites that test the plain wire protocol; tests/interop/encryption.py
+  sets 1).
 Every process is recorded by PID in harness.py and killed at exit.
 """
 
@@ -22,7 +23,7 @@ import harness as H
 
 
 class QBittorrent:
-    def __init__(self, workdir, label="qbittorrent-nox"):
+    def __init__(self, workdir, label="qbittorrent-nox", encryption=2):
         self.dir = workdir
         self.peer_port, self.web_port = H.free_port(), H.free_port()
         conf_dir = os.path.join(workdir, "qBittorrent", "config")
@@ -35,7 +36,7 @@ Session\\Port={self.peer_port}
 Session\\DHTEnabled=false
 Session\\PeXEnabled=false
 Session\\LSDEnabled=false
-Session\\Encryption=2
+Session\\Encryption={encryption}
 Session\\MultiConnectionsPerIp=true
 Session\\QueueingSystemEnabled=false
 Session\\AnonymousModeEnabled=false
