@@ -1,12 +1,27 @@
 #!/usr/bin/python3
-"""Loopback download benchmark: zigtorrent against libtorrent's own leecher, same seeder, same run.
+"""Loopback download benchmark: zigtorrent against libtorrent's own leecher, measured as a user
+lives it.
 
-A libtorrent seeder (its own process) serves each payload on 127.0.0.1. In every round, zigtorrent
-and a libtorrent leecher (also its own process) each download into a fresh folder, one after the
-other, alternating which goes first. Per download: wall seconds from process start to "all bytes
-there" (zigtorrent: every final file at its full size and no `.part` left, then SIGINT; libtorrent:
-is_seeding), MB/s (10^6 bytes), CPU seconds (user+sys from wait4) and peak RSS (the larger of polled
-VmHWM and wait4's ru_maxrss). Every download is then SHA-1 checked against the source (not timed).
+Default (`--mode user`): each download is one fresh leecher process (zigtorrent on a one-torrent
+watch folder, or libtorrent's leecher as its own process) that finds a fresh libtorrent seeder
+(its own process, started for that download alone) through opentracker over HTTP: no `--peer`,
+no warm seeder, no warm-up download. Before each download: `sync` and a 2 s settle, and the
+tracker must list that seeder alone. Per round the two leechers alternate which goes first.
+Per download:
+  seconds     from just before the leecher process is spawned to "all bytes there" (zigtorrent:
+              every final file at its full size and no `.part` left, then SIGINT; libtorrent:
+              is_seeding); zigtorrent's includes its fsyncs before each file takes its final name
+  first byte  from spawn to the seeder's first payload byte out (the seeder polls its counter
+              every millisecond and stamps CLOCK_MONOTONIC, which all processes share)
+  transfer    MB/s over the transfer phase alone (size / (seconds - first byte))
+  MB/s        10^6 bytes over the whole download; CPU seconds (user+sys from wait4); peak RSS
+              (the larger of polled VmHWM and wait4's ru_maxrss) and peak sampled RssAnon
+Every download is then SHA-1 checked against the source (not timed).
+
+`--mode quick` is the old shortcut, kept for quick A/B checks of the data path only: one warm
+seeder for all rounds, primed by an uncounted download, handed over with `--peer`; no tracker,
+no first-byte figure. Its figures flatter whoever pays a start-up cost; don't quote them as
+what users see.
 
 Payloads (cached in --work, default /tmp/zt-bench):
   big   one 1 GiB file, 1 MiB pieces
@@ -14,18 +29,21 @@ Payloads (cached in --work, default /tmp/zt-bench):
   enc   the `big` file again from a seeder forcing MSE/PE with RC4 (libtorrent's leecher forcing
         it too, zigtorrent with `--encryption require`); with `big` in the same run the summary
         gives the encrypted/plaintext ratio per client
+  small one 64 MiB file, 256 KiB pieces: a quick check of the benchmark itself
   utp   the uTP row: bench_utp.py, one run of 1 GiB over uTP only (libtorrent -> libtorrent,
         libtorrent -> zigtorrent, zigtorrent -> libtorrent; see that file)
 
-Both TCP payloads run zigtorrent with `--transport tcp` and a TCP-only libtorrent.
+The TCP payloads run zigtorrent with `--transport tcp` and a TCP-only libtorrent.
 
-Usage: /usr/bin/python3 bench/bench.py [--bin PATH] [--rounds 3] [--payload big,many,utp] [--lt-only]
+Usage: /usr/bin/python3 bench/bench.py [--bin PATH] [--mode user|quick] [--rounds 3]
+           [--payload big,many,enc,utp] [--lt-only]
 """
 
 import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -58,24 +76,28 @@ PAYLOADS = {
     "big": {"piece": MIB},
     "many": {"piece": 256 * 1024},
     "enc": {"piece": MIB, "encryption": "forced"},
+    "small": {"piece": 256 * 1024},
 }
 
 
-def prepare(work, which):
-    """(payload path, torrent path, {rel: (size, sha1)}) for a payload, generating it once."""
+def prepare(work, which, trackers=()):
+    """(payload path, torrent path, {rel: (size, sha1)}) for a payload, generating it once (the
+    torrent again whenever `trackers` change)."""
     pay = os.path.join(work, "payloads")
     if which in ("big", "enc"):
         src = L.make_single(pay, "big-1GiB.bin", 1 << 30, seed="zt-bench-big")
+    elif which == "small":
+        src = L.make_single(pay, "small-64MiB.bin", 64 * MIB, seed="zt-bench-small")
     else:
         src = L.make_multi(pay, "many", many_layout(), seed="zt-bench-many")
     torrent = os.path.join(work, f"{which}.torrent")
     digests = os.path.join(work, f"{which}.digests.json")
     stamp = os.path.join(work, f"{which}.stamp")
-    want_stamp = f"{src} {PAYLOADS[which]['piece']}"
+    want_stamp = f"{src} {PAYLOADS[which]['piece']} {' '.join(trackers)}"
     if not (os.path.isfile(torrent) and os.path.isfile(digests) and os.path.isfile(stamp)
             and open(stamp).read() == want_stamp):
         H.log(f"{which}: hashing payload and making the torrent")
-        L.make_torrent(src, torrent, piece_length=PAYLOADS[which]["piece"])
+        L.make_torrent(src, torrent, trackers=trackers, piece_length=PAYLOADS[which]["piece"])
         with open(digests, "w") as f:
             json.dump(L.tree_digests(src), f)
         with open(stamp, "w") as f:
@@ -149,21 +171,57 @@ def encryption(which):
     return PAYLOADS[which].get("encryption", "default")
 
 
-def start_seeder(work, which, torrent, src):
+class Seeder:
+    """A libtorrent seeder process; `first_byte()` reads the monotonic time it stamped when its
+    first payload byte went out (user mode)."""
+
+    def __init__(self, proc, port, log):
+        self.proc, self.port, self.log = proc, port, log
+
+    def first_byte(self, timeout=5):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            m = re.search(r"FIRST_BYTE (\d+\.\d+)", read_from(self.log, 0))
+            if m:
+                return float(m.group(1))
+            time.sleep(0.01)
+        return None
+
+
+def start_seeder(work, which, torrent, src, tag, first_byte=False):
     port = H.free_port()
-    logp = os.path.join(work, "logs", f"seeder-{which}.log")
-    p = H.spawn(["/usr/bin/python3", "-u", LT_PY, "seed", "--torrent", torrent, "--save-path",
-                 os.path.dirname(src), "--port", str(port), "--encryption", encryption(which)],
-                "libtorrent seeder", logp, persistent=True)
+    logp = os.path.join(work, "logs", f"seeder-{tag}.log")
+    if os.path.exists(logp):
+        os.remove(logp)
+    argv = ["/usr/bin/python3", "-u", LT_PY, "seed", "--torrent", torrent, "--save-path",
+            os.path.dirname(src), "--port", str(port), "--encryption", encryption(which)]
+    if first_byte:
+        argv.append("--first-byte")
+    p = H.spawn(argv, "libtorrent seeder", logp, persistent=True)
     deadline = time.time() + 300  # a full recheck of 1 GiB on a slow disk
     while time.time() < deadline:
         text = open(logp).read() if os.path.exists(logp) else ""
         if "SEEDING" in text:
-            return p, port
+            return Seeder(p, port, logp)
         if "ERROR" in text or p.poll() is not None:
             raise H.CheckFailed(f"seeder failed:\n{H.tail(logp)}")
         time.sleep(0.1)
     raise H.CheckFailed(f"seeder not ready after 300s:\n{H.tail(logp)}")
+
+
+def settle(tracker, info_hash):
+    """Flush dirty pages, let the machine go quiet, and make sure the tracker lists exactly one
+    seeder (this download's) and no leftover leecher from an earlier one."""
+    os.sync()
+    time.sleep(2)
+    if tracker is None:
+        return
+    deadline = time.time() + 30
+    while tracker.scrape(info_hash) != (1, 0):
+        if time.time() > deadline:
+            raise H.CheckFailed(f"tracker still lists {tracker.scrape(info_hash)} (complete, "
+                                f"incomplete) for the payload; want (1, 0)")
+        time.sleep(0.2)
 
 
 def run_zig(zig, work, tag, torrent, src, want, seed_port, timeout, extra=()):
@@ -178,11 +236,13 @@ def run_zig(zig, work, tag, torrent, src, want, seed_port, timeout, extra=()):
                 for rel, (size, _) in want.items()}
     logp = os.path.join(work, "logs", f"{tag}.log")
     t0 = time.time()
+    t0_mono = time.monotonic()
     # Status lines every 50 ms (the smallest interval): "seeding" is the cheap trigger to look at the files, whose own
     # check (every size right, no .part left) is what ends the clock. Walking ~1,000 files at
     # that rate would load the machine under test.
     p = zig.run(torrents, downloads, state, logp, listen=H.free_port(),
-                peers=[f"127.0.0.1:{seed_port}"], extra=["--status-interval", "0.05", *extra])
+                peers=[f"127.0.0.1:{seed_port}"] if seed_port else [],
+                extra=["--status-interval", "0.05", *extra])
     mem = Mem(p.pid)
     seen = 0
     while True:
@@ -202,7 +262,7 @@ def run_zig(zig, work, tag, torrent, src, want, seed_port, timeout, extra=()):
     note = "" if rc == 0 else f"exit {rc} after SIGINT"
     verify(src, os.path.join(downloads, name), want)
     shutil.rmtree(base, ignore_errors=True)
-    return secs, ru, mem, note
+    return secs, ru, mem, note, t0_mono
 
 
 def run_lt(work, tag, torrent, src, want, seed_port, timeout, enc="default"):
@@ -213,8 +273,10 @@ def run_lt(work, tag, torrent, src, want, seed_port, timeout, enc="default"):
     if os.path.exists(logp):
         os.remove(logp)
     t0 = time.time()
+    t0_mono = time.monotonic()
+    peer = ["--peer", f"127.0.0.1:{seed_port}"] if seed_port else []
     p = H.spawn(["/usr/bin/python3", "-u", LT_PY, "leech", "--torrent", torrent, "--save-path", base,
-                 "--port", str(H.free_port()), "--peer", f"127.0.0.1:{seed_port}",
+                 "--port", str(H.free_port()), *peer,
                  "--timeout", str(timeout), "--keep-seeding", "--encryption", enc],
                 "libtorrent leecher", logp)
     mem = Mem(p.pid)
@@ -233,7 +295,7 @@ def run_lt(work, tag, torrent, src, want, seed_port, timeout, enc="default"):
     rc, _, ru = H.stop(p, signal.SIGTERM, grace=10)
     verify(src, os.path.join(base, os.path.basename(src)), want)
     shutil.rmtree(base, ignore_errors=True)
-    return secs, ru, mem, "" if rc == 0 else f"exit {rc}"
+    return secs, ru, mem, "" if rc == 0 else f"exit {rc}", t0_mono
 
 
 def run_utp_row(bin_, size, failures):
@@ -257,8 +319,11 @@ def main():
     ap = argparse.ArgumentParser(description="zigtorrent vs libtorrent loopback benchmark")
     ap.add_argument("--bin", default=default_bin, help="zigtorrent binary (default: %(default)s)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--mode", choices=("user", "quick"), default="user",
+                    help="user: fresh seeder per download, found through opentracker, timed from "
+                         "process start (default); quick: one warm seeder handed over with --peer")
     ap.add_argument("--payload", default="big,many,utp",
-                    help="comma list of: big, many, enc (over TCP), utp (bench_utp.py: 1 GiB "
+                    help="comma list of: big, many, enc, small (over TCP), utp (bench_utp.py: 1 GiB "
                          "over uTP)")
     ap.add_argument("--utp-size", type=int, default=1 << 30, help="bytes for the utp row")
     ap.add_argument("--work", default="/tmp/zt-bench", help="payload cache and scratch folder")
@@ -279,54 +344,87 @@ def main():
     os.makedirs(os.path.join(args.work, "logs"), exist_ok=True)
     H.log(f"work {args.work}; libtorrent {L.lt.__version__}; clients {clients}; rounds {args.rounds}")
 
+    tracker = None
+    if args.mode == "user" and payloads:
+        tracker = H.OpenTracker(H.free_port())
     rows = []
     failures = []
     for which in payloads:
-        src, torrent, want = prepare(args.work, which)
+        src, torrent, want = prepare(args.work, which, [tracker.http] if tracker else [])
+        ih = L.info_hash(torrent)
+        if tracker:
+            tracker.allow([ih])
         total = sum(s for s, _ in want.values())
         warm_cache(src)
-        seeder, seed_port = start_seeder(args.work, which, torrent, src)
         enc = encryption(which)
         zig_extra = ["--encryption", "require"] if enc == "forced" else []
-        # One uncounted download primes the seeder (libtorrent maps the payload and faults its
-        # pages in on first use); otherwise whichever client goes first pays for that.
-        H.log(f"{which}: warm-up download (not counted)")
-        run_lt(args.work, f"{which}-warmup", torrent, src, want, seed_port, args.timeout, enc)
+        seeder = None
+        if args.mode == "quick":
+            seeder = start_seeder(args.work, which, torrent, src, which)
+            # One uncounted download primes the seeder (libtorrent maps the payload and faults
+            # its pages in on first use); otherwise whichever client goes first pays for that.
+            H.log(f"{which}: warm-up download (not counted)")
+            run_lt(args.work, f"{which}-warmup", torrent, src, want, seeder.port, args.timeout,
+                   enc)
         for r in range(args.rounds):
             order = clients if r % 2 == 0 else list(reversed(clients))
             for client in order:
                 tag = f"{which}-{client}-{r + 1}"
-                H.log(f"{tag}: downloading {total / 1e6:.0f} MB")
                 try:
+                    if args.mode == "user":
+                        # A fresh seeder for this download alone, found through the tracker.
+                        seeder = start_seeder(args.work, which, torrent, src, tag, first_byte=True)
+                        tracker.wait_seeders(ih)
+                        settle(tracker, ih)
+                    H.log(f"{tag}: downloading {total / 1e6:.0f} MB")
+                    peer_port = seeder.port if args.mode == "quick" else None
                     if client == "zigtorrent":
-                        secs, ru, mem, note = run_zig(zig, args.work, tag, torrent, src, want,
-                                                      seed_port, args.timeout, zig_extra)
+                        secs, ru, mem, note, t0 = run_zig(zig, args.work, tag, torrent, src, want,
+                                                          peer_port, args.timeout, zig_extra)
                     else:
-                        secs, ru, mem, note = run_lt(args.work, tag, torrent, src, want,
-                                                     seed_port, args.timeout, enc)
+                        secs, ru, mem, note, t0 = run_lt(args.work, tag, torrent, src, want,
+                                                         peer_port, args.timeout, enc)
+                    first = None
+                    if args.mode == "user":
+                        stamp = seeder.first_byte()
+                        first = stamp - t0 if stamp else None
+                        H.stop(seeder.proc)
                 except H.CheckFailed as e:
                     failures.append(f"{tag}: {e}")
                     H.log(f"{tag}: FAILED: {e}")
-                    H.cleanup(everything=False)  # the failed leecher, not the seeder
+                    # The failed leecher, and in user mode its seeder; quick mode's seeder stays.
+                    if args.mode == "user" and seeder:
+                        H.stop(seeder.proc)
+                    H.cleanup(everything=False)
                     continue
                 cpu = (ru.ru_utime + ru.ru_stime) if ru else float("nan")
                 rss_mib = max(mem.hwm, ru.ru_maxrss if ru else 0) / 1024
+                phase = total / 1e6 / (secs - first) if first is not None and secs > first else None
                 rows.append({"payload": which, "client": client, "round": r + 1, "seconds": secs,
                              "mbps": total / 1e6 / secs, "cpu": cpu, "rss_mib": rss_mib,
-                             "anon_mib": mem.anon / 1024, "note": note})
+                             "anon_mib": mem.anon / 1024, "first_byte": first,
+                             "transfer_mbps": phase, "note": note})
                 H.log(f"{tag}: {secs:.2f}s {total / 1e6 / secs:.1f} MB/s cpu {cpu:.2f}s "
-                      f"rss {rss_mib:.0f} MiB anon {mem.anon / 1024:.0f} MiB {note}")
-        H.stop(seeder)
+                      f"rss {rss_mib:.0f} MiB anon {mem.anon / 1024:.0f} MiB"
+                      + (f" first byte {first:.3f}s transfer {phase:.1f} MB/s" if phase else "")
+                      + f" {note}")
+        if args.mode == "quick":
+            H.stop(seeder.proc)
+    if tracker:
+        tracker.stop()
     utp_row = None
     if utp and not args.lt_only:
         utp_row = run_utp_row(args.bin, args.utp_size, failures)
 
     print()
-    print(f"{'payload':8} {'client':11} {'round':>5} {'seconds':>8} {'MB/s':>8} {'CPU s':>7} "
-          f"{'peak RSS MiB':>12} {'peak anon MiB':>13}  note")
+    print(f"mode {args.mode}")
+    print(f"{'payload':8} {'client':11} {'round':>5} {'seconds':>8} {'MB/s':>8} {'1st byte':>8} "
+          f"{'xfer MB/s':>9} {'CPU s':>7} {'peak RSS MiB':>12} {'peak anon MiB':>13}  note")
     for row in rows:
+        fb = f"{row['first_byte']:.3f}" if row["first_byte"] is not None else "-"
+        xf = f"{row['transfer_mbps']:.1f}" if row["transfer_mbps"] is not None else "-"
         print(f"{row['payload']:8} {row['client']:11} {row['round']:>5} {row['seconds']:>8.2f} "
-              f"{row['mbps']:>8.1f} {row['cpu']:>7.2f} {row['rss_mib']:>12.0f} "
+              f"{row['mbps']:>8.1f} {fb:>8} {xf:>9} {row['cpu']:>7.2f} {row['rss_mib']:>12.0f} "
               f"{row['anon_mib']:>13.0f}  {row['note']}")
     print("(peak RSS: VmHWM / ru_maxrss, counts mmapped file pages; peak anon: sampled RssAnon)")
     print()
@@ -334,7 +432,11 @@ def main():
         for client in clients:
             rs = [x for x in rows if x["payload"] == which and x["client"] == client]
             if rs:
-                print(f"{which:8} {client:11} median {statistics.median(x['mbps'] for x in rs):8.1f} MB/s, "
+                fbs = [x["first_byte"] for x in rs if x["first_byte"] is not None]
+                xfs = [x["transfer_mbps"] for x in rs if x["transfer_mbps"] is not None]
+                extra = (f", first byte {statistics.median(fbs):.3f} s, transfer phase "
+                         f"{statistics.median(xfs):.1f} MB/s" if fbs and xfs else "")
+                print(f"{which:8} {client:11} median {statistics.median(x['mbps'] for x in rs):8.1f} MB/s{extra}, "
                       f"CPU {statistics.median(x['cpu'] for x in rs):.2f} s, "
                       f"RSS {statistics.median(x['rss_mib'] for x in rs):.0f} MiB "
                       f"(anon {statistics.median(x['anon_mib'] for x in rs):.0f} MiB)")
@@ -364,7 +466,7 @@ def main():
               f"(ratio {utp_row['ratio_upload']})")
     out = os.path.join(args.work, f"results-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(out, "w") as f:
-        json.dump({"rows": rows, "utp": utp_row, "failures": failures,
+        json.dump({"mode": args.mode, "rows": rows, "utp": utp_row, "failures": failures,
                    "libtorrent": L.lt.__version__}, f, indent=1)
     print(f"\nresults: {out}")
     if failures:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Loopback benchmark: zigtorrent vs libtorrent's leecher from one libtorrent seeder (see bench.py).
+# Loopback benchmark: zigtorrent vs libtorrent's leecher, each a fresh process finding a fresh
+# libtorrent seeder through opentracker (see bench.py; `--mode quick` is the old warm shortcut).
 #
-#   bench/bench.sh [ZIGTORRENT_BINARY] [bench.py options: --rounds N --payload big,many --lt-only ...]
+#   bench/bench.sh [ZIGTORRENT_BINARY] [bench.py options: --rounds N --payload big,many,enc --mode user|quick ...]
 #
 # The binary defaults to $ZIGTORRENT_BIN, else ${CARGO_TARGET_DIR:-<repo>/target}/release/zigtorrent;
 # build it first with `cargo build --release -p zigtorrent`. Payloads are cached in /tmp/zt-bench.

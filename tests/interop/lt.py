@@ -345,7 +345,7 @@ def _cmd_seed(args):
         print(f"ERROR data under {args.save_path} does not match {args.torrent}", flush=True)
         return 1
     print(f"SEEDING {args.port} {info_hash(args.torrent)}", flush=True)
-    _run_until_signal(ses, h, args.verbose)
+    _run_until_signal(ses, h, args.verbose, first_byte=args.first_byte)
     return 0
 
 
@@ -371,10 +371,18 @@ def _cmd_leech(args):
     return 0
 
 
-def _run_until_signal(ses, h, verbose):
+def _run_until_signal(ses, h, verbose, first_byte=False):
+    """Until SIGTERM/SIGINT. With `first_byte`, the payload upload counter is polled every
+    millisecond until it moves, then `FIRST_BYTE <time.monotonic()>` is printed: CLOCK_MONOTONIC
+    is system-wide on Linux, so another process can set it against its own start time."""
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    while first_byte and not stop:
+        if h.status().total_payload_upload > 0:
+            print(f"FIRST_BYTE {time.monotonic():.6f}", flush=True)
+            break
+        time.sleep(0.001)
     while not stop:
         time.sleep(0.2)
         if verbose:
@@ -393,6 +401,8 @@ def main(argv=None):
     s.add_argument("--seed-mode", action="store_true", help="trust the data (no full recheck)")
     s.add_argument("--verbose", action="store_true")
     s.add_argument("--encryption", choices=sorted(ENCRYPTION), default="default")
+    s.add_argument("--first-byte", action="store_true",
+                   help="print FIRST_BYTE <monotonic seconds> when the first payload byte is sent")
     l = sub.add_parser("leech", help="download a torrent, print DONE <seconds> <bytes>")
     l.add_argument("--torrent", required=True)
     l.add_argument("--save-path", required=True)
