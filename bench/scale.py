@@ -12,7 +12,8 @@
         stop     seconds from SIGINT to exit (must be 0)
   scale.py motion [--bin PATH] [--count 200] [--each BYTES]
       COUNT torrents of EACH bytes (default 1 MiB) seeded by one libtorrent session and found
-      through opentracker, downloaded by one fresh zigtorrent process at once; then one torrent of
+      through opentracker, downloaded by one fresh zigtorrent process at once (no queue limit);
+      then one torrent of
       COUNT x EACH bytes the same way. Reports both aggregate rates (from spawn to the last file
       at its final path) and their ratio.
 
@@ -164,8 +165,9 @@ def zig_start(binary, torrents, downloads, state, log, extra=()):
     argv = [binary, "run", "--headless", "--torrents", torrents, "--downloads", downloads,
             "--state", state, "--listen", str(H.free_port()), "--status-interval",
             STATUS_INTERVAL, *extra]
+    if os.environ.get("ZT_LOG"):  # diagnostics: e.g. ZT_LOG=info,zigtorrent_engine=debug
+        argv += ["--log-level", os.environ["ZT_LOG"]]
     env = dict(os.environ, ZIGTORRENT_DHT="false", ZIGTORRENT_LSD="false")
-    env.setdefault("RUST_LOG", "warn")
     return H.spawn(argv, "zigtorrent run", log, env=env)
 
 
@@ -243,7 +245,9 @@ def motion_once(a, tracker, torrents, data, ihs, label):
     time.sleep(2)
     t0 = time.monotonic()
     log = os.path.join(run, "log")
-    p = zig_start(a.bin, torrents, downloads, state, log, extra=["--transport", "tcp"])
+    # "At once": no queue limit (the default lets 5 download at a time).
+    p = zig_start(a.bin, torrents, downloads, state, log,
+                  extra=["--transport", "tcp", "--max-active-downloads", "0"])
     while not H.sizes_complete(downloads, want):
         if H.reap_if_exited(p) is not None:
             raise H.CheckFailed(f"zigtorrent exited ({p.returncode}):\n{H.tail(log)}")
@@ -259,7 +263,8 @@ def motion_once(a, tracker, torrents, data, ihs, label):
         if a_ != b_:
             raise H.CheckFailed(f"{label}: {n} differs from the source")
     del handles, seed
-    shutil.rmtree(run, ignore_errors=True)
+    if not os.environ.get("ZT_KEEP"):
+        shutil.rmtree(run, ignore_errors=True)
     return {"label": label, "torrents": len(ihs), "bytes": total, "seconds": secs,
             "mbps": total / 1e6 / secs, "cpu_s": cpu}
 
