@@ -222,7 +222,9 @@ def cmd_rest(a):
 
 def motion_once(a, tracker, torrents, data, ihs, label):
     import lt as L  # libtorrent only for this command
-    seed = L.session(H.free_port())
+    # The seeder must not be what limits: libtorrent unchokes 8 peers at a time by default (each
+    # of our torrents is another peer to it) and allows 200 connections.
+    seed = L.session(H.free_port(), extra={"unchoke_slots_limit": -1, "connections_limit": 2000})
     handles = []
     for name in sorted(os.listdir(torrents)):
         handles.append(L.add(seed, os.path.join(torrents, name), data, seed_mode=True))
