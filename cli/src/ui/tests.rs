@@ -70,6 +70,7 @@ fn peer(addr: &str, client: &str, rate: u64) -> PeerStatus {
         peer_interested: false,
         snubbed: false,
         progress: 1.0,
+        extensions: Default::default(),
     }
 }
 
