@@ -164,6 +164,8 @@ async fn drive<R: AsyncRead + Unpin>(mut rd: R, mut proto: PeerProto, mut l: Lin
             match l.requests.try_send(block) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Not expected: the protocol keeps at most MAX_QUEUED_UPLOADS requests
+                    // between checking them and getting their data back (the channel's size).
                     tracing::debug!(peer = l.key, "upload queue full, request dropped");
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => server_gone = true,

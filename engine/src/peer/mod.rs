@@ -5,8 +5,8 @@
 //! channels: [`PeerCommand`]s in, [`PeerEvent`]s out.
 //!
 //! Uploads are served by the connection directly (the torrent task is not involved per block):
-//! the protocol checks a request (range, 16 KiB cap, piece present, peer unchoked) and the driver
-//! answers it from storage.
+//! the protocol checks a request (range, 16 KiB cap, piece present, peer unchoked or the piece
+//! allowed-fast, BEP 6) and the driver answers it from storage.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64};

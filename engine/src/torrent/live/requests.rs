@@ -1,5 +1,7 @@
 //! Requests: interest, per-peer pipelines topped up from the picker, and what an arriving block
-//! does (accepted only if asked of that very peer; a whole piece goes to verification).
+//! does (accepted only if asked of that very peer; a whole piece goes to verification), or a
+//! BEP 6 reject (the block goes to another peer at once). A peer that chokes us is asked only
+//! for the pieces it allowed us fast (BEP 6).
 
 #[allow(unused_imports)]
 use super::*;
