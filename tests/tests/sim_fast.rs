@@ -62,6 +62,9 @@ enum Script {
     ChokeButAllow(Vec<u32>),
     /// Have-all and unchoke, then serve every request, one block per this much time.
     Serve(Duration),
+    /// Have-all and unchoke; on the first request choke and, for this long, neither serve nor
+    /// reject anything (a fast peer breaking BEP 6); then unchoke and serve what comes after.
+    ChokeSilently(Duration),
 }
 
 /// A block as (piece, begin).
@@ -123,7 +126,9 @@ async fn scripted_peer(
                 out.extend_from_slice(&Handshake::new(info_hash, peer_id).encode());
                 Message::HaveAll.encode(&mut out);
                 match &script {
-                    Script::Serve(_) => Message::Unchoke.encode(&mut out),
+                    Script::Serve(_) | Script::ChokeSilently(_) => {
+                        Message::Unchoke.encode(&mut out)
+                    }
                     Script::RejectOdd(_) => {
                         Message::Unchoke.encode(&mut out);
                         Message::RejectRequest {
@@ -177,7 +182,25 @@ async fn scripted_peer(
                         }
                     }
                 });
+                let mut choked_once = false;
                 while let Some((index, begin, length)) = requests.recv().await {
+                    if let (Script::ChokeSilently(choke_for), false) = (&script, choked_once) {
+                        choked_once = true;
+                        let mut out = BytesMut::new();
+                        Message::Choke.encode(&mut out);
+                        if wr.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(*choke_for).await;
+                        // This request and everything asked meanwhile go unanswered.
+                        while requests.try_recv().is_ok() {}
+                        let mut out = BytesMut::new();
+                        Message::Unchoke.encode(&mut out);
+                        if wr.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     let serve = match &script {
                         Script::RejectOdd(per_block) => {
                             let even = (begin / (16 * 1024)) % 2 == 0;
@@ -191,6 +214,7 @@ async fn scripted_peer(
                             tokio::time::sleep(*per_block).await;
                             true
                         }
+                        Script::ChokeSilently(_) => true,
                     };
                     let mut out = BytesMut::new();
                     if serve {
@@ -340,4 +364,38 @@ async fn a_choking_peer_serves_its_allowed_fast_pieces() {
     // 64 KiB pieces: four blocks each, each asked once.
     assert_eq!(seen.served.load(Ordering::Relaxed), 8);
     assert!(status.peers.iter().all(|p| p.peer_choking));
+}
+
+/// A fast peer that chokes the leecher and then neither serves nor rejects its requests (it
+/// breaks BEP 6) for 25 s, then unchokes: the leecher's requests went back at the 20 s request
+/// timeout, so after the unchoke it asks again and completes, well before the 30 s snub
+/// timeout (counted from the unchoke) would have freed them.
+#[tokio::test(start_paused = true)]
+async fn requests_a_choking_fast_peer_never_answers_go_back_at_the_timeout() {
+    let net = SimNet::new();
+    let (meta, data) = torrent(1024 * 1024, 64 * 1024);
+    let choke_for = Duration::from_secs(25);
+    let (peer, seen) = scripted_peer(
+        &net,
+        ip(5),
+        &meta,
+        Arc::new(data),
+        Script::ChokeSilently(choke_for),
+    )
+    .await;
+    let leecher = SimPeer::start(&net, ip(9), 9, vec![peer]).await;
+    let start = Instant::now();
+    let h = leecher.session.add(meta.clone()).unwrap();
+    until_seeding(&h, Duration::from_secs(45)).await;
+    let took = start.elapsed();
+    assert!(
+        took >= choke_for,
+        "served before the unchoke? {took:?}, {} served",
+        seen.served.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        seen.served.load(Ordering::Relaxed),
+        64,
+        "each block once, after the unchoke"
+    );
 }
