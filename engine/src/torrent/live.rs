@@ -73,6 +73,12 @@ const VERIFY_PARALLELISM: usize = 2;
 const SNUB_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request unanswered for this long (while the peer sends other blocks) is given back.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// A peer must have choked us this long before we ask it for its allowed-fast pieces (BEP 6).
+/// A peer with a free slot unchokes right after our interest (we do, and so does libtorrent),
+/// while its grant arrives first: asking for granted pieces at once would start up to ten
+/// scattered pieces for nothing (and break a sequential download's order). The one-second
+/// tick asks once this has passed.
+const ALLOWED_FAST_WAIT: Duration = Duration::from_secs(3);
 /// How long a piece a peer rejected is not asked of it again (unless it unchokes us first).
 /// A few seconds: enough for the block to go elsewhere, short next to the request timeout.
 const REJECT_MEMORY: Duration = Duration::from_secs(5);
@@ -159,6 +165,8 @@ struct Peer {
     fast: bool,
     /// Both handshakes offer the extension protocol (BEP 10).
     extension_protocol: bool,
+    /// When it last choked us (or connected, choking as every connection starts).
+    choked_at: Instant,
     /// Pieces it serves us while it chokes us (BEP 6 allowed-fast; at most
     /// [`peer::proto::MAX_ALLOWED_FAST_RECEIVED`], deduplicated by the connection).
     allowed_fast: Vec<PieceIndex>,
@@ -868,6 +876,7 @@ impl Torrent {
                 peer_id: conn.remote.peer_id,
                 bitfield: Bitfield::new(piece_count),
                 peer_choking: true,
+                choked_at: now(),
                 peer_interested: false,
                 am_interested: false,
                 requests: HashMap::new(),
@@ -931,6 +940,7 @@ impl Torrent {
             PeerEvent::Choke => {
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 peer.peer_choking = true;
+                peer.choked_at = now();
                 // BEP 6: a fast peer rejects each request it will not serve (and serves its
                 // allowed-fast ones), so its requests stay until answered; one that answers
                 // neither loses them at the request timeout or when it counts as snubbed.

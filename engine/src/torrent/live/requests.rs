@@ -112,8 +112,12 @@ impl Torrent {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        // BEP 6: a peer that chokes us still serves the pieces it allowed us fast.
-        let choked_fast = peer.peer_choking && peer.fast && !peer.allowed_fast.is_empty();
+        // BEP 6: a peer that chokes us still serves the pieces it allowed us fast (asked once
+        // it has kept us choked a while, see ALLOWED_FAST_WAIT).
+        let choked_fast = peer.peer_choking
+            && peer.fast
+            && !peer.allowed_fast.is_empty()
+            && now().duration_since(peer.choked_at) >= ALLOWED_FAST_WAIT;
         if (peer.peer_choking && !choked_fast) || !peer.am_interested {
             return;
         }
