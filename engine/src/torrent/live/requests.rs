@@ -134,7 +134,7 @@ impl Torrent {
         let mut picked = Vec::with_capacity(free);
         if peer.peer_choking || !peer.rejected.is_empty() {
             // Only what it will serve: its allowed-fast pieces while it chokes us, and
-            // nothing it rejected since it last unchoked us.
+            // nothing it rejected lately (see REJECT_MEMORY).
             let mut offer = if peer.peer_choking {
                 let mut only = Bitfield::new(peer.bitfield.len());
                 for &p in &peer.allowed_fast {
