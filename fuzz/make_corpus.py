@@ -130,6 +130,11 @@ def wire_messages():
         "port": frame(9, struct.pack(">H", 6881)),
         "extended": frame(20, b"\0d1:md11:ut_metadatai2ee4:reqqi500ee"),
         "unknown": frame(200, b"xyz"),
+        # BEP 6 (fast extension).
+        "suggest": frame(0x0D, struct.pack(">I", 5)),
+        "have-all": frame(0x0E), "have-none": frame(0x0F),
+        "reject-request": frame(0x10, struct.pack(">III", 1, 16384, 16384)),
+        "allowed-fast": frame(0x11, struct.pack(">I", 9)),
     }
 
 

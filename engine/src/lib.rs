@@ -50,7 +50,7 @@ pub use ratelimit::RateLimiter;
 pub use registry::{Origin, Registry};
 pub use selection::{FilePriority, SelectionError, TorrentOptions};
 pub use session::{AddTorrent, Session, SessionConfig, SessionError, TorrentHandle};
-pub use status::{FileStatus, PeerStatus, TorrentState, TorrentStatus};
+pub use status::{FileStatus, PeerExtensionFlags, PeerStatus, TorrentState, TorrentStatus};
 pub use storage::memory::MemoryBackend;
 pub use storage::{
     DeletedData, Layout, MoveOutcome, PathConflict, Resume, Storage, StorageBackend, StorageError,

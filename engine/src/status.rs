@@ -162,6 +162,22 @@ pub struct PeerStatus {
     pub snubbed: bool,
     /// Fraction of the torrent it has, 0.0–1.0.
     pub progress: f32,
+    /// Which extensions the connection speaks.
+    pub extensions: PeerExtensionFlags,
+}
+
+/// Extensions a connection speaks: BEP 6 and BEP 10 when both handshakes offer them, and the
+/// BEP 10 extensions the peer's extended handshake names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerExtensionFlags {
+    /// The fast extension (BEP 6).
+    pub fast: bool,
+    /// The extension protocol (BEP 10).
+    pub extension_protocol: bool,
+    /// Metadata exchange (BEP 9, `ut_metadata`).
+    pub ut_metadata: bool,
+    /// Peer exchange (BEP 11, `ut_pex`).
+    pub ut_pex: bool,
 }
 
 /// One file of the torrent.

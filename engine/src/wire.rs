@@ -36,6 +36,12 @@ mod id {
     pub const PIECE: u8 = 7;
     pub const CANCEL: u8 = 8;
     pub const PORT: u8 = 9;
+    // BEP 6 (fast extension).
+    pub const SUGGEST: u8 = 0x0d;
+    pub const HAVE_ALL: u8 = 0x0e;
+    pub const HAVE_NONE: u8 = 0x0f;
+    pub const REJECT_REQUEST: u8 = 0x10;
+    pub const ALLOWED_FAST: u8 = 0x11;
 }
 
 /// The opening exchange of every connection.
@@ -52,15 +58,21 @@ pub struct Handshake {
 /// BEP 10: byte and bit of the reserved field that say "I speak the extension protocol".
 const EXTENSION_PROTOCOL: (usize, u8) = (5, 0x10);
 
+/// BEP 6: byte and bit of the reserved field that say "I speak the fast extension" (the third
+/// least significant bit of the last byte).
+const FAST_EXTENSION: (usize, u8) = (7, 0x04);
+
 /// BEP 10: message id of every extension message; its first payload byte is the extension's
 /// own id, 0 being the extended handshake.
 pub const EXTENDED: u8 = 20;
 
 impl Handshake {
-    /// Our handshake: the extension protocol bit (BEP 10) set, nothing else.
+    /// Our handshake: the extension protocol (BEP 10) and fast extension (BEP 6) bits set,
+    /// nothing else.
     pub fn new(info_hash: InfoHash, peer_id: PeerId) -> Self {
         let mut reserved = [0; 8];
         reserved[EXTENSION_PROTOCOL.0] |= EXTENSION_PROTOCOL.1;
+        reserved[FAST_EXTENSION.0] |= FAST_EXTENSION.1;
         Handshake {
             reserved,
             info_hash,
@@ -71,6 +83,12 @@ impl Handshake {
     /// Whether the sender speaks the extension protocol (BEP 10).
     pub fn supports_extensions(&self) -> bool {
         self.reserved[EXTENSION_PROTOCOL.0] & EXTENSION_PROTOCOL.1 != 0
+    }
+
+    /// Whether the sender speaks the fast extension (BEP 6). It is in use on a connection only
+    /// when both handshakes set it.
+    pub fn supports_fast(&self) -> bool {
+        self.reserved[FAST_EXTENSION.0] & FAST_EXTENSION.1 != 0
     }
 
     /// Wire bytes.
@@ -149,7 +167,24 @@ pub enum Message {
     },
     /// id 9 (DHT port).
     Port(u16),
-    /// Any other id: kept so extensions (BEP 6, BEP 10) can be added without a new path.
+    /// id 0x0D (BEP 6): the sender suggests downloading this piece.
+    Suggest(u32),
+    /// id 0x0E (BEP 6): the sender has every piece (instead of a bitfield).
+    HaveAll,
+    /// id 0x0F (BEP 6): the sender has no piece (instead of a bitfield).
+    HaveNone,
+    /// id 0x10 (BEP 6): the sender will not serve this request.
+    RejectRequest {
+        /// Piece.
+        index: u32,
+        /// Offset.
+        begin: u32,
+        /// Length.
+        length: u32,
+    },
+    /// id 0x11 (BEP 6): the sender serves this piece even while it chokes us.
+    AllowedFast(u32),
+    /// Any other id: kept so extensions (BEP 10) can be added without a new path.
     Unknown {
         /// Message id.
         id: u8,
@@ -198,12 +233,16 @@ impl Message {
             Message::Unchoke => put_bare(dst, id::UNCHOKE),
             Message::Interested => put_bare(dst, id::INTERESTED),
             Message::NotInterested => put_bare(dst, id::NOT_INTERESTED),
-            Message::Have(index) => {
-                dst.reserve(LENGTH_PREFIX + 5);
-                dst.put_u32(5);
-                dst.put_u8(id::HAVE);
-                dst.put_u32(*index);
-            }
+            Message::Have(index) => put_index(dst, id::HAVE, *index),
+            Message::Suggest(index) => put_index(dst, id::SUGGEST, *index),
+            Message::AllowedFast(index) => put_index(dst, id::ALLOWED_FAST, *index),
+            Message::HaveAll => put_bare(dst, id::HAVE_ALL),
+            Message::HaveNone => put_bare(dst, id::HAVE_NONE),
+            Message::RejectRequest {
+                index,
+                begin,
+                length,
+            } => put_triple(dst, id::REJECT_REQUEST, *index, *begin, *length),
             Message::Bitfield(bits) => put_with_payload(dst, id::BITFIELD, bits),
             Message::Request {
                 index,
@@ -235,6 +274,13 @@ fn put_bare(dst: &mut BytesMut, id: u8) {
     dst.reserve(LENGTH_PREFIX + 1);
     dst.put_u32(1);
     dst.put_u8(id);
+}
+
+fn put_index(dst: &mut BytesMut, id: u8, index: u32) {
+    dst.reserve(LENGTH_PREFIX + 5);
+    dst.put_u32(5);
+    dst.put_u8(id);
+    dst.put_u32(index);
 }
 
 fn put_triple(dst: &mut BytesMut, id: u8, a: u32, b: u32, c: u32) {
@@ -299,13 +345,14 @@ pub fn decode(src: &mut BytesMut, max_len: usize) -> Result<Option<Message>, Wir
     Ok(Some(parse(id, frame)))
 }
 
-/// BEP 3 payload sizes (after the id byte): exact for fixed messages, at least the header for
-/// `piece`; any size for bitfields and ids we do not know.
+/// BEP 3 and BEP 6 payload sizes (after the id byte): exact for fixed messages, at least the
+/// header for `piece`; any size for bitfields and ids we do not know.
 fn check_payload_len(id: u8, len: usize) -> Result<(), WireError> {
     let ok = match id {
         id::CHOKE | id::UNCHOKE | id::INTERESTED | id::NOT_INTERESTED => len == 0,
-        id::HAVE => len == 4,
-        id::REQUEST | id::CANCEL => len == 12,
+        id::HAVE_ALL | id::HAVE_NONE => len == 0,
+        id::HAVE | id::SUGGEST | id::ALLOWED_FAST => len == 4,
+        id::REQUEST | id::CANCEL | id::REJECT_REQUEST => len == 12,
         id::PIECE => len >= 8,
         id::PORT => len == 2,
         _ => true,
@@ -326,21 +373,29 @@ fn parse(id: u8, mut p: Bytes) -> Message {
         id::INTERESTED => Message::Interested,
         id::NOT_INTERESTED => Message::NotInterested,
         id::HAVE => Message::Have(p.get_u32()),
+        id::SUGGEST => Message::Suggest(p.get_u32()),
+        id::ALLOWED_FAST => Message::AllowedFast(p.get_u32()),
+        id::HAVE_ALL => Message::HaveAll,
+        id::HAVE_NONE => Message::HaveNone,
         id::BITFIELD => Message::Bitfield(p),
-        id::REQUEST | id::CANCEL => {
+        id::REQUEST | id::CANCEL | id::REJECT_REQUEST => {
             let (index, begin, length) = (p.get_u32(), p.get_u32(), p.get_u32());
-            if id == id::REQUEST {
-                Message::Request {
+            match id {
+                id::REQUEST => Message::Request {
                     index,
                     begin,
                     length,
-                }
-            } else {
-                Message::Cancel {
+                },
+                id::CANCEL => Message::Cancel {
                     index,
                     begin,
                     length,
-                }
+                },
+                _ => Message::RejectRequest {
+                    index,
+                    begin,
+                    length,
+                },
             }
         }
         id::PIECE => {
@@ -396,6 +451,15 @@ mod tests {
                 length: 100,
             },
             Message::Port(6881),
+            Message::Suggest(12),
+            Message::HaveAll,
+            Message::HaveNone,
+            Message::RejectRequest {
+                index: 2,
+                begin: 16384,
+                length: 16384,
+            },
+            Message::AllowedFast(0x0102_0304),
             Message::Unknown {
                 id: 20,
                 payload: Bytes::from_static(b"d1:md6:ut_pexi1eee"),
@@ -414,12 +478,20 @@ mod tests {
     }
 
     #[test]
-    fn our_handshake_offers_the_extension_protocol() {
+    fn our_handshake_offers_the_extension_protocol_and_the_fast_extension() {
         let h = Handshake::new(InfoHash([7; 20]), PeerId([1; 20]));
         assert!(h.supports_extensions());
+        assert!(h.supports_fast());
         let mut plain = h;
         plain.reserved = [0; 8];
         assert!(!plain.supports_extensions());
+        assert!(!plain.supports_fast());
+        // Each bit alone means only itself.
+        let mut fast_only = plain;
+        fast_only.reserved[7] = 0x04;
+        assert!(fast_only.supports_fast() && !fast_only.supports_extensions());
+        fast_only.reserved[7] = 0xfb;
+        assert!(!fast_only.supports_fast());
     }
 
     #[test]
@@ -429,6 +501,8 @@ mod tests {
         assert_eq!(bytes[0], 19);
         assert_eq!(&bytes[1..20], b"BitTorrent protocol");
         assert_eq!(bytes[25], 0x10);
+        assert_eq!(bytes[27], 0x04);
+        assert_eq!(&bytes[20..28], &[0, 0, 0, 0, 0, 0x10, 0, 0x04]);
         assert_eq!(&bytes[28..48], &[7; 20]);
         assert_eq!(&bytes[48..], b"-ZT0100-abcdefghijkl");
         assert_eq!(Handshake::decode(&bytes), Ok(h));
@@ -477,6 +551,25 @@ mod tests {
         assert_eq!(
             &encoded(&Message::Port(0x1ae1))[..],
             &[0, 0, 0, 3, 9, 0x1a, 0xe1]
+        );
+        // BEP 6.
+        assert_eq!(
+            &encoded(&Message::Suggest(258))[..],
+            &[0, 0, 0, 5, 0x0d, 0, 0, 1, 2]
+        );
+        assert_eq!(&encoded(&Message::HaveAll)[..], &[0, 0, 0, 1, 0x0e]);
+        assert_eq!(&encoded(&Message::HaveNone)[..], &[0, 0, 0, 1, 0x0f]);
+        assert_eq!(
+            &encoded(&Message::RejectRequest {
+                index: 1,
+                begin: 2,
+                length: 3
+            })[..],
+            &[0, 0, 0, 13, 0x10, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3]
+        );
+        assert_eq!(
+            &encoded(&Message::AllowedFast(7))[..],
+            &[0, 0, 0, 5, 0x11, 0, 0, 0, 7]
         );
     }
 
@@ -574,6 +667,14 @@ mod tests {
             (8, 12 + 4),
             (9, 1),
             (9, 3),
+            (0x0d, 3),
+            (0x0d, 5),
+            (0x0e, 1),
+            (0x0f, 4),
+            (0x10, 11),
+            (0x10, 13),
+            (0x11, 0),
+            (0x11, 8),
         ];
         for &(id, len) in cases {
             let mut b = BytesMut::new();

@@ -329,8 +329,62 @@ def d_crash(ctx):
             f"all finals correct; restart completed in {secs:.1f}s")
 
 
+def _fast_negotiated(logp, what):
+    """zigtorrent's `peer connected` lines for libtorrent peers must all say `fast=true`."""
+    conns = [c for c in H.peer_connections(logp) if c.get("client", "").startswith("-LT")]
+    if not conns:
+        raise H.CheckFailed(f"{what}: no libtorrent connection in zigtorrent's log\n{H.tail(logp)}")
+    plain = [c for c in conns if c.get("fast") != "true"]
+    if plain:
+        raise H.CheckFailed(f"{what}: fast extension (BEP 6) not negotiated with libtorrent: {plain}")
+    return len(conns)
+
+
+def e_fast_extension(ctx):
+    """BEP 6 with libtorrent, both ways: the fast extension is negotiated (our log says
+    `fast=true` for every libtorrent connection) and the data arrives byte-identical."""
+    ctx.zig.check_exists()
+    src = ctx.payloads["single"]
+    name = os.path.basename(src)
+    # zigtorrent leeches from a libtorrent seeder.
+    torrents, downloads, state = ctx.sub("torrents"), ctx.sub("downloads"), ctx.sub("state")
+    t = os.path.join(torrents, f"{name}.torrent")
+    L.make_torrent(src, t, piece_length=64 * 1024)
+    seed_ses, seed_h, seed_port = _lt_seeder(ctx, t, os.path.dirname(src))
+    logp = os.path.join(ctx.dir, "zigtorrent-leech.log")
+    z = ctx.zig.run(torrents, downloads, state, logp, listen=H.free_port(),
+                    peers=[f"127.0.0.1:{seed_port}"], log_level="info")
+    t0 = time.time()
+    H.wait_files(downloads, H.expected_files(src, name), DOWNLOAD_TIMEOUT, z, log_path=logp)
+    secs = time.time() - t0
+    _compare(src, os.path.join(downloads, name), "zigtorrent download")
+    _check_sent(seed_h, src)
+    H.graceful_stop(z, signal.SIGINT)
+    n_in = _fast_negotiated(logp, "zigtorrent leeching from libtorrent")
+    # zigtorrent seeds to a libtorrent leecher.
+    torrents2, downloads2, state2 = ctx.sub("torrents2"), ctx.sub("downloads2"), ctx.sub("state2")
+    shutil.copy(t, torrents2)
+    shutil.copy(src, os.path.join(downloads2, name))
+    zport = H.free_port()
+    logp2 = os.path.join(ctx.dir, "zigtorrent-seed.log")
+    z2 = ctx.zig.run(torrents2, downloads2, state2, logp2, listen=zport, log_level="info")
+    leech_ses = L.session(H.free_port())
+    dst = ctx.sub("leech")
+    h = L.add(leech_ses, t, dst)
+    L.connect(h, zport)
+    try:
+        L.wait_seeding(h, DOWNLOAD_TIMEOUT, connect_to=zport, what="libtorrent leecher from zigtorrent")
+    except L.InteropError as e:
+        raise H.CheckFailed(f"{e}\n{H.tail(logp2)}")
+    _compare(src, os.path.join(dst, name), "libtorrent's copy")
+    H.graceful_stop(z2, signal.SIGTERM)
+    n_out = _fast_negotiated(logp2, "zigtorrent seeding to libtorrent")
+    return (f"zigtorrent leeched in {secs:.1f}s; fast=true on {n_in} connection(s) leeching, "
+            f"{n_out} seeding")
+
+
 LT_ONLY = [lt_direct, lt_tracker_http, lt_tracker_udp]
-ZIG = [a_tracker_http, a_tracker_udp, b_zig_seeds, c_create, d_crash]
+ZIG = [a_tracker_http, a_tracker_udp, b_zig_seeds, c_create, d_crash, e_fast_extension]
 
 
 def main():

@@ -361,7 +361,7 @@ const PEER_COLUMNS: [Column; 7] = [
     },
     Column {
         title: "Flags",
-        width: 5,
+        width: 8,
         priority: 6,
         flexible: false,
     },
@@ -541,8 +541,10 @@ fn draw_map(f: &mut Frame, area: Rect, t: &TorrentStatus) {
 }
 
 /// Flags in the libtorrent/Transmission spirit: `d` we are interested (`D` and unchoked by
-/// them), `u` they are interested (`U` and unchoked by us), `s` snubbed.
-fn peer_flags(p: &PeerStatus) -> String {
+/// them), `u` they are interested (`U` and unchoked by us), `s` snubbed; then the extensions
+/// the connection speaks: `f` fast (BEP 6), `x` extension protocol (BEP 10), `m` metadata
+/// exchange (BEP 9), `p` peer exchange (BEP 11).
+pub(super) fn peer_flags(p: &PeerStatus) -> String {
     let mut s = String::new();
     if p.am_interested {
         s.push(if p.peer_choking { 'd' } else { 'D' });
@@ -552,6 +554,17 @@ fn peer_flags(p: &PeerStatus) -> String {
     }
     if p.snubbed {
         s.push('s');
+    }
+    let ext = &p.extensions;
+    for (on, c) in [
+        (ext.fast, 'f'),
+        (ext.extension_protocol, 'x'),
+        (ext.ut_metadata, 'm'),
+        (ext.ut_pex, 'p'),
+    ] {
+        if on {
+            s.push(c);
+        }
     }
     s
 }

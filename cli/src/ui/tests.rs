@@ -70,6 +70,7 @@ fn peer(addr: &str, client: &str, rate: u64) -> PeerStatus {
         peer_interested: false,
         snubbed: false,
         progress: 1.0,
+        extensions: Default::default(),
     }
 }
 
@@ -430,7 +431,7 @@ fn help_lists_every_key_and_scrolls_on_a_small_screen() {
     app.arrange(&mut ts);
     app.on_key(key(KeyCode::Char('?')), &ts);
     let mut seen = String::new();
-    for _ in 0..40 {
+    for _ in 0..60 {
         seen += &screen(&render(&mut app, &mut ts, 60, 15));
         app.on_key(key(KeyCode::Down), &ts);
     }
@@ -555,4 +556,21 @@ fn piece_map_and_bars() {
     assert_eq!(progress_bar(0.999, 4), "███░  99.9%");
     assert_eq!(progress_bar(1.0, 4), "████ 100.0%");
     assert_eq!(percent(0.99999), " 99.9%");
+}
+
+#[test]
+fn peer_flags_list_the_extensions_a_connection_speaks() {
+    let mut p = peer("10.0.0.2:6881", "lt 2080", 0);
+    assert_eq!(super::detail::peer_flags(&p), "D");
+    p.extensions = zigtorrent_engine::PeerExtensionFlags {
+        fast: true,
+        extension_protocol: true,
+        ut_metadata: false,
+        ut_pex: true,
+    };
+    p.peer_interested = true;
+    assert_eq!(super::detail::peer_flags(&p), "Dufxp");
+    p.extensions.ut_metadata = true;
+    p.snubbed = true;
+    assert_eq!(super::detail::peer_flags(&p), "Dusfxmp");
 }

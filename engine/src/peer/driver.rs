@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
+use super::fast::{self, ALLOWED_FAST_PIECES};
 use super::proto::{PeerProto, ProtoConfig, Transmit, MAX_QUEUED_UPLOADS};
 use super::{CloseReason, Connection, PeerCommand, PeerContext, PeerEvent, PeerKey, PeerShared};
 use crate::ratelimit::RateLimiter;
@@ -64,9 +65,19 @@ pub async fn run_peer(conn: Connection, ctx: PeerContext, commands: mpsc::Receiv
         download_limit,
         upload_limit,
         extended_handshake,
+        info_hash,
         ..
     } = ctx;
     let pieces = storage.clone();
+    // Our handshake always offers BEP 6, so the peer's bit decides.
+    let fast = conn.remote.supports_fast();
+    // BEP 6 defines the set for IPv4 only (an IPv4-mapped IPv6 address is IPv4).
+    let allowed_fast = match conn.addr.ip().to_canonical() {
+        std::net::IpAddr::V4(ip) if fast => {
+            fast::allowed_fast_set(ip, &info_hash, layout.piece_count(), ALLOWED_FAST_PIECES)
+        }
+        _ => Vec::new(),
+    };
     let proto = PeerProto::new(
         ProtoConfig {
             layout,
@@ -74,6 +85,8 @@ pub async fn run_peer(conn: Connection, ctx: PeerContext, commands: mpsc::Receiv
             peer_extensions: conn.remote.supports_extensions(),
             extended_handshake,
             has_piece: Box::new(move |piece| pieces.has_piece(piece)),
+            fast,
+            allowed_fast,
         },
         Instant::now().into_std(),
     );
@@ -151,6 +164,8 @@ async fn drive<R: AsyncRead + Unpin>(mut rd: R, mut proto: PeerProto, mut l: Lin
             match l.requests.try_send(block) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Not expected: the protocol keeps at most MAX_QUEUED_UPLOADS requests
+                    // between checking them and getting their data back (the channel's size).
                     tracing::debug!(peer = l.key, "upload queue full, request dropped");
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => server_gone = true,

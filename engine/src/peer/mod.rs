@@ -5,8 +5,8 @@
 //! channels: [`PeerCommand`]s in, [`PeerEvent`]s out.
 //!
 //! Uploads are served by the connection directly (the torrent task is not involved per block):
-//! the protocol checks a request (range, 16 KiB cap, piece present, peer unchoked) and the driver
-//! answers it from storage.
+//! the protocol checks a request (range, 16 KiB cap, piece present, peer unchoked or the piece
+//! allowed-fast, BEP 6) and the driver answers it from storage.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -22,6 +22,7 @@ use crate::types::{Bitfield, BitfieldError, BlockRef, InfoHash, PeerId};
 use crate::wire::{Handshake, Message, WireError};
 
 mod driver;
+pub mod fast;
 mod handshake;
 pub mod proto;
 
@@ -38,11 +39,14 @@ pub type PeerKey = crate::picker::PeerKey;
 /// What a peer connection tells its torrent task.
 #[derive(Debug)]
 pub enum PeerEvent {
-    /// The peer sent its bitfield (already validated against the piece count).
+    /// The peer sent its bitfield (already validated against the piece count), or a BEP 6
+    /// have-all (then every bit is set). Only pieces new to the connection arrive this way.
     Bitfield(Bitfield),
     /// The peer has a new piece (index validated).
     Have(u32),
-    /// The peer choked us: outstanding requests are void.
+    /// The peer choked us: outstanding requests are void, unless the connection speaks the fast
+    /// extension (BEP 6): then the peer rejects each one it will not serve
+    /// ([`PeerEvent::Rejected`]) and serves its allowed-fast pieces.
     Choke,
     /// The peer unchoked us.
     Unchoke,
@@ -54,6 +58,11 @@ pub enum PeerEvent {
     RequestLimit(u32),
     /// A block arrived (not yet checked against the picker).
     Block(BlockRef, Bytes),
+    /// BEP 6: the peer will not serve this request (in range; not checked against what we
+    /// asked for).
+    Rejected(BlockRef),
+    /// BEP 6: the peer serves this piece (in range) even while it chokes us. Each piece once.
+    AllowedFast(u32),
     /// A BEP 10 extension message under one of the ids we advertised (`id` 0: the peer's
     /// extended handshake, without its id byte). Only produced once the torrent advertises
     /// extensions ([`ProtoConfig::local_extension_ids`]).
@@ -106,6 +115,10 @@ pub enum CloseReason {
     /// A request outside the torrent or over 16 KiB.
     #[error("invalid request {0:?}")]
     InvalidRequest(BlockRef),
+    /// A BEP 6 message (this id) on a connection where the fast extension was not negotiated
+    /// (BEP 6 and libtorrent close the connection).
+    #[error("fast extension message {0} without the fast extension")]
+    FastNotNegotiated(u8),
     /// Choke/interest flips beyond the allowed rate.
     #[error("choke/interest state flipping too fast")]
     FlipFlood,
@@ -174,7 +187,8 @@ pub struct PeerContext {
     pub events: mpsc::Sender<(PeerKey, PeerEvent)>,
     /// Shared flags and counters.
     pub shared: Arc<PeerShared>,
-    /// Our bitfield to send first (None: we have nothing).
+    /// Our bitfield to send first (None: we have nothing). With the fast extension it becomes
+    /// have-all or have-none when it is full or empty.
     pub initial_bitfield: Option<Bitfield>,
     /// Torrent identity (for logs).
     pub info_hash: InfoHash,

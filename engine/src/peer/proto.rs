@@ -8,6 +8,14 @@
 //! are checked (range, 16 KiB cap, piece present, peer unchoked) and bounded, uploads that a
 //! choke overtook are dropped, keep-alives are scheduled and a silent peer is timed out.
 //!
+//! The fast extension (BEP 6), when both handshakes offer it: our first message is have-all or
+//! have-none when that says it all; every request we will not serve (choked and not
+//! allowed-fast, a piece we lack, a full queue) and every queued or in-flight request a choke
+//! overtakes is answered with a reject, except allowed-fast ones, which are still served; the
+//! allowed-fast set ([`super::fast`]) is sent once, when the peer first says it is interested
+//! (as libtorrent does). Without it, BEP 3: such requests are dropped silently, and a BEP 6
+//! message ends the connection (as in libtorrent).
+//!
 //! It must never read a socket, a file or the clock, nor spawn: `now` comes in as an argument,
 //! so tests drive it with scripted bytes and a hand-moved [`Instant`]. The first protocol error
 //! ends the connection with a typed [`CloseReason`]; nothing is processed after it.
@@ -40,6 +48,10 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(90);
 /// the ones we drop. Queued requests cost a few bytes each: the driver reads data only a few
 /// blocks at a time.
 pub const MAX_QUEUED_UPLOADS: usize = 1024;
+/// Allowed-fast pieces we remember per peer; more are ignored. Honest peers grant a handful
+/// (libtorrent 5, us [`super::fast::ALLOWED_FAST_PIECES`]); this bounds what a peer can make
+/// the torrent task track.
+pub const MAX_ALLOWED_FAST_RECEIVED: usize = 32;
 /// Our name in the extended handshake (`v`).
 pub const CLIENT_NAME: &str = concat!("ZigTorrent ", env!("CARGO_PKG_VERSION"));
 
@@ -65,6 +77,11 @@ pub struct ProtoConfig {
     pub extended_handshake: ExtendedHandshake,
     /// Whether we have a piece (asked for each request: storage knows, and can lose it).
     pub has_piece: Box<dyn Fn(u32) -> bool + Send>,
+    /// Whether both handshakes offer the fast extension (BEP 6).
+    pub fast: bool,
+    /// The pieces we serve this peer while we choke it ([`super::fast::allowed_fast_set`];
+    /// empty for IPv6 peers). Ignored without `fast`.
+    pub allowed_fast: Vec<u32>,
 }
 
 /// Bytes to send, in order: control messages and block headers gathered in buffers, block data
@@ -104,8 +121,21 @@ pub struct PeerProto {
     peer_has: Bitfield,
     peer_reqq: Option<u32>,
     am_choking: bool,
+    /// BEP 6 negotiated.
+    fast: bool,
+    /// Pieces we serve while choking (empty without `fast`).
+    allowed_fast: Vec<u32>,
+    /// The allowed-fast set went out (once, on the peer's first interest).
+    allowed_fast_sent: bool,
+    /// Allowed-fast pieces the peer granted us (at most [`MAX_ALLOWED_FAST_RECEIVED`]).
+    peer_allowed_fast: Vec<u32>,
     events: VecDeque<PeerEvent>,
+    /// Checked requests not yet handed to the driver.
     upload_requests: VecDeque<BlockRef>,
+    /// Requests handed to the driver whose data has not come back, in order; `true` once a
+    /// choke voided it (its data is then dropped). With [`Self::upload_requests`], bounded by
+    /// [`MAX_QUEUED_UPLOADS`].
+    in_flight: VecDeque<(BlockRef, bool)>,
     /// Control messages and block headers not yet split into `chunks`.
     out: BytesMut,
     chunks: Vec<Bytes>,
@@ -126,10 +156,19 @@ impl PeerProto {
     pub fn new(config: ProtoConfig, now: Instant) -> Self {
         let piece_count = config.layout.piece_count() as usize;
         let mut out = BytesMut::new();
-        if let Some(bf) = &config.initial_bitfield {
-            if bf.count_ones() > 0 {
-                Message::Bitfield(Bytes::copy_from_slice(bf.as_bytes())).encode(&mut out);
+        let have = config
+            .initial_bitfield
+            .as_ref()
+            .map_or(0, Bitfield::count_ones);
+        match &config.initial_bitfield {
+            // BEP 6: with the fast extension the first message is always one of the three.
+            _ if config.fast && have == piece_count => Message::HaveAll.encode(&mut out),
+            _ if config.fast && have == 0 => Message::HaveNone.encode(&mut out),
+            Some(bf) if have > 0 => {
+                Message::Bitfield(Bytes::copy_from_slice(bf.as_bytes())).encode(&mut out)
             }
+            // BEP 3: a peer with nothing may skip the bitfield.
+            _ => {}
         }
         // BEP 10: the extended handshake goes right after the handshake (and our bitfield).
         if config.peer_extensions {
@@ -151,8 +190,17 @@ impl PeerProto {
             peer_reqq: None,
             // BEP 3: a connection starts choked on both sides.
             am_choking: true,
+            fast: config.fast,
+            allowed_fast: if config.fast {
+                config.allowed_fast
+            } else {
+                Vec::new()
+            },
+            allowed_fast_sent: false,
+            peer_allowed_fast: Vec::new(),
             events: VecDeque::new(),
             upload_requests: VecDeque::new(),
+            in_flight: VecDeque::new(),
             out,
             chunks: Vec::new(),
             chunked: 0,
@@ -195,6 +243,67 @@ impl PeerProto {
                 payload,
             } => return self.on_extended(payload),
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => return Ok(()),
+            Message::Suggest(_)
+            | Message::HaveAll
+            | Message::HaveNone
+            | Message::RejectRequest { .. }
+            | Message::AllowedFast(_)
+                if !self.fast =>
+            {
+                return Err(CloseReason::FastNotNegotiated(fast_id(&msg)));
+            }
+            // BEP 6 lets us ignore suggestions: our picker goes rarest first, and a hint from
+            // one peer (meant to help its disk cache) must not steer what we pick.
+            Message::Suggest(_) => return Ok(()),
+            Message::HaveNone => return Ok(()),
+            Message::HaveAll => {
+                let all = Bitfield::full(self.piece_count);
+                if self.peer_has.is_full() {
+                    return Ok(());
+                }
+                self.peer_has = all.clone();
+                PeerEvent::Bitfield(all)
+            }
+            Message::RejectRequest {
+                index,
+                begin,
+                length,
+            } => {
+                let block = BlockRef {
+                    piece: index,
+                    begin,
+                    length,
+                };
+                // Out of range it cannot be anything we asked for: nothing to do.
+                if !block_in_range(&self.layout, &block) {
+                    return Ok(());
+                }
+                PeerEvent::Rejected(block)
+            }
+            Message::AllowedFast(piece) => {
+                if piece as usize >= self.piece_count
+                    || self.peer_allowed_fast.contains(&piece)
+                    || self.peer_allowed_fast.len() >= MAX_ALLOWED_FAST_RECEIVED
+                {
+                    return Ok(());
+                }
+                self.peer_allowed_fast.push(piece);
+                PeerEvent::AllowedFast(piece)
+            }
+            Message::Interested if self.fast && !self.allowed_fast_sent => {
+                // libtorrent waits for interest too: an uninterested peer needs no grant, and
+                // by now its bitfield says which granted pieces it already has.
+                self.allowed_fast_sent = true;
+                for &piece in &self.allowed_fast {
+                    if !self.peer_has.get(piece as usize) && (self.has_piece)(piece) {
+                        Message::AllowedFast(piece).encode(&mut self.out);
+                    }
+                }
+                return self
+                    .states
+                    .on_message(&msg, now)
+                    .map_err(|FlipFlood| CloseReason::FlipFlood);
+            }
             Message::Choke | Message::Unchoke | Message::Interested | Message::NotInterested => {
                 return self
                     .states
@@ -247,13 +356,17 @@ impl PeerProto {
                     return Err(CloseReason::InvalidRequest(block));
                 }
                 // BEP 3: requests while choked are dropped; so are requests for pieces we do
-                // not have (we never advertised them).
-                if !self.am_choking && (self.has_piece)(index) {
-                    if self.upload_requests.len() < MAX_QUEUED_UPLOADS {
-                        self.upload_requests.push_back(block);
-                    } else {
-                        tracing::debug!("upload queue full, request dropped");
+                // not have (we never advertised them). BEP 6: rejected instead, and
+                // allowed-fast pieces are served while choked.
+                let allowed = !self.am_choking || grants(self.fast, &self.allowed_fast, index);
+                let room = self.upload_requests.len() + self.in_flight.len() < MAX_QUEUED_UPLOADS;
+                if allowed && room && (self.has_piece)(index) {
+                    self.upload_requests.push_back(block);
+                } else {
+                    if allowed && !room {
+                        tracing::debug!("upload queue full, request refused");
                     }
+                    self.refuse(block);
                 }
                 return Ok(());
             }
@@ -311,6 +424,18 @@ impl PeerProto {
         self.events.push_back(event);
     }
 
+    /// A request we will not serve: BEP 6 rejects it, BEP 3 drops it silently.
+    fn refuse(&mut self, block: BlockRef) {
+        if self.fast {
+            Message::RejectRequest {
+                index: block.piece,
+                begin: block.begin,
+                length: block.length,
+            }
+            .encode(&mut self.out);
+        }
+    }
+
     fn fail(&mut self, reason: CloseReason) {
         if !self.closed {
             self.closed = true;
@@ -325,7 +450,9 @@ impl PeerProto {
 
     /// The next checked request to read from storage and hand back with [`Self::handle_upload`].
     pub fn poll_upload_request(&mut self) -> Option<BlockRef> {
-        self.upload_requests.pop_front()
+        let block = self.upload_requests.pop_front()?;
+        self.in_flight.push_back((block, false));
+        Some(block)
     }
 
     /// Why the connection must end, once (the driver stops at it); `None` while it lives.
@@ -353,13 +480,11 @@ impl PeerProto {
                 if choke != self.am_choking {
                     self.am_choking = choke;
                     if choke {
-                        // BEP 3: a choke discards the peer's pending requests.
-                        self.upload_requests.clear();
-                        Message::Choke
+                        Message::Choke.encode(&mut self.out);
+                        self.void_requests();
                     } else {
-                        Message::Unchoke
+                        Message::Unchoke.encode(&mut self.out);
                     }
-                    .encode(&mut self.out);
                 }
             }
             PeerCommand::SendExtended { id, payload } => {
@@ -376,10 +501,41 @@ impl PeerProto {
         }
     }
 
-    /// A block read from storage for an earlier upload request: queued to send unless we
-    /// choked the peer since it asked (BEP 3 says drop it then).
+    /// BEP 3: a choke discards the peer's pending requests, queued or being read; BEP 6: each
+    /// is rejected explicitly, except allowed-fast ones, which we keep serving.
+    fn void_requests(&mut self) {
+        let (fast, allowed) = (self.fast, &self.allowed_fast);
+        let mut voided = Vec::new();
+        for (block, void) in self.in_flight.iter_mut() {
+            if !*void && !grants(fast, allowed, block.piece) {
+                *void = true;
+                voided.push(*block);
+            }
+        }
+        self.upload_requests.retain(|block| {
+            let keep = grants(fast, allowed, block.piece);
+            if !keep {
+                voided.push(*block);
+            }
+            keep
+        });
+        for block in voided {
+            self.refuse(block);
+        }
+    }
+
+    /// A block read from storage for an upload request taken with
+    /// [`Self::poll_upload_request`]: queued to send unless a choke voided the request since
+    /// (BEP 3 says drop it then; BEP 6 rejected it already). Data for anything else is dropped.
     pub fn handle_upload(&mut self, block: BlockRef, data: Bytes) {
-        if self.closed || self.am_choking {
+        if self.closed {
+            return;
+        }
+        // Reads come back in request order: the match is at the front.
+        let Some(pos) = self.in_flight.iter().position(|(b, _)| *b == block) else {
+            return;
+        };
+        if let Some((_, true)) = self.in_flight.remove(pos) {
             return;
         }
         wire::encode_piece_header(block.piece, block.begin, data.len() as u32, &mut self.out);
@@ -454,6 +610,18 @@ impl PeerProto {
             self.last_send = now;
         }
     }
+}
+
+/// Whether we serve `piece` to a peer we choke: in its allowed-fast set, fast negotiated.
+fn grants(fast: bool, allowed: &[u32], piece: u32) -> bool {
+    fast && allowed.contains(&piece)
+}
+
+/// The id of a BEP 6 message (for the close reason).
+fn fast_id(msg: &Message) -> u8 {
+    let mut b = BytesMut::new();
+    msg.encode(&mut b);
+    b.get(wire::LENGTH_PREFIX).copied().unwrap_or_default()
 }
 
 fn block_in_range(layout: &Layout, b: &BlockRef) -> bool {

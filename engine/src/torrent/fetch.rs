@@ -568,6 +568,7 @@ impl<'a> Fetcher<'a> {
                     key,
                     stream,
                     self.p.listen_port,
+                    remote.supports_fast(),
                     self.conn_tx.clone(),
                     rx,
                 ));
@@ -1067,12 +1068,15 @@ fn extended(id: u8, payload: Bytes) -> Bytes {
     out.freeze()
 }
 
-/// One connection while fetching metadata: send our extended handshake, report theirs, pass
-/// `ut_metadata` messages both ways, skip everything else. Ends on error, silence, or abort.
+/// One connection while fetching metadata: send our extended handshake (after a have-none when
+/// the peer speaks BEP 6, which wants one of bitfield, have-all or have-none first), report
+/// theirs, pass `ut_metadata` messages both ways, skip everything else. Ends on error, silence,
+/// or abort.
 async fn metadata_connection(
     key: u64,
     stream: BoxStream,
     listen_port: u16,
+    fast: bool,
     events: mpsc::Sender<FetchEvent>,
     mut outgoing: mpsc::Receiver<Bytes>,
 ) {
@@ -1081,6 +1085,9 @@ async fn metadata_connection(
         // Ours carries no `metadata_size`: we have none to give.
         let ours = ExtendedHandshake::ours(None, 250, Some(listen_port), CLIENT_NAME);
         let mut first = BytesMut::new();
+        if fast {
+            Message::HaveNone.encode(&mut first);
+        }
         ours.to_message().encode(&mut first);
         wr.write_all(&first).await.map_err(|e| e.to_string())?;
         let mut buf = BytesMut::with_capacity(32 * 1024);

@@ -45,7 +45,7 @@ use crate::peer::{self, Connection, PeerCommand, PeerContext, PeerEvent, PeerKey
 use crate::picker::{BlockOutcome, PiecePicker};
 use crate::queue::GoalReached;
 use crate::selection::{FilePriority, PiecePriorities};
-use crate::status::{FileStatus, PeerStatus, TorrentState};
+use crate::status::{FileStatus, PeerExtensionFlags, PeerStatus, TorrentState};
 use crate::storage::{Layout, Storage, StorageError};
 use crate::tracker::{AnnounceRequest, Event, TrackerTiers};
 use crate::types::{Bitfield, BlockRef, PeerId, PieceIndex, BLOCK_SIZE};
@@ -73,6 +73,15 @@ const VERIFY_PARALLELISM: usize = 2;
 const SNUB_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request unanswered for this long (while the peer sends other blocks) is given back.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// A peer must have choked us this long before we ask it for its allowed-fast pieces (BEP 6).
+/// A peer with a free slot unchokes right after our interest (we do, and so does libtorrent),
+/// while its grant arrives first: asking for granted pieces at once would start up to ten
+/// scattered pieces for nothing (and break a sequential download's order). The one-second
+/// tick asks once this has passed.
+const ALLOWED_FAST_WAIT: Duration = Duration::from_secs(3);
+/// How long a piece a peer rejected is not asked of it again (unless it unchokes us first).
+/// A few seconds: enough for the block to go elsewhere, short next to the request timeout.
+const REJECT_MEMORY: Duration = Duration::from_secs(5);
 /// A connection that lasted this long counts as good: its address's backoff starts over.
 const GOOD_CONNECTION: Duration = Duration::from_secs(60);
 /// How often verified pieces are recorded durably (data flushed first).
@@ -152,6 +161,19 @@ struct Peer {
     snubbed: bool,
     /// BEP 10 extensions it speaks, and their per-peer state.
     ext: extensions::PeerExtensions,
+    /// Both handshakes offer the fast extension (BEP 6).
+    fast: bool,
+    /// Both handshakes offer the extension protocol (BEP 10).
+    extension_protocol: bool,
+    /// When it last choked us (or connected, choking as every connection starts).
+    choked_at: Instant,
+    /// Pieces it serves us while it chokes us (BEP 6 allowed-fast; at most
+    /// [`peer::proto::MAX_ALLOWED_FAST_RECEIVED`], deduplicated by the connection).
+    allowed_fast: Vec<PieceIndex>,
+    /// Pieces it rejected a request for, and when: not asked of it again until it unchokes us
+    /// or [`REJECT_MEMORY`] passes, so a peer that rejects does not get the same blocks
+    /// straight back, yet a sole source that rejected once (a full queue) is asked again.
+    rejected: HashMap<PieceIndex, Instant>,
     _permit: PeerSlot,
 }
 
@@ -839,7 +861,9 @@ impl Torrent {
             upload_limit: self.p.upload_limit.clone(),
             extended_handshake: self.our_extended_handshake(),
         };
-        tracing::info!(%addr, outgoing, transport = %conn.transport, client = %String::from_utf8_lossy(&conn.remote.peer_id.0[..8]), "peer connected");
+        // Our handshake always offers BEP 6: the peer's bit decides.
+        let fast = conn.remote.supports_fast();
+        tracing::info!(%addr, outgoing, transport = %conn.transport, client = %String::from_utf8_lossy(&conn.remote.peer_id.0[..8]), fast, "peer connected");
         self.peers.insert(
             key,
             Peer {
@@ -852,6 +876,7 @@ impl Torrent {
                 peer_id: conn.remote.peer_id,
                 bitfield: Bitfield::new(piece_count),
                 peer_choking: true,
+                choked_at: now(),
                 peer_interested: false,
                 am_interested: false,
                 requests: HashMap::new(),
@@ -867,6 +892,10 @@ impl Torrent {
                 last_active: now(),
                 snubbed: false,
                 ext: extensions::PeerExtensions::default(),
+                fast,
+                extension_protocol: conn.remote.supports_extensions(),
+                allowed_fast: Vec::new(),
+                rejected: HashMap::new(),
                 _permit: permit,
             },
         );
@@ -911,14 +940,21 @@ impl Torrent {
             PeerEvent::Choke => {
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 peer.peer_choking = true;
-                // BEP 3: a choke discards every pending request.
-                peer.requests.clear();
-                self.picker.release_peer(key);
-                self.refill_all();
+                peer.choked_at = now();
+                // BEP 6: a fast peer rejects each request it will not serve (and serves its
+                // allowed-fast ones), so its requests stay until answered; one that answers
+                // neither loses them at the request timeout or when it counts as snubbed.
+                if !peer.fast {
+                    // BEP 3: a choke discards every pending request.
+                    peer.requests.clear();
+                    self.picker.release_peer(key);
+                    self.refill_all();
+                }
             }
             PeerEvent::Unchoke => {
                 let peer = self.peers.get_mut(&key).expect("checked above");
                 peer.peer_choking = false;
+                peer.rejected.clear();
                 peer.last_block = now();
                 self.fill_requests(key);
             }
@@ -944,6 +980,15 @@ impl Torrent {
                 peer.request_limit = (n as usize).max(1);
             }
             PeerEvent::Block(block, data) => self.on_block(key, block, data),
+            PeerEvent::Rejected(block) => self.on_rejected(key, block),
+            PeerEvent::AllowedFast(piece) => {
+                let peer = self.peers.get_mut(&key).expect("checked above");
+                // The connection passes each piece once and at most a bounded number.
+                peer.allowed_fast.push(piece);
+                if peer.peer_choking {
+                    self.fill_requests(key);
+                }
+            }
             PeerEvent::ReadFailed(block, error) => self.on_read_failed(block, error),
             PeerEvent::Extended { id, payload } => self.on_extended(key, id, payload),
         }
@@ -981,6 +1026,8 @@ impl Torrent {
                 peer.requests.clear();
                 self.picker.release_peer(*key);
             }
+            peer.rejected
+                .retain(|_, at| now.duration_since(*at) < REJECT_MEMORY);
             // Requests silently dropped by the peer (e.g. over its queue limit) would hold a
             // pipeline slot and a partial piece forever: give them back after a while.
             if !peer.snubbed {

@@ -25,6 +25,28 @@ fn config(have: &[u32]) -> ProtoConfig {
         peer_extensions: false,
         extended_handshake: basic_extended_handshake(),
         has_piece: Box::new(move |p| have.contains(&p)),
+        fast: false,
+        allowed_fast: Vec::new(),
+    }
+}
+
+/// A connection where both sides offered BEP 6; we grant `allowed`.
+fn fast_proto(have: &[u32], allowed: &[u32], now: Instant) -> PeerProto {
+    PeerProto::new(
+        ProtoConfig {
+            fast: true,
+            allowed_fast: allowed.to_vec(),
+            ..config(have)
+        },
+        now,
+    )
+}
+
+fn reject(index: u32, begin: u32, length: u32) -> Message {
+    Message::RejectRequest {
+        index,
+        begin,
+        length,
     }
 }
 
@@ -345,8 +367,12 @@ fn served_blocks_go_out_behind_earlier_messages_without_copies() {
     let mut p = proto(&[0], now);
     assert!(matches!(&sent(&mut p, now)[..], [Message::Bitfield(_)]));
     p.handle_command(PeerCommand::SetChoking(false));
+    feed(&mut p, &[request(0, 16_384, 1000)], now);
+    assert_eq!(p.poll_upload_request(), Some(block(0, 16_384, 1000)));
     p.handle_command(PeerCommand::Send(vec![Message::Have(0)]));
     let data = Bytes::from(vec![9; 1000]);
+    // Data nobody asked for is dropped; the read we handed out goes out.
+    p.handle_upload(block(0, 0, 1000), data.clone());
     p.handle_upload(block(0, 16_384, 1000), data.clone());
     assert_eq!(p.pending_transmit(), 5 + 9 + PIECE_HEADER + 1000);
     let t = p.poll_transmit(now).expect("queued");
@@ -616,4 +642,317 @@ fn queued_requests_are_bounded() {
     let queued = std::iter::from_fn(|| p.poll_upload_request()).count();
     assert_eq!(queued, MAX_QUEUED_UPLOADS);
     assert!(!p.is_closed());
+}
+
+// ---- BEP 6, the fast extension ----
+
+#[test]
+fn the_first_message_with_fast_says_have_all_or_have_none() {
+    let now = Instant::now();
+    assert_eq!(
+        sent(&mut fast_proto(&[], &[], now), now),
+        [Message::HaveNone]
+    );
+    assert_eq!(
+        sent(&mut fast_proto(&[0, 1, 2, 3], &[], now), now),
+        [Message::HaveAll]
+    );
+    assert_eq!(
+        sent(&mut fast_proto(&[0, 2], &[], now), now),
+        [Message::Bitfield(Bytes::from_static(&[0xa0]))]
+    );
+    // No bitfield at all (a torrent with nothing) is have-none too.
+    let mut p = PeerProto::new(
+        ProtoConfig {
+            fast: true,
+            initial_bitfield: None,
+            ..config(&[])
+        },
+        now,
+    );
+    assert_eq!(sent(&mut p, now), [Message::HaveNone]);
+    // Without fast, BEP 3: nothing when we have nothing, a bitfield when we have all.
+    assert!(sent(&mut proto(&[], now), now).is_empty());
+    assert!(matches!(
+        &sent(&mut proto(&[0, 1, 2, 3], now), now)[..],
+        [Message::Bitfield(_)]
+    ));
+}
+
+#[test]
+fn fast_messages_from_the_peer_become_events() {
+    let now = Instant::now();
+    let mut p = fast_proto(&[], &[], now);
+    // Have-none says nothing new; a suggestion is accepted and ignored.
+    feed(&mut p, &[Message::HaveNone, Message::Suggest(2)], now);
+    assert!(events(&mut p).is_empty());
+    feed(&mut p, &[Message::Have(1), Message::HaveAll], now);
+    let ev = events(&mut p);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[0], "Have(1)");
+    assert_eq!(
+        ev[1],
+        format!("{:?}", PeerEvent::Bitfield(Bitfield::full(4)))
+    );
+    // Every piece is known now: a second have-all and later haves are dropped.
+    feed(&mut p, &[Message::HaveAll, Message::Have(3)], now);
+    assert!(events(&mut p).is_empty());
+    feed(
+        &mut p,
+        &[
+            reject(3, 0, LAST_PIECE_LEN),
+            reject(3, 0, LAST_PIECE_LEN + 1), // outside the torrent: not ours, ignored
+            Message::AllowedFast(2),
+            Message::AllowedFast(2), // repeated
+            Message::AllowedFast(4), // no such piece
+            Message::AllowedFast(0),
+        ],
+        now,
+    );
+    assert_eq!(
+        events(&mut p),
+        [
+            format!("{:?}", PeerEvent::Rejected(block(3, 0, LAST_PIECE_LEN))),
+            "AllowedFast(2)".to_string(),
+            "AllowedFast(0)".to_string(),
+        ]
+    );
+    assert!(!p.is_closed());
+}
+
+#[test]
+fn allowed_fast_grants_from_a_peer_are_bounded() {
+    let now = Instant::now();
+    // A torrent of 100 pieces so there are more grants than the cap.
+    let layout = Arc::new(Layout::new(
+        16 * 1024,
+        [(PathBuf::from("f"), 100 * 16 * 1024)],
+    ));
+    let mut p = PeerProto::new(
+        ProtoConfig {
+            layout,
+            initial_bitfield: None,
+            fast: true,
+            ..config(&[])
+        },
+        now,
+    );
+    let grants: Vec<Message> = (0..100).map(Message::AllowedFast).collect();
+    feed(&mut p, &grants, now);
+    assert_eq!(events(&mut p).len(), MAX_ALLOWED_FAST_RECEIVED);
+}
+
+#[test]
+fn fast_messages_without_fast_end_the_connection() {
+    let now = Instant::now();
+    for (msg, id) in [
+        (Message::Suggest(0), 0x0d),
+        (Message::HaveAll, 0x0e),
+        (Message::HaveNone, 0x0f),
+        (reject(0, 0, BLOCK_SIZE), 0x10),
+        (Message::AllowedFast(0), 0x11),
+    ] {
+        let mut p = proto(&[0], now);
+        feed(&mut p, &[msg.clone(), Message::Have(1)], now);
+        assert!(
+            matches!(p.poll_close(), Some(CloseReason::FastNotNegotiated(i)) if i == id),
+            "{msg:?} accepted"
+        );
+        assert!(
+            events(&mut p).is_empty(),
+            "{msg:?}: handled after the error"
+        );
+    }
+}
+
+#[test]
+fn with_fast_every_refused_request_is_rejected() {
+    let now = Instant::now();
+    let mut p = fast_proto(&[0, 3], &[], now);
+    assert_eq!(
+        sent(&mut p, now),
+        [Message::Bitfield(Bytes::from_static(&[0x90]))]
+    );
+    // Choked: rejected, not dropped.
+    feed(&mut p, &[request(0, 0, BLOCK_SIZE)], now);
+    assert_eq!(p.poll_upload_request(), None);
+    assert_eq!(sent(&mut p, now), [reject(0, 0, BLOCK_SIZE)]);
+    p.handle_command(PeerCommand::SetChoking(false));
+    feed(
+        &mut p,
+        &[
+            request(0, 0, BLOCK_SIZE),
+            request(1, 0, BLOCK_SIZE), // a piece we do not have
+            request(3, 0, LAST_PIECE_LEN),
+        ],
+        now,
+    );
+    assert_eq!(
+        sent(&mut p, now),
+        [Message::Unchoke, reject(1, 0, BLOCK_SIZE)]
+    );
+    assert_eq!(p.poll_upload_request(), Some(block(0, 0, BLOCK_SIZE)));
+    assert_eq!(p.poll_upload_request(), Some(block(3, 0, LAST_PIECE_LEN)));
+    assert_eq!(p.poll_upload_request(), None);
+    // A full queue: the request past the limit is rejected. Two are in flight already.
+    let mut more: Vec<Message> = (0..MAX_QUEUED_UPLOADS - 2)
+        .map(|i| request(0, (i as u32 % 2) * BLOCK_SIZE, BLOCK_SIZE))
+        .collect();
+    more.push(request(3, 0, LAST_PIECE_LEN));
+    feed(&mut p, &more, now);
+    assert_eq!(
+        sent(&mut p, now),
+        [reject(3, 0, LAST_PIECE_LEN)],
+        "only the one over the limit"
+    );
+    // Data handed back frees a place.
+    p.handle_upload(
+        block(0, 0, BLOCK_SIZE),
+        Bytes::from(vec![0; BLOCK_SIZE as usize]),
+    );
+    let _ = sent(&mut p, now);
+    feed(&mut p, &[request(3, 0, LAST_PIECE_LEN)], now);
+    assert!(sent(&mut p, now).is_empty(), "queued, not rejected");
+    assert!(!p.is_closed());
+}
+
+#[test]
+fn a_choke_rejects_queued_and_in_flight_requests_but_keeps_allowed_fast_ones() {
+    let now = Instant::now();
+    let mut p = fast_proto(&[0, 1, 2, 3], &[3], now);
+    p.handle_command(PeerCommand::SetChoking(false));
+    feed(
+        &mut p,
+        &[
+            request(0, 0, BLOCK_SIZE),
+            request(3, 0, LAST_PIECE_LEN),
+            request(1, 0, BLOCK_SIZE),
+        ],
+        now,
+    );
+    // Two reads under way, one still queued.
+    assert_eq!(p.poll_upload_request(), Some(block(0, 0, BLOCK_SIZE)));
+    assert_eq!(p.poll_upload_request(), Some(block(3, 0, LAST_PIECE_LEN)));
+    let _ = sent(&mut p, now);
+    p.handle_command(PeerCommand::SetChoking(true));
+    assert_eq!(
+        sent(&mut p, now),
+        [
+            Message::Choke,
+            reject(0, 0, BLOCK_SIZE),
+            reject(1, 0, BLOCK_SIZE)
+        ]
+    );
+    assert_eq!(p.poll_upload_request(), None, "the queued one is gone");
+    // The overtaken read is dropped; the allowed-fast one goes out although we choke.
+    p.handle_upload(
+        block(0, 0, BLOCK_SIZE),
+        Bytes::from(vec![1; BLOCK_SIZE as usize]),
+    );
+    let data = Bytes::from(vec![3; LAST_PIECE_LEN as usize]);
+    p.handle_upload(block(3, 0, LAST_PIECE_LEN), data.clone());
+    assert_eq!(
+        sent(&mut p, now),
+        [Message::Piece {
+            index: 3,
+            begin: 0,
+            data
+        }]
+    );
+    assert_eq!(p.uploaded(), u64::from(LAST_PIECE_LEN));
+    // A second choke has nothing left to reject.
+    p.handle_command(PeerCommand::SetChoking(false));
+    p.handle_command(PeerCommand::SetChoking(true));
+    assert_eq!(sent(&mut p, now), [Message::Unchoke, Message::Choke]);
+}
+
+#[test]
+fn allowed_fast_pieces_are_granted_on_interest_and_served_while_choking() {
+    let now = Instant::now();
+    // We grant 0, 1 and 3; we lack 1 and the peer has 3: only 0 is worth telling.
+    let mut p = fast_proto(&[0, 2, 3], &[0, 1, 3], now);
+    let _ = sent(&mut p, now);
+    feed(&mut p, &[Message::Have(3)], now);
+    assert!(sent(&mut p, now).is_empty(), "nothing before interest");
+    feed(&mut p, &[Message::Interested], now);
+    assert_eq!(sent(&mut p, now), [Message::AllowedFast(0)]);
+    assert_eq!(events(&mut p), ["Have(3)", "Interested"]);
+    // Once per connection.
+    feed(
+        &mut p,
+        &[Message::NotInterested, Message::Interested],
+        now + Duration::from_secs(1),
+    );
+    assert!(sent(&mut p, now).is_empty());
+    // Still choked: the granted piece is served, others and ungranted ones rejected.
+    feed(
+        &mut p,
+        &[
+            request(0, 0, BLOCK_SIZE),
+            request(2, 0, BLOCK_SIZE),
+            request(1, 0, BLOCK_SIZE), // granted but we lack it
+        ],
+        now,
+    );
+    assert_eq!(p.poll_upload_request(), Some(block(0, 0, BLOCK_SIZE)));
+    assert_eq!(p.poll_upload_request(), None);
+    assert_eq!(
+        sent(&mut p, now),
+        [reject(2, 0, BLOCK_SIZE), reject(1, 0, BLOCK_SIZE)]
+    );
+    assert!(p.am_choking());
+}
+
+#[test]
+fn without_fast_a_grant_means_nothing() {
+    let now = Instant::now();
+    // A set handed in for a peer without BEP 6 is not used: BEP 3 drops silently.
+    let mut p = PeerProto::new(
+        ProtoConfig {
+            allowed_fast: vec![0],
+            ..config(&[0])
+        },
+        now,
+    );
+    let _ = sent(&mut p, now);
+    feed(
+        &mut p,
+        &[Message::Interested, request(0, 0, BLOCK_SIZE)],
+        now,
+    );
+    assert_eq!(p.poll_upload_request(), None);
+    assert!(sent(&mut p, now).is_empty(), "no grant, no reject");
+}
+
+#[test]
+fn two_fast_protocols_talk_to_each_other() {
+    let now = Instant::now();
+    let mut seeder = fast_proto(&[0, 1, 2, 3], &[2], now);
+    let mut leecher = fast_proto(&[], &[], now);
+    let ev = pump(&mut seeder, &mut leecher, now);
+    assert_eq!(
+        ev,
+        [format!("{:?}", PeerEvent::Bitfield(Bitfield::full(4)))]
+    );
+    assert!(pump(&mut leecher, &mut seeder, now).is_empty(), "have-none");
+    leecher.handle_command(PeerCommand::Send(vec![Message::Interested]));
+    assert_eq!(pump(&mut leecher, &mut seeder, now), ["Interested"]);
+    assert_eq!(pump(&mut seeder, &mut leecher, now), ["AllowedFast(2)"]);
+    leecher.handle_command(PeerCommand::Send(vec![
+        request(2, 0, BLOCK_SIZE),
+        request(1, 0, BLOCK_SIZE),
+    ]));
+    assert!(pump(&mut leecher, &mut seeder, now).is_empty());
+    let asked = seeder
+        .poll_upload_request()
+        .expect("the allowed-fast request");
+    let data = Bytes::from(vec![2; BLOCK_SIZE as usize]);
+    seeder.handle_upload(asked, data.clone());
+    assert_eq!(
+        pump(&mut seeder, &mut leecher, now),
+        [
+            format!("{:?}", PeerEvent::Rejected(block(1, 0, BLOCK_SIZE))),
+            format!("{:?}", PeerEvent::Block(block(2, 0, BLOCK_SIZE), data)),
+        ]
+    );
 }

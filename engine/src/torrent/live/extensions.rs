@@ -33,6 +33,13 @@ pub(super) struct PeerExtensions {
     serving: ServeBudget,
 }
 
+impl PeerExtensions {
+    /// The peer's ids for the extensions (none until its extended handshake arrives).
+    pub(super) fn theirs(&self) -> ExtensionIds {
+        self.theirs
+    }
+}
+
 impl super::Peer {
     /// Where this peer accepts connections: the address we dialled, or the address and
     /// listening port (BEP 10 `p`) of a peer that dialled us.

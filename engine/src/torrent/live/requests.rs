@@ -1,5 +1,7 @@
 //! Requests: interest, per-peer pipelines topped up from the picker, and what an arriving block
-//! does (accepted only if asked of that very peer; a whole piece goes to verification).
+//! does (accepted only if asked of that very peer; a whole piece goes to verification), or a
+//! BEP 6 reject (the block goes to another peer at once). A peer that chokes us is asked only
+//! for the pieces it allowed us fast (BEP 6).
 
 #[allow(unused_imports)]
 use super::*;
@@ -77,6 +79,25 @@ impl Torrent {
         self.fill_requests(key);
     }
 
+    /// BEP 6: the peer will not serve `block`. A block we asked it for goes back to the picker
+    /// and to another peer at once (not at the request timeout); the peer is not asked for that
+    /// piece again for a while. A reject for anything else is ignored.
+    pub(super) fn on_rejected(&mut self, key: PeerKey, block: BlockRef) {
+        let peer = self.peers.get_mut(&key).expect("caller checked");
+        if peer.requests.remove(&block).is_none() {
+            tracing::debug!(addr = %peer.addr, ?block, "reject for a block not asked of it");
+            return;
+        }
+        peer.rejected.insert(block.piece, now());
+        self.picker.release(key, block);
+        // Others first, so the block goes to someone who will serve it.
+        let keys: Vec<PeerKey> = self.peers.keys().copied().filter(|k| *k != key).collect();
+        for other in keys {
+            self.fill_requests(other);
+        }
+        self.fill_requests(key);
+    }
+
     pub(super) fn refill_all(&mut self) {
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for key in keys {
@@ -91,7 +112,13 @@ impl Torrent {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        if peer.peer_choking || !peer.am_interested {
+        // BEP 6: a peer that chokes us still serves the pieces it allowed us fast (asked once
+        // it has kept us choked a while, see ALLOWED_FAST_WAIT).
+        let choked_fast = peer.peer_choking
+            && peer.fast
+            && !peer.allowed_fast.is_empty()
+            && now().duration_since(peer.choked_at) >= ALLOWED_FAST_WAIT;
+        if (peer.peer_choking && !choked_fast) || !peer.am_interested {
             return;
         }
         let depth = if peer.snubbed {
@@ -105,7 +132,27 @@ impl Torrent {
         }
         let now = now();
         let mut picked = Vec::with_capacity(free);
-        self.picker.pick(key, &peer.bitfield, free, &mut picked);
+        if peer.peer_choking || !peer.rejected.is_empty() {
+            // Only what it will serve: its allowed-fast pieces while it chokes us, and
+            // nothing it rejected lately (see REJECT_MEMORY).
+            let mut offer = if peer.peer_choking {
+                let mut only = Bitfield::new(peer.bitfield.len());
+                for &p in &peer.allowed_fast {
+                    if peer.bitfield.get(p as usize) {
+                        only.set(p as usize);
+                    }
+                }
+                only
+            } else {
+                peer.bitfield.clone()
+            };
+            for &p in peer.rejected.keys() {
+                offer.clear(p as usize);
+            }
+            self.picker.pick(key, &offer, free, &mut picked);
+        } else {
+            self.picker.pick(key, &peer.bitfield, free, &mut picked);
+        }
         if picked.is_empty() {
             return;
         }

@@ -97,6 +97,12 @@ impl Torrent {
                 peer_interested: p.peer_interested,
                 snubbed: p.snubbed,
                 progress: p.bitfield.count_ones() as f32 / total,
+                extensions: PeerExtensionFlags {
+                    fast: p.fast,
+                    extension_protocol: p.extension_protocol,
+                    ut_metadata: p.ext.theirs().ut_metadata.is_some(),
+                    ut_pex: p.ext.theirs().ut_pex.is_some(),
+                },
             })
             .collect();
         let files = self.file_progress();
