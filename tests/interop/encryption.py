@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Encrypted connections (MSE/PE) and the fast extension (BEP 6) against real clients at their
-strictest settings, on 127.0.0.1. Every transfer is checked byte for byte against the source, and
+"""Encrypted connections (MSE/PE) against real clients at their strictest settings, on
+127.0.0.1 (the fast extension's interop is `e_fast_extension` in interop.py). Every transfer is checked byte for byte against the source, and
 every scenario checks from zigtorrent's own log (`peer connected ... encryption=rc4`) and, where
 the other client can tell, from its side too, that the payload went over RC4.
 
@@ -20,8 +20,6 @@ Scenarios (each prints PASS/FAIL with a figure; exit status 1 if any failed):
   e_aria2_seeds       aria2 with --bt-require-crypto=true seeds; zigtorrent finds it through
                       opentracker and dials it
   e_aria2_leeches     zigtorrent seeds; aria2 requiring RC4 finds us through opentracker
-  e_fast_lt           the fast extension is negotiated with libtorrent (our log's `fast=true`)
-                      and a download completes over it
 
 Usage: /usr/bin/python3 tests/interop/encryption.py [BIN] [--only NAME,...] [--keep]
 """
@@ -408,32 +406,9 @@ def e_aria2_leeches(ctx):
             f"SIGTERM exit 0 in {secs:.1f}s")
 
 
-def e_fast_lt(ctx):
-    """libtorrent speaks BEP 6 by default: both bits set, so it must be on for the connection."""
-    src = ctx.payloads["single"]
-    name = os.path.basename(src)
-    t, _ = ctx.torrent(src)
-    _ses, h, port = _lt_seed(ctx, src, t, False, {})
-    z, logp = ctx.run_zig("tcp", peers=[f"127.0.0.1:{port}"])
-    downloads = ctx.sub("downloads")
-    expected = H.expected_files(src, name)
-    tr = C.transfer("zigtorrent downloading from libtorrent", C.total_size(src),
-                    lambda: H.sizes_complete(downloads, expected),
-                    lambda: h.status().total_payload_upload, {"zigtorrent": z},
-                    lambda: f"{C.dropped(logp)}\n{C.zig_excerpt(logp)}", timeout=TIMEOUT)
-    C.compare(src, os.path.join(downloads, name), "zigtorrent's copy")
-    conns = C.zig_talked_to(logp, LT_ID)
-    slow = [c for c in conns if c.get("fast") != "true"]
-    if slow:
-        raise H.CheckFailed(f"the fast extension was not negotiated with libtorrent: {slow}")
-    secs, _ = H.graceful_stop(z, signal.SIGINT)
-    return (f"{tr.figure()}; fast=true on {len(conns)} connection(s) to libtorrent; "
-            f"SIGINT exit 0 in {secs:.1f}s")
-
-
 SCENARIOS = [e_lt_seeds_tcp, e_lt_leeches_tcp, e_lt_seeds_utp, e_lt_leeches_utp, e_require_forced,
              e_require_plain, e_qbt_seeds, e_qbt_leeches, e_tr_seeds, e_tr_leeches, e_aria2_seeds,
-             e_aria2_leeches, e_fast_lt]
+             e_aria2_leeches]
 NEEDS = {"aria2c": "aria2", "transmission-daemon": "transmission-daemon",
          "opentracker": "opentracker", "qbittorrent-nox": "qbittorrent-nox"}
 
