@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Encrypted connections (MSE/PE) against real clients at their strictest settings, on
 127.0.0.1 (the fast extension's interop is `e_fast_extension` in interop.py). Every transfer is
-checked byte for byte against the source, and every scenario checks from zigtorrent's own log (`peer connected ... encryption=rc4`) and, where
-the other client can tell, from its side too, that the payload went over RC4.
+checked byte for byte against the source, and every scenario checks from zigtorrent's own log
+(`peer connected ... encryption=rc4`) and, where the other client can tell, from its side too,
+that the payload went over RC4.
 
 Scenarios (each prints PASS/FAIL with a figure; exit status 1 if any failed):
   e_lt_seeds_tcp      libtorrent forcing RC4 both ways (TCP only) seeds; zigtorrent with the
