@@ -23,6 +23,7 @@ use crate::wire::{Handshake, Message, WireError};
 
 mod driver;
 mod handshake;
+pub mod mse;
 pub mod proto;
 
 pub use driver::run_peer;
