@@ -461,6 +461,7 @@ impl Torrent {
                 handshake,
                 transport,
                 permit,
+                encryption,
             } => {
                 if !self.active()
                     || self.banned.contains(&ban_key(addr))
@@ -498,6 +499,7 @@ impl Torrent {
                                 addr,
                                 remote: handshake,
                                 transport,
+                                encryption,
                             };
                             let _ = tx.send(Internal::Connected {
                                 conn,
@@ -839,7 +841,7 @@ impl Torrent {
             upload_limit: self.p.upload_limit.clone(),
             extended_handshake: self.our_extended_handshake(),
         };
-        tracing::info!(%addr, outgoing, transport = %conn.transport, client = %String::from_utf8_lossy(&conn.remote.peer_id.0[..8]), "peer connected");
+        tracing::info!(%addr, outgoing, transport = %conn.transport, encryption = %conn.encryption, client = %String::from_utf8_lossy(&conn.remote.peer_id.0[..8]), "peer connected");
         self.peers.insert(
             key,
             Peer {
