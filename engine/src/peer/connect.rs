@@ -68,7 +68,7 @@ impl std::fmt::Display for EncryptionPolicy {
 }
 
 /// How a connection's payload travels.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Encryption {
     /// In the clear (a plaintext handshake, or MSE that settled on plaintext).
     #[default]

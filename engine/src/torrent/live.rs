@@ -125,6 +125,7 @@ enum Internal {
 struct Peer {
     addr: SocketAddr,
     transport: String,
+    encryption: crate::peer::Encryption,
     client: String,
     outgoing: bool,
     tx: mpsc::Sender<PeerCommand>,
@@ -847,6 +848,7 @@ impl Torrent {
             Peer {
                 addr,
                 transport: conn.transport.clone(),
+                encryption: conn.encryption,
                 client: stats::client_name(&conn.remote.peer_id),
                 outgoing,
                 tx,
