@@ -205,8 +205,9 @@ impl std::fmt::Debug for Established {
 pub enum Progress {
     /// Send [`MseHandshake::take_transmit`] and read more.
     NeedMore,
-    /// Done: send what [`MseHandshake::take_transmit`] holds, then wrap the stream.
-    Done(Established),
+    /// Done: send what [`MseHandshake::take_transmit`] holds, then wrap the stream (boxed:
+    /// two RC4 states are large next to `NeedMore`).
+    Done(Box<Established>),
 }
 
 enum State {
@@ -375,7 +376,7 @@ enum Step {
     Continue(State),
     /// Not enough bytes for this stage yet.
     Wait(State),
-    Done(Established),
+    Done(Box<Established>),
 }
 
 impl MseHandshake {
@@ -499,7 +500,9 @@ impl MseHandshake {
                 ciphers.decrypt.apply_keystream(&mut self.buf[..len]);
                 self.buf.drain(..len);
                 let initial = std::mem::take(&mut self.buf);
-                Ok(Step::Done(finish(method, info_hash, ciphers, initial, 0)))
+                Ok(Step::Done(Box::new(finish(
+                    method, info_hash, ciphers, initial, 0,
+                ))))
             }
             State::RespYa {
                 accept,
@@ -679,7 +682,9 @@ impl MseHandshake {
                 self.out.resize(self.out.len() + encrypted_pad_len, 0);
                 ciphers.encrypt.apply_keystream(&mut self.out[start..]);
                 let initial = std::mem::take(&mut self.buf);
-                Ok(Step::Done(finish(method, info_hash, ciphers, initial, len)))
+                Ok(Step::Done(Box::new(finish(
+                    method, info_hash, ciphers, initial, len,
+                ))))
             }
             State::Over => Err(MseError::Finished),
         }
@@ -809,13 +814,13 @@ mod tests {
             let to_b = a.take_transmit();
             for c in to_b.chunks(chunk) {
                 if let Progress::Done(d) = b.handle_input(c)? {
-                    b_done = Some(d);
+                    b_done = Some(*d);
                 }
             }
             let to_a = b.take_transmit();
             for c in to_a.chunks(chunk) {
                 if let Progress::Done(d) = a.handle_input(c)? {
-                    a_done = Some(d);
+                    a_done = Some(*d);
                 }
             }
         }

@@ -40,7 +40,7 @@ pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
             stream.flush().await?;
         }
         if let Progress::Done(done) = progress {
-            return Ok(done);
+            return Ok(*done);
         }
         let n = stream.read(&mut buf).await?;
         if n == 0 {
