@@ -141,6 +141,7 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
         config.upload_limit = s.upload_limit;
         config.lsd = s.lsd;
         config.pex = s.pex;
+        config.encryption = s.encryption_policy();
         config.completed_dir = completed;
         (
             config.seed_ratio,

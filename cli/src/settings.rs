@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Deserializer, Serialize};
+use zigtorrent_engine::EncryptionPolicy;
 
 /// File name looked for in the working directory and the XDG config folder.
 pub const CONFIG_FILE: &str = "zigtorrent.toml";
@@ -63,6 +64,10 @@ pub struct RunArgs {
     /// No local service discovery (BEP 14 multicast on the LAN).
     #[arg(long)]
     no_lsd: bool,
+    /// Message stream encryption (MSE/PE): prefer (encrypted first, plaintext fallback; both
+    /// accepted), require (RC4 only, both ways), or disable (plaintext only) [default: prefer].
+    #[arg(long, value_name = "POLICY")]
+    encryption: Option<String>,
     /// A DHT node to bootstrap from, HOST:PORT (repeatable); replaces the public routers and
     /// turns the DHT on (unless --no-dht).
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = parse_host_port)]
@@ -194,6 +199,8 @@ pub struct Settings {
     pub lsd: bool,
     /// Peer exchange.
     pub pex: bool,
+    /// Encryption policy: prefer, require or disable.
+    pub encryption: String,
     /// Connections per torrent.
     pub max_peers: usize,
     /// Connections in all.
@@ -220,6 +227,13 @@ pub struct Settings {
     /// Folder finished torrents move to (none: they stay in `downloads`).
     #[serde(default)]
     pub completed: Option<PathBuf>,
+}
+
+impl Settings {
+    /// The encryption policy ([`RunArgs::load`] refused any other name).
+    pub fn encryption_policy(&self) -> EncryptionPolicy {
+        EncryptionPolicy::from_name(&self.encryption).unwrap_or_default()
+    }
 }
 
 /// Where the merged options came from, for `--print-config`.
@@ -262,6 +276,7 @@ impl RunArgs {
             .set_default("dht_bootstrap", Vec::<String>::new())?
             .set_default("lsd", true)?
             .set_default("pex", true)?
+            .set_default("encryption", "prefer")?
             .set_default("max_peers", 50)?
             .set_default("max_peers_total", 300)?
             .set_default("download_limit", 0)?
@@ -336,6 +351,7 @@ impl RunArgs {
             .set_override_option("dht", self.no_dht.then_some(false))?
             .set_override_option("lsd", self.no_lsd.then_some(false))?
             .set_override_option("pex", self.no_pex.then_some(false))?
+            .set_override_option("encryption", self.encryption.clone())?
             .set_override_option("status_interval", self.status_interval)?
             .set_override_option("status_bytes", self.status_bytes.then_some(true))?
             .set_override_option("max_peers", self.max_peers.map(|n| n as u64))?
@@ -380,6 +396,12 @@ impl RunArgs {
         }
         if let Some(program) = &settings.on_complete {
             crate::hook::check_program(program).context("on_complete")?;
+        }
+        if EncryptionPolicy::from_name(&settings.encryption).is_none() {
+            bail!(
+                "encryption: {:?} is not one of prefer, require, disable",
+                settings.encryption
+            );
         }
         check_ratio(settings.seed_ratio, &settings.seed_ratio.to_string())
             .map_err(|e| anyhow::anyhow!("seed_ratio: {e}"))?;
@@ -444,6 +466,7 @@ const KEYS: &[&str] = &[
     "dht_bootstrap",
     "lsd",
     "pex",
+    "encryption",
     "max_peers",
     "max_peers_total",
     "download_limit",
@@ -726,6 +749,7 @@ mod tests {
         assert_eq!(s.state, PathBuf::from("downloads/.zigtorrent"));
         assert_eq!(s.listen, 6881);
         assert_eq!(s.transport, "both");
+        assert_eq!(s.encryption_policy(), EncryptionPolicy::Prefer);
         assert_eq!(s.download_limit, 0);
         assert!(!s.headless);
         assert_eq!(s.log_level, "warn,librqbit_utp=error");
@@ -767,6 +791,30 @@ mod tests {
         assert_eq!(s.log_level, "debug");
         assert_eq!(s.max_peers, 10);
         assert_eq!(s.peers, vec!["127.0.0.1:9".parse().unwrap()]);
+    }
+
+    #[test]
+    fn encryption_comes_from_every_layer_and_a_bad_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), "encryption = \"disable\"\n").unwrap();
+        let s = args(&[]).load_with(&[], Some(dir.path())).unwrap().settings;
+        assert_eq!(s.encryption_policy(), EncryptionPolicy::Disable);
+        let e = env(&[("ZIGTORRENT_ENCRYPTION", "require")]);
+        let s = args(&[]).load_with(&e, Some(dir.path())).unwrap().settings;
+        assert_eq!(s.encryption_policy(), EncryptionPolicy::Require);
+        let s = args(&["--encryption", "prefer"])
+            .load_with(&e, Some(dir.path()))
+            .unwrap()
+            .settings;
+        assert_eq!(s.encryption_policy(), EncryptionPolicy::Prefer);
+        let err = args(&["--encryption", "forced"])
+            .load_with(&[], Some(dir.path()))
+            .unwrap_err();
+        assert!(
+            format!("{err:#}")
+                .contains("encryption: \"forced\" is not one of prefer, require, disable"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub mod wire;
 
 pub use magnet::Magnet;
 pub use metainfo::Metainfo;
+pub use peer::{Encryption, EncryptionPolicy};
 pub use queue::{Goal, GoalReached, QueueLimits, QueueMove, SeedGoals};
 pub use ratelimit::RateLimiter;
 pub use registry::{Origin, Registry};

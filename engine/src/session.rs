@@ -119,6 +119,9 @@ pub struct SessionConfig {
     /// vouches it wrote move, never over a name taken there (see
     /// [`StorageBackend::move_data`](crate::StorageBackend::move_data)).
     pub completed_dir: Option<PathBuf>,
+    /// Message stream encryption (MSE/PE) for incoming and outgoing connections; `Prefer`
+    /// by default.
+    pub encryption: peer::EncryptionPolicy,
 }
 
 impl SessionConfig {
@@ -146,6 +149,7 @@ impl SessionConfig {
             max_active_downloads: None,
             max_active_seeds: None,
             completed_dir: None,
+            encryption: peer::EncryptionPolicy::default(),
         }
     }
 }
@@ -335,6 +339,8 @@ struct Shared {
     reschedule: Arc<Notify>,
     /// The scheduler task.
     scheduler_task: Mutex<Option<JoinHandle<()>>>,
+    /// Dials for every torrent under the encryption policy and answers incoming streams.
+    dialer: Arc<peer::Dialer>,
 }
 
 /// A running BitTorrent session.
@@ -378,6 +384,7 @@ impl Session {
             download_limit: Arc::new(RateLimiter::new(config.download_limit)),
             upload_limit: Arc::new(RateLimiter::new(config.upload_limit)),
             hash_budget: HashBudget::new(config.recheck_memory),
+            dialer: Arc::new(peer::Dialer::new(config.encryption)),
             config,
             transport,
             backend,
@@ -582,6 +589,7 @@ impl Session {
             may_run,
             state_changed: self.shared.reschedule.clone(),
             seed_defaults: self.shared.seed_defaults.subscribe(),
+            dialer: self.shared.dialer.clone(),
         };
         let task = tokio::spawn(run_torrent(params, source.clone(), cmd_rx, keeper));
         let handle = TorrentHandle {
@@ -979,7 +987,7 @@ async fn bind(
 
 async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
     loop {
-        let (mut stream, addr, via) = match listener.accept_labeled().await {
+        let (stream, addr, via) = match listener.accept_labeled().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -997,14 +1005,32 @@ async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
                 tracing::debug!(%addr, "too many handshakes in progress from this host");
                 return;
             };
-            let handshake =
-                match peer::read_handshake_incoming(&mut stream, peer::FIRST_BYTE_TIMEOUT).await {
-                    Ok(h) => h,
-                    Err(e) => {
-                        tracing::debug!(%addr, error = %e, "incoming handshake failed");
-                        return;
-                    }
-                };
+            // An MSE handshake names its torrent by a hash of the info-hash: ours are looked
+            // up when it arrives.
+            let lookup: peer::mse::SkeyLookup = {
+                let shared = shared.clone();
+                Box::new(move |wanted| {
+                    let torrents = shared
+                        .torrents
+                        .lock()
+                        .expect("lock poisoned only by a panic");
+                    torrents
+                        .keys()
+                        .find(|ih| peer::mse::skey_hash(ih) == *wanted)
+                        .copied()
+                })
+            };
+            let accepted = shared
+                .dialer
+                .accept(stream, peer::FIRST_BYTE_TIMEOUT, lookup)
+                .await;
+            let (stream, handshake, encryption) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "incoming handshake failed");
+                    return;
+                }
+            };
             let commands = {
                 let torrents = shared
                     .torrents
@@ -1035,6 +1061,7 @@ async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
                     handshake,
                     transport,
                     permit,
+                    encryption,
                 })
                 .await;
         });

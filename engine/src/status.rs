@@ -142,6 +142,8 @@ pub struct PeerStatus {
     pub addr: SocketAddr,
     /// Transport name (`tcp`, `utp`, …).
     pub transport: String,
+    /// How the connection's payload travels (MSE/PE).
+    pub encryption: crate::peer::Encryption,
     /// Client, from its peer id (e.g. `-lt2080-` → `lt 2080`).
     pub client: String,
     /// We dialled it (true) or it dialled us.

@@ -59,10 +59,28 @@ pub async fn start_session(
     backend: Arc<dyn StorageBackend>,
     extra_peers: Vec<SocketAddr>,
 ) -> Session {
+    start_session_with(
+        download_dir,
+        backend,
+        extra_peers,
+        zigtorrent_engine::EncryptionPolicy::default(),
+    )
+    .await
+}
+
+/// [`start_session`] under an encryption policy (scripted peers that speak plaintext only and
+/// accept one connection need `Disable`: `Prefer` tries MSE first).
+pub async fn start_session_with(
+    download_dir: &Path,
+    backend: Arc<dyn StorageBackend>,
+    extra_peers: Vec<SocketAddr>,
+    encryption: zigtorrent_engine::EncryptionPolicy,
+) -> Session {
     let mut config =
         SessionConfig::new(download_dir.to_path_buf(), download_dir.join(".zigtorrent"));
     config.listen = "127.0.0.1:0".parse().expect("literal address");
     config.extra_peers = extra_peers;
+    config.encryption = encryption;
     let transport = Arc::new(TcpTransport::new(&TransportOptions::default()));
     Session::start(config, transport, backend, TrackerClient::new())
         .await

@@ -150,7 +150,14 @@ async fn download_from(script: Script) -> Seen {
     });
 
     let leech_dir = dir.path().join("leech");
-    let leecher = start_session(&leech_dir, Arc::new(FsBackend::new()), vec![addr]).await;
+    // The scripted seeder reads a plaintext handshake from the one connection it accepts.
+    let leecher = start_session_with(
+        &leech_dir,
+        Arc::new(FsBackend::new()),
+        vec![addr],
+        zigtorrent_engine::EncryptionPolicy::Disable,
+    )
+    .await;
     let handle = leecher.add(meta.clone()).unwrap();
     wait_seeding(&handle, Duration::from_secs(120)).await;
     leecher.shutdown(Duration::from_secs(4)).await;

@@ -60,6 +60,7 @@ fn peer(addr: &str, client: &str, rate: u64) -> PeerStatus {
     PeerStatus {
         addr: addr.parse::<SocketAddr>().unwrap(),
         transport: "tcp".into(),
+        encryption: Default::default(),
         client: client.into(),
         outgoing: true,
         download_rate: rate,

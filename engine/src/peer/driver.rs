@@ -411,6 +411,7 @@ mod tests {
                 peer_id: PeerId([2; 20]),
             },
             transport: "duplex".into(),
+            encryption: Default::default(),
         };
         let ctx = PeerContext {
             key: 7,

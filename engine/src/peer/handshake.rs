@@ -1,6 +1,6 @@
 //! The BEP 3 handshake: 68 bytes each way before any message, bounded in time. Owns the
-//! timeouts and the identity checks (right torrent, not ourselves). A stream wrapper such as
-//! MSE/PE encryption goes below this, on the stream it is handed.
+//! timeouts and the identity checks (right torrent, not ourselves). MSE/PE encryption
+//! (`mse/`, chosen in `connect.rs`) goes below this, on the stream it is handed.
 
 use std::time::Duration;
 
@@ -34,6 +34,15 @@ pub enum HandshakeError {
     /// We connected to ourselves.
     #[error("connected to ourselves")]
     SelfConnection,
+    /// The MSE/PE exchange failed or was refused.
+    #[error("encrypted handshake: {0}")]
+    Mse(#[from] super::mse::MseError),
+    /// A plaintext handshake while encryption is required.
+    #[error("plaintext handshake refused: encryption is required")]
+    PlaintextRefused,
+    /// An encrypted handshake while encryption is disabled.
+    #[error("encrypted handshake refused: encryption is disabled")]
+    EncryptedRefused,
 }
 
 /// Read the 68-byte handshake off `stream`.
@@ -89,7 +98,7 @@ pub async fn handshake_incoming(
     Ok(stream)
 }
 
-fn check_remote(ours: &Handshake, theirs: &Handshake) -> Result<(), HandshakeError> {
+pub(super) fn check_remote(ours: &Handshake, theirs: &Handshake) -> Result<(), HandshakeError> {
     if theirs.info_hash != ours.info_hash {
         return Err(HandshakeError::WrongInfoHash);
     }

@@ -1,4 +1,5 @@
-//! One peer connection, after the transport has connected: the BEP 3 handshake
+//! One peer connection, after the transport has connected: MSE/PE encryption when the policy
+//! and the peer agree (`connect.rs` decides, `mse/` runs it), the BEP 3 handshake
 //! (`handshake.rs`), then the protocol ([`proto::PeerProto`], sans-IO) joined to the stream by
 //! a thin tokio driver (`driver.rs`, [`run_peer`]). Every decision about *what* to request or
 //! whom to choke is taken by the torrent task, which talks to a connection through bounded
@@ -21,11 +22,14 @@ use crate::transport::BoxStream;
 use crate::types::{Bitfield, BitfieldError, BlockRef, InfoHash, PeerId};
 use crate::wire::{Handshake, Message, WireError};
 
+mod connect;
 mod driver;
 pub mod fast;
 mod handshake;
+pub mod mse;
 pub mod proto;
 
+pub use connect::{DialError, Dialer, Encryption, EncryptionPolicy, MAX_REMEMBERED_ADDRESSES};
 pub use driver::run_peer;
 pub use handshake::{
     handshake_incoming, handshake_outgoing, read_handshake, read_handshake_incoming,
@@ -173,6 +177,8 @@ pub struct Connection {
     pub remote: Handshake,
     /// Name of the transport that carried it.
     pub transport: String,
+    /// How its payload travels (MSE/PE).
+    pub encryption: Encryption,
 }
 
 /// Everything a connection's tasks need.

@@ -867,22 +867,18 @@ impl<'a> Fetcher<'a> {
             }
             self.dialing += 1;
             let transport = self.p.transport.clone();
+            let dialer = self.p.dialer.clone();
             let ours = Handshake::new(self.p.info_hash, self.p.peer_id);
             let tx = self.events_tx.clone();
             tokio::spawn(async move {
-                let result = async {
-                    let (stream, _) = transport.connect_labeled(addr).await.ok()?;
-                    peer::handshake_outgoing(stream, ours).await.ok()
-                }
-                .await;
-                let event = match result {
-                    Some((stream, remote)) => FetchEvent::Connected {
-                        stream,
+                let event = match dialer.dial(&*transport, addr, ours).await {
+                    Ok(conn) => FetchEvent::Connected {
+                        stream: conn.stream,
                         addr,
-                        remote,
+                        remote: conn.remote,
                         slot,
                     },
-                    None => FetchEvent::DialFailed(addr),
+                    Err(_) => FetchEvent::DialFailed(addr),
                 };
                 let _ = tx.send(event);
             });

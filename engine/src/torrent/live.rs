@@ -134,6 +134,7 @@ enum Internal {
 struct Peer {
     addr: SocketAddr,
     transport: String,
+    encryption: crate::peer::Encryption,
     client: String,
     outgoing: bool,
     tx: mpsc::Sender<PeerCommand>,
@@ -483,6 +484,7 @@ impl Torrent {
                 handshake,
                 transport,
                 permit,
+                encryption,
             } => {
                 if !self.active()
                     || self.banned.contains(&ban_key(addr))
@@ -520,6 +522,7 @@ impl Torrent {
                                 addr,
                                 remote: handshake,
                                 transport,
+                                encryption,
                             };
                             let _ = tx.send(Internal::Connected {
                                 conn,
@@ -863,12 +866,13 @@ impl Torrent {
         };
         // Our handshake always offers BEP 6: the peer's bit decides.
         let fast = conn.remote.supports_fast();
-        tracing::info!(%addr, outgoing, transport = %conn.transport, client = %String::from_utf8_lossy(&conn.remote.peer_id.0[..8]), fast, "peer connected");
+        tracing::info!(%addr, outgoing, transport = %conn.transport, encryption = %conn.encryption, client = %String::from_utf8_lossy(&conn.remote.peer_id.0[..8]), fast, "peer connected");
         self.peers.insert(
             key,
             Peer {
                 addr,
                 transport: conn.transport.clone(),
+                encryption: conn.encryption,
                 client: stats::client_name(&conn.remote.peer_id),
                 outgoing,
                 tx,

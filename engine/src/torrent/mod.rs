@@ -57,6 +57,8 @@ pub enum TorrentCommand {
         transport: String,
         /// Session-wide peer slot.
         permit: PeerSlot,
+        /// How the stream is protected (the MSE exchange, if any, is over).
+        encryption: crate::peer::Encryption,
     },
     /// Add peer addresses to try.
     AddPeers(Vec<SocketAddr>),
@@ -107,6 +109,8 @@ impl PeerSlot {
 /// Everything a torrent task needs from its session.
 pub(crate) struct TorrentParams {
     pub info_hash: InfoHash,
+    /// Opens connections under the session's encryption policy (shared by every dial site).
+    pub dialer: Arc<crate::peer::Dialer>,
     pub backend: Arc<dyn StorageBackend>,
     pub transport: Arc<dyn Transport>,
     pub tracker: TrackerClient,

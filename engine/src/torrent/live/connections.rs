@@ -165,32 +165,20 @@ impl Torrent {
             let known = self.known.get_mut(&addr).expect("candidate from known");
             known.connecting = true;
             let transport = self.p.transport.clone();
+            let dialer = self.p.dialer.clone();
             let ours = Handshake::new(self.metainfo.info_hash, self.p.peer_id);
             let tx = self.internal_tx.clone();
             tokio::spawn(async move {
-                let result = async {
-                    let (stream, via) = transport
-                        .connect_labeled(addr)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let (stream, remote) = peer::handshake_outgoing(stream, ours)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    Ok::<_, String>((stream, remote, via))
-                }
-                .await;
-                let msg = match result {
-                    Ok((stream, remote, via)) => Internal::Connected {
-                        conn: Connection {
-                            stream,
-                            addr,
-                            remote,
-                            transport: via,
-                        },
+                let msg = match dialer.dial(&*transport, addr, ours).await {
+                    Ok(conn) => Internal::Connected {
+                        conn,
                         permit,
                         outgoing: true,
                     },
-                    Err(reason) => Internal::ConnectFailed { addr, reason },
+                    Err(e) => Internal::ConnectFailed {
+                        addr,
+                        reason: e.to_string(),
+                    },
                 };
                 let _ = tx.send(msg);
             });

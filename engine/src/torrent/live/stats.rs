@@ -87,6 +87,7 @@ impl Torrent {
             .map(|p| PeerStatus {
                 addr: p.addr,
                 transport: p.transport.clone(),
+                encryption: p.encryption,
                 client: p.client.clone(),
                 outgoing: p.outgoing,
                 download_rate: p.download_rate.bytes_per_second(),
