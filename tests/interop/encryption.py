@@ -82,8 +82,13 @@ def describe(conns):
 
 def lt_flags_sampler(handle, seen):
     """Adds libtorrent's own view of each connected peer (RC4 or not) to `seen`."""
+    # A peer still connecting or in its handshake has no encryption flag yet.
+    unsettled = L.lt.peer_info.handshake | L.lt.peer_info.connecting
+
     def sample():
         for p in handle.get_peer_info():
+            if p.flags & unsettled:
+                continue
             rc4 = bool(p.flags & L.lt.peer_info.rc4_encrypted)
             utp = bool(p.flags & L.lt.peer_info.utp_socket) if hasattr(L.lt.peer_info, "utp_socket") \
                 else None

@@ -10,7 +10,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Sparkline, Table, TableState, Tabs};
 use ratatui::Frame;
 use zigtorrent_engine::tracker::TrackerResult;
-use zigtorrent_engine::{Bitfield, FilePriority, PeerStatus, TorrentState, TorrentStatus};
+use zigtorrent_engine::{
+    Bitfield, Encryption, FilePriority, PeerStatus, TorrentState, TorrentStatus,
+};
 
 use super::text::{ellipsize, ellipsize_start, fit_columns, wrap, Column};
 use super::{
@@ -541,9 +543,10 @@ fn draw_map(f: &mut Frame, area: Rect, t: &TorrentStatus) {
 }
 
 /// Flags in the libtorrent/Transmission spirit: `d` we are interested (`D` and unchoked by
-/// them), `u` they are interested (`U` and unchoked by us), `s` snubbed; then the extensions
-/// the connection speaks: `f` fast (BEP 6), `x` extension protocol (BEP 10), `m` metadata
-/// exchange (BEP 9), `p` peer exchange (BEP 11).
+/// them), `u` they are interested (`U` and unchoked by us), `s` snubbed; `E` the connection is
+/// RC4-encrypted (MSE/PE, as Transmission marks it); then the extensions it speaks: `f` fast
+/// (BEP 6), `x` extension protocol (BEP 10), `m` metadata exchange (BEP 9), `p` peer exchange
+/// (BEP 11).
 pub(super) fn peer_flags(p: &PeerStatus) -> String {
     let mut s = String::new();
     if p.am_interested {
@@ -554,6 +557,9 @@ pub(super) fn peer_flags(p: &PeerStatus) -> String {
     }
     if p.snubbed {
         s.push('s');
+    }
+    if p.encryption == Encryption::Rc4 {
+        s.push('E');
     }
     let ext = &p.extensions;
     for (on, c) in [

@@ -86,6 +86,7 @@ const HELP: &[(&str, &[(&str, &str)])] = &[
             ("d / D", "we want its pieces / and it lets us download"),
             ("u / U", "it wants ours / and we let it download"),
             ("s", "snubbed: it sent nothing we asked for in 30 s"),
+            ("E", "the connection is encrypted (MSE/PE, RC4)"),
             ("f", "it speaks the fast extension (BEP 6)"),
             ("x", "it speaks the extension protocol (BEP 10)"),
             ("m / p", "it exchanges metadata (BEP 9) / peers (BEP 11)"),

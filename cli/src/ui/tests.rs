@@ -560,7 +560,7 @@ fn piece_map_and_bars() {
 }
 
 #[test]
-fn peer_flags_list_the_extensions_a_connection_speaks() {
+fn peer_flags_list_encryption_and_the_extensions_a_connection_speaks() {
     let mut p = peer("10.0.0.2:6881", "lt 2080", 0);
     assert_eq!(super::detail::peer_flags(&p), "D");
     p.extensions = zigtorrent_engine::PeerExtensionFlags {
@@ -574,4 +574,6 @@ fn peer_flags_list_the_extensions_a_connection_speaks() {
     p.extensions.ut_metadata = true;
     p.snubbed = true;
     assert_eq!(super::detail::peer_flags(&p), "Dusfxmp");
+    p.encryption = zigtorrent_engine::Encryption::Rc4;
+    assert_eq!(super::detail::peer_flags(&p), "DusEfxmp");
 }
