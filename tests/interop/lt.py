@@ -190,11 +190,12 @@ ENCRYPTION = {
 }
 
 
-def session(port, upload_rate_limit=0, utp=False, extra=None):
+def session(port, upload_rate_limit=0, utp=False, extra=None, download_rate_limit=0):
     """A libtorrent session listening on 127.0.0.1:`port` with every discovery feature off.
 
-    `upload_rate_limit` (bytes/s, 0 = none) is made to apply to loopback peers too: libtorrent puts
-    local-network peers in an unlimited peer class by default, so we remap all IPs to the global one.
+    `upload_rate_limit` and `download_rate_limit` (bytes/s, 0 = none) are made to apply to
+    loopback peers too: libtorrent puts local-network peers in an unlimited peer class by
+    default, so we remap all IPs to the global one.
     """
     settings = {
         "listen_interfaces": f"127.0.0.1:{port}",
@@ -217,13 +218,14 @@ def session(port, upload_rate_limit=0, utp=False, extra=None):
         "active_seeds": -1,
         "active_limit": -1,
         "upload_rate_limit": upload_rate_limit,
+        "download_rate_limit": download_rate_limit,
         "alert_mask": lt.alert_category.error | lt.alert_category.status | lt.alert_category.tracker,
         "user_agent": "zigtorrent-interop/libtorrent-" + lt.__version__,
     }
     if extra:
         settings.update(extra)
     ses = lt.session(settings)
-    if upload_rate_limit:
+    if upload_rate_limit or download_rate_limit:
         f = lt.ip_filter()
         f.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
         ses.set_peer_class_filter(f)
