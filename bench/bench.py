@@ -80,6 +80,17 @@ PAYLOADS = {
 }
 
 
+def make_torrent_apart(src, torrent, trackers, piece):
+    """`L.make_torrent` in a child process. libtorrent maps the payload to hash it; in this
+    process that resident gigabyte would show in every leecher's peak RSS, because a forked
+    child's ru_maxrss keeps the parent's RSS from before its exec."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import lt; "
+            "lt.make_torrent(sys.argv[2], sys.argv[3], trackers=sys.argv[5:], "
+            "piece_length=int(sys.argv[4]))")
+    subprocess.run([sys.executable, "-c", code, os.path.dirname(LT_PY), src, torrent, str(piece),
+                    *trackers], check=True)
+
+
 def prepare(work, which, trackers=()):
     """(payload path, torrent path, {rel: (size, sha1)}) for a payload, generating it once (the
     torrent again whenever `trackers` change)."""
@@ -97,7 +108,7 @@ def prepare(work, which, trackers=()):
     if not (os.path.isfile(torrent) and os.path.isfile(digests) and os.path.isfile(stamp)
             and open(stamp).read() == want_stamp):
         H.log(f"{which}: hashing payload and making the torrent")
-        L.make_torrent(src, torrent, trackers=trackers, piece_length=PAYLOADS[which]["piece"])
+        make_torrent_apart(src, torrent, trackers, PAYLOADS[which]["piece"])
         with open(digests, "w") as f:
             json.dump(L.tree_digests(src), f)
         with open(stamp, "w") as f:
