@@ -355,12 +355,17 @@ async fn mse_outgoing(
 ) -> Result<(BoxStream, Handshake, Encryption), HandshakeError> {
     let secrets = Secrets::random(&mut rand::thread_rng());
     let initiator = MseHandshake::initiator(ours.info_hash, provide, &ours.encode(), secrets);
-    let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, negotiate(&mut stream, initiator, &[]))
+    // One deadline for the exchange and the handshake inside it, as for incoming streams: a
+    // peer that answers MSE late and then stalls must not hold the dial twice as long.
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let done = tokio::time::timeout_at(deadline, negotiate(&mut stream, initiator, &[]))
         .await
         .map_err(|_| HandshakeError::Timeout)??;
     let encryption = Encryption::from(done.method);
     let mut stream = MseStream::wrap(stream, done);
-    let remote = read_handshake(&mut stream).await?;
+    let remote = tokio::time::timeout_at(deadline, read_handshake(&mut stream))
+        .await
+        .map_err(|_| HandshakeError::Timeout)??;
     check_remote(&ours, &remote)?;
     Ok((stream, remote, encryption))
 }

@@ -123,6 +123,19 @@ pub async fn run_peer(conn: Connection, ctx: PeerContext, commands: mpsc::Receiv
         w = &mut writer => w.unwrap_or_else(|e| stopped("writer", e)),
         u = &mut server => u.unwrap_or_else(|e| stopped("upload server", e)),
     };
+    // The writer and the upload server also stop when the driver dropped its channels on the
+    // way out, which can reach us before the driver's own result does: then that result is
+    // the reason (a protocol error, our close), not "driver stopped".
+    let reason = match reason {
+        CloseReason::TaskStopped { task: "driver", .. } => {
+            // Bounded all the same: a driver that somehow lives on is aborted below.
+            match tokio::time::timeout(Duration::from_secs(1), &mut driver).await {
+                Ok(r) => r.unwrap_or_else(|e| stopped("driver", e)),
+                Err(_) => reason,
+            }
+        }
+        other => other,
+    };
     driver.abort();
     writer.abort();
     server.abort();

@@ -123,6 +123,10 @@ pub enum CloseReason {
     /// (BEP 6 and libtorrent close the connection).
     #[error("fast extension message {0} without the fast extension")]
     FastNotNegotiated(u8),
+    /// Requests we could not serve, one after another, beyond any honest pipeline
+    /// ([`proto::MAX_REFUSED_IN_A_ROW`]).
+    #[error("{0} requests in a row we had to refuse")]
+    RequestFlood(u32),
     /// Choke/interest flips beyond the allowed rate.
     #[error("choke/interest state flipping too fast")]
     FlipFlood,

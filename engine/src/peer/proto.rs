@@ -48,6 +48,13 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(90);
 /// the ones we drop. Queued requests cost a few bytes each: the driver reads data only a few
 /// blocks at a time.
 pub const MAX_QUEUED_UPLOADS: usize = 1024;
+/// Requests a peer may make in a row that we refuse (choked and not allowed-fast, a piece we
+/// lack, our queue full) before it is cut off. Each refusal is a 17-byte reject under BEP 6, and
+/// the driver keeps reading while bytes wait to be written, so without a bound a peer that
+/// requests and never reads grows our send buffer without end. An honest peer has at most its
+/// pipeline in flight when our choke reaches it (at most our `reqq`, [`MAX_QUEUED_UPLOADS`]);
+/// twice that leaves room for it. (libtorrent's `max_rejects` is 50, counted more loosely.)
+pub const MAX_REFUSED_IN_A_ROW: u32 = 2 * MAX_QUEUED_UPLOADS as u32;
 /// Allowed-fast pieces we remember per peer; more are ignored. Honest peers grant a handful
 /// (libtorrent 5, us [`super::fast::ALLOWED_FAST_PIECES`]); this bounds what a peer can make
 /// the torrent task track.
@@ -129,6 +136,8 @@ pub struct PeerProto {
     allowed_fast_sent: bool,
     /// Allowed-fast pieces the peer granted us (at most [`MAX_ALLOWED_FAST_RECEIVED`]).
     peer_allowed_fast: Vec<u32>,
+    /// The peer's requests we refused since we last took one ([`MAX_REFUSED_IN_A_ROW`]).
+    refused_in_a_row: u32,
     events: VecDeque<PeerEvent>,
     /// Checked requests not yet handed to the driver.
     upload_requests: VecDeque<BlockRef>,
@@ -198,6 +207,7 @@ impl PeerProto {
             },
             allowed_fast_sent: false,
             peer_allowed_fast: Vec::new(),
+            refused_in_a_row: 0,
             events: VecDeque::new(),
             upload_requests: VecDeque::new(),
             in_flight: VecDeque::new(),
@@ -362,9 +372,14 @@ impl PeerProto {
                 let room = self.upload_requests.len() + self.in_flight.len() < MAX_QUEUED_UPLOADS;
                 if allowed && room && (self.has_piece)(index) {
                     self.upload_requests.push_back(block);
+                    self.refused_in_a_row = 0;
                 } else {
                     if allowed && !room {
                         tracing::debug!("upload queue full, request refused");
+                    }
+                    self.refused_in_a_row += 1;
+                    if self.refused_in_a_row > MAX_REFUSED_IN_A_ROW {
+                        return Err(CloseReason::RequestFlood(self.refused_in_a_row));
                     }
                     self.refuse(block);
                 }

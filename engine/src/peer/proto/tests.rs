@@ -956,3 +956,44 @@ fn two_fast_protocols_talk_to_each_other() {
         ]
     );
 }
+
+#[test]
+fn a_peer_that_keeps_requesting_what_we_refuse_is_cut_off_with_a_bounded_buffer() {
+    let now = Instant::now();
+    let mut p = fast_proto(&[0, 3], &[], now);
+    let _ = sent(&mut p, now);
+    // Choked: each request costs a reject; the peer never reads them (nothing is taken).
+    let flood: Vec<Message> = (0..MAX_REFUSED_IN_A_ROW + 100)
+        .map(|i| request(0, (i % 2) * BLOCK_SIZE, BLOCK_SIZE))
+        .collect();
+    feed(&mut p, &flood, now);
+    assert!(p.is_closed());
+    assert!(
+        matches!(p.poll_close(), Some(CloseReason::RequestFlood(n)) if n == MAX_REFUSED_IN_A_ROW + 1)
+    );
+    assert!(
+        p.pending_transmit() <= 17 * MAX_REFUSED_IN_A_ROW as usize + 64,
+        "{}",
+        p.pending_transmit()
+    );
+}
+
+#[test]
+fn requests_we_take_reset_the_count_of_refusals() {
+    let now = Instant::now();
+    let mut p = fast_proto(&[0, 3], &[], now);
+    let _ = sent(&mut p, now);
+    // Just under the limit while choked, then one taken after the unchoke, then as many again.
+    let refused: Vec<Message> = (0..MAX_REFUSED_IN_A_ROW)
+        .map(|i| request(0, (i % 2) * BLOCK_SIZE, BLOCK_SIZE))
+        .collect();
+    feed(&mut p, &refused, now);
+    assert!(!p.is_closed());
+    p.handle_command(PeerCommand::SetChoking(false));
+    feed(&mut p, &[request(0, 0, BLOCK_SIZE)], now);
+    assert_eq!(p.poll_upload_request(), Some(block(0, 0, BLOCK_SIZE)));
+    p.handle_command(PeerCommand::SetChoking(true));
+    let _ = sent(&mut p, now);
+    feed(&mut p, &refused, now);
+    assert!(!p.is_closed(), "{:?}", p.poll_close());
+}
