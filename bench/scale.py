@@ -223,8 +223,10 @@ def cmd_rest(a):
 def motion_once(a, tracker, torrents, data, ihs, label):
     import lt as L  # libtorrent only for this command
     # The seeder must not be what limits: libtorrent unchokes 8 peers at a time by default (each
-    # of our torrents is another peer to it) and allows 200 connections.
-    seed = L.session(H.free_port(), extra={"unchoke_slots_limit": -1, "connections_limit": 2000})
+    # of our torrents is another peer to it), allows 200 connections, and listens with a backlog
+    # of 5, so most of 200 simultaneous dials would lose their SYN and retry 1, 3, 7 s later.
+    seed = L.session(H.free_port(), extra={"unchoke_slots_limit": -1, "connections_limit": 2000,
+                                           "listen_queue_size": 1024})
     handles = []
     for name in sorted(os.listdir(torrents)):
         handles.append(L.add(seed, os.path.join(torrents, name), data, seed_mode=True))
