@@ -249,9 +249,9 @@ def motion_once(a, tracker, torrents, data, ihs, label):
     time.sleep(2)
     t0 = time.monotonic()
     log = os.path.join(run, "log")
-    # "At once": no queue limit (the default lets 5 download at a time).
+    # "At once": no queue limit by default (`--max-active 5` is the client's own default).
     p = zig_start(a.bin, torrents, downloads, state, log,
-                  extra=["--transport", "tcp", "--max-active-downloads", "0"])
+                  extra=["--transport", "tcp", "--max-active-downloads", str(a.max_active)])
     while not H.sizes_complete(downloads, want):
         if H.reap_if_exited(p) is not None:
             raise H.CheckFailed(f"zigtorrent exited ({p.returncode}):\n{H.tail(log)}")
@@ -303,6 +303,8 @@ def main():
             s.add_argument("--measure", type=float, default=30, help="CPU window, seconds")
         else:
             s.add_argument("--each", type=int, default=1024 * 1024, help="bytes per torrent")
+            s.add_argument("--max-active", type=int, default=0,
+                           help="zigtorrent's --max-active-downloads (0: no queue limit)")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     try:

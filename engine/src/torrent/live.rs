@@ -1061,15 +1061,8 @@ impl Torrent {
                 self.rechoke(now);
             }
             self.connect_more(now);
-            let starving = self.starving(now);
-            if self.is_seed() && !self.sent_completed {
-                self.sent_completed = self.announce(Event::Completed);
-            } else if self.announcer.due(now) || starving {
-                self.announce(self.announcer.regular_event());
-            }
-            self.search_dht(now, starving);
+            self.discover(now);
             self.send_pex(now);
-            sources::announce_lsd(&self.p.discovery, self.metainfo.info_hash);
         }
         if self.dirty && now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
             self.start_flush();

@@ -36,7 +36,18 @@ pub(crate) async fn announce(
         url: url.to_string(),
         reason: "not a valid URL",
     })?;
-    let mut response = client.get(parsed).send().await.map_err(http_error)?;
+    let send = || client.get(parsed.clone()).send();
+    let mut response = match send().await {
+        Ok(r) => r,
+        // A kept-alive connection the tracker closed just as we reused it ("connection closed
+        // before message completed"; opentracker does this under load): that connection is
+        // dropped, and one retry goes out on a fresh one rather than waiting out the backoff.
+        // Timeouts and refused connections are not retried: that would only double the wait.
+        Err(e) if e.is_request() && !e.is_timeout() && !e.is_connect() => {
+            send().await.map_err(http_error)?
+        }
+        Err(e) => return Err(http_error(e)),
+    };
     let status = response.status();
     if response
         .content_length()
@@ -465,6 +476,42 @@ pub(crate) mod tests {
             seen
         });
         (format!("http://{addr}/announce?pk=1"), task)
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_the_reply_is_retried_once_on_a_fresh_one() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = b"d8:intervali1800e5:peers6:\x7f\x00\x00\x01\x1a\xe1e";
+        let server = tokio::spawn(async move {
+            let mut requests = 0;
+            // The first connection is closed after the request, with no reply (a kept-alive
+            // connection the tracker dropped); the second gets an answer; a third never comes.
+            for i in 0..3 {
+                let accepted =
+                    tokio::time::timeout(Duration::from_secs(2), listener.accept()).await;
+                let Ok(Ok((mut s, _))) = accepted else {
+                    break;
+                };
+                let mut buf = vec![0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                requests += 1;
+                if i > 0 {
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(body).await;
+                }
+                let _ = s.shutdown().await;
+            }
+            requests
+        });
+        let reply = crate::tracker::TrackerClient::new()
+            .announce(&format!("http://{addr}/announce"), &sample_request())
+            .await
+            .expect("the retry is answered");
+        assert_eq!(reply.peers.len(), 1);
+        assert_eq!(server.await.unwrap(), 2, "exactly one retry");
     }
 
     #[tokio::test]

@@ -38,6 +38,21 @@ impl Torrent {
     }
 
     /// Ask the DHT for peers (and announce us) when due.
+    /// Ask every source that is due for peers: the trackers (`completed` once we are a seed),
+    /// the DHT, LSD. Each tick, and at once when the torrent becomes active (its queue gate
+    /// opens, the user resumes it): a torrent leaving the queue must not wait for its next
+    /// tick to announce.
+    pub(super) fn discover(&mut self, now: Instant) {
+        let starving = self.starving(now);
+        if self.is_seed() && !self.sent_completed {
+            self.sent_completed = self.announce(Event::Completed);
+        } else if self.announcer.due(now) || starving {
+            self.announce(self.announcer.regular_event());
+        }
+        self.search_dht(now, starving);
+        sources::announce_lsd(&self.p.discovery, self.metainfo.info_hash);
+    }
+
     pub(super) fn search_dht(&mut self, now: Instant, early: bool) {
         let Some(dht) = self.p.discovery.as_ref().and_then(|d| d.dht()) else {
             return;

@@ -71,6 +71,7 @@ impl Torrent {
         } else if !was_active && active {
             self.announcer.restart(now());
             self.dial_new_now();
+            self.discover(now());
         }
         self.publish();
     }
