@@ -435,6 +435,9 @@ impl<'a> Fetcher<'a> {
             TorrentCommand::Resume => {
                 self.paused = false;
                 self.dial(now());
+                if !self.stopped() {
+                    self.discover(now());
+                }
                 self.publish();
             }
             // Read when the metadata is in (`known`, then storage and the picker).
@@ -472,6 +475,7 @@ impl<'a> Fetcher<'a> {
         } else if !self.stopped() {
             self.announcer.restart(now());
             self.dial(now());
+            self.discover(now());
         }
         self.publish();
     }
@@ -529,16 +533,22 @@ impl<'a> Fetcher<'a> {
                 self.pump(key, now);
             }
             self.dial(now);
-            let starving = self.conns.is_empty()
-                && !self.known.values().any(|k| !k.busy)
-                && self.announcer.early_allowed(now);
-            if self.announcer.due(now) || starving {
-                self.announce(now);
-            }
-            self.search_dht(now, self.conns.is_empty());
-            sources::announce_lsd(&self.p.discovery, self.p.info_hash);
+            self.discover(now);
         }
         self.publish();
+    }
+
+    /// Ask every source that is due for peers (trackers, the DHT, LSD): each tick, and at once
+    /// when the queue lets the torrent run, so it does not wait for its next tick.
+    fn discover(&mut self, now: Instant) {
+        let starving = self.conns.is_empty()
+            && !self.known.values().any(|k| !k.busy)
+            && self.announcer.early_allowed(now);
+        if self.announcer.due(now) || starving {
+            self.announce(now);
+        }
+        self.search_dht(now, self.conns.is_empty());
+        sources::announce_lsd(&self.p.discovery, self.p.info_hash);
     }
 
     /// Returns the metadata once it is complete and verified.
