@@ -348,6 +348,10 @@ pub(crate) struct Keeper {
     /// What was last written, and when.
     saved: Option<TorrentRecord>,
     last_save: Option<Instant>,
+    /// The background write [`Keeper::save_soon`] started last. Writes run one after another
+    /// (an older snapshot never lands after a newer one), and [`Keeper::save_now`] waits for it:
+    /// a stop must not end while the user's last change is still on its way to disk.
+    pending: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Keeper {
@@ -367,6 +371,7 @@ impl Keeper {
             record,
             position,
             last_save: None,
+            pending: None,
         }
     }
 
@@ -407,17 +412,29 @@ impl Keeper {
     pub(crate) fn save_soon(&mut self, now: Instant) {
         if let Some(snapshot) = self.snapshot_if_changed(now) {
             let file = self.file.clone();
-            tokio::spawn(async move {
+            let previous = self.pending.take();
+            self.pending = Some(tokio::spawn(async move {
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
                 if let Err(e) = file.save(&snapshot).await {
                     tracing::warn!(error = %e, "torrent record not saved");
                 }
-            });
+            }));
+        }
+    }
+
+    /// Wait for the background write, if one is on its way.
+    async fn settle(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            let _ = pending.await;
         }
     }
 
     /// Write now, whether or not anything changed, and say whether it worked (the commit point
     /// of a move).
     pub(crate) async fn save_checked(&mut self, now: Instant) -> std::io::Result<()> {
+        self.settle().await;
         self.record.queue_position = self.position.load(Ordering::Relaxed);
         self.saved = Some(self.record.clone());
         self.last_save = Some(now);
@@ -426,6 +443,7 @@ impl Keeper {
 
     /// Write now if anything changed, and wait for it (shutdown).
     pub(crate) async fn save_now(&mut self, now: Instant) {
+        self.settle().await;
         if let Some(snapshot) = self.snapshot_if_changed(now) {
             if let Err(e) = self.file.save(&snapshot).await {
                 tracing::warn!(error = %e, "torrent record not saved");
