@@ -1,7 +1,7 @@
 //! `zigtorrent run`: merge the options, start a session and the watch folder, then hand over to
 //! the terminal menu or to headless status lines; both end through [`Running::shutdown`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -399,12 +399,25 @@ async fn headless_serve(
             }
             Some(ev) = events.recv() => print_folder_event(&ev),
             _ = status.tick() => {
-                let snapshot = running.snapshot();
-                for line in errors.report(&snapshot) {
+                // Each status is read in place, not cloned: with thousands of torrents a
+                // snapshot of every peer, file and tracker list cost more than the torrents.
+                let torrents = running.session.torrents();
+                let (mut lines, mut problems) = (Vec::new(), Vec::new());
+                let mut present = HashSet::with_capacity(torrents.len());
+                for t in &torrents {
+                    t.with_status(|st| {
+                        errors.see(st, &mut problems);
+                        status_lines(st, s.status_bytes, &mut lines);
+                        present.insert(st.info_hash);
+                    });
+                }
+                errors.forget_others(&present);
+                for line in problems {
                     // A closed stderr is no reason to stop; stdout decides that.
                     let _ = writeln!(std::io::stderr(), "{line}");
                 }
-                print_status(&snapshot, s.status_bytes)
+                lines.sort_unstable();
+                emit(&lines)
             }
         };
         if !open {
@@ -475,34 +488,43 @@ struct ErrorLines {
 
 impl ErrorLines {
     /// The lines to print for this snapshot.
+    #[cfg(test)]
     fn report(&mut self, torrents: &[TorrentStatus]) -> Vec<String> {
         let mut lines = Vec::new();
-        self.reported
-            .retain(|h, _| torrents.iter().any(|t| t.info_hash == *h));
-        self.notes
-            .retain(|h, _| torrents.iter().any(|t| t.info_hash == *h));
         for t in torrents {
-            if let Some(note) = &t.move_refused {
-                if self.notes.get(&t.info_hash) != Some(note) {
-                    lines.push(format!(
-                        "note: {}: {}",
-                        format::printable(&t.name),
-                        format::printable(note)
-                    ));
-                    self.notes.insert(t.info_hash, note.clone());
-                }
-            }
-            let TorrentState::Error(reason) = &t.state else {
-                self.reported.remove(&t.info_hash);
-                continue;
-            };
-            if self.reported.get(&t.info_hash) == Some(reason) {
-                continue;
-            }
-            lines.push(error_line(&t.name, reason));
-            self.reported.insert(t.info_hash, reason.clone());
+            self.see(t, &mut lines);
         }
+        self.forget_others(&torrents.iter().map(|t| t.info_hash).collect());
         lines
+    }
+
+    /// Add the lines `t` needs now to `lines`.
+    fn see(&mut self, t: &TorrentStatus, lines: &mut Vec<String>) {
+        if let Some(note) = &t.move_refused {
+            if self.notes.get(&t.info_hash) != Some(note) {
+                lines.push(format!(
+                    "note: {}: {}",
+                    format::printable(&t.name),
+                    format::printable(note)
+                ));
+                self.notes.insert(t.info_hash, note.clone());
+            }
+        }
+        let TorrentState::Error(reason) = &t.state else {
+            self.reported.remove(&t.info_hash);
+            return;
+        };
+        if self.reported.get(&t.info_hash) == Some(reason) {
+            return;
+        }
+        lines.push(error_line(&t.name, reason));
+        self.reported.insert(t.info_hash, reason.clone());
+    }
+
+    /// Forget torrents that are gone (one added again is reported again).
+    fn forget_others(&mut self, present: &HashSet<InfoHash>) {
+        self.reported.retain(|h, _| present.contains(h));
+        self.notes.retain(|h, _| present.contains(h));
     }
 }
 
@@ -519,9 +541,9 @@ fn error_line(name: &str, reason: &str) -> String {
 /// One line per torrent: `<name>: <pct>% down <rate> up <rate> peers <c>/<k> <state>`
 /// (scripts parse it); with `bytes`, also `bytes <name>: have N downloaded N wasted N
 /// all-time down N up N`.
-fn print_status(torrents: &[TorrentStatus], bytes: bool) -> bool {
-    let mut lines: Vec<String> = Vec::new();
-    for s in torrents {
+/// The status line(s) of one torrent (see [`headless_serve`]).
+fn status_lines(s: &TorrentStatus, bytes: bool, lines: &mut Vec<String>) {
+    {
         let state = match &s.state {
             TorrentState::Checking { progress } => format!("checking {:.0}%", progress * 100.0),
             TorrentState::Error(e) => format!("error: {}", format::printable(e)),
@@ -551,8 +573,6 @@ fn print_status(torrents: &[TorrentStatus], bytes: bool) -> bool {
             ));
         }
     }
-    lines.sort();
-    emit(&lines)
 }
 
 #[cfg(test)]

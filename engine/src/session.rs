@@ -32,8 +32,8 @@ use crate::torrent::peers::{host_key, HostKey};
 use crate::torrent::record::{Keeper, RecordFile, TorrentRecord};
 use crate::torrent::sources::{Discovery, DiscoverySlot};
 use crate::torrent::{
-    initial_status, run_torrent, saved_metadata, PeerLimits, PeerSlot, Source, TorrentCommand,
-    TorrentParams,
+    initial_status, run_torrent, saved_metadata, IncomingPeer, PeerLimits, PeerSlot, Source,
+    TorrentCommand, TorrentParams,
 };
 use crate::tracker::TrackerClient;
 use crate::transport::{Listener, Transport, TransportError};
@@ -233,6 +233,11 @@ impl TorrentHandle {
     /// The latest status snapshot.
     pub fn status(&self) -> TorrentStatus {
         self.status.borrow().clone()
+    }
+    /// Read the status in place (no copy of its peer, file and tracker lists); `f` must be
+    /// quick, the torrent cannot publish meanwhile.
+    pub fn with_status<R>(&self, f: impl FnOnce(&TorrentStatus) -> R) -> R {
+        f(&self.status.borrow())
     }
     /// A receiver that wakes on every status change.
     pub fn subscribe(&self) -> watch::Receiver<TorrentStatus> {
@@ -1055,14 +1060,14 @@ async fn accept_loop(mut listener: Box<dyn Listener>, shared: Arc<Shared>) {
             };
             let transport = via.unwrap_or_else(|| shared.transport.name().to_string());
             let _ = commands
-                .send(TorrentCommand::Incoming {
+                .send(TorrentCommand::Incoming(Box::new(IncomingPeer {
                     stream,
                     addr,
                     handshake,
                     transport,
                     permit,
                     encryption,
-                })
+                })))
                 .await;
         });
     }

@@ -273,6 +273,38 @@ async fn resume_trusted_after_flush_and_reopen() {
     assert_eq!(fs::read(c.dl("b")).unwrap(), c.file_bytes(1));
 }
 
+/// Stopping a seed that changed nothing does not rewrite (and fsync) its resume file: a
+/// session of 10,000 seeds took seconds to stop doing that. A real change still writes.
+#[tokio::test]
+async fn a_flush_with_nothing_new_leaves_the_resume_file_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let c = Case::new(&[("a", 20_000), ("b", 30_000)]);
+    let s = c.open().await;
+    for p in [0, 1, 3] {
+        c.complete(&*s, p).await;
+    }
+    s.flush().await.unwrap();
+    drop(s);
+    let ino = fs::metadata(c.resume_file()).unwrap().ino();
+    let s = c.open().await;
+    s.flush().await.unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(
+        fs::metadata(c.resume_file()).unwrap().ino(),
+        ino,
+        "rewritten (a new file renamed over it) though nothing changed"
+    );
+    c.complete(&*s, 2).await;
+    s.flush().await.unwrap();
+    assert_ne!(fs::metadata(c.resume_file()).unwrap().ino(), ino);
+    drop(s);
+    let s = c.open().await;
+    let Resume::Trusted(set) = s.resume() else {
+        panic!("clean flush must be trusted")
+    };
+    assert_eq!(set.count_ones(), 4);
+}
+
 #[tokio::test]
 async fn modified_part_file_is_not_trusted() {
     for how in ["append", "same-size-new-mtime"] {

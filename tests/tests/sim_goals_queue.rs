@@ -158,6 +158,56 @@ async fn a_time_goal_stops_seeding_after_that_much_seeding_time() {
     );
 }
 
+/// A seed nobody wants does nothing each second (a session of 10,000 of them would spend a
+/// fifth of a core on their ticks): its status is published about once a minute, and a
+/// leecher that dials in is still served at once.
+#[tokio::test(start_paused = true)]
+async fn a_quiet_seed_sleeps_between_its_jobs_and_wakes_for_a_peer() {
+    let net = SimNet::new();
+    let (meta, data) = torrent("quiet.bin", 256 * 1024, 3);
+    let s = peer(&net, 1, vec![], None, |_| {}).await;
+    s.preload(&meta, &data).await;
+    let h = s.session.add(meta.clone()).unwrap();
+    until(&h, "seeding", seeding).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut rx = h.subscribe();
+    rx.borrow_and_update();
+    let mut changes = 0u32;
+    let window = tokio::time::sleep(Duration::from_secs(600));
+    tokio::pin!(window);
+    loop {
+        tokio::select! {
+            () = &mut window => break,
+            r = rx.changed() => {
+                r.expect("torrent task alive");
+                changes += 1;
+            }
+        }
+    }
+    // Once a minute (plus slack for the clock's rounding); a tick each second would be 600.
+    assert!(
+        changes <= 15,
+        "{changes} status updates in ten quiet minutes"
+    );
+    let seeding_time = h.status().seeding_time;
+    assert!(
+        seeding_time >= Duration::from_secs(540),
+        "seeding time still counts while quiet: {seeding_time:?}"
+    );
+
+    // A leecher dials in: served at once, not at the seed's next wake.
+    let leecher = peer(&net, 9, vec![s.addr], None, |_| {}).await;
+    let lh = leecher.session.add(meta.clone()).unwrap();
+    let t0 = tokio::time::Instant::now();
+    until(&lh, "leecher complete", seeding).await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "download took {:?} of simulated time",
+        t0.elapsed()
+    );
+    // (Seeding: every piece arrived and passed its hash.)
+}
+
 /// Three torrents (A, B, C) on a seeder at .1, and a leecher at .9 allowed one active
 /// download that adds them in that order. `seeded` picks which the seeder has.
 async fn queue_setup(

@@ -195,6 +195,12 @@ impl Announcer {
     pub(super) fn next(&self) -> Option<Instant> {
         self.next
     }
+
+    /// When an early announce will be allowed (see [`Announcer::early_allowed`]).
+    pub(super) fn early_at(&self) -> Option<Instant> {
+        self.next?;
+        Some(self.last? + self.min_interval.max(EARLY_ANNOUNCE_GAP))
+    }
 }
 
 /// Run one announce off the torrent task; `done` gets the tiers back with the result.

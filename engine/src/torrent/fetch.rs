@@ -25,7 +25,7 @@ use super::check::Checking;
 use super::peers::{self, host_key, HostKey};
 use super::record::Keeper;
 use super::sources::{self, DhtSchedule};
-use super::{PeerSlot, Phase, TorrentCommand, TorrentParams};
+use super::{IncomingPeer, PeerSlot, Phase, TorrentCommand, TorrentParams};
 use crate::extension::{self, ExtendedHandshake, Extension, HANDSHAKE_ID};
 use crate::magnet::Magnet;
 use crate::metadata::{MetadataFetch, MetadataMessage, Progress};
@@ -389,13 +389,14 @@ impl<'a> Fetcher<'a> {
 
     fn on_command(&mut self, cmd: TorrentCommand) {
         match cmd {
-            TorrentCommand::Incoming {
-                stream,
-                addr,
-                handshake,
-                permit,
-                ..
-            } => {
+            TorrentCommand::Incoming(incoming) => {
+                let IncomingPeer {
+                    stream,
+                    addr,
+                    handshake,
+                    permit,
+                    ..
+                } = *incoming;
                 if self.stopped() || self.conns.len() + self.dialing >= MAX_FETCH_PEERS {
                     return;
                 }
@@ -548,7 +549,7 @@ impl<'a> Fetcher<'a> {
             self.announce(now);
         }
         self.search_dht(now, self.conns.is_empty());
-        sources::announce_lsd(&self.p.discovery, self.p.info_hash);
+        let _ = sources::announce_lsd(&self.p.discovery, self.p.info_hash);
     }
 
     /// Returns the metadata once it is complete and verified.

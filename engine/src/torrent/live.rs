@@ -20,13 +20,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 mod connections;
 mod discovery;
 mod extensions;
 mod goals;
 mod pieces;
+mod quiet;
 mod requests;
 mod stats;
 
@@ -37,7 +38,7 @@ use super::peers::{self, ban_key, host_key, BookEntry, EvictCandidate, HostKey, 
 use super::record::Keeper;
 use super::smart_ban::{block_digest, BlockDigest, SmartBan};
 use super::sources::{self, DhtSchedule};
-use super::{now, PeerSlot, TorrentCommand, TorrentParams};
+use super::{now, IncomingPeer, PeerSlot, TorrentCommand, TorrentParams};
 use crate::choker::{self, Choker, PeerSample};
 use crate::hash;
 use crate::metainfo::Metainfo;
@@ -98,23 +99,19 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(120);
 
 /// Results of helper tasks, fed back into the torrent task.
+///
+/// Large payloads are boxed: an unbounded tokio channel allocates its slots 32 at a time, sized
+/// by the largest message, and every torrent has one (10,000 idle torrents paid 6 KiB each).
 enum Internal {
-    PieceDone {
-        piece: PieceIndex,
-        bytes: u64,
-        /// Who sent each block, in block order (empty if the piece was incomplete).
-        senders: Vec<SocketAddr>,
-        /// Digest of each block: for failed pieces, and for pieces smart ban was waiting on.
-        digests: Option<Vec<BlockDigest>>,
-        result: Result<bool, StorageError>,
-    },
+    PieceDone(Box<PieceDone>),
     AnnounceDone {
-        tiers: TrackerTiers,
+        tiers: Box<TrackerTiers>,
         event: Event,
-        result: AnnounceResult,
+        result: Box<AnnounceResult>,
     },
     Connected {
-        conn: Connection,
+        /// Boxed: the queue is sized by its largest message.
+        conn: Box<Connection>,
         permit: PeerSlot,
         outgoing: bool,
     },
@@ -129,6 +126,17 @@ enum Internal {
     },
     /// Storage took (or refused) a new set of skipped files.
     SkipApplied(Result<(), StorageError>),
+}
+
+/// A piece hashed (and written if sound).
+struct PieceDone {
+    piece: PieceIndex,
+    bytes: u64,
+    /// Who sent each block, in block order (empty if the piece was incomplete).
+    senders: Vec<SocketAddr>,
+    /// Digest of each block: for failed pieces, and for pieces smart ban was waiting on.
+    digests: Option<Vec<BlockDigest>>,
+    result: Result<bool, StorageError>,
 }
 
 struct Peer {
@@ -221,12 +229,17 @@ pub(super) struct Torrent {
     verifying: usize,
     verify_slots: Arc<Semaphore>,
     next_key: PeerKey,
-    events_tx: mpsc::Sender<(PeerKey, PeerEvent)>,
-    events_rx: mpsc::Receiver<(PeerKey, PeerEvent)>,
+    /// Made with the first connection and dropped when the last peer is gone: an idle
+    /// torrent holds no channel (tokio allocates slots 32 at a time).
+    peer_events: Option<PeerEvents>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     announcer: Announcer,
     dht_schedule: DhtSchedule,
+    /// The next LSD announce (`None`: due as soon as LSD runs).
+    next_lsd: Option<Instant>,
+    /// Changes when a discovery service starts (a quiet torrent sleeps until then).
+    discovery_started: Option<watch::Receiver<()>>,
     sent_completed: bool,
     paused: bool,
     /// The queue's gate is closed: waiting for a slot (`Queued`).
@@ -254,6 +267,39 @@ pub(super) struct Torrent {
     /// It just completed and its files go to this completed folder: the task stops its
     /// peers and storage and hands over to the move (see `super::relocate`).
     move_to: Option<PathBuf>,
+}
+
+/// The queue from every connection's reader to the torrent task.
+struct PeerEvents {
+    tx: mpsc::Sender<(PeerKey, PeerEvent)>,
+    rx: mpsc::Receiver<(PeerKey, PeerEvent)>,
+}
+
+impl PeerEvents {
+    fn new() -> Self {
+        // Bounded tightly: mostly blocks (16 KiB each), so this caps what readers can queue
+        // ahead of a busy torrent task (8 MiB); a full channel pauses the readers, not the task.
+        let (tx, rx) = mpsc::channel(PEER_EVENT_QUEUE);
+        PeerEvents { tx, rx }
+    }
+}
+
+/// The next peer event (never, without a connection).
+async fn next_peer_event(events: &mut Option<PeerEvents>) -> Option<(PeerKey, PeerEvent)> {
+    match events {
+        Some(e) => e.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next start of a discovery service (never, without discovery).
+async fn discovery_change(rx: &mut Option<watch::Receiver<()>>) {
+    if let Some(rx) = rx {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Why the live phase ended.
@@ -309,9 +355,6 @@ impl Torrent {
             tracing::info!(name = %metainfo.info.name, "data incomplete: seeding goal reset");
         }
         let finished = keeper.record.finished;
-        // Bounded tightly: mostly blocks (16 KiB each), so this caps what readers can queue ahead
-        // of a busy torrent task (8 MiB); a full channel pauses the readers, not the task.
-        let (events_tx, events_rx) = mpsc::channel(PEER_EVENT_QUEUE);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let announcer = Announcer::new(metainfo.announce_tiers.clone(), now(), rand::random());
         let mut known = HashMap::new();
@@ -349,12 +392,13 @@ impl Torrent {
             verifying: 0,
             verify_slots: Arc::new(Semaphore::new(VERIFY_PARALLELISM)),
             next_key: 1,
-            events_tx,
-            events_rx,
+            peer_events: None,
             internal_tx,
             internal_rx,
             announcer,
             dht_schedule: DhtSchedule::new(now()),
+            next_lsd: None,
+            discovery_started: p.discovery.as_ref().map(|d| d.started()),
             sent_completed,
             paused: false,
             queued,
@@ -423,8 +467,10 @@ impl Torrent {
         commands: &mut mpsc::Receiver<TorrentCommand>,
         held: Vec<TorrentCommand>,
     ) -> Exit {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The periodic work runs once a second while anything moves, and a quiet torrent
+        // sleeps until its next scheduled job (see `quiet`). The first tick is at once.
+        let wake = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(wake);
         sources::learn_dht_nodes(&self.p.discovery, &self.metainfo.dht_nodes);
         // Storage was opened with the choice as it was then; it may have changed since, while
         // checking (and a backend that cannot skip files says so here).
@@ -433,7 +479,7 @@ impl Torrent {
             match cmd {
                 // Checking answers a shutdown itself; kept here only for completeness.
                 TorrentCommand::Shutdown(reply) => {
-                    self.shutdown().await;
+                    Box::pin(self.shutdown()).await;
                     let _ = reply.send(());
                     return Exit::Shutdown;
                 }
@@ -446,31 +492,48 @@ impl Torrent {
                 biased;
                 cmd = commands.recv() => match cmd {
                     Some(TorrentCommand::Shutdown(reply)) => {
-                        self.shutdown().await;
+                        Box::pin(self.shutdown()).await;
                         let _ = reply.send(());
                         return Exit::Shutdown;
                     }
-                    None => { self.shutdown().await; return Exit::Shutdown; }
+                    None => { Box::pin(self.shutdown()).await; return Exit::Shutdown; }
                     Some(cmd) => self.on_command(cmd),
                 },
                 // Before peer events: under a steady stream of blocks the once-a-second work
                 // (rates, status, rechoke, timeouts, flush) must still run.
-                _ = tick.tick() => self.on_tick().await,
+                () = &mut wake => {
+                    self.on_tick().await;
+                    let at = self.next_wake(now());
+                    wake.as_mut().reset(at.into());
+                }
                 Ok(()) = self.p.may_run.changed() => self.on_gate(),
+                () = discovery_change(&mut self.discovery_started) => {
+                    if self.active() {
+                        self.discover(now());
+                    }
+                }
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal).await,
-                Some((key, event)) = self.events_rx.recv() => {
+                Some((key, event)) = next_peer_event(&mut self.peer_events) => {
                     self.on_peer_event(key, event);
                     // Drain a burst without going back through select!.
                     for _ in 0..256 {
-                        match self.events_rx.try_recv() {
+                        let Some(events) = self.peer_events.as_mut() else { break };
+                        match events.rx.try_recv() {
                             Ok((key, event)) => self.on_peer_event(key, event),
                             Err(_) => break,
                         }
                     }
                 }
             }
+            // Something happened (peers to dial, an announce answered, a command): a quiet
+            // torrent may have work sooner than it planned. Only ever earlier, so a stream of
+            // events cannot hold the tick off.
+            let at = tokio::time::Instant::from_std(self.next_wake(now()));
+            if at < wake.deadline() {
+                wake.as_mut().reset(at);
+            }
             if let Some(to) = self.move_to.take() {
-                self.drain().await;
+                Box::pin(self.drain()).await;
                 return Exit::Move(to);
             }
         }
@@ -478,14 +541,15 @@ impl Torrent {
 
     fn on_command(&mut self, cmd: TorrentCommand) {
         match cmd {
-            TorrentCommand::Incoming {
-                stream,
-                addr,
-                handshake,
-                transport,
-                permit,
-                encryption,
-            } => {
+            TorrentCommand::Incoming(incoming) => {
+                let IncomingPeer {
+                    stream,
+                    addr,
+                    handshake,
+                    transport,
+                    permit,
+                    encryption,
+                } = *incoming;
                 if !self.active()
                     || self.banned.contains(&ban_key(addr))
                     || self
@@ -525,7 +589,7 @@ impl Torrent {
                                 encryption,
                             };
                             let _ = tx.send(Internal::Connected {
-                                conn,
+                                conn: Box::new(conn),
                                 permit,
                                 outgoing: false,
                             });
@@ -694,13 +758,14 @@ impl Torrent {
 
     async fn on_internal(&mut self, msg: Internal) {
         match msg {
-            Internal::PieceDone {
-                piece,
-                bytes,
-                senders,
-                digests,
-                result,
-            } => {
+            Internal::PieceDone(done) => {
+                let PieceDone {
+                    piece,
+                    bytes,
+                    senders,
+                    digests,
+                    result,
+                } = *done;
                 self.verifying -= 1;
                 self.verify_backlog -= bytes;
                 match result {
@@ -745,7 +810,7 @@ impl Torrent {
                 event,
                 result,
             } => {
-                let peers = self.announcer.finish(tiers, event, result, now());
+                let peers = self.announcer.finish(*tiers, event, *result, now());
                 self.add_known(peers);
                 self.dial_new_now();
             }
@@ -753,7 +818,7 @@ impl Torrent {
                 conn,
                 permit,
                 outgoing,
-            } => self.on_connected(conn, permit, outgoing),
+            } => self.on_connected(*conn, permit, outgoing),
             Internal::Flushed(result) => self.on_flushed(result),
             Internal::DhtPeers(peers) => {
                 self.add_known(peers);
@@ -855,7 +920,11 @@ impl Torrent {
             key,
             layout: self.layout.clone(),
             storage: self.storage.clone(),
-            events: self.events_tx.clone(),
+            events: self
+                .peer_events
+                .get_or_insert_with(PeerEvents::new)
+                .tx
+                .clone(),
             shared: shared.clone(),
             initial_bitfield: Some(have),
             info_hash: self.metainfo.info_hash,
@@ -1156,13 +1225,14 @@ impl Torrent {
         while self.verifying > 0 || self.flushing || self.announcer.in_flight() {
             match tokio::time::timeout_at(deadline, self.internal_rx.recv()).await {
                 Ok(Some(Internal::Flushed(result))) => self.on_flushed(result),
-                Ok(Some(Internal::AnnounceDone { tiers, .. })) => self.announcer.restore(tiers),
-                Ok(Some(Internal::PieceDone {
-                    piece,
-                    bytes,
-                    result,
-                    ..
-                })) => {
+                Ok(Some(Internal::AnnounceDone { tiers, .. })) => self.announcer.restore(*tiers),
+                Ok(Some(Internal::PieceDone(done))) => {
+                    let PieceDone {
+                        piece,
+                        bytes,
+                        result,
+                        ..
+                    } = *done;
                     // A smart-ban verdict no longer matters: every peer is gone.
                     self.verifying -= 1;
                     self.verify_backlog -= bytes;
@@ -1217,5 +1287,23 @@ mod tests {
         assert_eq!(reconnect_delay(2), Duration::from_secs(1));
         assert_eq!(reconnect_delay(4), Duration::from_secs(4));
         assert_eq!(reconnect_delay(40), MAX_RECONNECT_BACKOFF);
+    }
+}
+/// Every torrent holds its task's future and its queues for its whole life, idle or not:
+/// their sizes are what 10,000 idle torrents cost (see `bench/scale.py rest`).
+#[cfg(test)]
+mod footprint {
+    fn future_of<A, B, C, D, R>(_: &impl Fn(A, B, C, D) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn what_every_torrent_holds_stays_small() {
+        // tokio allocates channel slots 32 at a time, sized by the largest message.
+        assert!(std::mem::size_of::<super::super::TorrentCommand>() <= 64);
+        assert!(std::mem::size_of::<super::Internal>() <= 64);
+        // The task's own future (phases are boxed): was 8 KiB.
+        let task = future_of(&super::super::run_torrent);
+        assert!(task <= 3 * 1024, "run_torrent's future is {task} bytes");
     }
 }

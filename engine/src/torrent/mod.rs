@@ -45,21 +45,9 @@ use crate::wire::Handshake;
 
 /// Commands from the session.
 pub enum TorrentCommand {
-    /// An incoming connection whose handshake named this torrent.
-    Incoming {
-        /// Stream positioned after the peer's handshake.
-        stream: BoxStream,
-        /// Remote address.
-        addr: SocketAddr,
-        /// The peer's handshake.
-        handshake: Handshake,
-        /// Transport name.
-        transport: String,
-        /// Session-wide peer slot.
-        permit: PeerSlot,
-        /// How the stream is protected (the MSE exchange, if any, is over).
-        encryption: crate::peer::Encryption,
-    },
+    /// An incoming connection whose handshake named this torrent (boxed: every torrent's
+    /// command queue is sized by its largest command, and this one is rare).
+    Incoming(Box<IncomingPeer>),
     /// Add peer addresses to try.
     AddPeers(Vec<SocketAddr>),
     /// Addresses local service discovery heard of (never used by a private torrent).
@@ -78,6 +66,22 @@ pub enum TorrentCommand {
     SetCompletedDir(Option<PathBuf>),
     /// Stop: flush, save resume state, announce `stopped`; reply when done.
     Shutdown(oneshot::Sender<()>),
+}
+
+/// An incoming connection whose handshake named a torrent.
+pub struct IncomingPeer {
+    /// Stream positioned after the peer's handshake.
+    pub stream: BoxStream,
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// The peer's handshake.
+    pub handshake: Handshake,
+    /// Transport name.
+    pub transport: String,
+    /// Session-wide peer slot.
+    pub permit: PeerSlot,
+    /// How the stream is protected (the MSE exchange, if any, is over).
+    pub encryption: crate::peer::Encryption,
 }
 
 /// A connection's hold on the session's peer slots, given back when it is dropped.
@@ -236,13 +240,18 @@ pub(crate) async fn run_torrent(
         Source::Metainfo(metainfo) => Phase::Checking(check::Checking::new(metainfo)),
         Source::Magnet(magnet) => Phase::FetchingMetadata(fetch::FetchingMetadata::new(magnet)),
     };
+    // Each phase's future (and the live torrent) is boxed: the task's own future is sized by
+    // its largest state, and every torrent has one for its whole life (10,000 idle torrents
+    // paid 8 KiB each for states they were not in).
     loop {
         let next = match phase {
-            Phase::FetchingMetadata(fetch) => fetch.run(&params, &mut commands, &mut keeper).await,
-            Phase::Checking(check) => check.run(&params, &mut commands).await,
+            Phase::FetchingMetadata(fetch) => {
+                Box::pin(fetch.run(&params, &mut commands, &mut keeper)).await
+            }
+            Phase::Checking(check) => Box::pin(check.run(&params, &mut commands)).await,
             Phase::Live(c) => {
                 let metainfo = c.metainfo.clone();
-                let mut torrent = live::Torrent::new(
+                let mut torrent = Box::new(live::Torrent::new(
                     params,
                     c.metainfo,
                     c.layout,
@@ -250,29 +259,29 @@ pub(crate) async fn run_torrent(
                     c.have,
                     keeper,
                     c.completing,
-                );
+                ));
                 torrent.add_known(c.peers);
-                match torrent.run(&mut commands, c.held).await {
+                match Box::pin(torrent.run(&mut commands, c.held)).await {
                     live::Exit::Shutdown => return,
                     live::Exit::Move(to) => {
                         let stopped = torrent.into_stopped();
                         params = stopped.p;
                         keeper = stopped.keeper;
-                        relocate::move_complete(
+                        Box::pin(relocate::move_complete(
                             &mut params,
                             &mut keeper,
                             metainfo,
                             stopped.storage,
                             stopped.peers,
                             to,
-                        )
+                        ))
                         .await
                     }
                 }
             }
             Phase::Failed(message) => {
                 params.publish(|s| s.state = TorrentState::Error(message));
-                wait_for_shutdown(&params, &mut commands, &mut keeper).await;
+                Box::pin(wait_for_shutdown(&params, &mut commands, &mut keeper)).await;
                 return;
             }
         };

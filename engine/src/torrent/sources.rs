@@ -20,10 +20,31 @@ pub(crate) struct Discovery {
 }
 
 /// Shared between the session and every torrent allowed to use it (not private, BEP 27).
-#[derive(Clone, Default)]
-pub(crate) struct DiscoverySlot(Arc<std::sync::Mutex<Discovery>>);
+/// A torrent with nothing to do sleeps until its next announce; [`DiscoverySlot::started`]
+/// wakes it when a service it could use starts.
+#[derive(Clone)]
+pub(crate) struct DiscoverySlot(
+    Arc<std::sync::Mutex<Discovery>>,
+    Arc<tokio::sync::watch::Sender<()>>,
+);
+
+impl Default for DiscoverySlot {
+    fn default() -> Self {
+        DiscoverySlot(
+            Arc::default(),
+            Arc::new(tokio::sync::watch::Sender::new(())),
+        )
+    }
+}
 
 impl DiscoverySlot {
+    /// Changes (marked seen) each time a service starts.
+    pub(crate) fn started(&self) -> tokio::sync::watch::Receiver<()> {
+        let mut rx = self.1.subscribe();
+        rx.mark_unchanged();
+        rx
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Discovery> {
         // Plain fields; a panic elsewhere leaves them usable.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
@@ -41,10 +62,12 @@ impl DiscoverySlot {
 
     pub(crate) fn set_dht(&self, dht: Arc<Dht>) {
         self.lock().dht = Some(dht);
+        self.1.send_replace(());
     }
 
     pub(crate) fn set_lsd(&self, lsd: Arc<Lsd>) {
         self.lock().lsd = Some(lsd);
+        self.1.send_replace(());
     }
 
     /// Take both out (at shutdown).
@@ -78,11 +101,18 @@ pub(super) fn learn_dht_nodes(discovery: &Option<DiscoverySlot>, nodes: &[(Strin
     });
 }
 
-/// Announce `info_hash` on the local network (LSD limits each torrent to once a minute).
-pub(super) fn announce_lsd(discovery: &Option<DiscoverySlot>, info_hash: InfoHash) {
-    if let Some(lsd) = discovery.as_ref().and_then(|d| d.lsd()) {
-        tokio::spawn(async move { lsd.announce(&[info_hash]).await });
-    }
+/// How often a torrent announces itself on the local network: BEP 14 allows once a minute;
+/// every five, as libtorrent does, keeps a session of thousands of torrents from flooding the
+/// LAN (a new peer on the LAN announces too, and we answer by dialling it).
+pub(super) const LSD_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+/// Announce `info_hash` on the local network; false if LSD does not run (yet).
+pub(super) fn announce_lsd(discovery: &Option<DiscoverySlot>, info_hash: InfoHash) -> bool {
+    let Some(lsd) = discovery.as_ref().and_then(|d| d.lsd()) else {
+        return false;
+    };
+    tokio::spawn(async move { lsd.announce(&[info_hash]).await });
+    true
 }
 
 /// Search again this soon after a search that found nobody (the DHT may still be
@@ -126,6 +156,19 @@ impl DhtSchedule {
         self.running = true;
         self.next = None;
         true
+    }
+
+    /// When [`DhtSchedule::begin`] next says yes (`early`: it may start early), if no search
+    /// runs.
+    pub(super) fn next(&self, early: bool) -> Option<Instant> {
+        if self.running {
+            return None;
+        }
+        let retry = self.last_end.map(|t| t + DHT_RETRY_EMPTY).filter(|_| early);
+        match (self.next, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A search ended having found `found` addresses.

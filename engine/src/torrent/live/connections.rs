@@ -171,7 +171,7 @@ impl Torrent {
             tokio::spawn(async move {
                 let msg = match dialer.dial(&*transport, addr, ours).await {
                     Ok(conn) => Internal::Connected {
-                        conn,
+                        conn: Box::new(conn),
                         permit,
                         outgoing: true,
                     },

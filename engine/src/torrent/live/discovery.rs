@@ -50,7 +50,11 @@ impl Torrent {
             self.announce(self.announcer.regular_event());
         }
         self.search_dht(now, starving);
-        sources::announce_lsd(&self.p.discovery, self.metainfo.info_hash);
+        if self.next_lsd.is_none_or(|t| now >= t)
+            && sources::announce_lsd(&self.p.discovery, self.metainfo.info_hash)
+        {
+            self.next_lsd = Some(now + sources::LSD_INTERVAL);
+        }
     }
 
     pub(super) fn search_dht(&mut self, now: Instant, early: bool) {
@@ -92,9 +96,9 @@ impl Torrent {
             req,
             move |tiers, event, result| {
                 let _ = tx.send(Internal::AnnounceDone {
-                    tiers,
+                    tiers: Box::new(tiers),
                     event,
-                    result,
+                    result: Box::new(result),
                 });
             },
         );

@@ -50,13 +50,13 @@ impl Torrent {
                 Ok(true)
             }
             .await;
-            let _ = tx.send(Internal::PieceDone {
+            let _ = tx.send(Internal::PieceDone(Box::new(PieceDone {
                 piece,
                 bytes,
                 senders,
                 digests,
                 result,
-            });
+            })));
         });
     }
 
