@@ -129,6 +129,11 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
     tracing::debug!(lock = %lock.path().display(), "instance lock held");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking work is file I/O (storage, the state folder) and name lookups. tokio's
+        // default of 512 threads let a stop of 10,000 torrents run hundreds of writers into
+        // the state folder's lock at once (seconds of contention, a load average of 60);
+        // a few dozen keep the disks as busy.
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .context("cannot start runtime")?;
     let result = runtime.block_on(async move {
@@ -369,7 +374,13 @@ impl Running {
         let mut session = self.session;
         for _ in 0..SESSION_RELEASE_TRIES {
             match Arc::try_unwrap(session) {
-                Ok(s) => return s.shutdown(SHUTDOWN_TIMEOUT).await,
+                Ok(s) => {
+                    let started = std::time::Instant::now();
+                    s.shutdown(SHUTDOWN_TIMEOUT).await;
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(ms, "every torrent stopped");
+                    return;
+                }
                 Err(still_shared) => {
                     session = still_shared;
                     tokio::time::sleep(SESSION_RELEASE_DELAY).await;
@@ -379,6 +390,9 @@ impl Running {
         tracing::error!("session still in use at shutdown; not flushed");
     }
 }
+
+/// Threads for blocking work (see `run`).
+const MAX_BLOCKING_THREADS: usize = 32;
 
 /// Headless: status lines on stdout until a stop signal.
 async fn headless_serve(
@@ -401,16 +415,15 @@ async fn headless_serve(
             _ = status.tick() => {
                 // Each status is read in place, not cloned: with thousands of torrents a
                 // snapshot of every peer, file and tracker list cost more than the torrents.
-                let torrents = running.session.torrents();
                 let (mut lines, mut problems) = (Vec::new(), Vec::new());
-                let mut present = HashSet::with_capacity(torrents.len());
-                for t in &torrents {
+                let mut present = HashSet::new();
+                running.session.for_each_torrent(|t| {
                     t.with_status(|st| {
                         errors.see(st, &mut problems);
                         status_lines(st, s.status_bytes, &mut lines);
                         present.insert(st.info_hash);
                     });
-                }
+                });
                 errors.forget_others(&present);
                 for line in problems {
                     // A closed stderr is no reason to stop; stdout decides that.

@@ -621,6 +621,19 @@ impl Session {
         Ok(handle)
     }
 
+    /// Visit every torrent without copying the list (adds and removals wait meanwhile, so
+    /// `f` must be quick).
+    pub fn for_each_torrent(&self, mut f: impl FnMut(&TorrentHandle)) {
+        let torrents = self
+            .shared
+            .torrents
+            .lock()
+            .expect("lock poisoned only by a panic");
+        for e in torrents.values() {
+            f(&e.handle);
+        }
+    }
+
     /// Every torrent in the session.
     pub fn torrents(&self) -> Vec<TorrentHandle> {
         let torrents = self

@@ -7,7 +7,8 @@
 //!
 //! Bencoded and versioned; read through the bounded scanner with a size cap. A damaged,
 //! oversized or foreign-version record is ignored with a warning (the torrent starts afresh),
-//! never fatal. Written durably (`durable::write_atomic`) by one writer at a time, in order:
+//! never fatal. Written whole (`durable::write_replace`; a crash keeps the old record or the
+//! new one, and the move's commit point also fsyncs the folder) by one writer at a time, in order:
 //! a late write of an older snapshot never replaces a newer one, and nothing is written after
 //! the session forgot the torrent (`Session::remove`).
 
@@ -298,9 +299,18 @@ impl RecordFile {
         }
     }
 
-    /// Write `record` durably, unless a newer snapshot got there first or the torrent was
-    /// forgotten meanwhile.
+    /// Write `record` whole (see `durable::write_replace`: a crash may keep the previous
+    /// one), unless a newer snapshot got there first or the torrent was forgotten meanwhile.
     pub(crate) async fn save(&self, record: &TorrentRecord) -> std::io::Result<()> {
+        self.write(record, false).await
+    }
+
+    /// [`RecordFile::save`], durable once it returns (the commit point of a move).
+    pub(crate) async fn save_committed(&self, record: &TorrentRecord) -> std::io::Result<()> {
+        self.write(record, true).await
+    }
+
+    async fn write(&self, record: &TorrentRecord, commit: bool) -> std::io::Result<()> {
         let seq = {
             let mut o = self.order.lock().expect("lock poisoned only by a panic");
             o.issued += 1;
@@ -315,7 +325,11 @@ impl RecordFile {
             if o.forgotten || o.written > seq {
                 return Ok(());
             }
-            crate::durable::write_atomic(&path, &bytes)?;
+            if commit {
+                crate::durable::write_atomic(&path, &bytes)?;
+            } else {
+                crate::durable::write_replace(&path, &bytes)?;
+            }
             o.written = seq;
             Ok(())
         })
@@ -469,7 +483,7 @@ impl Keeper {
         self.record.queue_position = self.position.load(Ordering::Relaxed);
         self.saved = Some(self.record.clone());
         self.last_save = Some(now);
-        self.file.save(&self.record).await
+        self.file.save_committed(&self.record).await
     }
 
     /// Write now if anything changed, and wait for it (shutdown).
