@@ -15,7 +15,10 @@ Per download:
               every millisecond and stamps CLOCK_MONOTONIC, which all processes share)
   transfer    MB/s over the transfer phase alone (size / (seconds - first byte))
   MB/s        10^6 bytes over the whole download; CPU seconds (user+sys from wait4); peak RSS
-              (the larger of polled VmHWM and wait4's ru_maxrss) and peak sampled RssAnon
+              (VmHWM, polled every 10 ms until the process exits, its stop included) and peak
+              sampled RssAnon. Not wait4's ru_maxrss: a child of this Python process inherits
+              its RSS at the fork (24-34 MiB with libtorrent loaded) as a floor, which is what
+              the zigtorrent rows showed as "peak RSS" before (33-34 MiB) whatever they used
 Every download is then SHA-1 checked against the source (not timed).
 
 `--mode quick` is the old shortcut, kept for quick A/B checks of the data path only: one warm
@@ -44,8 +47,8 @@ Payloads (cached in --work, default /tmp/zt-bench):
           seconds  from leecher spawn to its is_seeding; MB/s over that
           CPU s    of the *seeder* process while the leecher ran (utime+stime from /proc, so
                    libtorrent's recheck at its start is not counted)
-          peak RSS of the seeder over its life (VmHWM; libtorrent's counts the mapped payload)
-                   and its peak sampled RssAnon
+          peak RSS of the seeder over its life (VmHWM as above; libtorrent's counts the
+                   mapped payload) and its peak sampled RssAnon
 
 The TCP payloads run zigtorrent with `--transport tcp` and a TCP-only libtorrent.
 
@@ -159,6 +162,20 @@ class Mem:
     def poll(self):
         h, a = mem_kib(self.pid)
         self.hwm, self.anon = max(self.hwm, h), max(self.anon, a)
+
+
+def stop_watching(p, sig, mem, grace=10.0):
+    """`H.stop(p, sig, grace)`, polling `mem` until `p` exits, so its VmHWM covers the stop."""
+    if p.poll() is None:
+        try:
+            p.send_signal(sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace
+    while time.time() < deadline and H.reap_if_exited(p) is None:
+        mem.poll()
+        time.sleep(POLL)
+    return H.stop(p, sig, grace=0.1)
 
 
 # How often completion is polled, for both clients (libtorrent's leecher polls itself as often).
@@ -284,7 +301,7 @@ def run_zig(zig, work, tag, torrent, src, want, seed_port, timeout, extra=()):
         time.sleep(POLL)
     secs = time.time() - t0
     mem.poll()
-    rc, _, ru = H.stop(p, signal.SIGINT, grace=10)
+    rc, _, ru = stop_watching(p, signal.SIGINT, mem)
     note = "" if rc == 0 else f"exit {rc} after SIGINT"
     verify(src, os.path.join(downloads, name), want)
     shutil.rmtree(base, ignore_errors=True)
@@ -318,7 +335,7 @@ def run_lt(work, tag, torrent, src, want, seed_port, timeout, enc="default"):
         time.sleep(POLL)
     secs = time.time() - t0
     mem.poll()
-    rc, _, ru = H.stop(p, signal.SIGTERM, grace=10)
+    rc, _, ru = stop_watching(p, signal.SIGTERM, mem)
     verify(src, os.path.join(base, os.path.basename(src)), want)
     shutil.rmtree(base, ignore_errors=True)
     return secs, ru, mem, "" if rc == 0 else f"exit {rc}", t0_mono
@@ -417,10 +434,8 @@ def run_seed_round(client, zig_seeder, work, tag, torrent, src, want, tracker, i
         verify(src, os.path.join(base, os.path.basename(src)), want)
         shutil.rmtree(base, ignore_errors=True)
     finally:
-        rc, _, ru = H.stop(seeder, signal.SIGINT if client == "zigtorrent" else signal.SIGTERM,
-                           grace=10)
-    if ru:
-        smem.hwm = max(smem.hwm, ru.ru_maxrss)
+        rc, _, _ = stop_watching(seeder, signal.SIGINT if client == "zigtorrent"
+                                 else signal.SIGTERM, smem)
     note = "" if rc == 0 else f"seeder exit {rc}"
     return secs, cpu, smem, note
 
@@ -559,7 +574,7 @@ def main():
                     H.cleanup(everything=False)
                     continue
                 cpu = (ru.ru_utime + ru.ru_stime) if ru else float("nan")
-                rss_mib = max(mem.hwm, ru.ru_maxrss if ru else 0) / 1024
+                rss_mib = mem.hwm / 1024
                 phase = total / 1e6 / (secs - first) if first is not None and secs > first else None
                 rows.append({"payload": which, "client": client, "round": r + 1, "seconds": secs,
                              "mbps": total / 1e6 / secs, "cpu": cpu, "rss_mib": rss_mib,
@@ -589,7 +604,7 @@ def main():
         print(f"{row['payload']:8} {row['client']:11} {row['round']:>5} {row['seconds']:>8.2f} "
               f"{row['mbps']:>8.1f} {fb:>8} {xf:>9} {row['cpu']:>7.2f} {row['rss_mib']:>12.0f} "
               f"{row['anon_mib']:>13.0f}  {row['note']}")
-    print("(peak RSS: VmHWM / ru_maxrss, counts mmapped file pages; peak anon: sampled RssAnon;"
+    print("(peak RSS: VmHWM polled until exit, counts mmapped file pages; peak anon: sampled RssAnon;"
           " seed rows: the seeder's, CPU while the leecher ran)")
     print()
     for which in payloads + (["seed"] if seed else []):
