@@ -69,7 +69,11 @@
 //!
 //! ## Handles and threads
 //!
-//! All file-system work runs in `tokio::task::spawn_blocking`. Open descriptors are kept in a
+//! All file-system work runs in `tokio::task::spawn_blocking`, except a read of at most
+//! 256 KiB from one file whose descriptor is open and whose bytes are all in the page cache:
+//! that is copied on the caller's thread (`preadv2` with `RWF_NOWAIT`, which refuses rather
+//! than waits; anything else, an error included, takes the blocking path). Seeding from the
+//! page cache then costs no hand-off to a pool thread and back. Open descriptors are kept in a
 //! small LRU cache (128 by default), so a torrent with 100,000 files never holds them all. One
 //! `std::sync::Mutex` guards the per-file state, the completed set and the cache; it is never
 //! held across an `.await` (all locking happens inside blocking tasks or plain accessors), and
@@ -83,6 +87,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -195,9 +200,16 @@ struct Inner {
     recorded: Mutex<Vec<Option<(Location, Stamp)>>>,
     /// Files of ours changed in place since the last record (see `open`).
     repairable: Vec<bool>,
+    /// The file system refused a read that may not wait (`RWF_NOWAIT`): every read goes to the
+    /// blocking pool.
+    no_nowait: AtomicBool,
     /// This torrent's paths, held until the storage is dropped.
     _claim: Claim,
 }
+
+/// Largest read tried on the caller's (async) thread from the page cache: a copy this size takes
+/// tens of microseconds; whole pieces for a recheck (up to 16 MiB) go to the blocking pool.
+const MAX_CACHED_READ: u32 = 256 * 1024;
 
 #[derive(Debug)]
 struct State {
@@ -617,6 +629,7 @@ impl Inner {
             }),
             recorded: Mutex::new(recorded),
             repairable,
+            no_nowait: AtomicBool::new(false),
             _claim: claim,
         };
         // A crash between marking a file's last piece and moving it leaves a complete part
@@ -828,6 +841,50 @@ impl Inner {
             }
         }
         Ok(buf.into())
+    }
+
+    /// `len` bytes at torrent offset `start` read without waiting, when one file holds them, its
+    /// descriptor is already open and the page cache holds every byte (`RWF_NOWAIT`); `None`
+    /// sends the read to the blocking pool, which also reports any error. Seeding from the page
+    /// cache then costs no hand-off to a pool thread and back per read.
+    fn read_cached(&self, start: u64, len: u32) -> Option<Bytes> {
+        if len > MAX_CACHED_READ || self.no_nowait.load(Ordering::Relaxed) {
+            return None;
+        }
+        let segments = self.segments(start, len as u64);
+        let [(file, at, _, n)] = segments[..] else {
+            return None;
+        };
+        // Only a handle already open: opening a file may wait on the disk.
+        let h = lock(&self.state).cache.get(file)?;
+        let mut buf = vec![0u8; n];
+        let mut done = 0;
+        while done < n {
+            let mut slice = [std::io::IoSliceMut::new(&mut buf[done..])];
+            match rustix::io::preadv2(
+                &*h.file,
+                &mut slice,
+                at + done as u64,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            ) {
+                Ok(0) => return None,
+                Ok(k) => done += k,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::OPNOTSUPP) => {
+                    // A file system (or kernel) that cannot tell: stop asking.
+                    self.no_nowait.store(true, Ordering::Relaxed);
+                    return None;
+                }
+                // AGAIN: not all in the page cache. Anything else the blocking read meets
+                // again and reports.
+                Err(_) => return None,
+            }
+        }
+        // As in `read`: a deleted file must not be served (the blocking read reports it).
+        if !h.file.metadata().is_ok_and(|m| m.nlink() > 0) {
+            return None;
+        }
+        Some(buf.into())
     }
 
     fn mark_complete(&self, piece: PieceIndex) -> Result<(), StorageError> {
@@ -1467,6 +1524,9 @@ impl Storage for FsStorage {
 
     async fn read(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StorageError> {
         let start = self.inner.check(piece, offset, len)?;
+        if let Some(data) = self.inner.read_cached(start, len) {
+            return Ok(data);
+        }
         let inner = self.inner.clone();
         blocking(move || inner.read(start, len)).await
     }
