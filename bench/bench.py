@@ -15,7 +15,10 @@ Per download:
               every millisecond and stamps CLOCK_MONOTONIC, which all processes share)
   transfer    MB/s over the transfer phase alone (size / (seconds - first byte))
   MB/s        10^6 bytes over the whole download; CPU seconds (user+sys from wait4); peak RSS
-              (the larger of polled VmHWM and wait4's ru_maxrss) and peak sampled RssAnon
+              (VmHWM, polled every 10 ms until the process exits, its stop included) and peak
+              sampled RssAnon. Not wait4's ru_maxrss: a child of this Python process inherits
+              its RSS at the fork (24-34 MiB with libtorrent loaded) as a floor, which is what
+              the zigtorrent rows showed as "peak RSS" before (33-34 MiB) whatever they used
 Every download is then SHA-1 checked against the source (not timed).
 
 `--mode quick` is the old shortcut, kept for quick A/B checks of the data path only: one warm
@@ -32,11 +35,25 @@ Payloads (cached in --work, default /tmp/zt-bench):
   small one 64 MiB file, 256 KiB pieces: a quick check of the benchmark itself
   utp   the uTP row: bench_utp.py, one run of 1 GiB over uTP only (libtorrent -> libtorrent,
         libtorrent -> zigtorrent, zigtorrent -> libtorrent; see that file)
+  seed  the seeding row (user mode only): the `big` file seeded *to* libtorrent's leecher, once by
+        zigtorrent and once by libtorrent, alternating which goes first. Per download: a fresh
+        seeder process registered with opentracker (zigtorrent `run` on a one-torrent watch folder
+        whose data is complete; libtorrent `lt.py seed`, which checks the data first), `sync` and
+        the settle, then a fresh libtorrent leecher (the same settings both times) that finds it
+        through the tracker (it waits for its SIGTERM after completing, so its `stopped` announce
+        goes out and the next round's settle sees one seeder). zigtorrent seeds as a user's seeder does, from resume state: one
+        uncounted start checks the data and writes that state, and every counted start is a
+        later one (it still waits for the status line to say seeding before the leecher starts).
+          seconds  from leecher spawn to its is_seeding; MB/s over that
+          CPU s    of the *seeder* process while the leecher ran (utime+stime from /proc, so
+                   libtorrent's recheck at its start is not counted)
+          peak RSS of the seeder over its life (VmHWM as above; libtorrent's counts the
+                   mapped payload) and its peak sampled RssAnon
 
 The TCP payloads run zigtorrent with `--transport tcp` and a TCP-only libtorrent.
 
 Usage: /usr/bin/python3 bench/bench.py [--bin PATH] [--mode user|quick] [--rounds 3]
-           [--payload big,many,enc,utp] [--lt-only]
+           [--payload big,many,enc,utp,seed] [--lt-only]
 """
 
 import argparse
@@ -77,6 +94,7 @@ PAYLOADS = {
     "many": {"piece": 256 * 1024},
     "enc": {"piece": MIB, "encryption": "forced"},
     "small": {"piece": 256 * 1024},
+    "seed": {"piece": MIB},
 }
 
 
@@ -95,7 +113,7 @@ def prepare(work, which, trackers=()):
     """(payload path, torrent path, {rel: (size, sha1)}) for a payload, generating it once (the
     torrent again whenever `trackers` change)."""
     pay = os.path.join(work, "payloads")
-    if which in ("big", "enc"):
+    if which in ("big", "enc", "seed"):
         src = L.make_single(pay, "big-1GiB.bin", 1 << 30, seed="zt-bench-big")
     elif which == "small":
         src = L.make_single(pay, "small-64MiB.bin", 64 * MIB, seed="zt-bench-small")
@@ -144,6 +162,20 @@ class Mem:
     def poll(self):
         h, a = mem_kib(self.pid)
         self.hwm, self.anon = max(self.hwm, h), max(self.anon, a)
+
+
+def stop_watching(p, sig, mem, grace=10.0):
+    """`H.stop(p, sig, grace)`, polling `mem` until `p` exits, so its VmHWM covers the stop."""
+    if p.poll() is None:
+        try:
+            p.send_signal(sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace
+    while time.time() < deadline and H.reap_if_exited(p) is None:
+        mem.poll()
+        time.sleep(POLL)
+    return H.stop(p, sig, grace=0.1)
 
 
 # How often completion is polled, for both clients (libtorrent's leecher polls itself as often).
@@ -269,7 +301,7 @@ def run_zig(zig, work, tag, torrent, src, want, seed_port, timeout, extra=()):
         time.sleep(POLL)
     secs = time.time() - t0
     mem.poll()
-    rc, _, ru = H.stop(p, signal.SIGINT, grace=10)
+    rc, _, ru = stop_watching(p, signal.SIGINT, mem)
     note = "" if rc == 0 else f"exit {rc} after SIGINT"
     verify(src, os.path.join(downloads, name), want)
     shutil.rmtree(base, ignore_errors=True)
@@ -303,10 +335,140 @@ def run_lt(work, tag, torrent, src, want, seed_port, timeout, enc="default"):
         time.sleep(POLL)
     secs = time.time() - t0
     mem.poll()
-    rc, _, ru = H.stop(p, signal.SIGTERM, grace=10)
+    rc, _, ru = stop_watching(p, signal.SIGTERM, mem)
     verify(src, os.path.join(base, os.path.basename(src)), want)
     shutil.rmtree(base, ignore_errors=True)
     return secs, ru, mem, "" if rc == 0 else f"exit {rc}", t0_mono
+
+
+def cpu_seconds(pid):
+    """utime + stime of a live process so far, from /proc (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    # Fields 14 and 15 of proc(5); `rest` starts at field 3.
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ZigSeeder:
+    """zigtorrent seeding the payload where it lies: a one-torrent watch folder, the payload's
+    folder as downloads, and one state folder kept across rounds (its resume state is what a
+    user's seeder starts from). `prime()` is the uncounted first start that checks the data."""
+
+    def __init__(self, zig, work, torrent, src):
+        self.zig, self.work = zig, work
+        base = os.path.join(work, "runs", "seed-zigtorrent")
+        shutil.rmtree(base, ignore_errors=True)
+        self.torrents, self.state = os.path.join(base, "torrents"), os.path.join(base, "state")
+        for d in (self.torrents, self.state):
+            os.makedirs(d)
+        shutil.copy(torrent, self.torrents)
+        self.downloads = os.path.dirname(src)
+
+    def start(self, tag, timeout=300):
+        """A fresh seeder process; returns (process, log path) once its status says seeding."""
+        logp = os.path.join(self.work, "logs", f"seeder-{tag}.log")
+        if os.path.exists(logp):
+            os.remove(logp)
+        p = self.zig.run(self.torrents, self.downloads, self.state, logp, listen=H.free_port(),
+                         extra=["--status-interval", "0.5"])
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if " seeding" in read_from(logp, 0):
+                return p, logp
+            if H.reap_if_exited(p) is not None:
+                raise H.CheckFailed(f"zigtorrent seeder exited ({p.returncode}):\n{H.tail(logp)}")
+            time.sleep(0.05)
+        H.stop(p, signal.SIGINT, grace=10)
+        raise H.CheckFailed(f"zigtorrent seeder not seeding after {timeout}s:\n{H.tail(logp)}")
+
+    def prime(self):
+        H.log("seed: first zigtorrent start checks the data and writes resume state (not counted)")
+        p, logp = self.start("zigtorrent-prime")
+        rc, _, _ = H.stop(p, signal.SIGINT, grace=10)
+        if rc != 0:
+            raise H.CheckFailed(f"zigtorrent seeder exit {rc} after SIGINT:\n{H.tail(logp)}")
+
+
+def run_seed_round(client, zig_seeder, work, tag, torrent, src, want, tracker, ih, timeout):
+    """One seeding download: a fresh seeder (`client`), then a fresh libtorrent leecher that finds
+    it through the tracker. Returns (seconds, seeder CPU seconds while the leecher ran, seeder
+    Mem)."""
+    if client == "zigtorrent":
+        seeder, _ = zig_seeder.start(tag)
+    else:
+        seeder = start_seeder(work, "seed", torrent, src, tag).proc
+    smem = Mem(seeder.pid)
+    try:
+        tracker.wait_seeders(ih)
+        settle(tracker, ih)
+        smem.poll()
+        H.log(f"{tag}: libtorrent leecher downloading {sum(s for s, _ in want.values()) / 1e6:.0f} MB")
+        base = os.path.join(work, "runs", tag)
+        shutil.rmtree(base, ignore_errors=True)
+        os.makedirs(base)
+        logp = os.path.join(work, "logs", f"{tag}.log")
+        if os.path.exists(logp):
+            os.remove(logp)
+        t0 = time.time()
+        cpu0 = cpu_seconds(seeder.pid)
+        leecher = H.spawn(["/usr/bin/python3", "-u", LT_PY, "leech", "--torrent", torrent,
+                           "--save-path", base, "--port", str(H.free_port()),
+                           "--timeout", str(timeout), "--keep-seeding"], "libtorrent leecher", logp)
+        while True:
+            text = read_from(logp, 0)
+            if "DONE" in text:
+                break
+            smem.poll()
+            if "ERROR" in text or H.reap_if_exited(leecher) is not None:
+                raise H.CheckFailed(f"libtorrent leecher failed:\n{H.tail(logp)}")
+            if time.time() - t0 > timeout:
+                raise H.CheckFailed(f"libtorrent leecher not done after {timeout}s:\n{H.tail(logp)}")
+            time.sleep(POLL)
+        secs = time.time() - t0
+        cpu = cpu_seconds(seeder.pid) - cpu0
+        smem.poll()
+        H.stop(leecher, signal.SIGTERM, grace=10)
+        verify(src, os.path.join(base, os.path.basename(src)), want)
+        shutil.rmtree(base, ignore_errors=True)
+    finally:
+        rc, _, _ = stop_watching(seeder, signal.SIGINT if client == "zigtorrent"
+                                 else signal.SIGTERM, smem)
+    note = "" if rc == 0 else f"seeder exit {rc}"
+    return secs, cpu, smem, note
+
+
+def run_seed_rows(args, zig, tracker, clients, rows, failures):
+    """The seeding row (see the module doc): rounds of the two seeders, alternating."""
+    src, torrent, want = prepare(args.work, "seed", [tracker.http])
+    ih = L.info_hash(torrent)
+    tracker.allow([ih])
+    total = sum(s for s, _ in want.values())
+    warm_cache(src)
+    zig_seeder = None
+    if "zigtorrent" in clients:
+        zig_seeder = ZigSeeder(zig, args.work, torrent, src)
+        zig_seeder.prime()
+    for r in range(args.rounds):
+        order = clients if r % 2 == 0 else list(reversed(clients))
+        for client in order:
+            tag = f"seed-{client}-{r + 1}"
+            try:
+                secs, cpu, mem, note = run_seed_round(client, zig_seeder, args.work, tag, torrent,
+                                                      src, want, tracker, ih, args.timeout)
+            except H.CheckFailed as e:
+                failures.append(f"{tag}: {e}")
+                H.log(f"{tag}: FAILED: {e}")
+                H.cleanup(everything=False)
+                continue
+            rows.append({"payload": "seed", "client": client, "round": r + 1, "seconds": secs,
+                         "mbps": total / 1e6 / secs, "cpu": cpu, "rss_mib": mem.hwm / 1024,
+                         "anon_mib": mem.anon / 1024, "first_byte": None,
+                         "transfer_mbps": None, "note": note})
+            H.log(f"{tag}: {secs:.2f}s {total / 1e6 / secs:.1f} MB/s seeder cpu {cpu:.2f}s "
+                  f"rss {mem.hwm / 1024:.0f} MiB anon {mem.anon / 1024:.0f} MiB {note}")
 
 
 def run_utp_row(bin_, size, failures):
@@ -335,7 +497,7 @@ def main():
                          "process start (default); quick: one warm seeder handed over with --peer")
     ap.add_argument("--payload", default="big,many,utp",
                     help="comma list of: big, many, enc, small (over TCP), utp (bench_utp.py: 1 GiB "
-                         "over uTP)")
+                         "over uTP), seed (1 GiB seeded to libtorrent's leecher, user mode)")
     ap.add_argument("--utp-size", type=int, default=1 << 30, help="bytes for the utp row")
     ap.add_argument("--work", default="/tmp/zt-bench", help="payload cache and scratch folder")
     ap.add_argument("--lt-only", action="store_true", help="libtorrent leecher only (baseline)")
@@ -344,7 +506,10 @@ def main():
 
     payloads = [p for p in args.payload.split(",") if p]
     utp = "utp" in payloads
-    payloads = [p for p in payloads if p != "utp"]
+    seed = "seed" in payloads
+    if seed and args.mode != "user":
+        ap.error("the seed row runs in user mode only")
+    payloads = [p for p in payloads if p not in ("utp", "seed")]
     for p in payloads:
         if p not in PAYLOADS:
             ap.error(f"unknown payload {p}")
@@ -356,7 +521,7 @@ def main():
     H.log(f"work {args.work}; libtorrent {L.lt.__version__}; clients {clients}; rounds {args.rounds}")
 
     tracker = None
-    if args.mode == "user" and payloads:
+    if args.mode == "user" and (payloads or seed):
         tracker = H.OpenTracker(H.free_port())
     rows = []
     failures = []
@@ -409,7 +574,7 @@ def main():
                     H.cleanup(everything=False)
                     continue
                 cpu = (ru.ru_utime + ru.ru_stime) if ru else float("nan")
-                rss_mib = max(mem.hwm, ru.ru_maxrss if ru else 0) / 1024
+                rss_mib = mem.hwm / 1024
                 phase = total / 1e6 / (secs - first) if first is not None and secs > first else None
                 rows.append({"payload": which, "client": client, "round": r + 1, "seconds": secs,
                              "mbps": total / 1e6 / secs, "cpu": cpu, "rss_mib": rss_mib,
@@ -421,6 +586,8 @@ def main():
                       + f" {note}")
         if args.mode == "quick":
             H.stop(seeder.proc)
+    if seed:
+        run_seed_rows(args, zig, tracker, clients, rows, failures)
     if tracker:
         tracker.stop()
     utp_row = None
@@ -437,9 +604,10 @@ def main():
         print(f"{row['payload']:8} {row['client']:11} {row['round']:>5} {row['seconds']:>8.2f} "
               f"{row['mbps']:>8.1f} {fb:>8} {xf:>9} {row['cpu']:>7.2f} {row['rss_mib']:>12.0f} "
               f"{row['anon_mib']:>13.0f}  {row['note']}")
-    print("(peak RSS: VmHWM / ru_maxrss, counts mmapped file pages; peak anon: sampled RssAnon)")
+    print("(peak RSS: VmHWM polled until exit, counts mmapped file pages; peak anon: sampled RssAnon;"
+          " seed rows: the seeder's, CPU while the leecher ran)")
     print()
-    for which in payloads:
+    for which in payloads + (["seed"] if seed else []):
         for client in clients:
             rs = [x for x in rows if x["payload"] == which and x["client"] == client]
             if rs:

@@ -69,7 +69,11 @@
 //!
 //! ## Handles and threads
 //!
-//! All file-system work runs in `tokio::task::spawn_blocking`. Open descriptors are kept in a
+//! All file-system work runs in `tokio::task::spawn_blocking`, except a read of at most
+//! 256 KiB from one file whose descriptor is open and whose bytes are all in the page cache:
+//! that is copied on the caller's thread (`preadv2` with `RWF_NOWAIT`, which refuses rather
+//! than waits; anything else, an error included, takes the blocking path). Seeding from the
+//! page cache then costs no hand-off to a pool thread and back. Open descriptors are kept in a
 //! small LRU cache (128 by default), so a torrent with 100,000 files never holds them all. One
 //! `std::sync::Mutex` guards the per-file state, the completed set and the cache; it is never
 //! held across an `.await` (all locking happens inside blocking tasks or plain accessors), and
@@ -83,6 +87,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -199,9 +204,16 @@ struct Inner {
     on_disk: Mutex<Option<ResumeBody>>,
     /// Files of ours changed in place since the last record (see `open`).
     repairable: Vec<bool>,
+    /// The file system refused a read that may not wait (`RWF_NOWAIT`): every read goes to the
+    /// blocking pool.
+    no_nowait: AtomicBool,
     /// This torrent's paths, held until the storage is dropped.
     _claim: Claim,
 }
+
+/// Largest read tried on the caller's (async) thread from the page cache: a copy this size takes
+/// tens of microseconds; whole pieces for a recheck (up to 16 MiB) go to the blocking pool.
+const MAX_CACHED_READ: u32 = 256 * 1024;
 
 #[derive(Debug)]
 struct State {
@@ -221,6 +233,36 @@ struct State {
     /// Files written since the last flush.
     dirty: HashSet<usize>,
     cache: FdCache,
+}
+
+/// Append exactly `n` bytes of `file` from offset `at` to `buf`, whose spare capacity must hold
+/// them; read straight into that capacity (no zero-filling). A file that ends first is
+/// `UnexpectedEof`, as with `read_exact_at`.
+fn read_exact_at_appending(
+    file: &std::fs::File,
+    buf: &mut Vec<u8>,
+    n: usize,
+    mut at: u64,
+) -> std::io::Result<()> {
+    let end = buf.len() + n;
+    if buf.capacity() < end {
+        buf.reserve_exact(end - buf.len());
+    }
+    while buf.len() < end {
+        // Fills the whole spare capacity at most: bytes past `end` (more of the same file,
+        // when the buffer has more room than asked) are cut off below.
+        let got = match rustix::io::pread(file, rustix::buffer::spare_capacity(buf), at) {
+            Ok(got) => got,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if got == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        at += got as u64;
+    }
+    buf.truncate(end);
+    Ok(())
 }
 
 /// Lock, ignoring poisoning: every critical section leaves the state consistent.
@@ -594,6 +636,7 @@ impl Inner {
             recorded: Mutex::new(recorded),
             on_disk: Mutex::new(on_disk),
             repairable,
+            no_nowait: AtomicBool::new(false),
             _claim: claim,
         };
         // A crash between marking a file's last piece and moving it leaves a complete part
@@ -788,11 +831,13 @@ impl Inner {
     }
 
     fn read(&self, start: u64, len: u32) -> Result<Bytes, StorageError> {
-        let mut buf = vec![0u8; len as usize];
+        // Filled by the reads themselves: zero-filling it first cost seeding as much CPU as a
+        // tenth of the copies.
+        let mut buf = Vec::with_capacity(len as usize);
         for (file, at, from, n) in self.segments(start, len as u64) {
             let (h, path) = self.handle(file, false)?;
-            h.file
-                .read_exact_at(&mut buf[from..from + n], at)
+            debug_assert_eq!(from, buf.len(), "segments are contiguous");
+            read_exact_at_appending(&h.file, &mut buf, n, at)
                 .map_err(|e| StorageError::from_io(&path, e))?;
             // A file deleted under us stays readable through the open descriptor; serving from
             // it would hide the loss until the next start. One fstat per read notices it.
@@ -803,6 +848,50 @@ impl Inner {
             }
         }
         Ok(buf.into())
+    }
+
+    /// `len` bytes at torrent offset `start` read without waiting, when one file holds them, its
+    /// descriptor is already open and the page cache holds every byte (`RWF_NOWAIT`); `None`
+    /// sends the read to the blocking pool, which also reports any error. Seeding from the page
+    /// cache then costs no hand-off to a pool thread and back per read.
+    fn read_cached(&self, start: u64, len: u32) -> Option<Bytes> {
+        if len > MAX_CACHED_READ || self.no_nowait.load(Ordering::Relaxed) {
+            return None;
+        }
+        let segments = self.segments(start, len as u64);
+        let [(file, at, _, n)] = segments[..] else {
+            return None;
+        };
+        // Only a handle already open: opening a file may wait on the disk.
+        let h = lock(&self.state).cache.get(file)?;
+        let mut buf = vec![0u8; n];
+        let mut done = 0;
+        while done < n {
+            let mut slice = [std::io::IoSliceMut::new(&mut buf[done..])];
+            match rustix::io::preadv2(
+                &*h.file,
+                &mut slice,
+                at + done as u64,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            ) {
+                Ok(0) => return None,
+                Ok(k) => done += k,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::OPNOTSUPP) => {
+                    // A file system (or kernel) that cannot tell: stop asking.
+                    self.no_nowait.store(true, Ordering::Relaxed);
+                    return None;
+                }
+                // AGAIN: not all in the page cache. Anything else the blocking read meets
+                // again and reports.
+                Err(_) => return None,
+            }
+        }
+        // As in `read`: a deleted file must not be served (the blocking read reports it).
+        if !h.file.metadata().is_ok_and(|m| m.nlink() > 0) {
+            return None;
+        }
+        Some(buf.into())
     }
 
     fn mark_complete(&self, piece: PieceIndex) -> Result<(), StorageError> {
@@ -1446,6 +1535,9 @@ impl Storage for FsStorage {
 
     async fn read(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StorageError> {
         let start = self.inner.check(piece, offset, len)?;
+        if let Some(data) = self.inner.read_cached(start, len) {
+            return Ok(data);
+        }
         let inner = self.inner.clone();
         blocking(move || inner.read(start, len)).await
     }
@@ -1477,5 +1569,36 @@ impl Storage for FsStorage {
     async fn set_skipped_files(&self, skipped: Vec<bool>) -> Result<(), StorageError> {
         let inner = self.inner.clone();
         blocking(move || inner.set_skipped_files(&skipped)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_exact_at_appending;
+    use std::io::Write;
+
+    /// Bytes land after what the buffer holds, exactly `n` of them even when it has more room
+    /// (the extra that one read may fetch is cut off), and a file that ends early is EOF.
+    #[test]
+    fn reads_append_exactly_the_asked_range() {
+        let mut f = tempfile::tempfile().unwrap();
+        let content: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        f.write_all(&content).unwrap();
+
+        let mut buf = Vec::with_capacity(64 * 1024);
+        buf.extend_from_slice(b"head");
+        read_exact_at_appending(&f, &mut buf, 1000, 5).unwrap();
+        assert_eq!(buf.len(), 1004);
+        assert_eq!(&buf[..4], b"head");
+        assert_eq!(&buf[4..], &content[5..1005]);
+
+        // No spare room at all: the helper makes it.
+        let mut tight = Vec::new();
+        read_exact_at_appending(&f, &mut tight, 30_000, 70_000).unwrap();
+        assert_eq!(tight, &content[70_000..]);
+
+        let mut short = Vec::with_capacity(10);
+        let err = read_exact_at_appending(&f, &mut short, 10, 99_995).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }

@@ -1805,3 +1805,30 @@ async fn a_pending_move_is_settled_whatever_name_the_folder_is_opened_by() {
     assert_eq!(fs::read(done.join("t/a")).unwrap(), c.file_bytes(0));
     assert!(!exists(&c.dl("t/a")));
 }
+
+/// Reads give the torrent's bytes whichever way they are served: from the page cache on the
+/// caller's thread (one file, descriptor open), or by the blocking pool (a range across two
+/// files, the first read of a file, a range larger than a cached read may be). Ranges of every
+/// size at offsets that cross the file boundary included.
+#[tokio::test]
+async fn reads_agree_whichever_path_serves_them() {
+    let c = Case::new(&[("t/a", 20_000), ("t/b", 30_000)]);
+    let s = c.open().await;
+    let pieces = 50_000u32.div_ceil(PL);
+    for p in 0..pieces {
+        c.complete(&*s, p).await;
+    }
+    for _ in 0..2 {
+        // The second pass finds every descriptor open and every page cached.
+        for p in 0..pieces {
+            let bytes = c.piece_bytes(p);
+            for (off, len) in [(0, bytes.len()), (1, 100), (3000, 1), (0, 1)] {
+                if off + len > bytes.len() {
+                    continue;
+                }
+                let got = s.read(p, off as u32, len as u32).await.unwrap();
+                assert_eq!(&got[..], &bytes[off..off + len], "piece {p} at {off}+{len}");
+            }
+        }
+    }
+}

@@ -5,8 +5,11 @@
 //!   decodes in place (block data is split off without copying), passes commands, blocks read
 //!   for uploads and the time in, and hands events to the torrent, checked requests to the
 //!   upload server and bytes to the writer;
-//! - the **upload server** reads requested blocks from storage, [`READS_IN_FLIGHT`] at a time,
-//!   handing them back in request order;
+//! - the **upload server** reads requested blocks from storage, handing them back in request
+//!   order. Requests for adjacent blocks of one piece are read together ([`ReadRun`], up to
+//!   [`MAX_RUN_BYTES`]), [`RUNS_IN_FLIGHT`] reads at a time: a peer fetching whole pieces costs
+//!   one blocking-pool read per 128 KiB, not one per 16 KiB block (the hand-off to and from the
+//!   blocking pool, not the copy, was what seeding spent its CPU on);
 //! - the **writer** writes what the driver hands it with vectored writes, batched up to
 //!   [`WRITE_BATCH`], paying the upload limit first, bounded by [`WRITE_TIMEOUT`].
 //!
@@ -30,9 +33,16 @@ use crate::ratelimit::RateLimiter;
 use crate::storage::Storage;
 use crate::types::{BlockRef, BLOCK_SIZE};
 
-/// Disk reads for one peer's requests running at once (and blocks read but not yet handed to
-/// the driver): bounds what a peer that requests but never reads can make us hold.
-const READS_IN_FLIGHT: usize = 16;
+/// Bytes one storage read may cover: adjacent requested blocks of one piece up to this are
+/// read with one call. Eight 16 KiB blocks: the upload server then holds at most
+/// `RUNS_IN_FLIGHT * MAX_RUN_BYTES` (256 KiB) read ahead of the driver, as the 16 single-block
+/// reads it ran before did.
+const MAX_RUN_BYTES: u32 = 128 * 1024;
+/// Storage reads for one peer's requests running at once: bounds what a peer that requests but
+/// never reads can make us hold (with [`MAX_RUN_BYTES`] and [`UPLOADS_QUEUED`]).
+const RUNS_IN_FLIGHT: usize = 2;
+/// Blocks read and not yet taken by the driver.
+const UPLOADS_QUEUED: usize = 16;
 /// Read buffer per connection. Blocks are split off it without copying, so each buffered
 /// block keeps its buffer alive: a small buffer bounds how much junk between blocks a peer
 /// can make us hold (at most 4× the block data).
@@ -52,8 +62,9 @@ const IO_SLICES: usize = 64;
 /// returns when the first of them stops. The final [`PeerEvent::Closed`] is always sent.
 pub async fn run_peer(conn: Connection, ctx: PeerContext, commands: mpsc::Receiver<PeerCommand>) {
     let (rd, wr) = tokio::io::split(conn.stream);
-    let (request_tx, request_rx) = mpsc::channel::<BlockRef>(MAX_QUEUED_UPLOADS);
-    let (upload_tx, upload_rx) = mpsc::channel::<Upload>(READS_IN_FLIGHT);
+    // Each run holds at least one request, and the protocol keeps at most MAX_QUEUED_UPLOADS.
+    let (request_tx, request_rx) = mpsc::channel::<ReadRun>(MAX_QUEUED_UPLOADS);
+    let (upload_tx, upload_rx) = mpsc::channel::<Upload>(UPLOADS_QUEUED);
     let (transmit_tx, transmit_rx) = mpsc::channel::<Transmit>(TRANSMITS_QUEUED);
     let PeerContext {
         key,
@@ -149,7 +160,7 @@ struct Links {
     shared: Arc<PeerShared>,
     commands: mpsc::Receiver<PeerCommand>,
     uploads: mpsc::Receiver<Upload>,
-    requests: mpsc::Sender<BlockRef>,
+    requests: mpsc::Sender<ReadRun>,
     transmit: mpsc::Sender<Transmit>,
     download_limit: Arc<RateLimiter>,
 }
@@ -173,15 +184,30 @@ async fn drive<R: AsyncRead + Unpin>(mut rd: R, mut proto: PeerProto, mut l: Lin
                 return CloseReason::TorrentStopped;
             }
         }
-        while let Some(block) = proto.poll_upload_request() {
-            match l.requests.try_send(block) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Not expected: the protocol keeps at most MAX_QUEUED_UPLOADS requests
-                    // between checking them and getting their data back (the channel's size).
-                    tracing::debug!(peer = l.key, "upload queue full, request dropped");
+        // The requests of this input, adjacent ones of a piece joined into one read.
+        let mut run: Option<ReadRun> = None;
+        loop {
+            let block = proto.poll_upload_request();
+            if let (Some(r), Some(b)) = (run.as_mut(), block) {
+                if r.extend(b) {
+                    continue;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => server_gone = true,
+            }
+            if let Some(r) = run.take() {
+                match l.requests.try_send(r) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        // Not expected: the protocol keeps at most MAX_QUEUED_UPLOADS requests
+                        // between checking them and getting their data back, and each run
+                        // holds at least one (the channel's size).
+                        tracing::debug!(peer = l.key, "upload queue full, requests dropped");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => server_gone = true,
+                }
+            }
+            match block {
+                Some(b) => run = Some(ReadRun::new(b)),
+                None => break,
             }
         }
         l.shared.uploaded.store(proto.uploaded(), Ordering::Relaxed);
@@ -270,44 +296,113 @@ struct Upload {
     data: Bytes,
 }
 
-/// Read the blocks a peer requested, several at a time but handed back in request order.
-/// Reading here rather than in the driver keeps disk latency out of the receive path and lets
-/// reads overlap.
+/// Requested blocks that one storage read covers: adjacent, in request order, inside one
+/// piece, [`MAX_RUN_BYTES`] at most (a single block may be any checked request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReadRun {
+    blocks: Vec<BlockRef>,
+}
+
+impl ReadRun {
+    fn new(block: BlockRef) -> Self {
+        ReadRun {
+            blocks: vec![block],
+        }
+    }
+
+    /// Take `block` into the run if it starts where the run ends, in the same piece, and the
+    /// run stays within [`MAX_RUN_BYTES`]; otherwise leave the run as it is.
+    fn extend(&mut self, block: BlockRef) -> bool {
+        let (first, len) = (self.blocks[0], self.len());
+        let joins = block.piece == first.piece
+            && block.length > 0
+            && first.begin.checked_add(len) == Some(block.begin)
+            && len + block.length <= MAX_RUN_BYTES;
+        if joins {
+            self.blocks.push(block);
+        }
+        joins
+    }
+
+    /// Bytes the run covers (requests are at most 16 KiB, a run at most [`MAX_RUN_BYTES`] or
+    /// one request, so this cannot overflow).
+    fn len(&self) -> u32 {
+        self.blocks.iter().map(|b| b.length).sum()
+    }
+
+    /// The run's data cut back into its blocks (shared, not copied).
+    fn split(&self, data: &Bytes) -> impl Iterator<Item = Upload> + '_ {
+        let data = data.clone();
+        let mut at = 0usize;
+        self.blocks.iter().map(move |&block| {
+            let end = at + block.length as usize;
+            let up = Upload {
+                block,
+                data: data.slice(at..end),
+            };
+            at = end;
+            up
+        })
+    }
+}
+
+/// Read the blocks a peer requested, a run of adjacent ones with one call and several runs at
+/// a time, handed back in request order. Reading here rather than in the driver keeps disk
+/// latency out of the receive path and lets reads overlap.
 async fn serve_uploads(
-    requests: mpsc::Receiver<BlockRef>,
+    requests: mpsc::Receiver<ReadRun>,
     storage: Arc<dyn Storage>,
     out: mpsc::Sender<Upload>,
     (key, events): (PeerKey, mpsc::Sender<(PeerKey, PeerEvent)>),
 ) -> CloseReason {
     let requests = futures::stream::unfold(requests, |mut rx| async move {
-        rx.recv().await.map(|block| (block, rx))
+        rx.recv().await.map(|run| (run, rx))
     });
     let reads = requests
-        .map(|block| {
+        .map(|run| {
             let storage = storage.clone();
             async move {
-                let data = storage.read(block.piece, block.begin, block.length).await;
-                (block, data)
+                let first = run.blocks[0];
+                let data = storage.read(first.piece, first.begin, run.len()).await;
+                (run, data)
             }
         })
-        .buffered(READS_IN_FLIGHT);
+        .buffered(RUNS_IN_FLIGHT);
     let mut reads = std::pin::pin!(reads);
     let stopped = |task| CloseReason::TaskStopped {
         task,
         detail: "stopped".into(),
     };
-    while let Some((block, data)) = reads.next().await {
+    while let Some((run, data)) = reads.next().await {
         let data = match data {
-            Ok(d) => d,
+            Ok(d) if d.len() == run.len() as usize => d,
+            Ok(d) => {
+                // A backend that breaks the contract must not make us send garbage framing.
+                let block = run.blocks[0];
+                let e = crate::storage::StorageError::Io {
+                    path: Default::default(),
+                    source: std::io::Error::other(format!(
+                        "read of {} bytes returned {}",
+                        run.len(),
+                        d.len()
+                    )),
+                };
+                let _ = events.send((key, PeerEvent::ReadFailed(block, e))).await;
+                return CloseReason::StorageReadFailed(block);
+            }
             Err(e) => {
                 // The torrent must learn that data it advertised is gone (it stops seeding);
-                // the close reason alone would lose what failed.
+                // the close reason alone would lose what failed. A run lies in one piece, so
+                // its first block names the piece.
+                let block = run.blocks[0];
                 let _ = events.send((key, PeerEvent::ReadFailed(block, e))).await;
                 return CloseReason::StorageReadFailed(block);
             }
         };
-        if out.send(Upload { block, data }).await.is_err() {
-            return stopped("driver");
+        for up in run.split(&data) {
+            if out.send(up).await.is_err() {
+                return stopped("driver");
+            }
         }
     }
     stopped("driver")
@@ -387,13 +482,227 @@ async fn write_chunks<W: AsyncWrite + Unpin>(
 mod tests {
     use std::path::PathBuf;
 
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
     use crate::storage::memory::MemoryBackend;
     use crate::storage::{Layout, StorageBackend, StorageSpec};
     use crate::types::{InfoHash, PeerId};
     use crate::wire::{self, Handshake, Message};
+
+    fn block(piece: u32, begin: u32) -> BlockRef {
+        BlockRef {
+            piece,
+            begin,
+            length: BLOCK_SIZE,
+        }
+    }
+
+    /// Adjacent blocks of one piece join a run up to MAX_RUN_BYTES; a gap, another piece, a
+    /// block out of order or a full run start a new one.
+    #[test]
+    fn read_runs_join_adjacent_blocks_of_one_piece_up_to_the_cap() {
+        let mut run = ReadRun::new(block(3, 0));
+        let per_run = MAX_RUN_BYTES / BLOCK_SIZE;
+        for i in 1..per_run {
+            assert!(run.extend(block(3, i * BLOCK_SIZE)), "block {i}");
+        }
+        assert_eq!(run.len(), MAX_RUN_BYTES);
+        assert!(!run.extend(block(3, per_run * BLOCK_SIZE)), "over the cap");
+        assert_eq!(run.blocks.len(), per_run as usize);
+
+        let mut run = ReadRun::new(block(3, BLOCK_SIZE));
+        assert!(!run.extend(block(4, 2 * BLOCK_SIZE)), "another piece");
+        assert!(!run.extend(block(3, 3 * BLOCK_SIZE)), "a gap");
+        assert!(!run.extend(block(3, 0)), "backwards");
+        assert!(!run.extend(block(3, BLOCK_SIZE)), "the same block again");
+        let short = BlockRef {
+            piece: 3,
+            begin: 2 * BLOCK_SIZE,
+            length: 100,
+        };
+        assert!(run.extend(short), "a short block joins");
+        assert!(!run.extend(block(3, 2 * BLOCK_SIZE + 50)), "overlapping");
+        assert_eq!(run.len(), BLOCK_SIZE + 100);
+    }
+
+    /// A run's data goes back to its blocks in order, each the bytes it asked for.
+    #[test]
+    fn read_run_splits_its_data_into_its_blocks() {
+        let mut run = ReadRun::new(BlockRef {
+            piece: 0,
+            begin: 10,
+            length: 3,
+        });
+        assert!(run.extend(BlockRef {
+            piece: 0,
+            begin: 13,
+            length: 2,
+        }));
+        let data = Bytes::from_static(b"abcde");
+        let ups: Vec<(BlockRef, Bytes)> = run.split(&data).map(|u| (u.block, u.data)).collect();
+        assert_eq!(ups.len(), 2);
+        assert_eq!((ups[0].0.begin, &ups[0].1[..]), (10, &b"abc"[..]));
+        assert_eq!((ups[1].0.begin, &ups[1].1[..]), (13, &b"de"[..]));
+    }
+
+    /// The next message the peer side receives.
+    async fn next_message(rd: &mut tokio::io::DuplexStream, inbox: &mut BytesMut) -> Message {
+        loop {
+            if let Some(m) = wire::decode(inbox, 1 << 20).unwrap() {
+                return m;
+            }
+            assert!(rd.read_buf(inbox).await.unwrap() > 0, "connection closed");
+        }
+    }
+
+    /// Counts reads of the storage it wraps.
+    struct CountingStorage {
+        inner: Arc<dyn Storage>,
+        reads: Arc<std::sync::Mutex<Vec<(u32, u32, u32)>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for CountingStorage {
+        fn resume(&self) -> crate::storage::Resume {
+            self.inner.resume()
+        }
+        async fn write(
+            &self,
+            piece: u32,
+            offset: u32,
+            chunks: Vec<Bytes>,
+        ) -> Result<(), crate::storage::StorageError> {
+            self.inner.write(piece, offset, chunks).await
+        }
+        async fn read(
+            &self,
+            piece: u32,
+            offset: u32,
+            len: u32,
+        ) -> Result<Bytes, crate::storage::StorageError> {
+            self.reads.lock().unwrap().push((piece, offset, len));
+            self.inner.read(piece, offset, len).await
+        }
+        async fn mark_complete(&self, piece: u32) -> Result<(), crate::storage::StorageError> {
+            self.inner.mark_complete(piece).await
+        }
+        fn has_piece(&self, piece: u32) -> bool {
+            self.inner.has_piece(piece)
+        }
+        fn is_finalized(&self, file: usize) -> bool {
+            self.inner.is_finalized(file)
+        }
+        async fn flush(&self) -> Result<(), crate::storage::StorageError> {
+            self.inner.flush().await
+        }
+    }
+
+    /// A peer asking for a whole piece and two scattered blocks gets every block, in request
+    /// order, with the right bytes, from one storage read per run of adjacent blocks.
+    #[tokio::test]
+    async fn adjacent_requests_are_served_from_one_read_per_run() {
+        const PIECE: u32 = 256 * 1024;
+        let info_hash = InfoHash([1; 20]);
+        let layout = Arc::new(Layout::new(PIECE, [(PathBuf::from("f"), 2 * PIECE as u64)]));
+        let memory = MemoryBackend::new()
+            .open(StorageSpec {
+                info_hash,
+                layout: layout.clone(),
+                download_dir: PathBuf::from("unused"),
+                state_dir: PathBuf::from("unused"),
+                skipped_files: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let content: Vec<u8> = (0..2 * PIECE).map(|i| (i % 251) as u8).collect();
+        for p in 0..2u32 {
+            let piece = &content[(p * PIECE) as usize..((p + 1) * PIECE) as usize];
+            memory
+                .write(p, 0, vec![Bytes::copy_from_slice(piece)])
+                .await
+                .unwrap();
+            memory.mark_complete(p).await.unwrap();
+        }
+        let reads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let storage: Arc<dyn Storage> = Arc::new(CountingStorage {
+            inner: memory,
+            reads: reads.clone(),
+        });
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let (events_tx, _events) = mpsc::channel(16);
+        let (commands, commands_rx) = mpsc::channel(16);
+        let conn = Connection {
+            stream: Box::new(ours),
+            addr: "127.0.0.1:6881".parse().unwrap(),
+            remote: Handshake {
+                reserved: [0; 8],
+                info_hash,
+                peer_id: PeerId([2; 20]),
+            },
+            transport: "duplex".into(),
+            encryption: Default::default(),
+        };
+        let ctx = PeerContext {
+            key: 7,
+            layout,
+            storage,
+            events: events_tx,
+            shared: Arc::new(PeerShared::default()),
+            initial_bitfield: Some(crate::types::Bitfield::full(2)),
+            info_hash,
+            peer_id: PeerId([3; 20]),
+            download_limit: Arc::new(RateLimiter::new(0)),
+            upload_limit: Arc::new(RateLimiter::new(0)),
+            extended_handshake: super::super::proto::basic_extended_handshake(),
+        };
+        let peer = tokio::spawn(run_peer(conn, ctx, commands_rx));
+        commands.send(PeerCommand::SetChoking(false)).await.unwrap();
+        let mut inbox = BytesMut::new();
+        let (t, i) = (&mut theirs, &mut inbox);
+        assert!(matches!(next_message(t, i).await, Message::Bitfield(_)));
+        assert_eq!(next_message(t, i).await, Message::Unchoke);
+        // All requests in one write, so the driver takes them as one input.
+        let mut wanted: Vec<BlockRef> = (0..PIECE / BLOCK_SIZE)
+            .map(|i| block(0, i * BLOCK_SIZE))
+            .collect();
+        wanted.push(block(1, 3 * BLOCK_SIZE));
+        wanted.push(block(1, 5 * BLOCK_SIZE));
+        let mut out = BytesMut::new();
+        for b in &wanted {
+            Message::Request {
+                index: b.piece,
+                begin: b.begin,
+                length: b.length,
+            }
+            .encode(&mut out);
+        }
+        theirs.write_all(&out).await.unwrap();
+        for b in &wanted {
+            let Message::Piece { index, begin, data } = next_message(&mut theirs, &mut inbox).await
+            else {
+                panic!("a piece message for {b:?}");
+            };
+            assert_eq!((index, begin), (b.piece, b.begin));
+            let at = (index * PIECE + begin) as usize;
+            assert!(
+                data[..] == content[at..at + BLOCK_SIZE as usize],
+                "data of {b:?}"
+            );
+        }
+        let reads = reads.lock().unwrap().clone();
+        assert_eq!(
+            reads,
+            vec![
+                (0, 0, MAX_RUN_BYTES),
+                (0, MAX_RUN_BYTES, MAX_RUN_BYTES),
+                (1, 3 * BLOCK_SIZE, BLOCK_SIZE),
+                (1, 5 * BLOCK_SIZE, BLOCK_SIZE),
+            ]
+        );
+        commands.send(PeerCommand::Close).await.unwrap();
+        peer.await.unwrap();
+    }
 
     /// The driver runs the protocol's timers on tokio's clock: a peer that never speaks gets
     /// our keep-alive at 90 s and is dropped at 180 s, with the typed reason.
