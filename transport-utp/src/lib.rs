@@ -24,6 +24,9 @@
 //!   the socket under it admits data datagrams per connection through a token bucket whose
 //!   rate follows the library's retransmissions, so bursts stay small and the rate settles
 //!   just under what the receiver drains. [`UtpOptions::pacing`] tunes or disables it.
+//! - **TCP-like flush** (`stream.rs`). `flush` returns once the library holds the bytes
+//!   instead of waiting for the peer's ACK of every one, which made each batch of blocks the
+//!   engine writes wait for a round trip and the peer's delayed-ACK timer.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -40,9 +43,11 @@ use zigtorrent_engine::transport::{
 
 mod paced_udp;
 mod pacer;
+mod stream;
 
 use paced_udp::PacedUdp;
 pub use pacer::PacerConfig;
+pub use stream::UtpPeerStream;
 
 /// The library's default environment (clock, random numbers). Its trait is not exported, so
 /// the type is taken from the library's own `UtpSocketUdp` alias.
@@ -246,7 +251,7 @@ impl Transport for UtpTransport {
                 .map_err(|_| TransportError::NotSupported("transport closed"))?;
             let socket = self.socket_for(addr).await?;
             let stream = socket.connect(addr).await.map_err(io_error)?;
-            Ok::<BoxStream, TransportError>(Box::new(stream))
+            Ok::<BoxStream, TransportError>(Box::new(UtpPeerStream(stream)))
         };
         tokio::time::timeout(self.options.connect_timeout, attempt)
             .await
@@ -278,7 +283,7 @@ impl Listener for UtpPeerListener {
     async fn accept(&mut self) -> Result<(BoxStream, SocketAddr), TransportError> {
         let stream = self.socket.accept().await.map_err(io_error)?;
         let remote = stream.remote_addr();
-        Ok((Box::new(stream), remote))
+        Ok((Box::new(UtpPeerStream(stream)), remote))
     }
 }
 
