@@ -48,3 +48,57 @@ impl AsyncWrite for UtpPeerStream {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use zigtorrent_engine::transport::Transport;
+
+    use crate::{UtpOptions, UtpTransport};
+
+    fn opts() -> UtpOptions {
+        UtpOptions {
+            connect_timeout: Duration::from_secs(5),
+            ..UtpOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn flush_does_not_wait_for_acks_and_dropped_data_still_arrives() {
+        let server = UtpTransport::with_options(opts());
+        let mut l = server.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = l.local_addr();
+        let data: Vec<u8> = (0..400_000u32).map(|i| (i * 13 + 1) as u8).collect();
+        let expect = data.clone();
+        let reader = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let client = UtpTransport::with_options(opts());
+        let mut c = client.connect(addr).await.unwrap();
+        c.write_all(&data).await.unwrap();
+        // Right after the write most of it is unsent, let alone acknowledged: the library's
+        // own flush would be Pending here.
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(AsyncWrite::poll_flush(std::pin::Pin::new(&mut c), cx))
+        })
+        .await;
+        assert!(matches!(first, std::task::Poll::Ready(Ok(()))));
+        // Dropping the stream hands the rest to the library, which delivers it and closes.
+        drop(c);
+        let got = tokio::time::timeout(Duration::from_secs(20), reader)
+            .await
+            .expect("the reader saw the end of the stream")
+            .unwrap();
+        assert!(
+            got == expect,
+            "{} of {} bytes, or different",
+            got.len(),
+            expect.len()
+        );
+    }
+}
