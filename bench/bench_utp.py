@@ -7,7 +7,10 @@ In one run, on 127.0.0.1, uTP only on both sides:
   lt -> lt    a uTP-only libtorrent leecher downloads from a uTP-only libtorrent seeder (baseline)
   lt -> zig   `zigtorrent run --transport utp` downloads from the same seeder
   zig -> lt   zigtorrent seeds over uTP to a uTP-only libtorrent leecher
-Prints MB/s for each and ratio = zigtorrent MB/s / libtorrent MB/s (goal >= 1.0), then one
+Each row also prints `drops`: the growth of the kernel's UDP RcvbufErrors counter
+(/proc/net/snmp; machine-wide, so on loopback it counts the datagrams either end lost to a full
+receive buffer during that row, and any other UDP traffic's); zig -> lt also the drops of the
+libtorrent leecher's own socket (/proc/net/udp), which nothing else touches. Prints MB/s for each and ratio = zigtorrent MB/s / libtorrent MB/s (goal >= 1.0), then one
 machine-readable line `utp_row {...}` (JSON) for bench.py to pick up.
 """
 
@@ -18,6 +21,9 @@ import shutil
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from utp_seed import socket_drops, udp_counters  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
                                 "interop"))
@@ -55,6 +61,9 @@ def lt_to_zig(env, work):
     return took
 
 
+LAST_LEECHER_DROPS = {}
+
+
 def zig_to_lt(env, work):
     zport, lport = u.free_port(), u.free_port()
     d = u._mk(work, "zig-lt")
@@ -69,6 +78,7 @@ def zig_to_lt(env, work):
     h.connect_peer(("127.0.0.1", zport))
     u.wait_for("lt leecher", lambda: h.status().is_seeding, 1800)
     took = time.monotonic() - t0
+    LAST_LEECHER_DROPS["zig_to_lt"] = socket_drops(lport)
     u.stop(zig)
     return took
 
@@ -77,6 +87,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bin")
     ap.add_argument("--size", type=int, default=1 << 30)
+    ap.add_argument("--rows", default="lt_to_lt,lt_to_zig,zig_to_lt",
+                    help="which rows to run (comma-separated); ratios need all three")
     args = ap.parse_args()
     root = tempfile.mkdtemp(prefix="zt-bench-utp-")
     try:
@@ -85,15 +97,26 @@ def main():
         res = {}
         for name, f in (("lt_to_lt", lt_to_lt), ("lt_to_zig", lt_to_zig),
                         ("zig_to_lt", zig_to_lt)):
+            if name not in args.rows.split(","):
+                continue
+            drops0, _ = udp_counters()
             took = f(env, root)
+            drops = udp_counters()[0] - drops0
             res[name] = round(mb / took, 1)
-            print(f"{name:10} {res[name]:8.1f} MB/s  ({took:.1f}s)", flush=True)
+            res[name + "_drops"] = drops
+            extra = ""
+            if name in LAST_LEECHER_DROPS:
+                res[name + "_leecher_drops"] = LAST_LEECHER_DROPS[name]
+                extra = f"  leecher socket drops {LAST_LEECHER_DROPS[name]}"
+            print(f"{name:10} {res[name]:8.1f} MB/s  ({took:.1f}s)  drops {drops}{extra}",
+                  flush=True)
             u.cleanup()
-        res["ratio_download"] = round(res["lt_to_zig"] / res["lt_to_lt"], 2)
-        res["ratio_upload"] = round(res["zig_to_lt"] / res["lt_to_lt"], 2)
         res["size"] = args.size
-        print(f"ratio download {res['ratio_download']}  upload {res['ratio_upload']} "
-              "(zigtorrent / libtorrent, goal >= 1.0)")
+        if all(k in res for k in ("lt_to_lt", "lt_to_zig", "zig_to_lt")):
+            res["ratio_download"] = round(res["lt_to_zig"] / res["lt_to_lt"], 2)
+            res["ratio_upload"] = round(res["zig_to_lt"] / res["lt_to_lt"], 2)
+            print(f"ratio download {res['ratio_download']}  upload {res['ratio_upload']} "
+                  "(zigtorrent / libtorrent, goal >= 1.0)")
         print("utp_row " + json.dumps(res))
     finally:
         u.cleanup()

@@ -19,6 +19,14 @@
 //!   listening port while a download runs.
 //! - **clean teardown.** Dropping the transport cancels the socket's tasks, which closes the UDP
 //!   socket and every stream on it.
+//! - **paced sends** (`paced_udp.rs`, `pacer.rs`). The library would send a whole congestion
+//!   window back to back, which overruns a receiver's UDP buffer on fast links (loopback);
+//!   the socket under it admits data datagrams per connection through a token bucket whose
+//!   rate follows the library's retransmissions, so bursts stay small and the rate settles
+//!   just under what the receiver drains. [`UtpOptions::pacing`] tunes or disables it.
+//! - **TCP-like flush** (`stream.rs`). `flush` returns once the library holds the bytes
+//!   instead of waiting for the peer's ACK of every one, which made each batch of blocks the
+//!   engine writes wait for a round trip and the peer's delayed-ACK timer.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -26,12 +34,33 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use librqbit_utp::{SocketOpts, UtpSocketUdp};
+use librqbit_utp::{SocketOpts, UtpSocket, UtpSocketUdp};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use zigtorrent_engine::transport::{
     BoxStream, Listener, Transport, TransportError, TransportOptions,
 };
+
+mod paced_udp;
+mod pacer;
+mod stream;
+
+use paced_udp::PacedUdp;
+pub use pacer::PacerConfig;
+pub use stream::UtpPeerStream;
+
+/// The library's default environment (clock, random numbers). Its trait is not exported, so
+/// the type is taken from the library's own `UtpSocketUdp` alias.
+trait EnvOf {
+    type Env;
+}
+impl<T, E> EnvOf for UtpSocket<T, E> {
+    type Env = E;
+}
+type DefaultEnv = <UtpSocketUdp as EnvOf>::Env;
+
+/// A uTP socket over our paced UDP socket.
+type Socket = UtpSocket<PacedUdp, DefaultEnv>;
 
 /// The selector `--transport utp`.
 pub const NAME: &str = "utp";
@@ -50,6 +79,9 @@ pub struct UtpOptions {
     pub rx_buffer: usize,
     /// Per-connection send buffer ceiling (it starts at 32 KiB and grows on demand).
     pub tx_buffer_max: usize,
+    /// How data datagrams are paced per connection (see `pacer.rs`); `None` sends them as the
+    /// library produces them, in bursts of a whole congestion window.
+    pub pacing: Option<PacerConfig>,
 }
 
 impl UtpOptions {
@@ -75,6 +107,7 @@ impl Default for UtpOptions {
             // bounds a sender, so this is the throughput knob.
             rx_buffer: 2 * 1024 * 1024,
             tx_buffer_max: 2 * 1024 * 1024,
+            pacing: Some(PacerConfig::default()),
         }
     }
 }
@@ -92,9 +125,9 @@ pub struct UtpTransport {
 /// before (or without) listening, one per address family.
 #[derive(Default)]
 struct Sockets {
-    listening: Option<Arc<UtpSocketUdp>>,
-    ephemeral_v4: Option<Arc<UtpSocketUdp>>,
-    ephemeral_v6: Option<Arc<UtpSocketUdp>>,
+    listening: Option<Arc<Socket>>,
+    ephemeral_v4: Option<Arc<Socket>>,
+    ephemeral_v6: Option<Arc<Socket>>,
 }
 
 impl std::fmt::Debug for UtpTransport {
@@ -137,14 +170,26 @@ impl UtpTransport {
         }
     }
 
-    async fn bind(&self, addr: SocketAddr) -> Result<Arc<UtpSocketUdp>, TransportError> {
-        UtpSocketUdp::new_udp_with_opts(addr, self.socket_opts(), Default::default())
-            .await
-            .map_err(|e| TransportError::Io(std::io::Error::other(format!("uTP bind {addr}: {e}"))))
+    /// The UDP receive buffer to ask for: every connection's window plus a quarter for
+    /// headers and ACKs (the library's own rule); the kernel caps it at `net.core.rmem_max`.
+    fn udp_rcvbuf(&self) -> usize {
+        self.options
+            .max_connections
+            .saturating_mul(self.options.rx_buffer / 8 * 10)
+    }
+
+    async fn bind(&self, addr: SocketAddr) -> Result<Arc<Socket>, TransportError> {
+        let udp =
+            PacedUdp::bind(addr, self.udp_rcvbuf(), self.options.pacing.clone()).map_err(|e| {
+                TransportError::Io(std::io::Error::other(format!("uTP bind {addr}: {e}")))
+            })?;
+        Socket::new_with_opts(udp, DefaultEnv::default(), self.socket_opts()).map_err(|e| {
+            TransportError::Io(std::io::Error::other(format!("uTP socket {addr}: {e}")))
+        })
     }
 
     /// The socket outgoing connects to `remote` leave from.
-    async fn socket_for(&self, remote: SocketAddr) -> Result<Arc<UtpSocketUdp>, TransportError> {
+    async fn socket_for(&self, remote: SocketAddr) -> Result<Arc<Socket>, TransportError> {
         {
             let s = self.sockets.lock().expect("lock poisoned only by a panic");
             if let Some(l) = &s.listening {
@@ -206,7 +251,7 @@ impl Transport for UtpTransport {
                 .map_err(|_| TransportError::NotSupported("transport closed"))?;
             let socket = self.socket_for(addr).await?;
             let stream = socket.connect(addr).await.map_err(io_error)?;
-            Ok::<BoxStream, TransportError>(Box::new(stream))
+            Ok::<BoxStream, TransportError>(Box::new(UtpPeerStream(stream)))
         };
         tokio::time::timeout(self.options.connect_timeout, attempt)
             .await
@@ -225,7 +270,7 @@ impl Transport for UtpTransport {
 }
 
 struct UtpPeerListener {
-    socket: Arc<UtpSocketUdp>,
+    socket: Arc<Socket>,
     local: SocketAddr,
 }
 
@@ -238,7 +283,7 @@ impl Listener for UtpPeerListener {
     async fn accept(&mut self) -> Result<(BoxStream, SocketAddr), TransportError> {
         let stream = self.socket.accept().await.map_err(io_error)?;
         let remote = stream.remote_addr();
-        Ok((Box::new(stream), remote))
+        Ok((Box::new(UtpPeerStream(stream)), remote))
     }
 }
 
