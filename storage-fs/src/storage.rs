@@ -862,8 +862,13 @@ impl Inner {
         let [(file, at, _, n)] = segments[..] else {
             return None;
         };
-        // Only a handle already open: opening a file may wait on the disk.
-        let h = lock(&self.state).cache.get(file)?;
+        // Only a handle already open: opening a file may wait on the disk. Never wait for the
+        // lock either: a finalize holds it across a rename, which a slow file system may
+        // stretch, and this runs on the runtime's own threads.
+        let h = match self.state.try_lock() {
+            Ok(mut st) => st.cache.get(file)?,
+            Err(_) => return None,
+        };
         let mut buf = vec![0u8; n];
         let mut done = 0;
         while done < n {
@@ -877,8 +882,13 @@ impl Inner {
                 Ok(0) => return None,
                 Ok(k) => done += k,
                 Err(rustix::io::Errno::INTR) => {}
-                Err(rustix::io::Errno::OPNOTSUPP) => {
-                    // A file system (or kernel) that cannot tell: stop asking.
+                Err(
+                    rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::NOSYS
+                    | rustix::io::Errno::INVAL,
+                ) => {
+                    // A file system or kernel that cannot tell (no `preadv2`, or no
+                    // `RWF_NOWAIT`): stop asking.
                     self.no_nowait.store(true, Ordering::Relaxed);
                     return None;
                 }

@@ -7,7 +7,8 @@
 //!   upload server and bytes to the writer;
 //! - the **upload server** reads requested blocks from storage, handing them back in request
 //!   order. Requests for adjacent blocks of one piece are read together ([`ReadRun`], up to
-//!   [`MAX_RUN_BYTES`]), [`RUNS_IN_FLIGHT`] reads at a time: a peer fetching whole pieces costs
+//!   [`MAX_RUN_BYTES`]), up to [`RUNS_IN_FLIGHT`] reads at a time within
+//!   [`READ_AHEAD_BYTES`]: a peer fetching whole pieces costs
 //!   one blocking-pool read per 128 KiB, not one per 16 KiB block (the hand-off to and from the
 //!   blocking pool, not the copy, was what seeding spent its CPU on);
 //! - the **writer** writes what the driver hands it with vectored writes, batched up to
@@ -34,13 +35,18 @@ use crate::storage::Storage;
 use crate::types::{BlockRef, BLOCK_SIZE};
 
 /// Bytes one storage read may cover: adjacent requested blocks of one piece up to this are
-/// read with one call. Eight 16 KiB blocks: the upload server then holds at most
-/// `RUNS_IN_FLIGHT * MAX_RUN_BYTES` (256 KiB) read ahead of the driver, as the 16 single-block
-/// reads it ran before did.
+/// read with one call (eight 16 KiB blocks).
 const MAX_RUN_BYTES: u32 = 128 * 1024;
-/// Storage reads for one peer's requests running at once: bounds what a peer that requests but
-/// never reads can make us hold (with [`MAX_RUN_BYTES`] and [`UPLOADS_QUEUED`]).
-const RUNS_IN_FLIGHT: usize = 2;
+/// Storage reads for one peer's requests running at once, at most: a peer asking for scattered
+/// blocks (one run each) still gets its reads overlapped, as the 16 single-block reads before
+/// runs did (a cold disk or an HDD needs them).
+const RUNS_IN_FLIGHT: usize = 16;
+/// Bytes those reads may cover together, read but not yet handed to the driver: bounds what a
+/// peer that requests but never reads can make us hold (with [`UPLOADS_QUEUED`]), as the 16
+/// single-block reads did.
+const READ_AHEAD_BYTES: u32 = 256 * 1024;
+/// The unit of [`READ_AHEAD_BYTES`] in the semaphore that enforces it.
+const READ_AHEAD_UNIT: u32 = 1024;
 /// Blocks read and not yet taken by the driver.
 const UPLOADS_QUEUED: usize = 16;
 /// Read buffer per connection. Blocks are split off it without copying, so each buffered
@@ -358,13 +364,24 @@ async fn serve_uploads(
     let requests = futures::stream::unfold(requests, |mut rx| async move {
         rx.recv().await.map(|run| (run, rx))
     });
+    // Fair (FIFO), and `buffered` polls in request order: runs take the budget in order.
+    let budget = Arc::new(tokio::sync::Semaphore::new(
+        (READ_AHEAD_BYTES / READ_AHEAD_UNIT) as usize,
+    ));
     let reads = requests
         .map(|run| {
             let storage = storage.clone();
+            let budget = budget.clone();
             async move {
+                // A run is at most MAX_RUN_BYTES, within the budget; the semaphore is never
+                // closed.
+                let permit = budget
+                    .acquire_many_owned(run.len().div_ceil(READ_AHEAD_UNIT))
+                    .await
+                    .ok();
                 let first = run.blocks[0];
                 let data = storage.read(first.piece, first.begin, run.len()).await;
-                (run, data)
+                (run, data, permit)
             }
         })
         .buffered(RUNS_IN_FLIGHT);
@@ -373,7 +390,7 @@ async fn serve_uploads(
         task,
         detail: "stopped".into(),
     };
-    while let Some((run, data)) = reads.next().await {
+    while let Some((run, data, _permit)) = reads.next().await {
         let data = match data {
             Ok(d) if d.len() == run.len() as usize => d,
             Ok(d) => {

@@ -26,7 +26,8 @@ use crate::types::{Bitfield, PieceIndex};
 /// What a decorated storage does differently from the one it wraps.
 #[derive(Clone, Default)]
 struct Quirks {
-    /// Sleep this long before every read…
+    /// Sleep this long per 16 KiB block before every read (a read of adjacent blocks takes
+    /// as long as reading them one by one)…
     read_delay: Duration,
     /// …one read at a time (shared by all torrents of the backend).
     read_turn: Arc<tokio::sync::Mutex<()>>,
@@ -159,7 +160,8 @@ impl Storage for Quirky {
         self.quirks.reads.fetch_add(1, Ordering::SeqCst);
         if !self.quirks.read_delay.is_zero() {
             let _turn = self.quirks.read_turn.lock().await;
-            tokio::time::sleep(self.quirks.read_delay).await;
+            let blocks = len.div_ceil(crate::types::BLOCK_SIZE).max(1);
+            tokio::time::sleep(self.quirks.read_delay * blocks).await;
         }
         self.inner.read(piece, offset, len).await
     }

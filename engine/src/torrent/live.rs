@@ -614,6 +614,7 @@ impl Torrent {
             }
             TorrentCommand::LocalPeers(_) => {}
             TorrentCommand::Pause => {
+                self.count_seeding(now());
                 self.paused = true;
                 self.close_all_peers();
                 self.save_record_soon();
@@ -813,6 +814,11 @@ impl Torrent {
                 let peers = self.announcer.finish(*tiers, event, *result, now());
                 self.add_known(peers);
                 self.dial_new_now();
+                // `completed` waits for a running announce; send it now, not at the next wake.
+                if self.active() && self.is_seed() && !self.sent_completed {
+                    self.discover(now());
+                }
+                self.publish();
             }
             Internal::Connected {
                 conn,

@@ -7,8 +7,9 @@
 //!
 //! Bencoded and versioned; read through the bounded scanner with a size cap. A damaged,
 //! oversized or foreign-version record is ignored with a warning (the torrent starts afresh),
-//! never fatal. Written whole (`durable::write_replace`; a crash keeps the old record or the
-//! new one, and the move's commit point also fsyncs the folder) by one writer at a time, in order:
+//! never fatal. Written durably (`durable::write_atomic`), or, when only counters changed
+//! (seeding time, totals), without the folder's fsync (`durable::write_replace`: a crash keeps
+//! the old record or the new one, whole), by one writer at a time, in order:
 //! a late write of an older snapshot never replaces a newer one, and nothing is written after
 //! the session forgot the torrent (`Session::remove`).
 
@@ -299,15 +300,17 @@ impl RecordFile {
         }
     }
 
-    /// Write `record` whole (see `durable::write_replace`: a crash may keep the previous
-    /// one), unless a newer snapshot got there first or the torrent was forgotten meanwhile.
+    /// Write `record` durably, unless a newer snapshot got there first or the torrent was
+    /// forgotten meanwhile.
     pub(crate) async fn save(&self, record: &TorrentRecord) -> std::io::Result<()> {
-        self.write(record, false).await
+        self.write(record, true).await
     }
 
-    /// [`RecordFile::save`], durable once it returns (the commit point of a move).
-    pub(crate) async fn save_committed(&self, record: &TorrentRecord) -> std::io::Result<()> {
-        self.write(record, true).await
+    /// [`RecordFile::save`] of a record whose only changes are counters (seeding time, totals):
+    /// without the folder's fsync (`durable::write_replace`: a crash may keep the previous
+    /// record, whole). The user's choices always go through [`RecordFile::save`].
+    pub(crate) async fn save_counters(&self, record: &TorrentRecord) -> std::io::Result<()> {
+        self.write(record, false).await
     }
 
     async fn write(&self, record: &TorrentRecord, commit: bool) -> std::io::Result<()> {
@@ -351,6 +354,18 @@ impl RecordFile {
     }
 }
 
+/// Whether `a` and `b` differ in counters only (seeding time, payload totals): nothing the
+/// user chose.
+fn only_counters_differ(a: &TorrentRecord, b: &TorrentRecord) -> bool {
+    let counters = TorrentRecord {
+        seeding_secs: a.seeding_secs,
+        downloaded: a.downloaded,
+        uploaded: a.uploaded,
+        ..b.clone()
+    };
+    counters == *a
+}
+
 /// The torrent task's side: the record in memory, this run's additions, and when to write.
 pub(crate) struct Keeper {
     file: RecordFile,
@@ -366,6 +381,9 @@ pub(crate) struct Keeper {
     /// What was last written, and when.
     saved: Option<TorrentRecord>,
     last_save: Option<Instant>,
+    /// When this run started: a record read from disk whose only change is its seeding time
+    /// waits [`SEEDING_SAVE_INTERVAL`] from here (any other change is written at once).
+    loaded_at: Instant,
     /// The background write [`Keeper::save_soon`] started last. Writes run one after another
     /// (an older snapshot never lands after a newer one), and [`Keeper::save_now`] waits for it:
     /// a stop must not end while the user's last change is still on its way to disk.
@@ -388,9 +406,8 @@ impl Keeper {
             saved: saved.then(|| record.clone()),
             record,
             position,
-            // A record read from disk counts as written now: its first change (seeding time,
-            // a second later) waits its interval like any other.
-            last_save: saved.then(super::now),
+            last_save: None,
+            loaded_at: super::now(),
             pending: None,
         }
     }
@@ -433,9 +450,6 @@ impl Keeper {
         if saved == Some(&record) {
             return None;
         }
-        let Some(last) = self.last_save else {
-            return Some(now);
-        };
         // Seeding time grows by itself while a seed waits for peers: written with the next
         // real change, at a stop, and at least this often, not every minute per torrent.
         let time_only = saved.is_some_and(|s| {
@@ -444,25 +458,27 @@ impl Keeper {
                 ..record
             } == *s
         });
-        Some(
-            last + if time_only {
-                SEEDING_SAVE_INTERVAL
-            } else {
-                SAVE_INTERVAL
-            },
-        )
+        if time_only {
+            return Some(self.last_save.unwrap_or(self.loaded_at) + SEEDING_SAVE_INTERVAL);
+        }
+        Some(self.last_save.map_or(now, |t| t + SAVE_INTERVAL))
     }
 
     /// Write now if anything changed, without waiting for the write.
     pub(crate) fn save_soon(&mut self, now: Instant) {
-        if let Some(snapshot) = self.snapshot_if_changed(now) {
+        if let Some((snapshot, counters)) = self.snapshot_if_changed(now) {
             let file = self.file.clone();
             let previous = self.pending.take();
             self.pending = Some(tokio::spawn(async move {
                 if let Some(previous) = previous {
                     let _ = previous.await;
                 }
-                if let Err(e) = file.save(&snapshot).await {
+                let saved = if counters {
+                    file.save_counters(&snapshot).await
+                } else {
+                    file.save(&snapshot).await
+                };
+                if let Err(e) = saved {
                     tracing::warn!(error = %e, "torrent record not saved");
                 }
             }));
@@ -483,27 +499,37 @@ impl Keeper {
         self.record.queue_position = self.position.load(Ordering::Relaxed);
         self.saved = Some(self.record.clone());
         self.last_save = Some(now);
-        self.file.save_committed(&self.record).await
+        self.file.save(&self.record).await
     }
 
     /// Write now if anything changed, and wait for it (shutdown).
     pub(crate) async fn save_now(&mut self, now: Instant) {
         self.settle().await;
-        if let Some(snapshot) = self.snapshot_if_changed(now) {
-            if let Err(e) = self.file.save(&snapshot).await {
+        if let Some((snapshot, counters)) = self.snapshot_if_changed(now) {
+            let saved = if counters {
+                self.file.save_counters(&snapshot).await
+            } else {
+                self.file.save(&snapshot).await
+            };
+            if let Err(e) = saved {
                 tracing::warn!(error = %e, "torrent record not saved");
             }
         }
     }
 
-    fn snapshot_if_changed(&mut self, now: Instant) -> Option<TorrentRecord> {
+    /// The record to write if it changed, and whether only its counters did.
+    fn snapshot_if_changed(&mut self, now: Instant) -> Option<(TorrentRecord, bool)> {
         self.record.queue_position = self.position.load(Ordering::Relaxed);
         if self.saved.as_ref() == Some(&self.record) {
             return None;
         }
+        let counters = self
+            .saved
+            .as_ref()
+            .is_some_and(|s| only_counters_differ(s, &self.record));
         self.saved = Some(self.record.clone());
         self.last_save = Some(now);
-        Some(self.record.clone())
+        Some((self.record.clone(), counters))
     }
 }
 
@@ -643,8 +669,9 @@ mod tests {
             file.load().is_none(),
             "seeding time alone waits its interval"
         );
+        // Any other change is written at the next chance.
         k.set_run_totals(0, 1);
-        assert_eq!(k.next_save(t0), Some(t0 + SAVE_INTERVAL));
+        assert_eq!(k.next_save(t0), Some(t0));
         k.save_if_due(t0 + SAVE_INTERVAL);
         k.save_now(t0 + SAVE_INTERVAL).await;
         let back = file.load().unwrap();

@@ -44,6 +44,9 @@ impl Torrent {
         if queued == self.queued {
             return;
         }
+        // Seeding time up to now counts under the old state (a quiet torrent's last count may
+        // be a minute old).
+        self.count_seeding(now());
         let was_active = self.active();
         self.queued = queued;
         self.after_change(was_active);
@@ -52,6 +55,7 @@ impl Torrent {
     /// The user resumes: after a pause, or a finished torrent seeds again with the goal it
     /// reached turned off (as Transmission does; it would stop again at once otherwise).
     pub(super) fn on_resume(&mut self) {
+        self.count_seeding(now());
         let was_active = self.active();
         self.paused = false;
         if let Some(goal) = self.finished.take() {

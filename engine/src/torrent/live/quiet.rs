@@ -49,12 +49,21 @@ impl Torrent {
         if self.active() {
             let downloading = !self.is_seed();
             consider(self.announcer.next());
-            if downloading {
-                // Starving: an early announce and an early DHT search (see `discover`).
+            // Starving (nobody left to dial; see `starving`): an early announce and an early
+            // DHT search. With addresses waiting out their backoff, their redial is the job.
+            let starving = downloading
+                && !self
+                    .known
+                    .values()
+                    .any(|k| !k.connected && !k.connecting && !k.incoming_only);
+            if starving {
                 consider(self.announcer.early_at());
             }
             if self.p.discovery.as_ref().is_some_and(|d| d.dht().is_some()) {
-                consider(self.dht_schedule.next(downloading));
+                consider(self.dht_schedule.next(starving));
+            }
+            if self.is_seed() && !self.sent_completed {
+                consider(Some(now)); // `completed` not yet sent (an announce was running)
             }
             if self.p.discovery.as_ref().is_some_and(|d| d.lsd().is_some()) {
                 consider(Some(self.next_lsd.unwrap_or(now)));
