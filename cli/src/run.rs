@@ -129,11 +129,6 @@ pub fn run(args: RunArgs, mut signals: Signals) -> anyhow::Result<()> {
     tracing::debug!(lock = %lock.path().display(), "instance lock held");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // Blocking work is file I/O (storage, the state folder) and name lookups. tokio's
-        // default of 512 threads let a stop of 10,000 torrents run hundreds of writers into
-        // the state folder's lock at once (seconds of contention, a load average of 60);
-        // a few dozen keep the disks as busy.
-        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .context("cannot start runtime")?;
     let result = runtime.block_on(async move {
@@ -390,9 +385,6 @@ impl Running {
         tracing::error!("session still in use at shutdown; not flushed");
     }
 }
-
-/// Threads for blocking work (see `run`).
-const MAX_BLOCKING_THREADS: usize = 32;
 
 /// Headless: status lines on stdout until a stop signal.
 async fn headless_serve(
