@@ -157,7 +157,8 @@ class StatusWatch:
 
 
 # Status lines at the default interval (2 s), as a user runs it headless: the load time is
-# known to within that, and printing every torrent's line is part of the CPU figure.
+# known to within that, and the status lines (printed for torrents whose line changed) are part
+# of the CPU figure.
 STATUS_INTERVAL = "2"
 
 

@@ -395,6 +395,7 @@ async fn headless_serve(
 ) -> anyhow::Result<()> {
     let mut status = tokio::time::interval(Duration::from_secs_f64(s.status_interval));
     let mut errors = ErrorLines::default();
+    let mut shown = ShownLines::default();
     loop {
         // A reader that went away (`zigtorrent run | head`) is a stop request: take the
         // graceful path rather than dying on the next write.
@@ -405,17 +406,11 @@ async fn headless_serve(
             }
             Some(ev) = events.recv() => print_folder_event(&ev),
             _ = status.tick() => {
-                // Each status is read in place, not cloned: with thousands of torrents a
-                // snapshot of every peer, file and tracker list cost more than the torrents.
                 let (mut lines, mut problems) = (Vec::new(), Vec::new());
-                let mut present = HashSet::new();
-                running.session.for_each_torrent(|t| {
-                    t.with_status(|st| {
-                        errors.see(st, &mut problems);
-                        status_lines(st, s.status_bytes, &mut lines);
-                        present.insert(st.info_hash);
-                    });
-                });
+                let present = shown.update(&running.session, |st, fresh| {
+                    errors.see(st, &mut problems);
+                    status_lines(st, s.status_bytes, fresh);
+                }, &mut lines);
                 errors.forget_others(&present);
                 for line in problems {
                     // A closed stderr is no reason to stop; stdout decides that.
@@ -440,6 +435,62 @@ async fn headless_serve(
     running.shutdown().await;
     emit(&["stopped".to_string()]);
     Ok(())
+}
+
+/// The status lines last printed for each torrent. A torrent's lines are printed when they
+/// change (and when it appears), not again every interval: a session of thousands of seeds
+/// nobody wants would otherwise print (and format) thousands of identical lines every two
+/// seconds, which cost more than the torrents themselves.
+#[derive(Default)]
+struct ShownLines {
+    torrents: HashMap<InfoHash, Shown>,
+}
+
+struct Shown {
+    status: tokio::sync::watch::Receiver<TorrentStatus>,
+    lines: Vec<String>,
+}
+
+impl ShownLines {
+    /// Visit each torrent whose status changed since the last call (all of them the first
+    /// time): `render` gets its status and fills its lines; those that differ from the last
+    /// printed go to `out`. Returns the torrents present.
+    fn update(
+        &mut self,
+        session: &zigtorrent_engine::Session,
+        mut render: impl FnMut(&TorrentStatus, &mut Vec<String>),
+        out: &mut Vec<String>,
+    ) -> HashSet<InfoHash> {
+        let mut present = HashSet::new();
+        session.for_each_torrent(|t| {
+            present.insert(t.info_hash());
+            let mut fresh = false;
+            let shown = self.torrents.entry(t.info_hash()).or_insert_with(|| {
+                fresh = true;
+                Shown {
+                    status: t.subscribe(),
+                    lines: Vec::new(),
+                }
+            });
+            if !fresh {
+                match shown.status.has_changed() {
+                    Ok(true) => {}
+                    // Not published again: the same lines.
+                    Ok(false) => return,
+                    // Its task is gone: removed and added again since (a new task).
+                    Err(_) => shown.status = t.subscribe(),
+                }
+            }
+            let mut lines = Vec::new();
+            render(&shown.status.borrow_and_update(), &mut lines);
+            if lines != shown.lines {
+                out.extend(lines.iter().cloned());
+                shown.lines = lines;
+            }
+        });
+        self.torrents.retain(|h, _| present.contains(h));
+        present
+    }
 }
 
 /// Write lines to stdout; false once stdout is gone (the caller stops). Never panics.

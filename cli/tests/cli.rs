@@ -212,6 +212,20 @@ fn headless_download_then_graceful_stop() {
     client.wait_stdout("payload: 100.0%", Duration::from_secs(60));
     client.wait_stdout("seeding", Duration::from_secs(10));
     assert_same_files(&source, &downloaded);
+    // Seeding with nobody to serve, its line settles (rates read zero after 3 idle seconds)
+    // and is not printed again at every interval (1 s here): a torrent's line is printed
+    // when it changes.
+    std::thread::sleep(Duration::from_secs(6));
+    client.poll();
+    let lines: Vec<&str> = client
+        .stdout_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("payload: "))
+        .collect();
+    assert!(lines.last().is_some_and(|l| l.contains("seeding")));
+    for pair in lines.windows(2) {
+        assert_ne!(pair[0], pair[1], "an unchanged line printed again");
+    }
     client.signal("-INT");
     let t = Instant::now();
     let status = client.wait_exit(Duration::from_secs(10));

@@ -144,6 +144,14 @@ impl Client {
             .collect()
     }
 
+    /// The stdout lines seen so far (without their `out: ` prefix).
+    pub fn stdout_lines(&self) -> Vec<&str> {
+        self.seen
+            .iter()
+            .filter_map(|(_, l)| l.strip_prefix("out: "))
+            .collect()
+    }
+
     /// Lines seen so far that contain `needle`.
     pub fn count(&mut self, needle: &str) -> usize {
         self.poll();
