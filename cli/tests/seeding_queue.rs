@@ -185,19 +185,15 @@ fn with_one_download_slot_the_second_torrent_waits_its_turn() {
         ("second", "first")
     };
     let first_done = done_at(first);
-    // Lines of batches printed before the one where the first torrent is complete (a batch
-    // holds one line per torrent, sorted by name: the other's line in that batch may already
-    // show it started).
-    let first_prefix = format!("out: {first}: ");
-    let done_index = c
+    // Lines printed before the batch where the first torrent is complete (a batch is one
+    // write of the lines that changed, sorted by name, so the other's line in that batch may
+    // already show it started; batches are 0.2 s apart, the lines of one arrive together).
+    let before_batch = first_done - Duration::from_millis(50);
+    let earlier_batches = c
         .seen
         .iter()
-        .position(|(t, l)| l.starts_with(&first_prefix) && *t == first_done)
-        .unwrap();
-    let earlier_batches = c.seen[..done_index]
-        .iter()
-        .rposition(|(_, l)| l.starts_with(&first_prefix))
-        .unwrap_or(0);
+        .position(|(t, _)| *t >= before_batch)
+        .unwrap_or(c.seen.len());
     let waiting = format!("out: {second}: ");
     let early: Vec<&String> = c.seen[..earlier_batches]
         .iter()
