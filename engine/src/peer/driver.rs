@@ -563,6 +563,49 @@ mod tests {
         assert_eq!((ups[1].0.begin, &ups[1].1[..]), (13, &b"de"[..]));
     }
 
+    /// A connection (key 7) over an in-memory pipe of `buffer` bytes to a peer without
+    /// extensions, its context, the peer's end of the pipe and the torrent's event queue.
+    fn duplex_peer(
+        buffer: usize,
+        storage: Arc<dyn Storage>,
+        layout: Arc<Layout>,
+        info_hash: InfoHash,
+        initial_bitfield: Option<crate::types::Bitfield>,
+    ) -> (
+        Connection,
+        PeerContext,
+        tokio::io::DuplexStream,
+        mpsc::Receiver<(PeerKey, PeerEvent)>,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(buffer);
+        let (events_tx, events) = mpsc::channel(16);
+        let conn = Connection {
+            stream: Box::new(ours),
+            addr: "127.0.0.1:6881".parse().unwrap(),
+            remote: Handshake {
+                reserved: [0; 8],
+                info_hash,
+                peer_id: PeerId([2; 20]),
+            },
+            transport: "duplex".into(),
+            encryption: Default::default(),
+        };
+        let ctx = PeerContext {
+            key: 7,
+            layout,
+            storage,
+            events: events_tx,
+            shared: Arc::new(PeerShared::default()),
+            initial_bitfield,
+            info_hash,
+            peer_id: PeerId([3; 20]),
+            download_limit: Arc::new(RateLimiter::new(0)),
+            upload_limit: Arc::new(RateLimiter::new(0)),
+            extended_handshake: super::super::proto::basic_extended_handshake(),
+        };
+        (conn, ctx, theirs, events)
+    }
+
     /// The next message the peer side receives.
     async fn next_message(rd: &mut tokio::io::DuplexStream, inbox: &mut BytesMut) -> Message {
         loop {
@@ -646,33 +689,14 @@ mod tests {
             inner: memory,
             reads: reads.clone(),
         });
-        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
-        let (events_tx, _events) = mpsc::channel(16);
-        let (commands, commands_rx) = mpsc::channel(16);
-        let conn = Connection {
-            stream: Box::new(ours),
-            addr: "127.0.0.1:6881".parse().unwrap(),
-            remote: Handshake {
-                reserved: [0; 8],
-                info_hash,
-                peer_id: PeerId([2; 20]),
-            },
-            transport: "duplex".into(),
-            encryption: Default::default(),
-        };
-        let ctx = PeerContext {
-            key: 7,
-            layout,
+        let (conn, ctx, mut theirs, _events) = duplex_peer(
+            1 << 20,
             storage,
-            events: events_tx,
-            shared: Arc::new(PeerShared::default()),
-            initial_bitfield: Some(crate::types::Bitfield::full(2)),
+            layout,
             info_hash,
-            peer_id: PeerId([3; 20]),
-            download_limit: Arc::new(RateLimiter::new(0)),
-            upload_limit: Arc::new(RateLimiter::new(0)),
-            extended_handshake: super::super::proto::basic_extended_handshake(),
-        };
+            Some(crate::types::Bitfield::full(2)),
+        );
+        let (commands, commands_rx) = mpsc::channel(16);
         let peer = tokio::spawn(run_peer(conn, ctx, commands_rx));
         commands.send(PeerCommand::SetChoking(false)).await.unwrap();
         let mut inbox = BytesMut::new();
@@ -737,34 +761,10 @@ mod tests {
             })
             .await
             .unwrap();
-        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
-        let (events_tx, mut events) = mpsc::channel(16);
+        // A peer without BEP 10 and no pieces: nothing is sent until the first keep-alive.
+        let (conn, ctx, mut theirs, mut events) =
+            duplex_peer(1 << 16, storage, layout, info_hash, None);
         let (_commands, commands_rx) = mpsc::channel(16);
-        let conn = Connection {
-            stream: Box::new(ours),
-            addr: "127.0.0.1:6881".parse().unwrap(),
-            // A peer without BEP 10: nothing is sent until the first keep-alive.
-            remote: Handshake {
-                reserved: [0; 8],
-                info_hash,
-                peer_id: PeerId([2; 20]),
-            },
-            transport: "duplex".into(),
-            encryption: Default::default(),
-        };
-        let ctx = PeerContext {
-            key: 7,
-            layout,
-            storage,
-            events: events_tx,
-            shared: Arc::new(PeerShared::default()),
-            initial_bitfield: None,
-            info_hash,
-            peer_id: PeerId([3; 20]),
-            download_limit: Arc::new(RateLimiter::new(0)),
-            upload_limit: Arc::new(RateLimiter::new(0)),
-            extended_handshake: super::super::proto::basic_extended_handshake(),
-        };
         let start = Instant::now();
         let peer = tokio::spawn(run_peer(conn, ctx, commands_rx));
         let mut received = Vec::new();
