@@ -4,7 +4,7 @@
 //! [`read_state_file`], which never blocks on whatever was put in the file's place.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Write `bytes` to `path` durably (blocking: call it on the blocking pool). The folder is
 /// created if missing. The temporary name derives from the file's, so writers of different
@@ -23,30 +23,98 @@ pub(crate) fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn write_whole(path: &Path, bytes: &[u8], sync_dir: bool) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("no folder"))?;
-    std::fs::create_dir_all(dir)?;
-    let mut name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("no file name"))?
-        .to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(name);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let staged = Staged::write(path, bytes)?;
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&staged.tmp)?.sync_all()?;
+        staged.replace()?;
         if sync_dir {
-            std::fs::File::open(dir)?.sync_all()?;
+            sync_folder(staged.folder())?;
         }
         Ok(())
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&staged.tmp);
     }
     result
+}
+
+/// New bytes for `path`, written to the temporary file beside it but not yet synced nor in
+/// place: the first step of a group of replacements that share one sync ([`sync_staged`]).
+/// The temporary name derives from the target's, so one group holds each target once.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Staged {
+    /// Write `bytes` to the temporary file of `path` (whose folder must exist).
+    pub(crate) fn write(path: &Path, bytes: &[u8]) -> std::io::Result<Staged> {
+        static SUFFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let dir = path
+            .parent()
+            .ok_or_else(|| std::io::Error::other("no folder"))?;
+        let mut name = path
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("no file name"))?
+            .to_os_string();
+        name.push(SUFFIX.get_or_init(|| format!(".tmp-{}", std::process::id())));
+        let staged = Staged {
+            tmp: dir.join(name),
+            path: path.to_path_buf(),
+        };
+        let written = std::fs::File::create(&staged.tmp).and_then(|mut f| f.write_all(bytes));
+        match written {
+            Ok(()) => Ok(staged),
+            Err(e) => {
+                staged.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// The folder the file is in.
+    pub(crate) fn folder(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Rename the temporary file over the target. Call only once its bytes are synced.
+    pub(crate) fn replace(&self) -> std::io::Result<()> {
+        std::fs::rename(&self.tmp, &self.path)
+    }
+
+    /// Remove the temporary file (the replacement is not wanted after all, or failed).
+    pub(crate) fn discard(&self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Make the bytes of every file in `staged` durable with one `syncfs(2)` per folder they are
+/// in (records share one) instead of one fsync each: thousands of records saved at stop cost
+/// one sync, not thousands of journal commits. Where `syncfs` fails, the files of that folder
+/// are fsynced one by one instead.
+pub(crate) fn sync_staged(staged: &[&Staged]) -> std::io::Result<()> {
+    let mut folders: Vec<&Path> = staged.iter().map(|s| s.folder()).collect();
+    folders.sort();
+    folders.dedup();
+    for folder in folders {
+        let whole = std::fs::File::open(folder)
+            .and_then(|dir| rustix::fs::syncfs(&dir).map_err(std::io::Error::from));
+        if whole.is_err() {
+            for s in staged.iter().filter(|s| s.folder() == folder) {
+                std::fs::File::open(&s.tmp)?.sync_all()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// fsync a folder: the renames in it are durable once this returns.
+pub(crate) fn sync_folder(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Read a small file of the state folder: at most `max + 1` bytes (more than `max` tells the

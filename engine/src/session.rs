@@ -29,7 +29,7 @@ use crate::selection::{
 use crate::status::{TorrentState, TorrentStatus};
 use crate::storage::{DeletedData, Layout, StorageBackend, StorageError, StorageSpec};
 use crate::torrent::peers::{host_key, HostKey};
-use crate::torrent::record::{Keeper, RecordFile, TorrentRecord};
+use crate::torrent::record::{Keeper, RecordFile, RecordWriter, TorrentRecord};
 use crate::torrent::sources::{Discovery, DiscoverySlot};
 use crate::torrent::{
     initial_status, run_torrent, saved_metadata, IncomingPeer, PeerLimits, PeerSlot, Source,
@@ -313,11 +313,16 @@ struct Entry {
     record: RecordFile,
 }
 
+/// How long a stop waits, after the torrents, for their records to be written.
+const RECORDS_SETTLE: Duration = Duration::from_secs(10);
+
 struct Shared {
     config: SessionConfig,
     transport: Arc<dyn Transport>,
     backend: Arc<dyn StorageBackend>,
     tracker: TrackerClient,
+    /// Writes every torrent's record (in groups when many queue up, as at stop).
+    records: RecordWriter,
     torrents: Mutex<HashMap<InfoHash, Entry>>,
     peer_slots: Arc<Semaphore>,
     /// The part of `peer_slots` incoming connections may hold (see [`DIAL_RESERVE_DIVISOR`]).
@@ -394,6 +399,7 @@ impl Session {
             transport,
             backend,
             tracker,
+            records: RecordWriter::start(),
             torrents: Mutex::new(HashMap::new()),
             listen_port,
             discovery: DiscoverySlot::default(),
@@ -504,7 +510,11 @@ impl Session {
         }
         // The record: read here, before the task starts, so the queue knows its place at once
         // (small and capped; a damaged one is ignored with a warning).
-        let record_file = RecordFile::new(&self.shared.config.state_dir, &info_hash);
+        let record_file = RecordFile::new(
+            &self.shared.config.state_dir,
+            &info_hash,
+            &self.shared.records,
+        );
         let (record, saved) = match record_file.load() {
             Some(r) => (r, true),
             None => {
@@ -823,6 +833,16 @@ impl Session {
             stop_discovery(discovery),
         )
         .await;
+        // A torrent cut off by `timeout` may have left its last record in the writer's queue:
+        // let it land (bounded, for a file system that hangs).
+        if tokio::time::timeout(RECORDS_SETTLE, self.shared.records.settled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "torrent records still being written at exit; the last changes may be lost"
+            );
+        }
     }
 }
 

@@ -265,6 +265,11 @@ fn read_exact_at_appending(
     Ok(())
 }
 
+/// A flush with nothing new is checked on the caller's thread for torrents of at most this
+/// many files (building their resume body takes microseconds); bigger ones hop to the
+/// blocking pool as any flush does.
+const INLINE_FLUSH_MAX_FILES: usize = 64;
+
 /// Lock, ignoring poisoning: every critical section leaves the state consistent.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -1310,9 +1315,30 @@ impl Inner {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        let mut recorded = lock(&self.recorded);
+        self.flush_inner(true).map(|_| ())
+    }
+
+    /// The flush, if it needs no file-system work: nothing written since the last one, every
+    /// file where the resume file says, the same claim as on disk. True if so (and then it is
+    /// done); false if a real [`Inner::flush`] is needed, or another flush is under way.
+    fn flush_if_clean(&self) -> bool {
+        matches!(self.flush_inner(false), Ok(true))
+    }
+
+    /// [`Inner::flush`]; with `io` false it gives up (`Ok(false)`, nothing changed) as soon as
+    /// it would sync, stat or write anything.
+    fn flush_inner(&self, io: bool) -> Result<bool, StorageError> {
+        let mut recorded = match self.recorded.try_lock() {
+            Ok(r) => r,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if !io => return Ok(false),
+            Err(std::sync::TryLockError::WouldBlock) => lock(&self.recorded),
+        };
         let (completed, locations, adopted, dirty) = {
             let mut st = lock(&self.state);
+            if !io && !st.dirty.is_empty() {
+                return Ok(false);
+            }
             (
                 st.completed.clone(),
                 st.locations.clone(),
@@ -1343,6 +1369,7 @@ impl Inner {
                 // Not ours: recorded as nothing, so no piece in it can be trusted from this.
                 _ if locations[i] == Location::Foreign => (Location::Absent, Stamp::default()),
                 Some((loc, stamp)) if loc == locations[i] && !dirty.contains(&i) => (loc, stamp),
+                _ if !io => return Ok(false),
                 _ => self.stamp(i, locations[i])?,
             };
             fresh[i] = Some(rec);
@@ -1374,11 +1401,14 @@ impl Inner {
         };
         let mut on_disk = lock(&self.on_disk);
         if on_disk.as_ref() != Some(&body) {
+            if !io {
+                return Ok(false);
+            }
             resume::store(&self.state_dir, &self.resume_path, &body)?;
             *on_disk = Some(body);
         }
         *recorded = fresh;
-        Ok(())
+        Ok(true)
     }
 
     /// Where `file` is now and its stamp. A file may have just been finalized, so look at the
@@ -1566,6 +1596,12 @@ impl Storage for FsStorage {
     }
 
     async fn flush(&self) -> Result<(), StorageError> {
+        // A flush with nothing new to record (a seed at rest: its periodic flushes, and the
+        // stop of thousands of them) is answered here, without a blocking-pool hop. Only for
+        // torrents of few files: the check builds the whole resume body on this thread.
+        if self.inner.layout.files.len() <= INLINE_FLUSH_MAX_FILES && self.inner.flush_if_clean() {
+            return Ok(());
+        }
         let inner = self.inner.clone();
         blocking(move || inner.flush()).await
     }
@@ -1586,6 +1622,49 @@ impl Storage for FsStorage {
 mod tests {
     use super::read_exact_at_appending;
     use std::io::Write;
+
+    /// A flush is answered without file-system work only when there is nothing new: after
+    /// a piece is written it needs the real one, after that (and after a reopen that found
+    /// everything as recorded) it does not.
+    #[tokio::test]
+    async fn only_a_flush_with_nothing_new_skips_the_file_system() {
+        use super::FsStorage;
+        use bytes::Bytes;
+        use std::sync::Arc;
+        use zigtorrent_engine::storage::{Layout, Storage, StorageSpec};
+        use zigtorrent_engine::types::InfoHash;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(16_384, [("a".into(), 20_000u64)]);
+        let spec = StorageSpec {
+            info_hash: InfoHash([0xcd; 20]),
+            layout: Arc::new(layout),
+            download_dir: tmp.path().join("dl"),
+            state_dir: tmp.path().join("state"),
+            skipped_files: Vec::new(),
+        };
+        let s = FsStorage::open(spec.clone(), 8).await.unwrap();
+        // Nothing recorded yet: the first flush must stamp and write.
+        assert!(!s.inner.flush_if_clean());
+        s.flush().await.unwrap();
+        assert!(s.inner.flush_if_clean());
+        s.write(0, 0, vec![Bytes::from(vec![7u8; 16_384])])
+            .await
+            .unwrap();
+        s.mark_complete(0).await.unwrap();
+        assert!(
+            !s.inner.flush_if_clean(),
+            "a written piece needs a real flush"
+        );
+        s.flush().await.unwrap();
+        assert!(s.inner.flush_if_clean());
+        drop(s);
+        let s = FsStorage::open(spec, 8).await.unwrap();
+        assert!(
+            s.inner.flush_if_clean(),
+            "reopened as recorded: nothing to write"
+        );
+    }
 
     /// Bytes land after what the buffer holds, exactly `n` of them even when it has more room
     /// (the extra that one read may fetch is cut off), and a file that ends early is EOF.

@@ -13,8 +13,12 @@ use crate::tracker::{
 
 /// Retry a failed announce after this long (doubling, capped at [`MAX_RETRY`]).
 const ANNOUNCE_RETRY: Duration = Duration::from_secs(15);
-/// Longest wait between retries of a failing tracker.
+/// Longest wait between retries of a failing tracker (before the spread below).
 const MAX_RETRY: Duration = Duration::from_secs(300);
+/// Each torrent waits up to this fraction longer than the base retry wait, by its own `key`:
+/// torrents that started together on one dead tracker (10,000 at rest, say) must not all retry
+/// in the same second, every time.
+const RETRY_SPREAD: f64 = 0.5;
 /// An early announce (few peers, nobody left to dial) never comes sooner than this after the
 /// last one, whatever the tracker's `min interval` allows.
 const EARLY_ANNOUNCE_GAP: Duration = Duration::from_secs(60);
@@ -34,6 +38,10 @@ pub(super) struct Announcer {
     min_interval: Duration,
     last: Option<Instant>,
     count: u32,
+    /// A tracker answered since `started` was sent: only then is there anything for `stopped`
+    /// to take back (a tracker that never heard from us, or is down, is not asked again at
+    /// stop; with thousands of torrents on a dead tracker that was most of a stop's work).
+    answered: bool,
     error: Option<String>,
     /// The last tracker list shown (kept while the tiers are away).
     shown: Vec<TrackerStatus>,
@@ -55,6 +63,7 @@ impl Announcer {
             min_interval: Duration::ZERO,
             last: None,
             count: 0,
+            answered: false,
             error: None,
             key,
         }
@@ -127,17 +136,18 @@ impl Announcer {
                     tracing::warn!(%url, warning = %w, "tracker warning");
                 }
                 self.failures = 0;
+                self.answered = true;
                 self.error = None;
                 self.min_interval = resp.min_interval.unwrap_or(Duration::ZERO);
                 self.next = Some(now + resp.interval.max(self.min_interval));
                 resp.peers
             }
             Err(e) => {
-                tracing::warn!(error = %e, "announce failed");
+                // The tracker client warned (once per tracker and failure, not per torrent).
+                tracing::debug!(error = %e, "no tracker of this torrent answered");
                 self.error = Some(e.to_string());
                 self.failures += 1;
-                let wait = ANNOUNCE_RETRY * 2u32.saturating_pow(self.failures.min(5));
-                self.next = Some(now + wait.min(MAX_RETRY));
+                self.next = Some(now + retry_wait(self.failures, self.key));
                 Vec::new()
             }
         }
@@ -147,12 +157,13 @@ impl Announcer {
     /// `stopped`: the tiers for that request if `started` was sent and none is running. No
     /// regular announce is due until [`Announcer::restart`].
     pub(super) fn stop_for_now(&mut self, now: Instant) -> Option<TrackerTiers> {
-        let tiers = if self.count > 0 {
+        let tiers = if self.count > 0 && self.answered {
             self.begin(now)
         } else {
             None
         };
         self.count = 0;
+        self.answered = false;
         self.next = None;
         tiers
     }
@@ -161,6 +172,7 @@ impl Announcer {
     pub(super) fn restart(&mut self, now: Instant) {
         if self.has_trackers {
             self.count = 0;
+            self.answered = false;
             self.next = Some(now);
         }
     }
@@ -170,9 +182,9 @@ impl Announcer {
         self.tiers = Some(tiers);
     }
 
-    /// The tiers for the final `stopped`, if `started` was ever sent.
+    /// The tiers for the final `stopped`, if `started` was sent and a tracker answered since.
     pub(super) fn take_for_stop(&mut self) -> Option<TrackerTiers> {
-        if self.count == 0 {
+        if self.count == 0 || !self.answered {
             return None;
         }
         self.tiers.take()
@@ -201,6 +213,15 @@ impl Announcer {
         self.next?;
         Some(self.last? + self.min_interval.max(EARLY_ANNOUNCE_GAP))
     }
+}
+
+/// How long to wait after the `failures`-th failure in a row: 15 s doubled per failure, at
+/// most [`MAX_RETRY`], plus this torrent's share of [`RETRY_SPREAD`] (fixed by `key`, so the
+/// same torrent keeps its place in the spread).
+fn retry_wait(failures: u32, key: u32) -> Duration {
+    let base = (ANNOUNCE_RETRY * 2u32.saturating_pow(failures.min(5))).min(MAX_RETRY);
+    let share = f64::from(key % 1024) / 1024.0;
+    base + base.mul_f64(RETRY_SPREAD * share)
 }
 
 /// Run one announce off the torrent task; `done` gets the tiers back with the result.
@@ -262,9 +283,11 @@ mod tests {
         let err = Err(TrackerError::Failure("down".into()));
         assert!(a.finish(tiers, Event::None, err, t0).is_empty());
         assert_eq!(a.error().map(String::as_str), Some("tracker refused: down"));
-        // First retry after 30 s (15 s doubled once), never more than 5 minutes later.
+        // First retry after 30 s (15 s doubled once) plus this torrent's spread, never more
+        // than 5 minutes (plus spread) later.
         assert!(!a.due(t0 + Duration::from_secs(29)));
-        assert!(a.due(t0 + Duration::from_secs(30)));
+        assert!(a.due(t0 + retry_wait(1, 7)));
+        assert!(retry_wait(1, 7) < Duration::from_secs(31));
         for _ in 0..10 {
             let tiers = a.begin(t0).unwrap();
             a.finish(
@@ -274,7 +297,42 @@ mod tests {
                 t0,
             );
         }
-        assert!(a.due(t0 + MAX_RETRY));
+        assert!(a.due(t0 + retry_wait(11, 7)));
+        assert_eq!(retry_wait(11, 7), retry_wait(5, 7));
+    }
+
+    #[test]
+    fn torrents_failing_together_retry_spread_out() {
+        // 1,000 torrents with random keys, all failing at t0: their retries must not share a
+        // second, and each stays within its backoff step.
+        let mut seconds = std::collections::BTreeSet::new();
+        for _ in 0..1000 {
+            let wait = retry_wait(1, rand::random());
+            assert!(wait >= Duration::from_secs(30) && wait <= Duration::from_secs(45));
+            seconds.insert(wait.as_secs());
+        }
+        assert!(seconds.len() >= 14, "retries bunch up: {seconds:?}");
+        let last = retry_wait(9, 1023);
+        assert!(last > MAX_RETRY && last <= MAX_RETRY.mul_f64(1.0 + RETRY_SPREAD));
+    }
+
+    #[test]
+    fn stopped_goes_only_where_a_tracker_answered() {
+        let t0 = Instant::now();
+        let down = || Err(TrackerError::Failure("down".into()));
+        let mut a = Announcer::new(vec![vec!["http://t/announce".into()]], t0, 7);
+        let tiers = a.begin(t0).unwrap();
+        a.finish(tiers, Event::Started, down(), t0);
+        // `started` went out but nobody answered: nothing to take back, now or when queued.
+        assert!(a.take_for_stop().is_none());
+        assert!(a.stop_for_now(t0).is_none());
+        a.restart(t0);
+        let tiers = a.begin(t0).unwrap();
+        a.finish(tiers, Event::Started, ok(1800, Vec::new()), t0);
+        let tiers = a.begin(t0).unwrap();
+        a.finish(tiers, Event::None, down(), t0);
+        // Answered once this run: `stopped` is owed even if the latest announce failed.
+        assert!(a.take_for_stop().is_some());
     }
 
     #[test]

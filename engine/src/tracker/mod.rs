@@ -170,7 +170,14 @@ struct ClientState {
     tracker_ids: HashMap<(String, InfoHash), Vec<u8>>,
     /// BEP 15 connection ids, per tracker address, with when they were obtained.
     connection_ids: HashMap<SocketAddr, (u64, tokio::time::Instant)>,
+    /// Tracker URLs failing now, with the error last logged as a warning for each: the same
+    /// failure from the next torrent (a dead tracker shared by 10,000 torrents) is only debug.
+    failing: HashMap<String, String>,
 }
+
+/// At most this many failing trackers are remembered for the log (URLs come from torrent
+/// files); past it the memory starts over, and a failure may be warned about twice.
+const FAILING_REMEMBERED: usize = 4096;
 
 /// Announces to HTTP(S) and UDP trackers. One per session; cheap to share.
 #[derive(Clone, Debug)]
@@ -213,13 +220,48 @@ impl TrackerClient {
         url: &str,
         request: &AnnounceRequest,
     ) -> Result<AnnounceResponse, TrackerError> {
-        let mut response = match scheme_of(url).as_deref() {
-            Some("http") | Some("https") => self.announce_http(url, request).await?,
-            Some("udp") => udp::announce(self, url, request).await?,
-            _ => return Err(TrackerError::UnsupportedScheme(url.to_string())),
+        let result = match scheme_of(url).as_deref() {
+            Some("http") | Some("https") => self.announce_http(url, request).await,
+            Some("udp") => udp::announce(self, url, request).await,
+            _ => Err(TrackerError::UnsupportedScheme(url.to_string())),
         };
+        self.log_outcome(url, &result);
+        let mut response = result?;
         response.interval = response.interval.max(self.options.min_announce_interval);
         Ok(response)
+    }
+
+    /// One warning per tracker and kind of failure, however many torrents meet it, and a note
+    /// when it answers again. Each torrent's status still shows its own tracker error.
+    /// Returns whether this outcome was warned about.
+    fn log_outcome(&self, url: &str, result: &Result<AnnounceResponse, TrackerError>) -> bool {
+        let mut state = self.lock_state();
+        match result {
+            Ok(_) => {
+                if state.failing.remove(url).is_some() {
+                    tracing::info!(%url, "tracker answers again");
+                }
+                false
+            }
+            Err(e) => {
+                let error = e.to_string();
+                if state.failing.get(url) == Some(&error) {
+                    tracing::debug!(%url, %error, "announce failed");
+                    return false;
+                }
+                if state.failing.len() >= FAILING_REMEMBERED {
+                    state.failing.clear();
+                }
+                tracing::warn!(
+                    %url,
+                    %error,
+                    "announce failed (the same failure of this tracker is logged again only at \
+                     debug level, until it answers)"
+                );
+                state.failing.insert(url.to_string(), error);
+                true
+            }
+        }
     }
 
     async fn announce_http(
@@ -325,6 +367,25 @@ fn push_peer(peers: &mut Vec<SocketAddr>, addr: SocketAddr) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failing_tracker_is_warned_about_once_per_failure_not_per_torrent() {
+        use super::*;
+        let client = TrackerClient::new();
+        let down = || Err(TrackerError::Failure("down".into()));
+        let (a, b) = ("http://a/announce", "http://b/announce");
+        assert!(client.log_outcome(a, &down()));
+        // The same failure from the next torrents: quiet.
+        for _ in 0..100 {
+            assert!(!client.log_outcome(a, &down()));
+        }
+        // Another tracker, or another kind of failure, is news.
+        assert!(client.log_outcome(b, &down()));
+        assert!(client.log_outcome(a, &Err(TrackerError::Failure("gone".into()))));
+        // Once it answered, a new failure is warned about again.
+        assert!(!client.log_outcome(a, &Ok(AnnounceResponse::default())));
+        assert!(client.log_outcome(a, &down()));
+    }
+
     use super::*;
 
     #[test]
