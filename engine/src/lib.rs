@@ -50,7 +50,7 @@ pub use queue::{Goal, GoalReached, QueueLimits, QueueMove, SeedGoals};
 pub use ratelimit::RateLimiter;
 pub use registry::{Origin, Registry};
 pub use selection::{FilePriority, SelectionError, TorrentOptions};
-pub use session::{AddTorrent, Session, SessionConfig, SessionError, TorrentHandle};
+pub use session::{AddTorrent, Session, SessionConfig, SessionError, StatusChanges, TorrentHandle};
 pub use status::{FileStatus, PeerExtensionFlags, PeerStatus, TorrentState, TorrentStatus};
 pub use storage::memory::MemoryBackend;
 pub use storage::{

@@ -33,7 +33,7 @@ use crate::torrent::record::{Keeper, RecordFile, RecordWriter, TorrentRecord};
 use crate::torrent::sources::{Discovery, DiscoverySlot};
 use crate::torrent::{
     initial_status, run_torrent, saved_metadata, IncomingPeer, PeerLimits, PeerSlot, Source,
-    TorrentCommand, TorrentParams,
+    StatusLog, TorrentCommand, TorrentParams,
 };
 use crate::tracker::TrackerClient;
 use crate::transport::{Listener, Transport, TransportError};
@@ -313,6 +313,15 @@ struct Entry {
     record: RecordFile,
 }
 
+/// What changed since a reader last asked (see [`Session::status_changes`]).
+#[derive(Clone, Debug)]
+pub struct StatusChanges {
+    /// The torrents to look at again, each once; `None`: look at every torrent.
+    pub changed: Option<Vec<InfoHash>>,
+    /// Pass this to the next call.
+    pub next: u64,
+}
+
 /// How long a stop waits, after the torrents, for their records to be written.
 const RECORDS_SETTLE: Duration = Duration::from_secs(10);
 
@@ -323,6 +332,8 @@ struct Shared {
     tracker: TrackerClient,
     /// Writes every torrent's record (in groups when many queue up, as at stop).
     records: RecordWriter,
+    /// Which torrents' status changed, for readers that show them all.
+    status_log: Arc<StatusLog>,
     torrents: Mutex<HashMap<InfoHash, Entry>>,
     peer_slots: Arc<Semaphore>,
     /// The part of `peer_slots` incoming connections may hold (see [`DIAL_RESERVE_DIVISOR`]).
@@ -400,6 +411,7 @@ impl Session {
             backend,
             tracker,
             records: RecordWriter::start(),
+            status_log: Arc::default(),
             torrents: Mutex::new(HashMap::new()),
             listen_port,
             discovery: DiscoverySlot::default(),
@@ -487,6 +499,7 @@ impl Session {
             .lock()
             .expect("lock poisoned only by a panic")
             .remove(&info_hash)?;
+        self.shared.status_log.note(info_hash);
         let source = entry.source.clone();
         let selection = entry.selection.clone();
         stop_torrent(entry, Duration::from_secs(4)).await;
@@ -593,6 +606,7 @@ impl Session {
             limits: PeerLimits::from_config(c),
             peer_slots: self.shared.peer_slots.clone(),
             status: status_tx,
+            status_log: self.shared.status_log.clone(),
             download_limit: self.shared.download_limit.clone(),
             upload_limit: self.shared.upload_limit.clone(),
             hash_budget: self.shared.hash_budget.clone(),
@@ -627,8 +641,28 @@ impl Session {
                 record: record_file,
             },
         );
+        self.shared.status_log.note(info_hash);
         self.shared.reschedule.notify_one();
         Ok(handle)
+    }
+
+    /// The torrents whose status changed, or that were added or removed, since `since` (a
+    /// [`StatusChanges::next`] from an earlier call; `None` the first time): a reader that
+    /// shows every torrent visits those only. `changed` is `None` when the reader must look at
+    /// every torrent (its first call, or it fell too far behind).
+    pub fn status_changes(&self, since: Option<u64>) -> StatusChanges {
+        let (changed, next) = self.shared.status_log.since(since);
+        StatusChanges { changed, next }
+    }
+
+    /// The torrent of `info_hash`, if it is in the session.
+    pub fn torrent(&self, info_hash: &InfoHash) -> Option<TorrentHandle> {
+        let torrents = self
+            .shared
+            .torrents
+            .lock()
+            .expect("lock poisoned only by a panic");
+        torrents.get(info_hash).map(|e| e.handle.clone())
     }
 
     /// Visit every torrent without copying the list (adds and removals wait meanwhile, so
@@ -673,6 +707,7 @@ impl Session {
             .lock()
             .expect("lock poisoned only by a panic")
             .remove(&info_hash)?;
+        self.shared.status_log.note(info_hash);
         let source = entry.source.clone();
         let selection = entry.selection.get();
         let record = entry.record.clone();

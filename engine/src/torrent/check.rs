@@ -163,7 +163,7 @@ async fn recheck(
                     }
                     if done.is_multiple_of(16) || done == total {
                         let progress = done as f32 / total.max(1) as f32;
-                        params.status.send_modify(|s| s.state = TorrentState::Checking { progress });
+                        params.publish(|s| s.state = TorrentState::Checking { progress });
                     }
                 }
             },

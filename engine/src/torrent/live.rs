@@ -366,7 +366,7 @@ impl Torrent {
         // unless it completed just now and moved first (then it is announced from here).
         let sent_completed = picker.is_complete() && !completing;
         let at = std::time::SystemTime::now();
-        p.status.send_modify(|s| {
+        p.publish(|s| {
             // Shown with the completion, so a reader (`--on-complete`) sees both at once.
             s.download_dir = p.download_dir.clone();
             if completing && s.completed_at.is_none() {
@@ -1207,7 +1207,7 @@ impl Torrent {
             // announce can go now.
             if self.p.status.borrow().completed_at.is_none() {
                 let at = std::time::SystemTime::now();
-                self.p.status.send_modify(|s| s.completed_at = Some(at));
+                self.p.publish(|s| s.completed_at = Some(at));
             }
             self.sent_completed = self.announce(Event::Completed);
         }

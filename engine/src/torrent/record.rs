@@ -15,8 +15,8 @@
 //!
 //! All records of a session go through one [`RecordWriter`] task. Writes that queue up while
 //! one is under way (every torrent saving at stop, 10,000 of them at rest) go out together:
-//! written beside their targets, made durable by one `syncfs` of the state folder's file
-//! system, then renamed, the folder fsynced once. Thousands of writers each creating, syncing
+//! written beside their targets, fsynced by a few threads at once (one journal commit for
+//! many), then renamed, the folder fsynced once. Thousands of writers each creating, syncing
 //! and renaming in one folder at once spent most of a stop waiting on that folder's lock.
 
 use std::path::{Path, PathBuf};
@@ -279,8 +279,8 @@ struct WriteOrder {
     forgotten: bool,
 }
 
-/// A group of writes shares one sync once it has at least this many (below it, one fsync
-/// each costs less than syncing the whole file system).
+/// A group of writes is synced together once it has at least this many (below it, each is
+/// written on its own, as before).
 const GROUP_MIN: usize = 16;
 /// At most this many writes go out as one group (bounds what one blocking hop holds).
 const GROUP_MAX: usize = 4096;
