@@ -620,7 +620,12 @@ impl Session {
             seed_defaults: self.shared.seed_defaults.subscribe(),
             dialer: self.shared.dialer.clone(),
         };
-        let task = tokio::spawn(run_torrent(params, source.clone(), cmd_rx, keeper));
+        let task = tokio::spawn(run_torrent(
+            Box::new(params),
+            source.clone(),
+            cmd_rx,
+            Box::new(keeper),
+        ));
         let handle = TorrentHandle {
             info_hash,
             status: status_rx,

@@ -616,6 +616,11 @@ impl Keeper {
     /// Write if anything changed and the last write is [`SAVE_INTERVAL`] old (or none yet);
     /// a change of seeding time alone waits [`SEEDING_SAVE_INTERVAL`].
     pub(crate) fn save_if_due(&mut self, now: Instant) {
+        // A finished background write: let its task go (the handle kept its memory, 384 bytes
+        // per torrent at rest).
+        if self.pending.as_ref().is_some_and(|p| p.is_finished()) {
+            self.pending = None;
+        }
         if self.next_save(now).is_some_and(|t| now >= t) {
             self.save_soon(now);
         }

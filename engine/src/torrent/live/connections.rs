@@ -171,14 +171,10 @@ impl Torrent {
             tokio::spawn(async move {
                 let msg = match dialer.dial(&*transport, addr, ours).await {
                     Ok(conn) => Internal::Connected {
-                        conn: Box::new(conn),
-                        permit,
+                        conn: Box::new((conn, permit)),
                         outgoing: true,
                     },
-                    Err(e) => Internal::ConnectFailed {
-                        addr,
-                        reason: e.to_string(),
-                    },
+                    Err(e) => Internal::ConnectFailed(Box::new((addr, e.to_string()))),
                 };
                 let _ = tx.send(msg);
             });

@@ -146,7 +146,7 @@ impl Torrent {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let result = storage.flush().await;
-            let _ = tx.send(Internal::Flushed(result));
+            let _ = tx.send(Internal::Flushed(Box::new(result)));
         });
     }
 
