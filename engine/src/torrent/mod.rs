@@ -301,20 +301,21 @@ pub(crate) async fn run_torrent(
     // paid 8 KiB each for states they were not in, then 2.4 KiB for slots the live torrent
     // had moved out of).
     loop {
-        let next = match *phase {
+        let next = match unbox(phase) {
             Phase::FetchingMetadata(fetch) => {
                 Box::pin(fetch.run(&params, &mut commands, &mut keeper)).await
             }
             Phase::Checking(check) => Box::pin(check.run(&params, &mut commands)).await,
             Phase::Live(c) => {
                 let metainfo = c.metainfo.clone();
+                // Unboxed (not moved out of their boxes): the boxes are freed while it runs.
                 let mut torrent = Box::new(live::Torrent::new(
-                    *params,
+                    unbox(params),
                     c.metainfo,
                     c.layout,
                     c.storage,
                     c.have,
-                    *keeper,
+                    unbox(keeper),
                     c.completing,
                 ));
                 torrent.add_known(c.peers);
@@ -347,6 +348,12 @@ pub(crate) async fn run_torrent(
             None => return, // shut down
         }
     }
+}
+
+/// The value, its box freed now (moving out of `*b` keeps the allocation until `b` goes).
+#[allow(clippy::boxed_local)] // taking the box is the point
+fn unbox<T>(b: Box<T>) -> T {
+    *b
 }
 
 /// Metadata fetched for a magnet earlier and kept in the state folder: its path, and the
