@@ -32,8 +32,8 @@
 //!   millisecond or two. Retransmissions are never held by the cap.
 //! - **bounded**: the rate stays within [`PacerConfig::min_rate`] ..
 //!   [`PacerConfig::max_rate`]; the bucket holds at most one refill interval's worth (a few
-//!   datagrams at low rates), never more than [`PacerConfig::max_burst`], which is kept well
-//!   under what a default receive buffer holds.
+//!   datagrams at low rates), never more than [`PacerConfig::max_burst`] (the in-flight
+//!   floor: a burst never puts more in a receiver's buffer than the cap already allows).
 //!
 //! It never delays control packets (ACKs, SYN, FIN): only data is paced, by the caller.
 
@@ -110,10 +110,10 @@ pub struct WindowConfig {
 impl Default for WindowConfig {
     fn default() -> Self {
         WindowConfig {
-            // Two thirds of the ~92 full datagrams a default 208 KiB receive buffer holds
-            // (module docs), leaving room for another connection's datagrams to that socket
-            // and for our ACKs of its data. Measured seeding 1 GiB to libtorrent: see
-            // docs/UTP.md.
+            // About two thirds of the ~92 full datagrams a default 208 KiB receive buffer
+            // holds (module docs). Measured seeding 1 GiB to libtorrent (two runs each): 64
+            // gave 122-142 MB/s and no drops; 80 gave 113-116 MB/s and 51-59 datagrams
+            // dropped at the leecher (so a datagram costs it more buffer than estimated).
             floor: 64,
             // Twice the bandwidth-delay product, as BBR allows in flight: enough to keep a
             // paced flow busy while ACKs come back in bursts.
@@ -142,13 +142,14 @@ impl Default for PacerConfig {
             // No uTP peer measured here takes more than ~200 MB/s; the ceiling only bounds
             // growth while nothing pushes back.
             max_rate: 400e6,
-            // 16 datagrams, a sixth of the 92 that fill a default 208 KiB receive buffer (see
-            // the module docs). Measured seeding 256 MiB to libtorrent (bench/bench_utp.py,
-            // two runs each): 64 gave 33-55 MB/s with 169-2,518 drops at the leecher, 32
-            // gave 65-76 MB/s with 94-189, 8-24 gave 64-82 MB/s with 3-591 (noisy, shared
-            // machine); the ACKs that wake the sender refill the bucket often enough that a
-            // small one still reaches the rate.
-            max_burst: 16 * DATAGRAM,
+            // As many datagrams as the in-flight floor (`WindowConfig::floor`), which is what
+            // protects a default 208 KiB receive buffer now; the bucket only has to stop a
+            // burst beyond that. Measured seeding 1 GiB to libtorrent with the in-flight cap
+            // (two runs each, run-to-run noise ~15 %): 16 datagrams 101-118 MB/s (the sender
+            // waited ~10,000 times a second for the 1 ms timer), 32 109-131, 64 122-142,
+            // all without drops. (Before the cap, 64 gave 33-55 MB/s with 169-2,518 drops
+            // and 16 was chosen.)
+            max_burst: 64 * DATAGRAM,
             // tokio's timer fires on 1 ms ticks and is often late under load; 2 ms of rate
             // per refill keeps the average at the rate.
             burst_time: Duration::from_millis(2),
