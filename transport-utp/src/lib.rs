@@ -22,8 +22,9 @@
 //! - **paced sends** (`paced_udp.rs`, `pacer.rs`). The library would send a whole congestion
 //!   window back to back, which overruns a receiver's UDP buffer on fast links (loopback);
 //!   the socket under it admits data datagrams per connection through a token bucket whose
-//!   rate follows the library's retransmissions, so bursts stay small and the rate settles
-//!   just under what the receiver drains. [`UtpOptions::pacing`] tunes or disables it.
+//!   rate follows the library's retransmissions, so bursts stay small, and caps datagrams in
+//!   flight (it reads the peer's ACKs on the way in), so a receiver that pauses is waited
+//!   for instead of overrun. [`UtpOptions::pacing`] tunes or disables it.
 //! - **TCP-like flush** (`stream.rs`). `flush` returns once the library holds the bytes
 //!   instead of waiting for the peer's ACK of every one, which made each batch of blocks the
 //!   engine writes wait for a round trip and the peer's delayed-ACK timer.
@@ -46,7 +47,7 @@ mod pacer;
 mod stream;
 
 use paced_udp::PacedUdp;
-pub use pacer::PacerConfig;
+pub use pacer::{PacerConfig, WindowConfig};
 pub use stream::UtpPeerStream;
 
 /// The library's default environment (clock, random numbers). Its trait is not exported, so

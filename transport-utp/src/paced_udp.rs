@@ -7,10 +7,13 @@
 //! refused one returns `Pending`, which the library treats exactly like a full socket buffer:
 //! it stops sending on that connection and waits for its waker. A timer task per waiting flow
 //! wakes it when the pacer said it may go. Control packets (ACK, SYN, FIN, RESET) and receives
-//! pass straight through, so pacing our uploads never slows our downloads' ACKs.
+//! pass straight through, so pacing our uploads never slows our downloads' ACKs. On the way
+//! in, the `ack_nr` of each received packet is shown to the pacer (its in-flight cap), and a
+//! flow held by that cap is woken by the ACK that opens it.
 //!
-//! Never does: parse more than the fixed 20-byte uTP header of our own outgoing datagrams, or
-//! hold its lock across a system call.
+//! Never does: parse more than the fixed 20-byte uTP header of a datagram (the library still
+//! validates every one it receives), change or drop a received datagram, or hold its lock
+//! across a system call.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,6 +32,29 @@ use crate::pacer::{FlowKey, Pacer, PacerConfig};
 const UTP_HEADER: usize = 20;
 /// BEP 29 `ST_DATA`.
 const ST_DATA: u8 = 0;
+/// BEP 29 `ST_FIN` and `ST_STATE` (an ACK): with `ST_DATA`, the types whose `ack_nr`
+/// acknowledges our data (`ST_SYN` acknowledges nothing, `ST_RESET` ends the connection).
+const ST_FIN: u8 = 1;
+const ST_STATE: u8 = 2;
+/// BEP 29 protocol version, the low nibble of byte 0.
+const UTP_VERSION: u8 = 1;
+
+/// What an incoming datagram acknowledges: the connection id it carries (our receive id),
+/// its `ack_nr` and the window the peer advertises. `None` for anything that is not a uTP
+/// packet carrying an acknowledgement (the library validates the rest; this only reads the
+/// fixed header).
+pub(crate) fn ack_header(datagram: &[u8]) -> Option<(u16, u16, u32)> {
+    if datagram.len() < UTP_HEADER || datagram[0] & 0x0f != UTP_VERSION {
+        return None;
+    }
+    if !matches!(datagram[0] >> 4, ST_DATA | ST_FIN | ST_STATE) {
+        return None;
+    }
+    let conn_id = u16::from_be_bytes([datagram[2], datagram[3]]);
+    let wnd = u32::from_be_bytes([datagram[12], datagram[13], datagram[14], datagram[15]]);
+    let ack_nr = u16::from_be_bytes([datagram[18], datagram[19]]);
+    Some((conn_id, ack_nr, wnd))
+}
 
 /// The flow, sequence number and type of one of our outgoing uTP datagrams, from its header.
 /// `None` when it is not a data packet (or too short to be one).
@@ -108,7 +134,8 @@ impl PacedUdp {
         };
         let at = match pacer.admit(now, key, seq, len) {
             Ok(()) => return Poll::Ready(()),
-            Err(at) => at,
+            // An ACK for the flow wakes it earlier (`on_datagram`).
+            Err(r) => r.at(),
         };
         let w = st.waiting.entry(key).or_default();
         if !w.wakers.iter().any(|k| k.will_wake(cx.waker())) {
@@ -135,6 +162,29 @@ impl PacedUdp {
             }
         }
         Poll::Pending
+    }
+}
+
+impl PacedUdp {
+    /// A datagram arrived: if it acknowledges one of our flows, tell the pacer and wake the
+    /// flow's waiting sends (the in-flight cap may have opened).
+    fn on_datagram(&self, datagram: &[u8], from: SocketAddr) {
+        let Some((conn_id, ack_nr, wnd)) = ack_header(datagram) else {
+            return;
+        };
+        let woken = {
+            let mut st = self.state.lock().expect("lock poisoned only by a panic");
+            let Some(pacer) = st.pacer.as_mut() else {
+                return;
+            };
+            let Some(key) = pacer.on_ack(Instant::now(), from, conn_id, ack_nr, wnd) else {
+                return;
+            };
+            st.waiting.remove(&key).map(|w| w.wakers)
+        };
+        for w in woken.into_iter().flatten() {
+            w.wake();
+        }
     }
 }
 
@@ -168,11 +218,11 @@ impl PollSendToVectored for PacedUdp {
 }
 
 impl librqbit_utp::Transport for PacedUdp {
-    fn recv_from<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = std::io::Result<(usize, SocketAddr)>> + Send + Sync + 'a {
-        self.inner.recv_from(buf)
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        let (n, from) = self.inner.recv_from(buf).await?;
+        // `n <= buf.len()`: the socket wrote that many bytes into it.
+        self.on_datagram(&buf[..n.min(buf.len())], from);
+        Ok((n, from))
     }
 
     fn send_to<'a>(
@@ -222,6 +272,92 @@ mod tests {
             assert_eq!(data_header(&header(kind, 513, 1), to), None, "type {kind}");
         }
         assert_eq!(data_header(&header(ST_DATA, 1, 1)[..19], to), None, "short");
+    }
+
+    #[test]
+    fn acks_are_read_from_data_fin_and_state_packets() {
+        let mut h = header(2, 77, 5);
+        h[12..16].copy_from_slice(&65536u32.to_be_bytes());
+        h[18..20].copy_from_slice(&4242u16.to_be_bytes());
+        assert_eq!(ack_header(&h), Some((77, 4242, 65536)));
+        for kind in [ST_DATA, ST_FIN] {
+            assert!(ack_header(&header(kind, 1, 1)).is_some(), "type {kind}");
+        }
+        // ST_RESET (3), ST_SYN (4), unknown types, another version, too short: not ACKs.
+        for kind in [3, 4, 9] {
+            assert_eq!(ack_header(&header(kind, 1, 1)), None, "type {kind}");
+        }
+        let mut v2 = header(2, 1, 1);
+        v2[0] = (2 << 4) | 2;
+        assert_eq!(ack_header(&v2), None);
+        assert_eq!(ack_header(&h[..19]), None);
+    }
+
+    /// A waker that records that it was woken.
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ack_wakes_a_send_held_by_the_window() {
+        use crate::pacer::WindowConfig;
+        use librqbit_utp::Transport as _;
+
+        let sock =
+            UdpSocket::bind_udp("127.0.0.1:0".parse().unwrap(), BindOpts::default()).unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = peer.local_addr().unwrap();
+        let config = PacerConfig {
+            max_burst: usize::MAX,
+            burst_time: Duration::from_secs(1),
+            window: Some(WindowConfig {
+                floor: 2,
+                // Only the ACK may release the send in this test, never the clock.
+                ack_stale: Duration::from_secs(3600),
+                ..WindowConfig::default()
+            }),
+            ..PacerConfig::default()
+        };
+        let paced = PacedUdp::from_socket(sock, Some(config));
+        let ours = paced.bind_addr();
+        // We send on connection id 9, so the peer's ACKs carry 8 (we connected).
+        let ack = |ack_nr: u16| {
+            let mut h = header(2, 8, 0);
+            h[18..20].copy_from_slice(&ack_nr.to_be_bytes());
+            peer.send_to(&h, ours).unwrap();
+        };
+        let payload = [0u8; 100];
+        let flag = Arc::new(Flag(false.into()));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut send = |seq: u16| {
+            let h = header(ST_DATA, 9, seq);
+            let bufs = [IoSlice::new(&h), IoSlice::new(&payload)];
+            paced.poll_send_to_vectored(&mut cx, &bufs, to)
+        };
+        assert!(send(0).is_ready());
+        let mut buf = [0u8; 64];
+        ack(0);
+        paced.recv_from(&mut buf).await.unwrap();
+        assert!(send(1).is_ready());
+        assert!(send(2).is_ready());
+        assert!(send(3).is_pending(), "two in flight: the floor");
+        assert!(!flag.0.load(std::sync::atomic::Ordering::SeqCst));
+        ack(2);
+        let (n, from) = paced.recv_from(&mut buf).await.unwrap();
+        assert_eq!(
+            (n, from),
+            (UTP_HEADER, to),
+            "the ACK is still handed to the library"
+        );
+        assert!(
+            flag.0.load(std::sync::atomic::Ordering::SeqCst),
+            "the ACK woke it"
+        );
+        assert!(send(3).is_ready());
     }
 
     #[tokio::test(start_paused = true)]
