@@ -1543,6 +1543,33 @@ impl Storage for FsStorage {
         .await
     }
 
+    /// One blocking task writes the piece, starts its writeback and marks it complete
+    /// (finalizing any file it completes): one hand-off to the blocking pool per piece, not two.
+    async fn write_piece(&self, piece: PieceIndex, chunks: Vec<Bytes>) -> Result<(), StorageError> {
+        let start = self.inner.layout.check_write(piece, 0, &chunks)?;
+        let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let piece_len = self.inner.layout.piece_len(piece);
+        if total != piece_len as u64 {
+            // Marking it complete would claim bytes nobody wrote.
+            return Err(StorageError::OutOfRange {
+                piece,
+                offset: 0,
+                len: total as u32,
+            });
+        }
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut at = start;
+            for chunk in &chunks {
+                inner.write(at, chunk)?;
+                at += chunk.len() as u64;
+            }
+            inner.start_writeback(start, total);
+            inner.mark_complete(piece)
+        })
+        .await
+    }
+
     async fn read(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StorageError> {
         let start = self.inner.check(piece, offset, len)?;
         if let Some(data) = self.inner.read_cached(start, len) {
