@@ -105,6 +105,7 @@ use crate::paths::{
     move_temp, part_file, parts_dir, rename_noreplace, sync_dir,
 };
 use crate::resume::{self, FileRecord, Location, ResumeBody, Stamp, LEGACY_VERSION};
+use crate::writer::PieceWriter;
 
 /// The `fs` storage backend: opens [`FsStorage`] for each torrent.
 #[derive(Clone, Debug)]
@@ -113,6 +114,8 @@ pub struct FsBackend {
     claims: Arc<Claims>,
     /// Moves of finished torrents copy even on one file system (see `with_copy_moves`).
     copy_moves: bool,
+    /// Writes of verified pieces, for all of this backend's torrents (see `writer.rs`).
+    writer: Arc<PieceWriter>,
 }
 
 impl FsBackend {
@@ -130,6 +133,7 @@ impl FsBackend {
             max_open_files: n.max(1),
             claims: Arc::new(Claims::default()),
             copy_moves: false,
+            writer: Arc::new(PieceWriter::default()),
         }
     }
 
@@ -159,6 +163,7 @@ impl StorageBackend for FsBackend {
         let inner = blocking(move || Inner::open(spec, max, &claims)).await?;
         Ok(Arc::new(FsStorage {
             inner: Arc::new(inner),
+            writer: self.writer.clone(),
         }))
     }
 
@@ -180,6 +185,8 @@ impl StorageBackend for FsBackend {
 #[derive(Clone, Debug)]
 pub struct FsStorage {
     inner: Arc<Inner>,
+    /// The backend's piece writer (see `writer.rs`), shared by its torrents.
+    writer: Arc<PieceWriter>,
 }
 
 #[derive(Debug)]
@@ -372,6 +379,7 @@ impl FsStorage {
         let inner = blocking(move || Inner::open(spec, max_open_files, &claims)).await?;
         Ok(FsStorage {
             inner: Arc::new(inner),
+            writer: Arc::new(PieceWriter::default()),
         })
     }
 
@@ -905,39 +913,43 @@ impl Inner {
     }
 
     fn mark_complete(&self, piece: PieceIndex) -> Result<(), StorageError> {
-        self.check(piece, 0, 0)?;
-        let files = self.layout.files_for_piece(piece);
-        {
-            let mut st = lock(&self.state);
-            // has_piece must never claim bytes that were never written.
-            if files.iter().any(|&f| st.locations[f] == Location::Absent) {
-                return Err(StorageError::Missing);
-            }
-            st.completed.set(piece as usize);
-        }
-        for f in files {
+        for f in self.set_complete(piece)? {
             self.maybe_finalize(f)?;
         }
         Ok(())
+    }
+
+    /// The quick half of `mark_complete`: record `piece` complete; returns the files it touches.
+    fn set_complete(&self, piece: PieceIndex) -> Result<Vec<usize>, StorageError> {
+        self.check(piece, 0, 0)?;
+        let files = self.layout.files_for_piece(piece);
+        let mut st = lock(&self.state);
+        // has_piece must never claim bytes that were never written.
+        if files.iter().any(|&f| st.locations[f] == Location::Absent) {
+            return Err(StorageError::Missing);
+        }
+        st.completed.set(piece as usize);
+        Ok(files)
+    }
+
+    /// Whether `file` is ready to be finalized: every piece complete, wanted, not in place.
+    fn ready_to_finalize(&self, st: &State, file: usize) -> bool {
+        let done = self
+            .layout
+            .pieces_for_file(file)
+            .all(|p| st.completed.get(p as usize));
+        done && !st.skipped[file]
+            && !matches!(st.locations[file], Location::Final | Location::Absent)
     }
 
     /// Finalize `file` if all its pieces are complete and nobody else is doing it.
     fn maybe_finalize(&self, file: usize) -> Result<(), StorageError> {
         let loc = {
             let mut st = lock(&self.state);
-            let done = self
-                .layout
-                .pieces_for_file(file)
-                .all(|p| st.completed.get(p as usize));
-            let loc = st.locations[file];
-            if !done
-                || st.skipped[file]
-                || matches!(loc, Location::Final | Location::Absent)
-                || !st.finalizing.insert(file)
-            {
+            if !self.ready_to_finalize(&st, file) || !st.finalizing.insert(file) {
                 return Ok(());
             }
-            loc
+            st.locations[file]
         };
         let result = match loc {
             Location::Foreign => self.adopt_in_place(file).map(|_| ()),
@@ -1543,8 +1555,9 @@ impl Storage for FsStorage {
         .await
     }
 
-    /// One blocking task writes the piece, starts its writeback and marks it complete
-    /// (finalizing any file it completes): one hand-off to the blocking pool per piece, not two.
+    /// The backend's piece writer writes the piece, starts its writeback and marks it complete
+    /// (usually without waking a thread: see `writer.rs`); a file the piece completes is then
+    /// finalized in a blocking task of its own, so its fsyncs never hold the writer's queue.
     async fn write_piece(&self, piece: PieceIndex, chunks: Vec<Bytes>) -> Result<(), StorageError> {
         let start = self.inner.layout.check_write(piece, 0, &chunks)?;
         let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
@@ -1558,14 +1571,32 @@ impl Storage for FsStorage {
             });
         }
         let inner = self.inner.clone();
+        let ready = self
+            .writer
+            .run(move || {
+                let mut at = start;
+                for chunk in &chunks {
+                    inner.write(at, chunk)?;
+                    at += chunk.len() as u64;
+                }
+                inner.start_writeback(start, total);
+                let files = inner.set_complete(piece)?;
+                let st = lock(&inner.state);
+                Ok(files
+                    .into_iter()
+                    .filter(|&f| inner.ready_to_finalize(&st, f))
+                    .collect::<Vec<usize>>())
+            })
+            .await?;
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
         blocking(move || {
-            let mut at = start;
-            for chunk in &chunks {
-                inner.write(at, chunk)?;
-                at += chunk.len() as u64;
+            for f in ready {
+                inner.maybe_finalize(f)?;
             }
-            inner.start_writeback(start, total);
-            inner.mark_complete(piece)
+            Ok(())
         })
         .await
     }
