@@ -92,10 +92,14 @@ impl PieceWriter {
             }
         };
         if let Some(slot) = slot {
-            let me = self.clone();
+            let drainer = Drainer {
+                writer: self.clone(),
+                slot,
+                left: false,
+            };
             // Not awaited: the job's own channel reports back. The slot is taken before the
             // drainer runs, so a burst of writes starts one drainer, not one each.
-            drop(tokio::task::spawn_blocking(move || me.drain(slot)));
+            drop(tokio::task::spawn_blocking(move || drainer.drain()));
         }
         match rx.await {
             Ok(Ok(r)) => r,
@@ -108,29 +112,51 @@ impl PieceWriter {
         }
     }
 
-    /// Run queued jobs until there are none, then free `slot` and leave.
-    fn drain(&self, slot: usize) {
+    #[cfg(test)]
+    fn drainers(&self) -> usize {
+        lock(&self.queue).busy_since.iter().flatten().count()
+    }
+}
+
+/// One drainer's claim on its slot. A drainer dropped before it ran (its runtime shut down
+/// first) frees the slot, so the backend never runs out of drainers.
+struct Drainer {
+    writer: Arc<PieceWriter>,
+    slot: usize,
+    /// The slot was freed by `drain` itself.
+    left: bool,
+}
+
+impl Drainer {
+    /// Run queued jobs until there are none, then free the slot and leave. Freeing it under the
+    /// same lock that saw the queue empty: a job pushed just after starts a new drainer.
+    fn drain(mut self) {
         loop {
             let job = {
-                let mut q = lock(&self.queue);
+                let mut q = lock(&self.writer.queue);
                 match q.jobs.pop_front() {
                     Some(job) => {
-                        q.busy_since[slot] = Some(Instant::now());
+                        q.busy_since[self.slot] = Some(Instant::now());
                         job
                     }
                     None => {
-                        q.busy_since[slot] = None;
+                        q.busy_since[self.slot] = None;
+                        self.left = true;
                         return;
                     }
                 }
             };
+            // Never unwinds: `run` wrapped the caller's closure in `catch_unwind`.
             job();
         }
     }
+}
 
-    #[cfg(test)]
-    fn drainers(&self) -> usize {
-        lock(&self.queue).busy_since.iter().flatten().count()
+impl Drop for Drainer {
+    fn drop(&mut self) {
+        if !self.left {
+            lock(&self.writer.queue).busy_since[self.slot] = None;
+        }
     }
 }
 
@@ -166,6 +192,23 @@ mod tests {
         }
         let queued = lock(&w.queue).jobs.len();
         assert_eq!((queued, w.drainers()), (0, 0));
+    }
+
+    /// A drainer that never ran (its runtime shut down first) gives its slot back, so four
+    /// such losses cannot leave the backend without drainers.
+    #[test]
+    fn a_drainer_dropped_unrun_frees_its_slot() {
+        let w = Arc::new(PieceWriter::default());
+        for slot in 0..MAX_DRAINERS {
+            lock(&w.queue).busy_since[slot] = Some(Instant::now());
+        }
+        drop(Drainer {
+            writer: w.clone(),
+            slot: 2,
+            left: false,
+        });
+        assert_eq!(w.drainers(), MAX_DRAINERS - 1);
+        assert!(lock(&w.queue).busy_since[2].is_none());
     }
 
     /// A job stuck in a slow call does not hold the others: another drainer takes them.
