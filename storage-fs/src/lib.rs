@@ -20,7 +20,8 @@
 //! Modules: `storage` (the backend and per-torrent storage), `resume` (the resume file format),
 //! `paths` (path safety, durable folder creation), `cache` (bounded descriptor cache), `delete`
 //! (deleting a removed torrent's data: only what this client wrote), `relocate` (moving a
-//! finished torrent to another folder, and settling a move a crash interrupted).
+//! finished torrent to another folder, and settling a move a crash interrupted), `writer` (the
+//! queue that writes verified pieces for all of a backend's torrents).
 
 mod cache;
 mod claims;
@@ -30,6 +31,7 @@ mod relocate;
 mod resume;
 mod storage;
 mod writeback;
+mod writer;
 
 pub use storage::{FsBackend, FsStorage};
 

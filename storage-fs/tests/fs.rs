@@ -1832,3 +1832,81 @@ async fn reads_agree_whichever_path_serves_them() {
         }
     }
 }
+
+/// `write_piece` (the engine's one call per verified piece) on disk: a file appears at its
+/// final path with the call that completes it, whole, and its part file is gone.
+#[tokio::test]
+async fn write_piece_finalizes_the_file_it_completes() {
+    let c = Case::new(&[("t/a", 20_000), ("t/b", 30_000)]);
+    let s = c.open().await;
+    let piece = |p: u32| vec![Bytes::copy_from_slice(c.piece_bytes(p))];
+    s.write_piece(0, piece(0)).await.unwrap();
+    assert!(s.has_piece(0));
+    assert!(
+        exists(&c.part(0)) && !exists(&c.dl("t/a")),
+        "a still misses piece 1"
+    );
+    s.write_piece(1, piece(1)).await.unwrap();
+    assert!(s.is_finalized(0) && !s.is_finalized(1));
+    assert!(!exists(&c.part(0)));
+    assert_eq!(fs::read(c.dl("t/a")).unwrap(), c.file_bytes(0));
+    assert!(!exists(&c.dl("t/b")) && exists(&c.part(1)));
+    for p in [3, 2] {
+        s.write_piece(p, piece(p)).await.unwrap();
+    }
+    assert_eq!(fs::read(c.dl("t/b")).unwrap(), c.file_bytes(1));
+    s.flush().await.unwrap();
+    drop(s);
+    let s = c.open().await;
+    assert_eq!(s.resume(), Resume::Trusted(Bitfield::full(4)));
+}
+
+/// A piece whose write fails half-way (its first file written, its second one cannot be
+/// created) is reported and claimed nowhere: not by `has_piece`, not by the resume state a
+/// flush writes, and the file it would have completed stays unfinished.
+#[tokio::test]
+async fn a_failed_write_piece_claims_nothing() {
+    let c = Case::new(&[("a", 10_000), ("b", 30_000)]);
+    let s = c.open().await;
+    // A folder where b's part file goes: creating it fails (EISDIR) even for root.
+    fs::create_dir_all(c.part(1)).unwrap();
+    let err = s
+        .write_piece(0, vec![Bytes::copy_from_slice(c.piece_bytes(0))])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Io { path, .. } if *path == c.part(1)),
+        "the error names the file that could not be written: {err:?}"
+    );
+    assert!(!s.has_piece(0));
+    assert!(!s.is_finalized(0) && !exists(&c.dl("a")));
+    // (A flush with the folder still there fails: it is in the way of a file of ours.)
+    fs::remove_dir(c.part(1)).unwrap();
+    s.flush().await.unwrap();
+    drop(s);
+    let s = c.open().await;
+    let claimed = match s.resume() {
+        Resume::Trusted(b) | Resume::Partial { complete: b, .. } => b.count_ones(),
+        Resume::NeedsRecheck => 0,
+    };
+    assert_eq!(claimed, 0, "nothing claimed after reopen: {:?}", s.resume());
+    assert!(!s.has_piece(0) && !exists(&c.dl("a")));
+}
+
+/// Chunks that do not cover the whole piece are refused: marking the piece complete would
+/// claim bytes nobody wrote.
+#[tokio::test]
+async fn write_piece_of_part_of_a_piece_is_refused() {
+    let c = Case::new(&[("a", 40_000)]);
+    let s = c.open().await;
+    let half = &c.piece_bytes(0)[..8192];
+    let err = s
+        .write_piece(0, vec![Bytes::copy_from_slice(half)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::OutOfRange { piece: 0, .. }),
+        "{err:?}"
+    );
+    assert!(!s.has_piece(0));
+}

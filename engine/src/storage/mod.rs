@@ -1,7 +1,8 @@
 //! The `Storage` contract: how the engine reads and writes a torrent's bytes, whatever holds them.
 //!
 //! The engine hands a backend only **verified** data (it hashes a piece before writing it), then
-//! calls [`Storage::mark_complete`]. A backend promises:
+//! records it complete: both in one call, [`Storage::write_piece`] (by default
+//! [`Storage::write`] then [`Storage::mark_complete`]). A backend promises:
 //!
 //! - **Complete at the final path.** A file becomes visible under its final name
 //!   ([`Storage::is_finalized`]) only once every piece touching it has been marked complete, and
@@ -369,6 +370,16 @@ pub trait Storage: Send + Sync {
     /// Record that `piece` is written and verified. Finalizes (makes visible at its final path)
     /// every file whose pieces are now all complete.
     async fn mark_complete(&self, piece: PieceIndex) -> Result<(), StorageError>;
+
+    /// Write a whole verified piece (the concatenation of `chunks`, from its first byte) and
+    /// record it complete: [`Storage::write`] then [`Storage::mark_complete`], which is what the
+    /// default does. The engine calls this once per verified piece, so a backend whose calls each
+    /// cost a hand-off to another thread may override it to do both in one (fs does). If the
+    /// write fails, the piece is not recorded complete.
+    async fn write_piece(&self, piece: PieceIndex, chunks: Vec<Bytes>) -> Result<(), StorageError> {
+        self.write(piece, 0, chunks).await?;
+        self.mark_complete(piece).await
+    }
 
     /// Whether `piece` is complete (see the module contract: never lies).
     fn has_piece(&self, piece: PieceIndex) -> bool;

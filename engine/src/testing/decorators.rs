@@ -133,6 +133,23 @@ struct Quirky {
     quirks: Quirks,
 }
 
+impl Quirky {
+    /// Count one write against the fault budget; past it, the disk is full.
+    fn take_write(&self, piece: PieceIndex) -> Result<(), StorageError> {
+        if let Some(left) = &self.quirks.writes_left {
+            if left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+            {
+                return Err(StorageError::NoSpace {
+                    path: PathBuf::from(format!("piece {piece}")),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Storage for Quirky {
     fn resume(&self) -> Resume {
@@ -144,16 +161,7 @@ impl Storage for Quirky {
         offset: u32,
         chunks: Vec<Bytes>,
     ) -> Result<(), StorageError> {
-        if let Some(left) = &self.quirks.writes_left {
-            if left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_err()
-            {
-                return Err(StorageError::NoSpace {
-                    path: PathBuf::from(format!("piece {piece}")),
-                });
-            }
-        }
+        self.take_write(piece)?;
         self.inner.write(piece, offset, chunks).await
     }
     async fn read(&self, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StorageError> {
@@ -167,6 +175,12 @@ impl Storage for Quirky {
     }
     async fn mark_complete(&self, piece: PieceIndex) -> Result<(), StorageError> {
         self.inner.mark_complete(piece).await
+    }
+    async fn write_piece(&self, piece: PieceIndex, chunks: Vec<Bytes>) -> Result<(), StorageError> {
+        // The same fault as `write`, then the wrapped backend's own one-step path (not the
+        // default's two calls), so fault tests exercise what production runs.
+        self.take_write(piece)?;
+        self.inner.write_piece(piece, chunks).await
     }
     fn has_piece(&self, piece: PieceIndex) -> bool {
         self.inner.has_piece(piece)

@@ -32,6 +32,7 @@ pub async fn run_all(backend: Arc<dyn StorageBackend>, root: &Path) {
     round_trip(backend.clone(), root).await;
     multi_file_layout(backend.clone(), root).await;
     finalize_only_when_complete(backend.clone(), root).await;
+    write_piece_completes_in_one_step(backend.clone(), root).await;
     has_piece_never_lies_after_reopen(backend.clone(), root).await;
     reopen_keeps_flushed_pieces(backend.clone(), root).await;
     concurrent_writes(backend.clone(), root).await;
@@ -310,6 +311,45 @@ pub async fn finalize_only_when_complete(backend: Arc<dyn StorageBackend>, root:
     for piece in 0..fx.pieces() {
         fx.assert_reads(&*s, piece, 0, fx.layout().piece_len(piece))
             .await;
+    }
+}
+
+/// [`Storage::write_piece`] (what the engine calls for every verified piece) is a write and a
+/// mark in one: each piece is complete and readable when it returns, a file is finalized by the
+/// call that completes it and not before, and all of it is trusted after flush and reopen.
+pub async fn write_piece_completes_in_one_step(backend: Arc<dyn StorageBackend>, root: &Path) {
+    let files = [("a", 20_000), ("e", 0), ("b", 30_000), ("c", 5_000)];
+    let fx = Fixture::new(root, "write_piece_completes", 16384, &files);
+    let n = fx.pieces();
+    let s = fx.open(&backend).await;
+    let mut done = Bitfield::new(n as usize);
+    // Out of order, so files complete in the middle of the run, one through a shared piece.
+    for piece in [3, 1, 0, 2] {
+        let len = fx.layout().piece_len(piece);
+        let chunks: Vec<Bytes> = fx
+            .expected(piece, 0, len)
+            .chunks(BLOCK_SIZE as usize)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        if let Err(e) = s.write_piece(piece, chunks).await {
+            panic!("[{}] write_piece({piece}) failed: {e}", fx.name);
+        }
+        done.set(piece as usize);
+        assert!(
+            s.has_piece(piece),
+            "[{}] has_piece({piece}) false after write_piece",
+            fx.name
+        );
+        fx.assert_reads(&*s, piece, 0, len).await;
+        fx.assert_finalized_matches(&*s, &done, &format!("after write_piece({piece})"));
+    }
+    s.flush().await.expect("flush");
+    drop(s);
+    let s = fx.open(&backend).await;
+    let claimed = fx.trusted(&*s, "reopen after write_piece");
+    assert!(claimed.is_full(), "[{}] all pieces trusted", fx.name);
+    for p in 0..n {
+        fx.assert_reads(&*s, p, 0, fx.layout().piece_len(p)).await;
     }
 }
 
