@@ -10,9 +10,12 @@
 //!
 //! Only short work goes through the queue (buffered writes, setting a bit); fsyncs (a file's
 //! finalize, flushes) run as their own blocking tasks, so one slow file never holds the queue.
-//! A write may still stall (the kernel throttling dirty pages, a slow device): a job queued
-//! when every drainer has been in its current job for more than [`STUCK_AFTER`] starts another
-//! drainer, up to [`MAX_DRAINERS`].
+//! A write may still stall (the kernel throttling dirty pages, a slow device, a hung mount): a
+//! job queued when every drainer has been in its current job for more than [`STUCK_AFTER`]
+//! starts another drainer, up to [`MAX_DRAINERS`]; past that it runs on a blocking thread of
+//! its own, as without the queue. A caller whose job still waits after [`KICK_AFTER`] (queued
+//! behind a drainer that stalled since) kicks the queue the same way, so no torrent's writes
+//! wait on another's stalled device.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -31,7 +34,20 @@ const MAX_DRAINERS: usize = 4;
 /// microseconds, a 16 MiB piece (the largest `create` makes) a few milliseconds.
 const STUCK_AFTER: Duration = Duration::from_millis(2);
 
+/// A caller waiting this long for its job looks again whether the drainers are stuck.
+const KICK_AFTER: Duration = Duration::from_millis(10);
+
 type Job = Box<dyn FnOnce() + Send>;
+
+/// What a push or a kick starts.
+enum Start {
+    /// Nothing: a drainer is moving and will take the queued jobs.
+    Nothing,
+    /// A new drainer in this slot.
+    Drainer(usize),
+    /// Every drainer stuck: this job runs on a blocking thread of its own.
+    Alone(Job),
+}
 
 #[derive(Default)]
 struct Queue {
@@ -39,6 +55,33 @@ struct Queue {
     /// One slot per possible drainer: `None` when free, else when its current job started
     /// (or when it was started, before its first job).
     busy_since: [Option<Instant>; MAX_DRAINERS],
+}
+
+impl Queue {
+    /// Who takes the queued jobs: a drainer that started its job recently takes them next;
+    /// else a new drainer (its slot taken now, so a burst of writes starts one, not one each);
+    /// else, every drainer stuck, the oldest job runs alone.
+    fn start(&mut self) -> Start {
+        if self.jobs.is_empty() {
+            return Start::Nothing;
+        }
+        let now = Instant::now();
+        let moving = self
+            .busy_since
+            .iter()
+            .flatten()
+            .any(|&since| now.duration_since(since) < STUCK_AFTER);
+        if moving {
+            return Start::Nothing;
+        }
+        match self.busy_since.iter().position(Option::is_none) {
+            Some(i) => {
+                self.busy_since[i] = Some(now);
+                Start::Drainer(i)
+            }
+            None => self.jobs.pop_front().map_or(Start::Nothing, Start::Alone),
+        }
+    }
 }
 
 /// One backend's queue of short blocking jobs (see the module docs).
@@ -72,36 +115,23 @@ impl PieceWriter {
         let job: Job = Box::new(move || {
             let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
         });
-        let slot = {
+        let start = {
             let mut q = lock(&self.queue);
             q.jobs.push_back(job);
-            let now = Instant::now();
-            // A drainer that started its job recently takes this one next.
-            let moving = q
-                .busy_since
-                .iter()
-                .flatten()
-                .any(|&since| now.duration_since(since) < STUCK_AFTER);
-            let free = q.busy_since.iter().position(Option::is_none);
-            match free {
-                Some(i) if !moving => {
-                    q.busy_since[i] = Some(now);
-                    Some(i)
+            q.start()
+        };
+        self.begin(start);
+        let mut rx = rx;
+        let answer = loop {
+            tokio::select! {
+                answer = &mut rx => break answer,
+                () = tokio::time::sleep(KICK_AFTER) => {
+                    let start = lock(&self.queue).start();
+                    self.begin(start);
                 }
-                _ => None,
             }
         };
-        if let Some(slot) = slot {
-            let drainer = Drainer {
-                writer: self.clone(),
-                slot,
-                left: false,
-            };
-            // Not awaited: the job's own channel reports back. The slot is taken before the
-            // drainer runs, so a burst of writes starts one drainer, not one each.
-            drop(tokio::task::spawn_blocking(move || drainer.drain()));
-        }
-        match rx.await {
+        match answer {
             Ok(Ok(r)) => r,
             Ok(Err(panic)) => std::panic::resume_unwind(panic),
             // Only if the job was dropped unrun: the runtime is shutting down.
@@ -109,6 +139,22 @@ impl PieceWriter {
                 path: PathBuf::new(),
                 source: std::io::Error::other("the piece writer stopped"),
             }),
+        }
+    }
+
+    /// Start what [`Queue::start`] decided. Not awaited: each job's own channel reports back.
+    fn begin(self: &Arc<Self>, start: Start) {
+        match start {
+            Start::Nothing => {}
+            Start::Drainer(slot) => {
+                let drainer = Drainer {
+                    writer: self.clone(),
+                    slot,
+                    left: false,
+                };
+                drop(tokio::task::spawn_blocking(move || drainer.drain()));
+            }
+            Start::Alone(job) => drop(tokio::task::spawn_blocking(job)),
         }
     }
 
@@ -242,5 +288,42 @@ mod tests {
         assert!(!blocked.is_finished(), "the stuck job is still stuck");
         release.send(()).unwrap();
         blocked.await.unwrap().unwrap();
+    }
+
+    /// Every drainer stuck (a hung mount under one torrent): other writes still run, on
+    /// threads of their own, and a job queued just before its drainer stalled is kicked out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_go_on_while_every_drainer_is_stuck() {
+        let w = Arc::new(PieceWriter::default());
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let stuck = Arc::new(Mutex::new(stuck));
+        let mut blocked = Vec::new();
+        for _ in 0..MAX_DRAINERS + 2 {
+            let (w, stuck) = (w.clone(), stuck.clone());
+            blocked.push(tokio::spawn(async move {
+                w.run(move || {
+                    let _ = stuck.lock().map(|rx| rx.recv());
+                    Ok(())
+                })
+                .await
+            }));
+            // Each is seen stuck before the next arrives.
+            tokio::time::sleep(STUCK_AFTER * 3).await;
+        }
+        let others: Vec<_> = (0..10u32)
+            .map(|i| {
+                let w = w.clone();
+                tokio::spawn(async move { w.run(move || Ok(i)).await })
+            })
+            .collect();
+        for (i, t) in others.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap(), i as u32);
+        }
+        for _ in 0..blocked.len() {
+            release.send(()).unwrap();
+        }
+        for b in blocked {
+            b.await.unwrap().unwrap();
+        }
     }
 }

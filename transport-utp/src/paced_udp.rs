@@ -141,23 +141,25 @@ impl PacedUdp {
         if !w.wakers.iter().any(|k| k.will_wake(cx.waker())) {
             w.wakers.push(cx.waker().clone());
         }
-        // One timer per waiting flow: a later refusal with an earlier time is rare (the rate
-        // only changes on sends) and costs at most one timer tick.
-        if w.timer_at.is_none() {
+        // One timer per waiting flow, kept across the ACKs that wake it early (a flow held by
+        // the in-flight cap is refused and woken by an ACK thousands of times a second); a
+        // new one only for an earlier time (a rate refusal after a cap refusal), the later one
+        // then fires as a no-op.
+        if w.timer_at.is_none_or(|t| at < t) {
             w.timer_at = Some(at);
             let state = Arc::downgrade(&self.state);
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(async move {
                         tokio::time::sleep_until(at).await;
-                        wake_flow(&state, key);
+                        wake_flow(&state, key, at);
                     });
                 }
                 // Not on a runtime (never the case inside the library's tasks): try again
                 // at once rather than never.
                 Err(_) => {
                     drop(st);
-                    wake_flow(&Arc::downgrade(&self.state), key);
+                    wake_flow(&Arc::downgrade(&self.state), key, at);
                 }
             }
         }
@@ -180,7 +182,10 @@ impl PacedUdp {
             let Some(key) = pacer.on_ack(Instant::now(), from, conn_id, ack_nr, wnd) else {
                 return;
             };
-            st.waiting.remove(&key).map(|w| w.wakers)
+            // The wakers only: the flow's timer (if any) is still running and stays recorded.
+            st.waiting
+                .get_mut(&key)
+                .map(|w| std::mem::take(&mut w.wakers))
         };
         for w in woken.into_iter().flatten() {
             w.wake();
@@ -188,10 +193,15 @@ impl PacedUdp {
     }
 }
 
-fn wake_flow(state: &std::sync::Weak<Mutex<State>>, key: FlowKey) {
+/// The flow's timer for `at` fired: wake its sends, unless a timer for an earlier time
+/// replaced this one (then that one does).
+fn wake_flow(state: &std::sync::Weak<Mutex<State>>, key: FlowKey, at: Instant) {
     let Some(state) = state.upgrade() else { return };
     let wakers = {
         let mut st = state.lock().expect("lock poisoned only by a panic");
+        if st.waiting.get(&key).is_none_or(|w| w.timer_at != Some(at)) {
+            return;
+        }
         st.waiting
             .remove(&key)
             .map(|w| w.wakers)

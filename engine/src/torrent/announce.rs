@@ -177,9 +177,13 @@ impl Announcer {
         }
     }
 
-    /// A request was cut short at shutdown: only the tiers come back.
-    pub(super) fn restore(&mut self, tiers: TrackerTiers) {
+    /// A request came back while stopping: the tiers return, and only whether a tracker
+    /// answered counts (it decides whether `stopped` is owed).
+    pub(super) fn restore(&mut self, tiers: TrackerTiers, event: Event, result: &AnnounceResult) {
         self.tiers = Some(tiers);
+        if event != Event::Stopped && result.is_ok() {
+            self.answered = true;
+        }
     }
 
     /// The tiers for the final `stopped`, if `started` was sent and a tracker answered since.
@@ -333,6 +337,16 @@ mod tests {
         a.finish(tiers, Event::None, down(), t0);
         // Answered once this run: `stopped` is owed even if the latest announce failed.
         assert!(a.take_for_stop().is_some());
+
+        // The first answer arrives while the torrent is stopping: `stopped` is owed too.
+        let mut a = Announcer::new(vec![vec!["http://t/announce".into()]], t0, 7);
+        let tiers = a.begin(t0).unwrap();
+        a.restore(tiers, Event::Started, &ok(1800, Vec::new()));
+        assert!(a.take_for_stop().is_some());
+        let mut a = Announcer::new(vec![vec!["http://t/announce".into()]], t0, 7);
+        let tiers = a.begin(t0).unwrap();
+        a.restore(tiers, Event::Started, &down());
+        assert!(a.take_for_stop().is_none());
     }
 
     #[test]

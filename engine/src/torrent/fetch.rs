@@ -1010,8 +1010,13 @@ impl<'a> Fetcher<'a> {
             while let Ok(Some(event)) =
                 tokio::time::timeout_at(deadline, self.events_rx.recv()).await
             {
-                if let FetchEvent::Announced { tiers, .. } = event {
-                    self.announcer.restore(tiers);
+                if let FetchEvent::Announced {
+                    tiers,
+                    event,
+                    result,
+                } = event
+                {
+                    self.announcer.restore(tiers, event, &result);
                     break;
                 }
             }

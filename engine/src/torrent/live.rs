@@ -1229,7 +1229,11 @@ impl Torrent {
         while self.verifying > 0 || self.flushing || self.announcer.in_flight() {
             match tokio::time::timeout_at(deadline, self.internal_rx.recv()).await {
                 Ok(Some(Internal::Flushed(result))) => self.on_flushed(*result),
-                Ok(Some(Internal::AnnounceDone { tiers, .. })) => self.announcer.restore(*tiers),
+                Ok(Some(Internal::AnnounceDone {
+                    tiers,
+                    event,
+                    result,
+                })) => self.announcer.restore(*tiers, event, &result),
                 Ok(Some(Internal::PieceDone(done))) => {
                     let PieceDone {
                         piece,

@@ -363,9 +363,18 @@ fn write_group(mut jobs: Vec<WriteJob>) {
         return;
     }
     // A file queued twice: only its newest snapshot is written (both share a temporary name).
+    // A commit point among them makes the newest one a commit point too.
     let mut newest = std::collections::HashMap::new();
     for (i, job) in jobs.iter().enumerate() {
-        newest.insert(job.path.clone(), i);
+        let commit = newest.get(&job.path).is_some_and(|&(_, c)| c) || job.commit;
+        newest.insert(job.path.clone(), (i, commit));
+    }
+    for (i, job) in jobs.iter_mut().enumerate() {
+        if let Some(&(last, commit)) = newest.get(&job.path) {
+            if last == i {
+                job.commit = commit;
+            }
+        }
     }
     let mut parents: Vec<PathBuf> = jobs
         .iter()
@@ -379,7 +388,8 @@ fn write_group(mut jobs: Vec<WriteJob>) {
     }
     let mut staged = Vec::new();
     for (i, job) in jobs.drain(..).enumerate() {
-        if newest.get(&job.path) != Some(&i) || !job.wanted(&lock(&job.order)) {
+        if newest.get(&job.path).map(|&(last, _)| last) != Some(i) || !job.wanted(&lock(&job.order))
+        {
             let _ = job.done.send(Ok(()));
             continue;
         }
