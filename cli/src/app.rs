@@ -371,8 +371,9 @@ impl App {
             down += t.download_rate;
             up += t.upload_rate;
         }
-        self.history
-            .retain(|h, _| torrents.iter().any(|t| t.info_hash == *h));
+        // A set, not a scan per entry: with 10,000 torrents that was 10^8 comparisons a second.
+        let present: std::collections::HashSet<_> = torrents.iter().map(|t| t.info_hash).collect();
+        self.history.retain(|h, _| present.contains(h));
         self.total_history.push(down, up);
     }
 
