@@ -277,6 +277,9 @@ struct WriteOrder {
     written: u64,
     /// The torrent was removed: write nothing more.
     forgotten: bool,
+    /// The same torrent was added again (while this one was still stopping): the file is the
+    /// new one's; write nothing more, and do not delete it when forgotten.
+    superseded: bool,
 }
 
 /// A group of writes is synced together once it has at least this many (below it, each is
@@ -290,6 +293,16 @@ const GROUP_MAX: usize = 4096;
 #[derive(Clone)]
 pub(crate) struct RecordWriter {
     tx: tokio::sync::mpsc::UnboundedSender<Request>,
+    /// The latest record file opened for each torrent: opening one again supersedes the
+    /// previous (a torrent removed and added again before its stop ended).
+    latest: Arc<Mutex<Latest>>,
+}
+
+#[derive(Default)]
+struct Latest {
+    files: std::collections::HashMap<InfoHash, std::sync::Weak<Mutex<WriteOrder>>>,
+    /// Entries of dropped files are cleared when the map reaches this size.
+    prune_at: usize,
 }
 
 enum Request {
@@ -312,7 +325,7 @@ struct WriteJob {
 impl WriteJob {
     /// Still wanted: not superseded by a newer snapshot on disk, not forgotten.
     fn wanted(&self, order: &WriteOrder) -> bool {
-        !order.forgotten && order.written <= self.seq
+        !order.forgotten && !order.superseded && order.written <= self.seq
     }
 }
 
@@ -340,7 +353,25 @@ impl RecordWriter {
                 }
             }
         });
-        RecordWriter { tx }
+        RecordWriter {
+            tx,
+            latest: Arc::default(),
+        }
+    }
+
+    /// A new write order for `info_hash`'s record, superseding any earlier one still alive.
+    fn open(&self, info_hash: &InfoHash) -> Arc<Mutex<WriteOrder>> {
+        let order: Arc<Mutex<WriteOrder>> = Arc::default();
+        let mut latest = self.latest.lock().expect("lock poisoned only by a panic");
+        if let Some(previous) = latest.files.get(info_hash).and_then(|w| w.upgrade()) {
+            lock(&previous).superseded = true;
+        }
+        latest.files.insert(*info_hash, Arc::downgrade(&order));
+        if latest.files.len() >= latest.prune_at {
+            latest.files.retain(|_, w| w.strong_count() > 0);
+            latest.prune_at = (latest.files.len() * 2).max(1024);
+        }
+        order
     }
 
     /// Wait until every write queued so far is done (the session's stop: a torrent whose stop
@@ -476,7 +507,7 @@ impl RecordFile {
     pub(crate) fn new(state_dir: &Path, info_hash: &InfoHash, writer: &RecordWriter) -> Self {
         RecordFile {
             path: record_path(state_dir, info_hash),
-            order: Arc::default(),
+            order: writer.open(info_hash),
             writer: writer.clone(),
         }
     }
@@ -533,6 +564,10 @@ impl RecordFile {
     pub(crate) fn forget(&self) {
         let mut o = lock(&self.order);
         o.forgotten = true;
+        if o.superseded {
+            // Added again meanwhile: the file is the new torrent's now.
+            return;
+        }
         match std::fs::remove_file(&self.path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -874,6 +909,27 @@ mod tests {
             .collect();
         assert!(names.iter().all(|n| n.ends_with(".record")), "{names:?}");
         assert_eq!(names.len(), usize::from(count) - 1);
+    }
+
+    #[tokio::test]
+    async fn a_torrent_added_again_while_the_old_one_stops_keeps_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = RecordWriter::start();
+        let hash = InfoHash([9; 20]);
+        let old = RecordFile::new(dir.path(), &hash, &writer);
+        old.save(&sample()).await.unwrap();
+        // Removed from the session; before its stop ends, added again.
+        let new = RecordFile::new(dir.path(), &hash, &writer);
+        let mut mine = sample();
+        mine.queue_position = 42;
+        new.save(&mine).await.unwrap();
+        // The old one's last save and its forget come late: neither touches the new record.
+        old.save(&sample()).await.unwrap();
+        old.forget();
+        assert_eq!(new.load().unwrap().queue_position, 42);
+        // The new one's own removal still deletes it.
+        new.forget();
+        assert!(!record_path(dir.path(), &hash).exists());
     }
 
     #[tokio::test]
