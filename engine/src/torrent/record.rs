@@ -417,45 +417,47 @@ fn write_group(mut jobs: Vec<WriteJob>) {
         // A folder that cannot be made fails each write into it below, with its error.
         let _ = std::fs::create_dir_all(dir);
     }
-    let mut staged = Vec::new();
+    let mut wanted = Vec::new();
     for (i, job) in jobs.drain(..).enumerate() {
         if newest.get(&job.path).map(|&(last, _)| last) != Some(i) || !job.wanted(&lock(&job.order))
         {
             let _ = job.done.send(Ok(()));
             continue;
         }
-        match crate::durable::Staged::write(&job.path, &job.bytes) {
+        wanted.push(job);
+    }
+    let items: Vec<(&Path, &[u8])> = wanted
+        .iter()
+        .map(|j| (j.path.as_path(), j.bytes.as_slice()))
+        .collect();
+    let written = crate::durable::stage_all(&items);
+    let mut staged = Vec::new();
+    for (job, result) in wanted.into_iter().zip(written) {
+        match result {
             Ok(s) => staged.push((job, s)),
             Err(e) => {
                 let _ = job.done.send(Err(e));
             }
         }
     }
-    let files: Vec<&crate::durable::Staged> = staged.iter().map(|(_, s)| s).collect();
-    let synced = crate::durable::sync_staged(&files);
     let mut folders: Vec<PathBuf> = Vec::new();
     let mut answers = Vec::new();
     for (job, file) in &staged {
-        let result = match &synced {
-            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-            Ok(()) => {
-                // Renamed under the file's lock: a `forget` either comes first (nothing is
-                // renamed back) or after (it removes what was renamed).
-                let mut order = lock(&job.order);
-                if job.wanted(&order) {
-                    file.replace().map(|()| {
-                        order.written = job.seq;
-                        if job.commit && !folders.iter().any(|f| f == file.folder()) {
-                            folders.push(file.folder().to_path_buf());
-                        }
-                    })
-                } else {
-                    file.discard();
-                    Ok(())
+        // Renamed under the file's lock: a `forget` either comes first (nothing is renamed
+        // back) or after (it removes what was renamed).
+        let mut order = lock(&job.order);
+        let result = if job.wanted(&order) {
+            file.replace().map(|()| {
+                order.written = job.seq;
+                if job.commit && !folders.iter().any(|f| f == file.folder()) {
+                    folders.push(file.folder().to_path_buf());
                 }
-            }
+            })
+        } else {
+            file.discard();
+            Ok(())
         };
-        if result.is_err() || synced.is_err() {
+        if result.is_err() {
             file.discard();
         }
         answers.push(result);
